@@ -1,0 +1,283 @@
+//! The plugin configuration (Envoy `configuration`, Istio `pluginConfig`): parsed and validated
+//! once, in `on_configure`. Any error names its field and rejects the whole configuration.
+
+use serde::Deserialize;
+
+use crate::credential::{CredentialLookup, CredentialSource};
+use crate::field_error::{from_json, FieldError};
+use crate::key_format::KeyFormat;
+use crate::request::Request;
+use crate::route::{is_header_name, ErrorFormat, Route, RouteConfig, RouteDefaults};
+use crate::snapshot::{Policy, Snapshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Decide and report, but let every request through: for rollouts.
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyUnavailable {
+    #[default]
+    FailClosed,
+    FailOpen,
+}
+
+/// Names of the trusted headers keyward adds upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    pub key_id: String,
+    pub project: String,
+    pub org: String,
+    pub environment: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            key_id: "x-keyward-key-id".to_owned(),
+            project: "x-keyward-project".to_owned(),
+            org: "x-keyward-org".to_owned(),
+            environment: "x-keyward-environment".to_owned(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&str; 4] {
+        [&self.key_id, &self.project, &self.org, &self.environment]
+    }
+}
+
+fn default_max_credential_bytes() -> usize {
+    256
+}
+
+fn default_error_header() -> String {
+    "x-keyward-error".to_owned()
+}
+
+fn default_spend_cap_status() -> u16 {
+    403
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigDocument {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    policy_unavailable: PolicyUnavailable,
+    #[serde(default)]
+    max_policy_age_seconds: u64,
+    credential_sources: Option<Vec<CredentialSource>>,
+    #[serde(default = "default_max_credential_bytes")]
+    max_credential_bytes: usize,
+    key_formats: Option<Vec<KeyFormat>>,
+    #[serde(default)]
+    identity_headers: IdentityHeaders,
+    #[serde(default = "default_error_header")]
+    error_header: String,
+    #[serde(default = "default_spend_cap_status")]
+    spend_cap_status: u16,
+    #[serde(default)]
+    deny_browser_requests: bool,
+    #[serde(default)]
+    error_format: ErrorFormat,
+    #[serde(default)]
+    log_allowed: bool,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    policy: Option<Snapshot>,
+}
+
+/// Everything the data path needs from the configuration, except the policy itself (which a
+/// later push may replace on its own).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub policy_unavailable: PolicyUnavailable,
+    pub max_policy_age_seconds: u64,
+    pub credential_sources: Vec<CredentialSource>,
+    pub max_credential_bytes: usize,
+    pub key_formats: Vec<KeyFormat>,
+    pub identity_headers: IdentityHeaders,
+    pub error_header: String,
+    pub spend_cap_status: u16,
+    pub log_allowed: bool,
+    pub routes: Vec<Route>,
+    pub fallback_route: Route,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub settings: Settings,
+    /// The inline policy snapshot, when the configuration carries one.
+    pub policy: Option<Policy>,
+}
+
+impl PluginConfig {
+    pub fn from_json(json: &[u8]) -> Result<PluginConfig, FieldError> {
+        let document: ConfigDocument = from_json(json)?;
+        let defaults = RouteDefaults {
+            deny_browser_requests: document.deny_browser_requests,
+            error_format: document.error_format,
+        };
+        if !(16..=4096).contains(&document.max_credential_bytes) {
+            return Err(FieldError::new("max_credential_bytes", "must be from 16 to 4096"));
+        }
+        if ![402, 403, 429].contains(&document.spend_cap_status) {
+            return Err(FieldError::new("spend_cap_status", "must be 402, 403 or 429"));
+        }
+        let credential_sources = document
+            .credential_sources
+            .unwrap_or_else(CredentialSource::defaults);
+        let key_formats = document.key_formats.unwrap_or_else(KeyFormat::defaults);
+        validate_key_formats(&key_formats)?;
+        validate_headers(&document.identity_headers, &document.error_header)?;
+        let routes = document
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(position, route)| {
+                Route::compile(route, defaults).map_err(|e| e.within(&format!("routes[{position}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = document
+            .policy
+            .map(|snapshot| Policy::compile(snapshot).map_err(|e| e.within("policy")))
+            .transpose()?;
+        Ok(PluginConfig {
+            settings: Settings {
+                mode: document.mode,
+                policy_unavailable: document.policy_unavailable,
+                max_policy_age_seconds: document.max_policy_age_seconds,
+                credential_sources,
+                max_credential_bytes: document.max_credential_bytes,
+                key_formats,
+                identity_headers: document.identity_headers,
+                error_header: document.error_header,
+                spend_cap_status: document.spend_cap_status,
+                log_allowed: document.log_allowed,
+                routes,
+                fallback_route: Route::fallback(defaults),
+            },
+            policy,
+        })
+    }
+}
+
+impl Settings {
+    /// The first configured route the request matches, or the fallback.
+    pub fn route_for(&self, request: &Request<'_>) -> &Route {
+        self.routes
+            .iter()
+            .find(|route| route.matches(request))
+            .unwrap_or(&self.fallback_route)
+    }
+
+    pub fn credential_lookup<'c>(&'c self, route: &'c Route) -> CredentialLookup<'c> {
+        CredentialLookup {
+            sources: &self.credential_sources,
+            query_parameter: route.query_parameter.as_deref(),
+            max_bytes: self.max_credential_bytes,
+        }
+    }
+}
+
+fn validate_key_formats(formats: &[KeyFormat]) -> Result<(), FieldError> {
+    if formats.is_empty() {
+        return Err(FieldError::new("key_formats", "must name at least one format"));
+    }
+    for (position, format) in formats.iter().enumerate() {
+        let path = format!("key_formats[{position}]");
+        format
+            .validate()
+            .map_err(|(field, message)| FieldError::new(format!("{path}.{field}"), message))?;
+        for (other_position, other) in formats.iter().enumerate().take(position) {
+            if other.name() == format.name() {
+                return Err(FieldError::new(format!("{path}.name"), "duplicate format name"));
+            }
+            if other.prefix().starts_with(format.prefix()) || format.prefix().starts_with(other.prefix()) {
+                return Err(FieldError::new(
+                    format!("{path}.prefix"),
+                    format!("overlaps the prefix of key_formats[{other_position}]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<(), FieldError> {
+    let named = [
+        ("identity_headers.key_id", identity.key_id.as_str()),
+        ("identity_headers.project", identity.project.as_str()),
+        ("identity_headers.org", identity.org.as_str()),
+        ("identity_headers.environment", identity.environment.as_str()),
+        ("error_header", error_header),
+    ];
+    for (position, (path, name)) in named.iter().enumerate() {
+        if !is_header_name(name) {
+            return Err(FieldError::new(*path, "must be a lower-case header name"));
+        }
+        let reserved = ["authorization", "x-api-key", "host", "cookie", "content-type"];
+        if reserved.contains(name) {
+            return Err(FieldError::new(*path, "must not be a standard or credential header"));
+        }
+        if named.iter().take(position).any(|(_, other)| other == name) {
+            return Err(FieldError::new(*path, "must differ from the other keyward headers"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn empty_configuration_gets_safe_defaults() {
+        let config = PluginConfig::from_json(b"{}").expect("valid");
+        assert_eq!(config.settings.mode, Mode::Enforce);
+        assert_eq!(config.settings.policy_unavailable, PolicyUnavailable::FailClosed);
+        assert_eq!(config.settings.key_formats.len(), 2);
+        assert!(config.policy.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"mode": "relaxed"}"#, "mode"),
+            (r#"{"modes": "shadow"}"#, "modes"),
+            (r#"{"spend_cap_status": 500}"#, "spend_cap_status"),
+            (r#"{"max_credential_bytes": 8}"#, "max_credential_bytes"),
+            (r#"{"credential_sources": ["cookie"]}"#, "credential_sources[0]"),
+            (r#"{"identity_headers": {"key_id": "X-Key"}}"#, "identity_headers.key_id"),
+            (r#"{"identity_headers": {"project": "x-keyward-key-id"}}"#, "identity_headers.project"),
+            (r#"{"routes": [{"name": "a"}, {"name": "b", "match": {"path_prefix": "x"}}]}"#, "routes[1].match.path_prefix"),
+            (r#"{"policy": {"version": 0, "issued_at": 1}}"#, "policy.version"),
+            (r#"{"policy": {"version": 1, "issued_at": 1, "keys": [{"id": "k"}]}}"#, "policy.keys[0]"),
+            (
+                r#"{"key_formats": [
+                    {"type": "prefixed_opaque", "name": "a", "prefix": "sk_", "body": {"charset": "hex", "min_length": 8, "max_length": 8}},
+                    {"type": "prefixed_opaque", "name": "b", "prefix": "sk_live_", "body": {"charset": "hex", "min_length": 8, "max_length": 8}}]}"#,
+                "key_formats[1].prefix",
+            ),
+            (r#"{"key_formats": []}"#, "key_formats"),
+            (r#"not json"#, ""),
+        ];
+        for (json, path) in cases {
+            let error = PluginConfig::from_json(json.as_bytes()).expect_err(json);
+            assert!(error.path.starts_with(path), "{json}: got {error}");
+        }
+    }
+}

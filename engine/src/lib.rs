@@ -1,0 +1,13 @@
+//! keyward's policy engine: everything that decides a request, with no proxy-wasm types, so it
+//! is tested natively and, compiled to wasm32, under node.
+
+pub mod config;
+pub mod credential;
+pub mod decision;
+pub mod denial;
+pub mod field_error;
+pub mod hash;
+pub mod key_format;
+pub mod request;
+pub mod route;
+pub mod snapshot;

@@ -1,0 +1,469 @@
+//! The policy snapshot pushed by the control plane (DESIGN §5): its JSON model, its validation,
+//! and the compiled, indexed form the data path reads.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::field_error::{from_json, FieldError};
+use crate::hash::{parse_hex_digest, Sha256Digest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Paused,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    Active,
+    Archived,
+    Suspended,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRecord {
+    pub id: String,
+    pub org: String,
+    pub status: ProjectStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_cap_microusd: Option<u64>,
+    #[serde(default)]
+    pub spent_microusd: u64,
+}
+
+fn default_environment() -> String {
+    "live".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// The key id: embedded in `key_id_secret` keys, a display id for opaque keys.
+    pub id: String,
+    /// Hex SHA-256 of the secret part of a `key_id_secret` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_sha256: Option<String>,
+    /// Hex SHA-256 of a whole opaque key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    pub status: KeyStatus,
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The model allow-list; absent means every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_cap_microusd: Option<u64>,
+    #[serde(default)]
+    pub spent_microusd: u64,
+    /// A human label for logs and audits ("billing-service").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub version: u64,
+    pub issued_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub projects: Vec<ProjectRecord>,
+    #[serde(default)]
+    pub keys: Vec<KeyRecord>,
+}
+
+/// Whom a key acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// A project key: index into [`Policy::projects`].
+    Project(usize),
+    /// An organization key (a customer's service key): any active project of the org.
+    Org(String),
+}
+
+/// How the filter finds a key, and the digest it compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// By key id, then SHA-256 of the secret.
+    ById { secret_digest: Sha256Digest },
+    /// By SHA-256 of the whole key.
+    ByHash { key_digest: Sha256Digest },
+}
+
+/// A model allow-list entry: exact, or a prefix when written with a trailing `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ModelPattern {
+    fn parse(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) => ModelPattern::Prefix(prefix.to_owned()),
+            None => ModelPattern::Exact(text.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelPattern::Exact(exact) => exact == model,
+            ModelPattern::Prefix(prefix) => model.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// A key, compiled for the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub id: String,
+    pub lookup: KeyLookup,
+    pub scope: KeyScope,
+    pub status: KeyStatus,
+    pub environment: String,
+    pub scopes: Vec<String>,
+    pub models: Option<Vec<ModelPattern>>,
+    pub expires_at: Option<u64>,
+    pub spend_cap_microusd: Option<u64>,
+    pub spent_microusd: u64,
+    pub label: Option<String>,
+}
+
+impl Key {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|held| held == "*" || held == scope)
+    }
+
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|pattern| pattern.matches(model)))
+    }
+}
+
+/// A project, compiled for the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub org: String,
+    pub status: ProjectStatus,
+    pub spend_cap_microusd: Option<u64>,
+    pub spent_microusd: u64,
+}
+
+/// A validated snapshot with its indexes: O(1) lookups, built once per snapshot version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub version: u64,
+    pub issued_at: u64,
+    pub expires_at: Option<u64>,
+    projects: Vec<Project>,
+    project_index: HashMap<String, usize>,
+    keys: Vec<Key>,
+    by_id: HashMap<String, usize>,
+    by_hash: HashMap<Sha256Digest, usize>,
+}
+
+impl Policy {
+    /// Parses and validates a snapshot document.
+    pub fn from_json(json: &[u8]) -> Result<Policy, FieldError> {
+        Policy::compile(from_json::<Snapshot>(json)?)
+    }
+
+    /// Validates a snapshot and builds its indexes. Every inconsistency is an error: a policy
+    /// that cannot be read exactly is not used at all.
+    pub fn compile(snapshot: Snapshot) -> Result<Policy, FieldError> {
+        if snapshot.version == 0 {
+            return Err(FieldError::new("version", "must be at least 1"));
+        }
+        if let Some(expires_at) = snapshot.expires_at {
+            if expires_at <= snapshot.issued_at {
+                return Err(FieldError::new("expires_at", "must be after issued_at"));
+            }
+        }
+        let mut projects = Vec::with_capacity(snapshot.projects.len());
+        let mut project_index = HashMap::with_capacity(snapshot.projects.len());
+        for (position, record) in snapshot.projects.into_iter().enumerate() {
+            let path = format!("projects[{position}]");
+            require_identifier(&record.id).map_err(|m| FieldError::new(format!("{path}.id"), m))?;
+            require_identifier(&record.org)
+                .map_err(|m| FieldError::new(format!("{path}.org"), m))?;
+            if project_index.insert(record.id.clone(), position).is_some() {
+                return Err(FieldError::new(
+                    format!("{path}.id"),
+                    format!("duplicate project id {:?}", record.id),
+                ));
+            }
+            projects.push(Project {
+                id: record.id,
+                org: record.org,
+                status: record.status,
+                spend_cap_microusd: record.spend_cap_microusd,
+                spent_microusd: record.spent_microusd,
+            });
+        }
+        let mut keys = Vec::with_capacity(snapshot.keys.len());
+        let mut by_id = HashMap::new();
+        let mut by_hash = HashMap::new();
+        let mut seen_ids = HashMap::with_capacity(snapshot.keys.len());
+        for (position, record) in snapshot.keys.into_iter().enumerate() {
+            let path = format!("keys[{position}]");
+            let key = compile_key(record, &project_index)
+                .map_err(|error| error.within(&path))?;
+            if seen_ids.insert(key.id.clone(), position).is_some() {
+                return Err(FieldError::new(
+                    format!("{path}.id"),
+                    format!("duplicate key id {:?}", key.id),
+                ));
+            }
+            match key.lookup {
+                KeyLookup::ById { .. } => {
+                    by_id.insert(key.id.clone(), position);
+                }
+                KeyLookup::ByHash { key_digest } => {
+                    if by_hash.insert(key_digest, position).is_some() {
+                        return Err(FieldError::new(
+                            format!("{path}.key_sha256"),
+                            "duplicate key hash",
+                        ));
+                    }
+                }
+            }
+            keys.push(key);
+        }
+        Ok(Policy {
+            version: snapshot.version,
+            issued_at: snapshot.issued_at,
+            expires_at: snapshot.expires_at,
+            projects,
+            project_index,
+            keys,
+            by_id,
+            by_hash,
+        })
+    }
+
+    /// Whether the snapshot may decide requests at `now`.
+    pub fn is_fresh(&self, now: u64, max_age_seconds: u64) -> bool {
+        let not_expired = self.expires_at.is_none_or(|expires_at| now < expires_at);
+        let young_enough =
+            max_age_seconds == 0 || now <= self.issued_at.saturating_add(max_age_seconds);
+        not_expired && young_enough
+    }
+
+    pub fn key_by_id(&self, id: &str) -> Option<&Key> {
+        self.by_id.get(id).and_then(|&position| self.keys.get(position))
+    }
+
+    pub fn key_by_hash(&self, digest: &Sha256Digest) -> Option<&Key> {
+        self.by_hash
+            .get(digest)
+            .and_then(|&position| self.keys.get(position))
+    }
+
+    pub fn project(&self, id: &str) -> Option<&Project> {
+        self.project_index
+            .get(id)
+            .and_then(|&position| self.projects.get(position))
+    }
+
+    pub fn project_at(&self, position: usize) -> Option<&Project> {
+        self.projects.get(position)
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    pub fn projects(&self) -> &[Project] {
+        &self.projects
+    }
+}
+
+/// Ids travel in headers and logs: keep them to a conservative, printable alphabet.
+fn require_identifier(id: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(allowed) {
+        return Err(format!(
+            "{id:?} must be 1 to 128 characters of A-Z a-z 0-9 _ - . :"
+        ));
+    }
+    Ok(())
+}
+
+fn compile_key(
+    record: KeyRecord,
+    project_index: &HashMap<String, usize>,
+) -> Result<Key, FieldError> {
+    require_identifier(&record.id).map_err(|m| FieldError::new("id", m))?;
+    let lookup = match (&record.secret_sha256, &record.key_sha256) {
+        (Some(secret), None) => KeyLookup::ById {
+            secret_digest: parse_hex_digest(secret)
+                .ok_or_else(|| FieldError::new("secret_sha256", "must be 64 hex characters"))?,
+        },
+        (None, Some(whole)) => KeyLookup::ByHash {
+            key_digest: parse_hex_digest(whole)
+                .ok_or_else(|| FieldError::new("key_sha256", "must be 64 hex characters"))?,
+        },
+        _ => {
+            return Err(FieldError::new(
+                "",
+                "needs exactly one of secret_sha256 and key_sha256",
+            ))
+        }
+    };
+    let scope = match (record.project, record.org) {
+        (Some(project), None) => KeyScope::Project(
+            *project_index
+                .get(&project)
+                .ok_or_else(|| FieldError::new("project", format!("unknown project {project:?}")))?,
+        ),
+        (None, Some(org)) => {
+            require_identifier(&org).map_err(|m| FieldError::new("org", m))?;
+            KeyScope::Org(org)
+        }
+        _ => return Err(FieldError::new("", "needs exactly one of project and org")),
+    };
+    require_identifier(&record.environment).map_err(|m| FieldError::new("environment", m))?;
+    for (position, scope) in record.scopes.iter().enumerate() {
+        if scope.is_empty() {
+            return Err(FieldError::new(format!("scopes[{position}]"), "must not be empty"));
+        }
+    }
+    Ok(Key {
+        id: record.id,
+        lookup,
+        scope,
+        status: record.status,
+        environment: record.environment,
+        scopes: record.scopes,
+        models: record
+            .models
+            .map(|models| models.iter().map(|m| ModelPattern::parse(m)).collect()),
+        expires_at: record.expires_at,
+        spend_cap_microusd: record.spend_cap_microusd,
+        spent_microusd: record.spent_microusd,
+        label: record.label,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::sha256;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn snapshot_json(keys: &str) -> String {
+        format!(
+            r#"{{"version": 3, "issued_at": 1000,
+               "projects": [{{"id": "proj_a", "org": "org_1", "status": "active"}}],
+               "keys": [{keys}]}}"#
+        )
+    }
+
+    fn secret_hash(secret: &str) -> String {
+        hex::encode(sha256(secret.as_bytes()))
+    }
+
+    #[test]
+    fn compiles_and_indexes_keys() {
+        let json = snapshot_json(&format!(
+            r#"{{"id": "k1", "secret_sha256": "{}", "project": "proj_a", "status": "active"}},
+               {{"id": "k2", "key_sha256": "{}", "org": "org_1", "status": "paused", "environment": "test"}}"#,
+            secret_hash("s"),
+            secret_hash("vpx_test_x")
+        ));
+        let policy = Policy::from_json(json.as_bytes()).expect("valid snapshot");
+        assert_eq!(policy.version, 3);
+        let k1 = policy.key_by_id("k1").expect("k1");
+        assert_eq!(k1.scope, KeyScope::Project(0));
+        assert_eq!(k1.environment, "live");
+        let k2 = policy.key_by_hash(&sha256(b"vpx_test_x")).expect("k2");
+        assert_eq!(k2.scope, KeyScope::Org("org_1".to_owned()));
+        assert!(policy.key_by_id("k2").is_none(), "hash keys are not found by id");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                snapshot_json(r#"{"id": "k1", "secret_sha256": "abc", "project": "proj_a", "status": "active"}"#),
+                "keys[0].secret_sha256",
+            ),
+            (
+                snapshot_json(&format!(
+                    r#"{{"id": "k1", "secret_sha256": "{}", "project": "nope", "status": "active"}}"#,
+                    secret_hash("s")
+                )),
+                "keys[0].project",
+            ),
+            (
+                snapshot_json(&format!(
+                    r#"{{"id": "k1", "secret_sha256": "{}", "project": "proj_a", "status": "gone"}}"#,
+                    secret_hash("s")
+                )),
+                "keys[0].status",
+            ),
+            (
+                snapshot_json(&format!(
+                    r#"{{"id": "k1", "secret_sha256": "{}", "project": "proj_a", "status": "active", "colour": 1}}"#,
+                    secret_hash("s")
+                )),
+                "keys[0]",
+            ),
+            (
+                snapshot_json(&format!(
+                    r#"{{"id": "k1", "secret_sha256": "{h}", "project": "proj_a", "status": "active"}},
+                       {{"id": "k1", "secret_sha256": "{h}", "project": "proj_a", "status": "active"}}"#,
+                    h = secret_hash("s")
+                )),
+                "keys[1].id",
+            ),
+            (
+                snapshot_json(&format!(
+                    r#"{{"id": "k1", "secret_sha256": "{h}", "org": "o", "project": "proj_a", "status": "active"}}"#,
+                    h = secret_hash("s")
+                )),
+                "keys[0]",
+            ),
+        ];
+        for (json, path) in cases {
+            let error = Policy::from_json(json.as_bytes()).expect_err("must fail");
+            assert!(error.path.starts_with(path), "{error} should be at {path}");
+        }
+    }
+
+    #[test]
+    fn freshness_honours_expiry_and_max_age() {
+        let policy = Policy::from_json(
+            br#"{"version": 1, "issued_at": 1000, "expires_at": 2000}"#,
+        )
+        .expect("valid");
+        assert!(policy.is_fresh(1500, 0));
+        assert!(!policy.is_fresh(2000, 0));
+        assert!(policy.is_fresh(1100, 100));
+        assert!(!policy.is_fresh(1101, 100));
+    }
+
+    #[test]
+    fn model_patterns() {
+        assert!(ModelPattern::parse("gpt-4o*").matches("gpt-4o-mini"));
+        assert!(!ModelPattern::parse("gpt-4o").matches("gpt-4o-mini"));
+    }
+}
