@@ -130,10 +130,16 @@ impl PluginConfig {
             error_format: document.error_format,
         };
         if !(16..=4096).contains(&document.max_credential_bytes) {
-            return Err(FieldError::new("max_credential_bytes", "must be from 16 to 4096"));
+            return Err(FieldError::new(
+                "max_credential_bytes",
+                "must be from 16 to 4096",
+            ));
         }
         if ![402, 403, 429].contains(&document.spend_cap_status) {
-            return Err(FieldError::new("spend_cap_status", "must be 402, 403 or 429"));
+            return Err(FieldError::new(
+                "spend_cap_status",
+                "must be 402, 403 or 429",
+            ));
         }
         let credential_sources = document
             .credential_sources
@@ -146,7 +152,8 @@ impl PluginConfig {
             .into_iter()
             .enumerate()
             .map(|(position, route)| {
-                Route::compile(route, defaults).map_err(|e| e.within(&format!("routes[{position}]")))
+                Route::compile(route, defaults)
+                    .map_err(|e| e.within(&format!("routes[{position}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let policy = document
@@ -193,7 +200,10 @@ impl Settings {
 
 fn validate_key_formats(formats: &[KeyFormat]) -> Result<(), FieldError> {
     if formats.is_empty() {
-        return Err(FieldError::new("key_formats", "must name at least one format"));
+        return Err(FieldError::new(
+            "key_formats",
+            "must name at least one format",
+        ));
     }
     for (position, format) in formats.iter().enumerate() {
         let path = format!("key_formats[{position}]");
@@ -202,9 +212,14 @@ fn validate_key_formats(formats: &[KeyFormat]) -> Result<(), FieldError> {
             .map_err(|(field, message)| FieldError::new(format!("{path}.{field}"), message))?;
         for (other_position, other) in formats.iter().enumerate().take(position) {
             if other.name() == format.name() {
-                return Err(FieldError::new(format!("{path}.name"), "duplicate format name"));
+                return Err(FieldError::new(
+                    format!("{path}.name"),
+                    "duplicate format name",
+                ));
             }
-            if other.prefix().starts_with(format.prefix()) || format.prefix().starts_with(other.prefix()) {
+            if other.prefix().starts_with(format.prefix())
+                || format.prefix().starts_with(other.prefix())
+            {
                 return Err(FieldError::new(
                     format!("{path}.prefix"),
                     format!("overlaps the prefix of key_formats[{other_position}]"),
@@ -220,19 +235,34 @@ fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<()
         ("identity_headers.key_id", identity.key_id.as_str()),
         ("identity_headers.project", identity.project.as_str()),
         ("identity_headers.org", identity.org.as_str()),
-        ("identity_headers.environment", identity.environment.as_str()),
+        (
+            "identity_headers.environment",
+            identity.environment.as_str(),
+        ),
         ("error_header", error_header),
     ];
     for (position, (path, name)) in named.iter().enumerate() {
         if !is_header_name(name) {
             return Err(FieldError::new(*path, "must be a lower-case header name"));
         }
-        let reserved = ["authorization", "x-api-key", "host", "cookie", "content-type"];
+        let reserved = [
+            "authorization",
+            "x-api-key",
+            "host",
+            "cookie",
+            "content-type",
+        ];
         if reserved.contains(name) {
-            return Err(FieldError::new(*path, "must not be a standard or credential header"));
+            return Err(FieldError::new(
+                *path,
+                "must not be a standard or credential header",
+            ));
         }
         if named.iter().take(position).any(|(_, other)| other == name) {
-            return Err(FieldError::new(*path, "must differ from the other keyward headers"));
+            return Err(FieldError::new(
+                *path,
+                "must differ from the other keyward headers",
+            ));
         }
     }
     Ok(())
@@ -248,7 +278,10 @@ mod tests {
     fn empty_configuration_gets_safe_defaults() {
         let config = PluginConfig::from_json(b"{}").expect("valid");
         assert_eq!(config.settings.mode, Mode::Enforce);
-        assert_eq!(config.settings.policy_unavailable, PolicyUnavailable::FailClosed);
+        assert_eq!(
+            config.settings.policy_unavailable,
+            PolicyUnavailable::FailClosed
+        );
         assert_eq!(config.settings.key_formats.len(), 2);
         assert!(config.policy.is_none());
     }
@@ -260,12 +293,30 @@ mod tests {
             (r#"{"modes": "shadow"}"#, "modes"),
             (r#"{"spend_cap_status": 500}"#, "spend_cap_status"),
             (r#"{"max_credential_bytes": 8}"#, "max_credential_bytes"),
-            (r#"{"credential_sources": ["cookie"]}"#, "credential_sources[0]"),
-            (r#"{"identity_headers": {"key_id": "X-Key"}}"#, "identity_headers.key_id"),
-            (r#"{"identity_headers": {"project": "x-keyward-key-id"}}"#, "identity_headers.project"),
-            (r#"{"routes": [{"name": "a"}, {"name": "b", "match": {"path_prefix": "x"}}]}"#, "routes[1].match.path_prefix"),
-            (r#"{"policy": {"version": 0, "issued_at": 1}}"#, "policy.version"),
-            (r#"{"policy": {"version": 1, "issued_at": 1, "keys": [{"id": "k"}]}}"#, "policy.keys[0]"),
+            (
+                r#"{"credential_sources": ["cookie"]}"#,
+                "credential_sources[0]",
+            ),
+            (
+                r#"{"identity_headers": {"key_id": "X-Key"}}"#,
+                "identity_headers.key_id",
+            ),
+            (
+                r#"{"identity_headers": {"project": "x-keyward-key-id"}}"#,
+                "identity_headers.project",
+            ),
+            (
+                r#"{"routes": [{"name": "a"}, {"name": "b", "match": {"path_prefix": "x"}}]}"#,
+                "routes[1].match.path_prefix",
+            ),
+            (
+                r#"{"policy": {"version": 0, "issued_at": 1}}"#,
+                "policy.version",
+            ),
+            (
+                r#"{"policy": {"version": 1, "issued_at": 1, "keys": [{"id": "k"}]}}"#,
+                "policy.keys[0]",
+            ),
             (
                 r#"{"key_formats": [
                     {"type": "prefixed_opaque", "name": "a", "prefix": "sk_", "body": {"charset": "hex", "min_length": 8, "max_length": 8}},

@@ -157,7 +157,10 @@ mod tests {
         CredentialSource::ApiKeyHeader,
     ];
 
-    fn find(pairs: &[(&str, &[u8])], query: Option<&str>) -> Result<Option<Vec<u8>>, BadCredential> {
+    fn find(
+        pairs: &[(&str, &[u8])],
+        query: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, BadCredential> {
         let headers: Vec<Header> = pairs
             .iter()
             .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
@@ -173,7 +176,12 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_tolerates_blanks() {
-        for value in [&b"Bearer abc"[..], b"bearer abc", b"BEARER   abc  ", b"Bearer\tabc"] {
+        for value in [
+            &b"Bearer abc"[..],
+            b"bearer abc",
+            b"BEARER   abc  ",
+            b"Bearer\tabc",
+        ] {
             assert_eq!(
                 find(&[("authorization", value)], None),
                 Ok(Some(b"abc".to_vec()))
@@ -200,7 +208,13 @@ mod tests {
             Err(BadCredential::NotBearer)
         );
         assert_eq!(
-            find(&[("authorization", b"Bearer a"), ("authorization", b"Bearer a")], None),
+            find(
+                &[
+                    ("authorization", b"Bearer a"),
+                    ("authorization", b"Bearer a")
+                ],
+                None
+            ),
             Err(BadCredential::RepeatedHeader)
         );
         let long = [b"Bearer ".as_slice(), &[b'a'; 65]].concat();
@@ -218,11 +232,17 @@ mod tests {
     #[test]
     fn same_key_in_two_sources_is_fine_different_keys_are_ambiguous() {
         assert_eq!(
-            find(&[("authorization", b"Bearer k1"), ("x-api-key", b"k1")], None),
+            find(
+                &[("authorization", b"Bearer k1"), ("x-api-key", b"k1")],
+                None
+            ),
             Ok(Some(b"k1".to_vec()))
         );
         assert_eq!(
-            find(&[("authorization", b"Bearer k1"), ("x-api-key", b"k2")], None),
+            find(
+                &[("authorization", b"Bearer k1"), ("x-api-key", b"k2")],
+                None
+            ),
             Err(BadCredential::Ambiguous)
         );
     }

@@ -2,7 +2,7 @@
 
 use crate::config::{PolicyUnavailable, Settings};
 use crate::credential::BadCredential;
-use crate::denial::{DenyCode, Denial};
+use crate::denial::{Denial, DenyCode};
 use crate::hash::{digests_equal, sha256, Sha256Digest};
 use crate::key_format::{parse_key, MalformedKey, ParsedKey};
 use crate::request::Request;

@@ -32,7 +32,10 @@ fn config(extra_top: &str) -> PluginConfig {
         id_key("expired1", &format!(r#", "expires_at": {NOW}"#)),
         id_key("archived1", "").replace("proj_a", "proj_old"),
         id_key("noscope1", "").replace(r#"["chat:write"]"#, "[]"),
-        id_key("capped1", r#", "spend_cap_microusd": 1000000, "spent_microusd": 1000000"#),
+        id_key(
+            "capped1",
+            r#", "spend_cap_microusd": 1000000, "spent_microusd": 1000000"#,
+        ),
         id_key("projcap1", "").replace("proj_a", "proj_capped"),
         format!(
             r#"{{"id": "org1", "key_sha256": "{}", "org": "org_1", "status": "active", "scopes": ["*"]}}"#,
@@ -76,9 +79,15 @@ fn outcome_code(config: &PluginConfig, headers: &[(&str, &str)]) -> Option<&'sta
         .collect();
     let request = Request::new(&list, None);
     let route = config.settings.route_for(&request);
-    decide(&config.settings, route, &request, config.policy.as_ref(), NOW)
-        .deny_code()
-        .map(DenyCode::as_str)
+    decide(
+        &config.settings,
+        route,
+        &request,
+        config.policy.as_ref(),
+        NOW,
+    )
+    .deny_code()
+    .map(DenyCode::as_str)
 }
 
 fn chat(key: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
@@ -104,25 +113,94 @@ fn other_key(id: &str) -> String {
 #[test]
 fn every_row_of_the_decision_table() {
     let config = config("");
-    let rows: Vec<(&str, Vec<(&'static str, String)>, Option<&str>)> = vec![
+    type Row = (
+        &'static str,
+        Vec<(&'static str, String)>,
+        Option<&'static str>,
+    );
+    let rows: Vec<Row> = vec![
         ("allowed", chat(GOOD, &[]), None),
         ("exempt", vec![(":path", "/healthz".to_owned())], None),
-        ("missing", vec![(":path", "/v1/chat/x".to_owned())], Some("missing_api_key")),
-        ("malformed", chat("sk-proj-abc", &[]), Some("malformed_api_key")),
-        ("unknown id", chat(&other_key("nobody"), &[]), Some("invalid_api_key")),
-        ("wrong secret", chat("ak_good1.wrongwrongwrongwrong", &[]), Some("invalid_api_key")),
-        ("revoked", chat(&other_key("revoked1"), &[]), Some("key_revoked")),
-        ("expired", chat(&other_key("expired1"), &[]), Some("key_expired")),
-        ("paused", chat(&other_key("paused1"), &[]), Some("key_paused")),
-        ("archived", chat(&other_key("archived1"), &[]), Some("project_archived")),
-        ("environment", chat(TEST_KEY, &[]), Some("environment_mismatch")),
-        ("project mismatch", chat(GOOD, &[("x-project-id", "proj_b")]), Some("project_mismatch")),
-        ("own project named", chat(GOOD, &[("x-project-id", "proj_a")]), None),
-        ("browser origin", chat(GOOD, &[("origin", "https://app.example")]), Some("browser_request_denied")),
-        ("browser fetch", chat(GOOD, &[("sec-fetch-mode", "cors")]), Some("browser_request_denied")),
-        ("scope", chat(&other_key("noscope1"), &[]), Some("insufficient_scope")),
-        ("key cap", chat(&other_key("capped1"), &[]), Some("spend_cap_exceeded")),
-        ("project cap", chat(&other_key("projcap1"), &[]), Some("spend_cap_exceeded")),
+        (
+            "missing",
+            vec![(":path", "/v1/chat/x".to_owned())],
+            Some("missing_api_key"),
+        ),
+        (
+            "malformed",
+            chat("sk-proj-abc", &[]),
+            Some("malformed_api_key"),
+        ),
+        (
+            "unknown id",
+            chat(&other_key("nobody"), &[]),
+            Some("invalid_api_key"),
+        ),
+        (
+            "wrong secret",
+            chat("ak_good1.wrongwrongwrongwrong", &[]),
+            Some("invalid_api_key"),
+        ),
+        (
+            "revoked",
+            chat(&other_key("revoked1"), &[]),
+            Some("key_revoked"),
+        ),
+        (
+            "expired",
+            chat(&other_key("expired1"), &[]),
+            Some("key_expired"),
+        ),
+        (
+            "paused",
+            chat(&other_key("paused1"), &[]),
+            Some("key_paused"),
+        ),
+        (
+            "archived",
+            chat(&other_key("archived1"), &[]),
+            Some("project_archived"),
+        ),
+        (
+            "environment",
+            chat(TEST_KEY, &[]),
+            Some("environment_mismatch"),
+        ),
+        (
+            "project mismatch",
+            chat(GOOD, &[("x-project-id", "proj_b")]),
+            Some("project_mismatch"),
+        ),
+        (
+            "own project named",
+            chat(GOOD, &[("x-project-id", "proj_a")]),
+            None,
+        ),
+        (
+            "browser origin",
+            chat(GOOD, &[("origin", "https://app.example")]),
+            Some("browser_request_denied"),
+        ),
+        (
+            "browser fetch",
+            chat(GOOD, &[("sec-fetch-mode", "cors")]),
+            Some("browser_request_denied"),
+        ),
+        (
+            "scope",
+            chat(&other_key("noscope1"), &[]),
+            Some("insufficient_scope"),
+        ),
+        (
+            "key cap",
+            chat(&other_key("capped1"), &[]),
+            Some("spend_cap_exceeded"),
+        ),
+        (
+            "project cap",
+            chat(&other_key("projcap1"), &[]),
+            Some("spend_cap_exceeded"),
+        ),
     ];
     for (name, headers, expected) in rows {
         assert_eq!(code_for(&config, &headers), expected, "row {name}");
@@ -134,13 +212,20 @@ fn model_allow_list() {
     let config = config("");
     let mut headers = chat(GOOD, &[]);
     headers.retain(|(n, _)| *n != "x-model");
-    assert_eq!(code_for(&config, &headers), Some("model_not_allowed"), "unnamed model");
+    assert_eq!(
+        code_for(&config, &headers),
+        Some("model_not_allowed"),
+        "unnamed model"
+    );
     headers.push(("x-model", "claude-3".to_owned()));
     assert_eq!(code_for(&config, &headers), Some("model_not_allowed"));
     // A key without an allow-list may use any model.
     let unrestricted = chat(&other_key("noscope1"), &[]);
     let config_no_scopes = config;
-    assert_eq!(code_for(&config_no_scopes, &unrestricted), Some("insufficient_scope"));
+    assert_eq!(
+        code_for(&config_no_scopes, &unrestricted),
+        Some("insufficient_scope")
+    );
 }
 
 #[test]
@@ -154,10 +239,22 @@ fn org_keys_name_projects_of_their_org() {
         ]
     };
     assert_eq!(code_for(&config, &on("/v1/projects/proj_b/runs")), None);
-    assert_eq!(code_for(&config, &on("/v1/projects/proj_other/runs")), Some("project_mismatch"));
-    assert_eq!(code_for(&config, &on("/v1/projects/nope/runs")), Some("project_mismatch"));
-    assert_eq!(code_for(&config, &on("/v1/projects/proj_old/runs")), Some("project_archived"));
-    assert_eq!(code_for(&config, &on("/v1/projects/")), Some("project_required"));
+    assert_eq!(
+        code_for(&config, &on("/v1/projects/proj_other/runs")),
+        Some("project_mismatch")
+    );
+    assert_eq!(
+        code_for(&config, &on("/v1/projects/nope/runs")),
+        Some("project_mismatch")
+    );
+    assert_eq!(
+        code_for(&config, &on("/v1/projects/proj_old/runs")),
+        Some("project_archived")
+    );
+    assert_eq!(
+        code_for(&config, &on("/v1/projects/")),
+        Some("project_required")
+    );
     // A project key acting on its own project through the path.
     let own = vec![
         (":path", "/v1/projects/proj_a/runs".to_owned()),
@@ -175,9 +272,13 @@ fn allowed_identity_is_complete() {
         .collect();
     let request = Request::new(&list, None);
     let route = config.settings.route_for(&request);
-    let Outcome::Allow(identity) =
-        decide(&config.settings, route, &request, config.policy.as_ref(), NOW)
-    else {
+    let Outcome::Allow(identity) = decide(
+        &config.settings,
+        route,
+        &request,
+        config.policy.as_ref(),
+        NOW,
+    ) else {
         panic!("expected allow");
     };
     assert_eq!(identity.key.id, "good1");
@@ -193,15 +294,19 @@ fn policy_availability() {
     let stale = config.policy.clone();
     config.policy = None;
     assert_eq!(code_for(&config, &headers), Some("policy_unavailable"));
-    let mut open = super::super::config::PluginConfig::from_json(br#"{"policy_unavailable": "fail_open"}"#)
-        .expect("valid");
+    let mut open =
+        super::super::config::PluginConfig::from_json(br#"{"policy_unavailable": "fail_open"}"#)
+            .expect("valid");
     let pairs: Vec<Header> = headers
         .iter()
         .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
         .collect();
     let request = Request::new(&pairs, None);
     let route = open.settings.route_for(&request);
-    assert_eq!(decide(&open.settings, route, &request, None, NOW), Outcome::FailOpen);
+    assert_eq!(
+        decide(&open.settings, route, &request, None, NOW),
+        Outcome::FailOpen
+    );
     // A policy older than the maximum age is unusable.
     open.settings.max_policy_age_seconds = 5;
     let route = open.settings.route_for(&request);
@@ -220,9 +325,13 @@ fn spend_cap_status_is_configurable() {
         .collect();
     let request = Request::new(&list, None);
     let route = config.settings.route_for(&request);
-    let Outcome::Deny(rejection) =
-        decide(&config.settings, route, &request, config.policy.as_ref(), NOW)
-    else {
+    let Outcome::Deny(rejection) = decide(
+        &config.settings,
+        route,
+        &request,
+        config.policy.as_ref(),
+        NOW,
+    ) else {
         panic!("expected deny");
     };
     assert_eq!(rejection.denial.status, 402);
@@ -240,7 +349,12 @@ fn query_parameter_credentials_only_on_opted_in_routes() {
 #[test]
 fn denial_messages_never_contain_the_key() {
     let config = config("");
-    for key in [GOOD, "ak_good1.wrongwrongwrongwrong", "sk-proj-abcdef", ORG_KEY] {
+    for key in [
+        GOOD,
+        "ak_good1.wrongwrongwrongwrong",
+        "sk-proj-abcdef",
+        ORG_KEY,
+    ] {
         for extra in [&[][..], &[("x-project-id", "proj_other")][..]] {
             let list: Vec<Header> = chat(key, extra)
                 .into_iter()
@@ -248,9 +362,13 @@ fn denial_messages_never_contain_the_key() {
                 .collect();
             let request = Request::new(&list, None);
             let route = config.settings.route_for(&request);
-            if let Outcome::Deny(rejection) =
-                decide(&config.settings, route, &request, config.policy.as_ref(), NOW)
-            {
+            if let Outcome::Deny(rejection) = decide(
+                &config.settings,
+                route,
+                &request,
+                config.policy.as_ref(),
+                NOW,
+            ) {
                 let body = rejection.denial.body(route.error_format, "r");
                 assert!(!body.contains(key) && !body.contains(SECRET), "{body}");
                 assert!(!body.contains("proj_other"), "{body}");

@@ -23,10 +23,12 @@ pub enum DenyCode {
     InsufficientScope,
     ModelNotAllowed,
     SpendCapExceeded,
+    /// Not a policy decision: the host failed us, so the request is refused rather than guessed.
+    InternalError,
 }
 
 impl DenyCode {
-    pub const ALL: [DenyCode; 15] = [
+    pub const ALL: [DenyCode; 16] = [
         DenyCode::PolicyUnavailable,
         DenyCode::MissingApiKey,
         DenyCode::MalformedApiKey,
@@ -42,6 +44,7 @@ impl DenyCode {
         DenyCode::InsufficientScope,
         DenyCode::ModelNotAllowed,
         DenyCode::SpendCapExceeded,
+        DenyCode::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl DenyCode {
             DenyCode::InsufficientScope => "insufficient_scope",
             DenyCode::ModelNotAllowed => "model_not_allowed",
             DenyCode::SpendCapExceeded => "spend_cap_exceeded",
+            DenyCode::InternalError => "internal_error",
         }
     }
 
@@ -74,6 +78,7 @@ impl DenyCode {
             | DenyCode::KeyRevoked
             | DenyCode::KeyExpired => 401,
             DenyCode::SpendCapExceeded => spend_cap_status,
+            DenyCode::InternalError => 500,
             _ => 403,
         }
     }
@@ -92,9 +97,7 @@ impl DenyCode {
             DenyCode::KeyExpired => "This API key has expired.",
             DenyCode::KeyPaused => "This API key is paused.",
             DenyCode::ProjectArchived => "The project of this request is archived or suspended.",
-            DenyCode::EnvironmentMismatch => {
-                "This key's environment is not allowed on this route."
-            }
+            DenyCode::EnvironmentMismatch => "This key's environment is not allowed on this route.",
             DenyCode::ProjectMismatch => "This key may not act on the requested project.",
             DenyCode::ProjectRequired => "This route needs the request to name a project.",
             DenyCode::BrowserRequestDenied => {
@@ -103,6 +106,7 @@ impl DenyCode {
             DenyCode::InsufficientScope => "This key lacks a scope this route requires.",
             DenyCode::ModelNotAllowed => "This key may not use the requested model.",
             DenyCode::SpendCapExceeded => "The spend cap for this key or project has been reached.",
+            DenyCode::InternalError => "The gateway could not check this request. Try again.",
         }
     }
 }

@@ -62,7 +62,10 @@ pub fn crc32_base62(data: &[u8]) -> [u8; CHECKSUM_LENGTH] {
     let mut digits = [b'0'; CHECKSUM_LENGTH];
     for slot in digits.iter_mut().rev() {
         // value % 62 < 62, so the lookup cannot miss; `get` keeps clippy's indexing lint quiet.
-        *slot = BASE62_DIGITS.get((value % 62) as usize).copied().unwrap_or(b'0');
+        *slot = BASE62_DIGITS
+            .get((value % 62) as usize)
+            .copied()
+            .unwrap_or(b'0');
         value /= 62;
     }
     digits
@@ -349,7 +352,10 @@ impl MalformedKey {
 }
 
 /// Parses `key` against the formats in order; the first format whose prefix matches decides.
-pub fn parse_key<'k>(formats: &'k [KeyFormat], key: &'k [u8]) -> Result<ParsedKey<'k>, MalformedKey> {
+pub fn parse_key<'k>(
+    formats: &'k [KeyFormat],
+    key: &'k [u8],
+) -> Result<ParsedKey<'k>, MalformedKey> {
     formats
         .iter()
         .find_map(|format| format.parse(key))
@@ -396,17 +402,32 @@ mod tests {
     fn rejects_malformed_keys() {
         let formats = defaults();
         let cases: &[(&[u8], MalformedKey)] = &[
-            (b"sk-proj-abcdefghijklmnopqrstuvwxyz", MalformedKey::UnknownFormat),
+            (
+                b"sk-proj-abcdefghijklmnopqrstuvwxyz",
+                MalformedKey::UnknownFormat,
+            ),
             (b"eyJhbGciOiJIUzI1NiJ9.e30.sig", MalformedKey::UnknownFormat),
-            (b"AK_k7Hq2mPa.s3cr3tS3cr3tS3cr3tXY", MalformedKey::UnknownFormat),
-            (b"ak_k7Hq2mPas3cr3tS3cr3tS3cr3tXY", MalformedKey::MissingSeparator),
+            (
+                b"AK_k7Hq2mPa.s3cr3tS3cr3tS3cr3tXY",
+                MalformedKey::UnknownFormat,
+            ),
+            (
+                b"ak_k7Hq2mPas3cr3tS3cr3tS3cr3tXY",
+                MalformedKey::MissingSeparator,
+            ),
             (b"ak_k7H.s3cr3tS3cr3tS3cr3tXY", MalformedKey::BadShape),
             (b"ak_k7Hq2mPa.short", MalformedKey::BadShape),
             (b"ak_k7Hq-2mPa.s3cr3tS3cr3tS3cr3tXY", MalformedKey::BadShape),
             (b"ak_k7Hq2mPa.s3cr3tS3cr3t S3cr3tXY", MalformedKey::BadShape),
-            (b"ak_k7Hq2mPa.s3cr3tS3cr3t\xc3\xa9S3cr3tXY", MalformedKey::BadShape),
+            (
+                b"ak_k7Hq2mPa.s3cr3tS3cr3t\xc3\xa9S3cr3tXY",
+                MalformedKey::BadShape,
+            ),
             (b"ak_k7Hq2mPa.", MalformedKey::BadShape),
-            (b"vpx_prod_abcdefghijklmnopqrstuvwx", MalformedKey::UnknownEnvironment),
+            (
+                b"vpx_prod_abcdefghijklmnopqrstuvwx",
+                MalformedKey::UnknownEnvironment,
+            ),
             (b"vpx_live_abc", MalformedKey::BadShape),
             (b"vpx_live_abcdefghijklmnopqrstuvw!", MalformedKey::BadShape),
             (b"", MalformedKey::UnknownFormat),

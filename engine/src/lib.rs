@@ -8,6 +8,7 @@ pub mod denial;
 pub mod field_error;
 pub mod hash;
 pub mod key_format;
+pub mod log_line;
 pub mod request;
 pub mod route;
 pub mod snapshot;

@@ -20,10 +20,7 @@ impl<'r> Request<'r> {
     }
 
     /// Every value of header `name` (given in lower case), in arrival order.
-    pub fn header_values<'n>(
-        &self,
-        name: &'n str,
-    ) -> impl Iterator<Item = &'r [u8]> + use<'r, 'n> {
+    pub fn header_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'r [u8]> + use<'r, 'n> {
         self.headers
             .iter()
             .filter(move |(header, _)| header.eq_ignore_ascii_case(name))

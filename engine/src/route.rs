@@ -154,7 +154,10 @@ impl Route {
         }
         match &config.project {
             Some(ProjectSource::Header(name)) if !is_header_name(name) => {
-                return Err(FieldError::new("project.header", "must be a lower-case header name"))
+                return Err(FieldError::new(
+                    "project.header",
+                    "must be a lower-case header name",
+                ))
             }
             Some(ProjectSource::PathPattern(pattern)) => {
                 let ok = pattern.starts_with('/') && pattern.matches("{project}").count() == 1;
@@ -175,12 +178,18 @@ impl Route {
         }
         if let Some(ModelSource::Header(name)) = &config.model {
             if !is_header_name(name) {
-                return Err(FieldError::new("model.header", "must be a lower-case header name"));
+                return Err(FieldError::new(
+                    "model.header",
+                    "must be a lower-case header name",
+                ));
             }
         }
         if let Some(parameter) = &config.query_parameter {
             if parameter.is_empty() || parameter.contains(['&', '=', '?', '#']) {
-                return Err(FieldError::new("query_parameter", "must be a plain parameter name"));
+                return Err(FieldError::new(
+                    "query_parameter",
+                    "must be a plain parameter name",
+                ));
             }
         }
         Ok(Route {
@@ -231,9 +240,7 @@ impl Route {
                 match (values.next(), values.next()) {
                     (None, _) => RequestedProject::None,
                     (Some(value), None) => match core::str::from_utf8(value) {
-                        Ok(text) if !text.trim().is_empty() => {
-                            RequestedProject::Named(text.trim())
-                        }
+                        Ok(text) if !text.trim().is_empty() => RequestedProject::Named(text.trim()),
                         Ok(_) => RequestedProject::None,
                         Err(_) => RequestedProject::Unreadable,
                     },
@@ -270,7 +277,8 @@ fn project_from_path<'p>(pattern: &str, path: &'p str) -> Option<&'p str> {
     let rest = path.strip_prefix(before)?;
     let end = rest.find('/').unwrap_or(rest.len());
     let (segment, tail) = rest.split_at(end);
-    let tail_ok = after.is_empty() || tail.starts_with(after) || tail == after.trim_end_matches('/');
+    let tail_ok =
+        after.is_empty() || tail.starts_with(after) || tail == after.trim_end_matches('/');
     (!segment.is_empty() && tail_ok).then_some(segment)
 }
 
@@ -287,7 +295,8 @@ mod tests {
     };
 
     fn route(json: &str) -> Result<Route, FieldError> {
-        let config: RouteConfig = serde_json::from_str(json).map_err(|e| FieldError::new("", e.to_string()))?;
+        let config: RouteConfig =
+            serde_json::from_str(json).map_err(|e| FieldError::new("", e.to_string()))?;
         Route::compile(config, DEFAULTS)
     }
 
@@ -310,9 +319,14 @@ mod tests {
             (":authority", "api.example.com:443"),
         ]);
         assert!(chat.matches(&Request::new(&list, None)));
-        let get = headers(&[(":method", "GET"), (":path", "/v1/chat/x"), (":authority", "api.example.com")]);
+        let get = headers(&[
+            (":method", "GET"),
+            (":path", "/v1/chat/x"),
+            (":authority", "api.example.com"),
+        ]);
         assert!(!chat.matches(&Request::new(&get, None)));
-        let by_name = route(r#"{"name": "n", "match": {"route_name": "openai_chat"}}"#).expect("valid");
+        let by_name =
+            route(r#"{"name": "n", "match": {"route_name": "openai_chat"}}"#).expect("valid");
         assert!(by_name.matches(&Request::new(&list, Some("openai_chat"))));
         assert!(!by_name.matches(&Request::new(&list, Some("other"))));
         assert!(!by_name.matches(&Request::new(&list, None)));
@@ -320,11 +334,26 @@ mod tests {
 
     #[test]
     fn project_from_path_pattern() {
-        assert_eq!(project_from_path("/v1/projects/{project}/", "/v1/projects/p1/chat"), Some("p1"));
-        assert_eq!(project_from_path("/v1/projects/{project}/", "/v1/projects/p1"), Some("p1"));
-        assert_eq!(project_from_path("/v1/projects/{project}/", "/v1/projects//chat"), None);
-        assert_eq!(project_from_path("/v1/projects/{project}/", "/v2/projects/p1/"), None);
-        assert_eq!(project_from_path("/p/{project}/runs", "/p/x/runs"), Some("x"));
+        assert_eq!(
+            project_from_path("/v1/projects/{project}/", "/v1/projects/p1/chat"),
+            Some("p1")
+        );
+        assert_eq!(
+            project_from_path("/v1/projects/{project}/", "/v1/projects/p1"),
+            Some("p1")
+        );
+        assert_eq!(
+            project_from_path("/v1/projects/{project}/", "/v1/projects//chat"),
+            None
+        );
+        assert_eq!(
+            project_from_path("/v1/projects/{project}/", "/v2/projects/p1/"),
+            None
+        );
+        assert_eq!(
+            project_from_path("/p/{project}/runs", "/p/x/runs"),
+            Some("x")
+        );
         assert_eq!(project_from_path("/p/{project}/runs", "/p/x/other"), None);
     }
 
@@ -332,22 +361,49 @@ mod tests {
     fn requested_project_from_header() {
         let r = route(r#"{"name": "r", "project": {"header": "x-project-id"}}"#).expect("valid");
         let named = headers(&[("x-project-id", "p1")]);
-        assert_eq!(r.requested_project(&Request::new(&named, None)), RequestedProject::Named("p1"));
+        assert_eq!(
+            r.requested_project(&Request::new(&named, None)),
+            RequestedProject::Named("p1")
+        );
         let twice = headers(&[("x-project-id", "p1"), ("x-project-id", "p2")]);
-        assert_eq!(r.requested_project(&Request::new(&twice, None)), RequestedProject::Unreadable);
+        assert_eq!(
+            r.requested_project(&Request::new(&twice, None)),
+            RequestedProject::Unreadable
+        );
         let none = headers(&[]);
-        assert_eq!(r.requested_project(&Request::new(&none, None)), RequestedProject::None);
+        assert_eq!(
+            r.requested_project(&Request::new(&none, None)),
+            RequestedProject::None
+        );
     }
 
     #[test]
     fn invalid_routes_name_their_field() {
         let cases = [
-            (r#"{"name": "r", "match": {"path_prefix": "v1"}}"#, "match.path_prefix"),
-            (r#"{"name": "r", "match": {"methods": ["post"]}}"#, "match.methods[0]"),
-            (r#"{"name": "r", "require_project": true}"#, "require_project"),
-            (r#"{"name": "r", "project": {"path_pattern": "/v1/x/"}}"#, "project.path_pattern"),
-            (r#"{"name": "r", "project": {"header": "X-Project"}}"#, "project.header"),
-            (r#"{"name": "r", "exempt": true, "scopes": ["a"]}"#, "exempt"),
+            (
+                r#"{"name": "r", "match": {"path_prefix": "v1"}}"#,
+                "match.path_prefix",
+            ),
+            (
+                r#"{"name": "r", "match": {"methods": ["post"]}}"#,
+                "match.methods[0]",
+            ),
+            (
+                r#"{"name": "r", "require_project": true}"#,
+                "require_project",
+            ),
+            (
+                r#"{"name": "r", "project": {"path_pattern": "/v1/x/"}}"#,
+                "project.path_pattern",
+            ),
+            (
+                r#"{"name": "r", "project": {"header": "X-Project"}}"#,
+                "project.header",
+            ),
+            (
+                r#"{"name": "r", "exempt": true, "scopes": ["a"]}"#,
+                "exempt",
+            ),
         ];
         for (json, path) in cases {
             let error = route(json).expect_err(json);

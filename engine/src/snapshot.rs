@@ -223,8 +223,7 @@ impl Policy {
         let mut seen_ids = HashMap::with_capacity(snapshot.keys.len());
         for (position, record) in snapshot.keys.into_iter().enumerate() {
             let path = format!("keys[{position}]");
-            let key = compile_key(record, &project_index)
-                .map_err(|error| error.within(&path))?;
+            let key = compile_key(record, &project_index).map_err(|error| error.within(&path))?;
             if seen_ids.insert(key.id.clone(), position).is_some() {
                 return Err(FieldError::new(
                     format!("{path}.id"),
@@ -267,7 +266,9 @@ impl Policy {
     }
 
     pub fn key_by_id(&self, id: &str) -> Option<&Key> {
-        self.by_id.get(id).and_then(|&position| self.keys.get(position))
+        self.by_id
+            .get(id)
+            .and_then(|&position| self.keys.get(position))
     }
 
     pub fn key_by_hash(&self, digest: &Sha256Digest) -> Option<&Key> {
@@ -328,11 +329,11 @@ fn compile_key(
         }
     };
     let scope = match (record.project, record.org) {
-        (Some(project), None) => KeyScope::Project(
-            *project_index
-                .get(&project)
-                .ok_or_else(|| FieldError::new("project", format!("unknown project {project:?}")))?,
-        ),
+        (Some(project), None) => {
+            KeyScope::Project(*project_index.get(&project).ok_or_else(|| {
+                FieldError::new("project", format!("unknown project {project:?}"))
+            })?)
+        }
         (None, Some(org)) => {
             require_identifier(&org).map_err(|m| FieldError::new("org", m))?;
             KeyScope::Org(org)
@@ -342,7 +343,10 @@ fn compile_key(
     require_identifier(&record.environment).map_err(|m| FieldError::new("environment", m))?;
     for (position, scope) in record.scopes.iter().enumerate() {
         if scope.is_empty() {
-            return Err(FieldError::new(format!("scopes[{position}]"), "must not be empty"));
+            return Err(FieldError::new(
+                format!("scopes[{position}]"),
+                "must not be empty",
+            ));
         }
     }
     Ok(Key {
@@ -396,14 +400,19 @@ mod tests {
         assert_eq!(k1.environment, "live");
         let k2 = policy.key_by_hash(&sha256(b"vpx_test_x")).expect("k2");
         assert_eq!(k2.scope, KeyScope::Org("org_1".to_owned()));
-        assert!(policy.key_by_id("k2").is_none(), "hash keys are not found by id");
+        assert!(
+            policy.key_by_id("k2").is_none(),
+            "hash keys are not found by id"
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
             (
-                snapshot_json(r#"{"id": "k1", "secret_sha256": "abc", "project": "proj_a", "status": "active"}"#),
+                snapshot_json(
+                    r#"{"id": "k1", "secret_sha256": "abc", "project": "proj_a", "status": "active"}"#,
+                ),
                 "keys[0].secret_sha256",
             ),
             (
@@ -451,10 +460,8 @@ mod tests {
 
     #[test]
     fn freshness_honours_expiry_and_max_age() {
-        let policy = Policy::from_json(
-            br#"{"version": 1, "issued_at": 1000, "expires_at": 2000}"#,
-        )
-        .expect("valid");
+        let policy = Policy::from_json(br#"{"version": 1, "issued_at": 1000, "expires_at": 2000}"#)
+            .expect("valid");
         assert!(policy.is_fresh(1500, 0));
         assert!(!policy.is_fresh(2000, 0));
         assert!(policy.is_fresh(1100, 100));

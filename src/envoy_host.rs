@@ -1,0 +1,226 @@
+//! The proxy-wasm ABI, called directly. The SDK's wrappers panic on any unexpected status (and a
+//! panic kills the VM, i.e. every request of that worker); here every status becomes a
+//! `HostError` the caller handles, and host-provided maps are parsed with bounds checks.
+
+use std::ptr::null_mut;
+
+use keyward_engine::request::Header;
+
+use crate::header_map::{parse_header_map, serialize_pairs};
+use crate::host::{Host, HostError, LogLevel, MetricKind};
+
+const STATUS_OK: u32 = 0;
+const STATUS_NOT_FOUND: u32 = 1;
+const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+fn check(status: u32) -> Result<(), HostError> {
+    if status == STATUS_OK {
+        Ok(())
+    } else {
+        Err(HostError { status })
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`
+/// (a `Vec<u8>` of exactly `size` capacity).
+///
+/// # Safety
+/// `data` must be null or come from that allocator with capacity `size`.
+unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// The host of the current context (Envoy tracks which context is active).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnvoyHost;
+
+impl EnvoyHost {
+    /// The plugin configuration bytes, `None` when Envoy passed none.
+    pub fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        let mut data: *mut u8 = null_mut();
+        let mut size: usize = 0;
+        // SAFETY: out-pointers are valid; the buffer comes from our allocator.
+        let status = unsafe {
+            proxy_get_buffer_bytes(
+                BUFFER_PLUGIN_CONFIGURATION,
+                0,
+                usize::MAX,
+                &mut data,
+                &mut size,
+            )
+        };
+        match status {
+            STATUS_OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
+            STATUS_NOT_FOUND => Ok(None),
+            status => Err(HostError { status }),
+        }
+    }
+
+    pub fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        let kind = match kind {
+            MetricKind::Counter => 0,
+            MetricKind::Gauge => 1,
+        };
+        let mut id = 0u32;
+        // SAFETY: name is a valid slice; id a valid out-pointer.
+        check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+        Ok(id)
+    }
+}
+
+impl Host for EnvoyHost {
+    fn request_headers(&self) -> Result<Vec<Header>, HostError> {
+        let mut data: *mut u8 = null_mut();
+        let mut size: usize = 0;
+        // SAFETY: out-pointers are valid; the buffer comes from our allocator.
+        let status =
+            unsafe { proxy_get_header_map_pairs(MAP_HTTP_REQUEST_HEADERS, &mut data, &mut size) };
+        check(status)?;
+        let bytes = unsafe { take_host_buffer(data, size) };
+        parse_header_map(&bytes).ok_or(HostError { status: 3 })
+    }
+
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        let serialized = path.join("\0");
+        let mut data: *mut u8 = null_mut();
+        let mut size: usize = 0;
+        // SAFETY: as above.
+        let status = unsafe {
+            proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size)
+        };
+        match status {
+            STATUS_OK => {
+                let value = unsafe { take_host_buffer(data, size) };
+                Ok((!value.is_empty()).then_some(value))
+            }
+            STATUS_NOT_FOUND => Ok(None),
+            status => Err(HostError { status }),
+        }
+    }
+
+    fn replace_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: both slices are valid for the call.
+        check(unsafe {
+            proxy_replace_header_map_value(
+                MAP_HTTP_REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        })
+    }
+
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        // SAFETY: the slice is valid for the call.
+        check(unsafe {
+            proxy_remove_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len())
+        })
+    }
+
+    fn send_local_reply(
+        &self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError> {
+        let serialized = serialize_pairs(headers);
+        let details = "keyward_denied";
+        // SAFETY: all slices are valid for the call; -1 means "not gRPC".
+        check(unsafe {
+            proxy_send_local_response(
+                u32::from(status),
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                serialized.as_ptr(),
+                serialized.len(),
+                -1,
+            )
+        })
+    }
+
+    fn now_unix_seconds(&self) -> Result<u64, HostError> {
+        let mut nanos = 0u64;
+        // SAFETY: valid out-pointer.
+        check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
+        Ok(nanos / 1_000_000_000)
+    }
+
+    fn increment_metric(&self, id: u32, delta: i64) {
+        // SAFETY: plain values. A failed metric update is deliberately ignored.
+        let _ = unsafe { proxy_increment_metric(id, delta) };
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        // SAFETY: plain values. A failed metric update is deliberately ignored.
+        let _ = unsafe { proxy_record_metric(id, value) };
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => 1,
+            LogLevel::Info => 2,
+            LogLevel::Warn => 3,
+            LogLevel::Error => 4,
+        };
+        // SAFETY: the slice is valid for the call. Nowhere to report a failed log line.
+        let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+    }
+}

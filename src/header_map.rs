@@ -1,0 +1,88 @@
+//! The proxy-wasm ABI's serialized header maps, read with bounds checks and written.
+
+use keyward_engine::request::Header;
+
+/// Parses the ABI's serialized map: count, (name length, value length) pairs, then the
+/// NUL-terminated names and values. Malformed input is an error, never a panic.
+pub fn parse_header_map(bytes: &[u8]) -> Option<Vec<Header>> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let slice = bytes.get(at..at.checked_add(4)?)?;
+        let array: [u8; 4] = slice.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(array)).ok()
+    };
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = read_u32(0)?;
+    // Each pair needs at least 10 bytes; a larger count is corrupt.
+    if count > bytes.len() / 10 {
+        return None;
+    }
+    let mut sizes_at = 4;
+    let mut data_at = 4usize.checked_add(count.checked_mul(8)?)?;
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name_len = read_u32(sizes_at)?;
+        let value_len = read_u32(sizes_at + 4)?;
+        sizes_at += 8;
+        let name_end = data_at.checked_add(name_len)?;
+        let name = bytes.get(data_at..name_end)?;
+        let value_at = name_end.checked_add(1)?;
+        let value_end = value_at.checked_add(value_len)?;
+        let value = bytes.get(value_at..value_end)?;
+        // Names and values are NUL-terminated; a missing terminator means a truncated map.
+        if bytes.get(name_end) != Some(&0) || bytes.get(value_end) != Some(&0) {
+            return None;
+        }
+        data_at = value_end.checked_add(1)?;
+        let name = String::from_utf8(name.to_ascii_lowercase()).ok()?;
+        headers.push((name, value.to_vec()));
+    }
+    Some(headers)
+}
+
+pub fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let count = u32::try_from(pairs.len()).unwrap_or(u32::MAX);
+    bytes.extend_from_slice(&count.to_le_bytes());
+    for (name, value) in pairs {
+        bytes.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes());
+        bytes.extend_from_slice(&u32::try_from(value.len()).unwrap_or(0).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_lowercases_names() {
+        let bytes = serialize_pairs(&[(":path", "/x"), ("X-Api-Key", "k"), ("empty", "")]);
+        let parsed = parse_header_map(&bytes).expect("valid map");
+        assert_eq!(
+            parsed,
+            vec![
+                (":path".to_owned(), b"/x".to_vec()),
+                ("x-api-key".to_owned(), b"k".to_vec()),
+                ("empty".to_owned(), Vec::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn corrupt_maps_are_errors_not_panics() {
+        let good = serialize_pairs(&[("a", "b")]);
+        for cut in 1..good.len() {
+            assert_eq!(parse_header_map(&good[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(parse_header_map(&u32::MAX.to_le_bytes()), None);
+        assert_eq!(parse_header_map(&[]), Some(Vec::new()));
+    }
+}

@@ -1,0 +1,45 @@
+//! The few host operations the filter needs, behind a trait so the request handling is tested
+//! natively with a fake host. The Envoy implementation lives in `envoy_host`.
+
+use keyward_engine::request::Header;
+
+/// A host call that did not succeed; carries the proxy-wasm status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError {
+    pub status: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// What a request context asks of its host.
+pub trait Host {
+    /// All request headers, read in one host call (pseudo-headers included).
+    fn request_headers(&self) -> Result<Vec<Header>, HostError>;
+    /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError>;
+    fn replace_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError>;
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
+    fn send_local_reply(
+        &self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError>;
+    fn now_unix_seconds(&self) -> Result<u64, HostError>;
+    /// Metrics are best effort: a failed update must never change a decision.
+    fn increment_metric(&self, id: u32, delta: i64);
+    fn record_metric(&self, id: u32, value: u64);
+    fn log(&self, level: LogLevel, message: &str);
+}
