@@ -86,6 +86,8 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
     };
     match outcome {
         Outcome::Exempt => {
+            // No authentication here, but a key sent anyway still never reaches the upstream.
+            strip_credentials(host, settings, route, &request)?;
             host.increment_metric(state.metrics.exempt, 1);
             Ok(Verdict::Continue)
         }

@@ -202,11 +202,20 @@ fn query_parameter_key_is_removed_from_the_path() {
 }
 
 #[test]
-fn exempt_route_still_drops_spoofed_identity() {
+fn exempt_route_still_drops_keys_and_spoofed_identity() {
     let state = state("");
-    let host = FakeHost::with(&[(":path", "/healthz"), ("x-keyward-key-id", "spoofed")]);
+    let host = FakeHost::with(&[
+        (":path", "/healthz"),
+        ("x-keyward-key-id", "spoofed"),
+        ("authorization", &format!("Bearer {KEY}")),
+    ]);
     assert_eq!(on_request_headers(&host, &state), Verdict::Continue);
     assert_eq!(host.header("x-keyward-key-id"), None);
+    assert_eq!(
+        host.header("authorization"),
+        None,
+        "keys never go upstream, even when exempt"
+    );
     assert_eq!(host.count(state.metrics.exempt), 1);
 }
 

