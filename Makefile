@@ -21,14 +21,19 @@ WBG_RUNNER   := $(WBG_ROOT)/bin/wasm-bindgen-test-runner
 WBG_STAMP    := $(WBG_ROOT)/.installed-$(WBG_VERSION)
 
 WASM_TARGET  := wasm32-unknown-unknown
-WASM         := target/$(WASM_TARGET)/release/keyward_filter.wasm
+CARGO_WASM   := target/$(WASM_TARGET)/release/keyward_filter.wasm
+# The shipped module: cargo's output shrunk by binaryen's wasm-opt (about -18%).
+WASM         := target/keyward.wasm
+BINARYEN_VER := 132.0.0
+WASM_OPT     := $(TOOLS)/binaryen/node_modules/.bin/wasm-opt
+WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 WASM_MAX     := 400000
 DEMO_DIR     := $(TOOLS)/demo
 
 .PHONY: tools wasm-target wasm test rust-checks size-check integration run clean distclean
 
 ## tools: install everything the build and tests need (idempotent)
-tools: $(VENV_STAMP) $(WBG_STAMP) wasm-target
+tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) wasm-target
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -49,9 +54,18 @@ $(WBG_STAMP):
 	@rm -f $(WBG_ROOT)/.installed-*
 	touch $@
 
-## wasm: release build of the filter
-wasm: wasm-target
+## wasm: release build of the filter, optimized for size (target/keyward.wasm)
+wasm: wasm-target $(WASM_OPT_STAMP)
 	cargo build --release --target $(WASM_TARGET) -p keyward-filter
+	$(WASM_OPT) -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+		--enable-nontrapping-float-to-int $(CARGO_WASM) -o $(WASM)
+
+# binaryen from the npm registry (runs on the machine's node), project-local and pinned.
+$(WASM_OPT_STAMP):
+	mkdir -p $(TOOLS)/binaryen
+	cd $(TOOLS)/binaryen && npm install --silent --no-audit --no-fund --prefix . binaryen@$(BINARYEN_VER)
+	@rm -f $(TOOLS)/binaryen/.installed-*
+	touch $@
 
 ## test: formatting, lints, unit tests (native and wasm32), the wasm build and its size, integration tests
 test: tools

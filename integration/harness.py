@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-unknown-unknown" / "release" / "keyward_filter.wasm"
+DEFAULT_WASM = REPO_ROOT / "target" / "keyward.wasm"
 LOOPBACK = "127.0.0.1"
 HTTP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "envoy" / "demo.yaml"
 PLUGIN_CONFIG = REPO / "envoy" / "demo-policy.json"
 DEMO_KEYS = REPO / "envoy" / "demo-keys.json"
-DEFAULT_WASM = REPO / "target" / "wasm32-unknown-unknown" / "release" / "keyward_filter.wasm"
+DEFAULT_WASM = REPO / "target" / "keyward.wasm"
 DEFAULT_OUT = REPO / ".tools" / "demo" / "envoy.yaml"
 
 LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT = 10000, 9901, 10001
