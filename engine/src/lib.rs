@@ -11,4 +11,5 @@ pub mod key_format;
 pub mod log_line;
 pub mod request;
 pub mod route;
+pub mod signed_snapshot;
 pub mod snapshot;
