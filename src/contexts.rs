@@ -1,26 +1,39 @@
-//! The proxy-wasm contexts: a root context per VM that compiles the configuration once, and a
-//! request context per HTTP stream that hands its headers to `handler`.
+//! The proxy-wasm contexts. One root context per VM compiles the configuration once and, with
+//! `sync`, follows pushed policies (and polls, when it is the sync service or the lease holder);
+//! one request context per HTTP stream hands its headers to `handler`.
 
 use std::rc::Rc;
 
-use keyward_engine::config::PluginConfig;
+use keyward_engine::config::{PluginConfig, Role};
+use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
 use crate::handler::{on_request_headers, FilterState, Verdict};
-use crate::host::{Host, LogLevel};
+use crate::host::{LogLevel, Telemetry};
 use crate::metrics::Metrics;
+use crate::sync_agent::{PolicyFollower, SnapshotPoller, SyncHost};
+
+/// How often filter VMs look for a newly published policy (one small shared-data read).
+const FOLLOW_TICK_MS: u32 = 250;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(SdkLogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(KeywardRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(KeywardRoot { context_id, ..KeywardRoot::default() })
+    });
 }}
 
 #[derive(Default)]
 struct KeywardRoot {
+    context_id: u32,
     state: Option<Rc<FilterState>>,
     metrics: Option<Rc<Metrics>>,
+    role: Role,
+    sync: Option<SyncSettings>,
+    poller: Option<SnapshotPoller>,
+    follower: PolicyFollower,
 }
 
 impl KeywardRoot {
@@ -34,7 +47,7 @@ impl KeywardRoot {
                     e.status
                 )
             })?
-            .unwrap_or_else(|| b"{}".to_vec());
+            .unwrap_or_default();
         let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}".to_vec()
         } else {
@@ -52,35 +65,109 @@ impl KeywardRoot {
                 defined
             }
         };
-        let policy = config.policy.map(Rc::new);
-        match &policy {
+        self.role = config.role;
+        self.sync = config.sync.clone();
+        self.poller = match &config.sync {
+            Some(sync) if config.role == Role::SyncService || sync.poller == Poller::Lease => {
+                let started = SyncHost::now_ms(&host).unwrap_or_default();
+                // Unique among the VMs that share the vm_id: context ids repeat across VMs,
+                // their start times (in ms, plus the id) practically never do.
+                let me = format!("vm{}-{}", self.context_id, started);
+                Some(SnapshotPoller::new(sync.clone(), me))
+            }
+            _ => None,
+        };
+        if config.role == Role::SyncService {
+            host.log(LogLevel::Info, "keyward: sync service configured");
+        } else {
+            self.state = Some(Rc::new(FilterState {
+                settings: Rc::new(config.settings),
+                policy: config.policy.map(Rc::new),
+                metrics,
+            }));
+            self.log_policy("configured");
+        }
+        if self.sync.is_some() {
+            let period = match (&self.poller, self.role) {
+                (Some(poller), Role::SyncService) => {
+                    (poller.settings.interval_ms / 4).clamp(50, 1000) as u32
+                }
+                _ => FOLLOW_TICK_MS,
+            };
+            host.set_tick_period_ms(period)
+                .map_err(|e| format!("cannot set the tick period (host status {})", e.status))?;
+            // The first tick comes one period late: look and poll right away.
+            self.on_tick();
+        }
+        Ok(())
+    }
+
+    fn log_policy(&self, event: &str) {
+        let Some(state) = &self.state else { return };
+        match &state.policy {
             Some(policy) => {
-                host.record_metric(metrics.policy_version, policy.version);
-                host.log(
+                EnvoyHost.record_metric(state.metrics.policy_version, policy.version);
+                EnvoyHost.log(
                     LogLevel::Info,
                     &format!(
-                        "keyward: configured; policy version {} with {} keys and {} projects",
+                        "keyward: {event}; policy version {} with {} keys and {} projects",
                         policy.version,
                         policy.keys().len(),
                         policy.projects().len()
                     ),
                 );
             }
-            None => host.log(
+            None => EnvoyHost.log(
                 LogLevel::Warn,
-                "keyward: configured without a policy; requests are refused with policy_unavailable unless fail_open",
+                &format!("keyward: {event} without a policy; requests get policy_unavailable unless fail_open"),
             ),
         }
-        self.state = Some(Rc::new(FilterState {
-            settings: Rc::new(config.settings),
-            policy,
-            metrics,
-        }));
-        Ok(())
+    }
+
+    fn follow_published_policy(&mut self) {
+        let (Some(sync), Some(state)) = (&self.sync, &self.state) else {
+            return;
+        };
+        let current = state.policy.as_ref().map(|policy| SnapshotStamp {
+            version: policy.version,
+            issued_at: policy.issued_at,
+        });
+        match self.follower.refresh(&EnvoyHost, sync, current) {
+            Ok(Some(policy)) => {
+                self.state = Some(Rc::new(FilterState {
+                    settings: Rc::clone(&state.settings),
+                    policy: Some(Rc::new(policy)),
+                    metrics: Rc::clone(&state.metrics),
+                }));
+                self.log_policy("policy updated");
+            }
+            Ok(None) => {}
+            Err(error) => EnvoyHost.log(
+                LogLevel::Warn,
+                &format!(
+                    "keyward: cannot read the published policy (host status {})",
+                    error.status
+                ),
+            ),
+        }
     }
 }
 
-impl Context for KeywardRoot {}
+impl Context for KeywardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {
+            poller.on_response(&EnvoyHost, metrics, token_id, body_size);
+        }
+        // A lease holder also serves requests: pick up what it just published without waiting.
+        self.follow_published_policy();
+    }
+}
 
 impl RootContext for KeywardRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -94,9 +181,20 @@ impl RootContext for KeywardRoot {
         }
     }
 
+    fn on_tick(&mut self) {
+        if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {
+            if let Err(error) = poller.on_tick(&EnvoyHost, metrics) {
+                EnvoyHost.log(
+                    LogLevel::Warn,
+                    &format!("keyward sync: tick failed (host status {})", error.status),
+                );
+            }
+        }
+        self.follow_published_policy();
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a compiled configuration there is no filter to build; on_configure failed and
-        // Envoy did not accept the plugin, so this is not reached in practice.
+        // Only reached after a successful on_configure of the filter role.
         let state = Rc::clone(self.state.as_ref()?);
         Some(Box::new(KeywardRequest { state }))
     }

@@ -7,16 +7,21 @@ use std::ptr::null_mut;
 use keyward_engine::request::Header;
 
 use crate::header_map::{parse_header_map, serialize_pairs};
-use crate::host::{Host, HostError, LogLevel, MetricKind};
+use crate::host::{Host, HostError, LogLevel, MetricKind, Telemetry};
+use crate::sync_agent::{SetOutcome, SyncHost};
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const STATUS_CAS_MISMATCH: u32 = 8;
 
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -61,6 +66,20 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
@@ -92,23 +111,13 @@ pub struct EnvoyHost;
 impl EnvoyHost {
     /// The plugin configuration bytes, `None` when Envoy passed none.
     pub fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
-        let mut data: *mut u8 = null_mut();
-        let mut size: usize = 0;
-        // SAFETY: out-pointers are valid; the buffer comes from our allocator.
-        let status = unsafe {
-            proxy_get_buffer_bytes(
-                BUFFER_PLUGIN_CONFIGURATION,
-                0,
-                usize::MAX,
-                &mut data,
-                &mut size,
-            )
-        };
-        match status {
-            STATUS_OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
-            STATUS_NOT_FOUND => Ok(None),
-            status => Err(HostError { status }),
-        }
+        buffer(BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+    }
+
+    /// `set_tick_period` through the raw call: the SDK's wrapper panics on any failure.
+    pub fn set_tick_period_ms(&self, period_ms: u32) -> Result<(), HostError> {
+        // SAFETY: plain value.
+        check(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
     }
 
     pub fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
@@ -123,16 +132,108 @@ impl EnvoyHost {
     }
 }
 
-impl Host for EnvoyHost {
-    fn request_headers(&self) -> Result<Vec<Header>, HostError> {
+fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: out-pointers are valid; the buffer comes from our allocator.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    check(status)?;
+    let bytes = unsafe { take_host_buffer(data, size) };
+    parse_header_map(&bytes).ok_or(HostError { status: 3 })
+}
+
+fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: out-pointers are valid; the buffer comes from our allocator.
+    let status = unsafe { proxy_get_buffer_bytes(buffer_type, 0, max_size, &mut data, &mut size) };
+    match status {
+        STATUS_OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
+        STATUS_NOT_FOUND => Ok(None),
+        status => Err(HostError { status }),
+    }
+}
+
+impl SyncHost for EnvoyHost {
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
         let mut data: *mut u8 = null_mut();
         let mut size: usize = 0;
+        let mut cas: u32 = 0;
         // SAFETY: out-pointers are valid; the buffer comes from our allocator.
-        let status =
-            unsafe { proxy_get_header_map_pairs(MAP_HTTP_REQUEST_HEADERS, &mut data, &mut size) };
-        check(status)?;
-        let bytes = unsafe { take_host_buffer(data, size) };
-        parse_header_map(&bytes).ok_or(HostError { status: 3 })
+        let status = unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            STATUS_OK if data.is_null() => Ok(None),
+            STATUS_OK => Ok(Some((unsafe { take_host_buffer(data, size) }, cas))),
+            STATUS_NOT_FOUND => Ok(None),
+            status => Err(HostError { status }),
+        }
+    }
+
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<SetOutcome, HostError> {
+        // SAFETY: both slices are valid for the call.
+        let status = unsafe {
+            proxy_set_shared_data(
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+                cas.unwrap_or(0),
+            )
+        };
+        match status {
+            STATUS_OK => Ok(SetOutcome::Written),
+            STATUS_CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
+            status => Err(HostError { status }),
+        }
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        let mut nanos = 0u64;
+        // SAFETY: valid out-pointer.
+        check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
+        Ok(nanos / 1_000_000)
+    }
+
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError> {
+        // The SDK's wrapper is used here, not the raw call: it registers the token with the
+        // SDK's dispatcher, which routes the response back to this root context. The statuses
+        // Envoy gives for an unknown cluster or a failed call come back as errors.
+        proxy_wasm::hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            None,
+            Vec::new(),
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| HostError {
+            status: status as u32,
+        })
+    }
+
+    fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
+        header_map(MAP_HTTP_CALL_RESPONSE_HEADERS)
+    }
+
+    fn call_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        Ok(buffer(BUFFER_HTTP_CALL_RESPONSE_BODY, size)?.unwrap_or_default())
+    }
+}
+
+impl Host for EnvoyHost {
+    fn request_headers(&self) -> Result<Vec<Header>, HostError> {
+        header_map(MAP_HTTP_REQUEST_HEADERS)
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
@@ -202,7 +303,9 @@ impl Host for EnvoyHost {
         check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
         Ok(nanos / 1_000_000_000)
     }
+}
 
+impl Telemetry for EnvoyHost {
     fn increment_metric(&self, id: u32, delta: i64) {
         // SAFETY: plain values. A failed metric update is deliberately ignored.
         let _ = unsafe { proxy_increment_metric(id, delta) };

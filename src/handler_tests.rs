@@ -8,7 +8,7 @@ use keyward_engine::hash::sha256;
 use keyward_engine::request::Header;
 
 use super::*;
-use crate::host::MetricKind;
+use crate::host::{MetricKind, Telemetry};
 
 const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
@@ -65,6 +65,9 @@ impl Host for FakeHost {
     fn now_unix_seconds(&self) -> Result<u64, HostError> {
         Ok(1_800_000_000)
     }
+}
+
+impl Telemetry for FakeHost {
     fn increment_metric(&self, id: u32, delta: i64) {
         *self.metrics.borrow_mut().entry(id).or_default() += delta;
     }

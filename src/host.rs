@@ -23,8 +23,16 @@ pub enum MetricKind {
     Gauge,
 }
 
+/// Metrics and logs: what every context reports through.
+pub trait Telemetry {
+    /// Metrics are best effort: a failed update must never change a decision.
+    fn increment_metric(&self, id: u32, delta: i64);
+    fn record_metric(&self, id: u32, value: u64);
+    fn log(&self, level: LogLevel, message: &str);
+}
+
 /// What a request context asks of its host.
-pub trait Host {
+pub trait Host: Telemetry {
     /// All request headers, read in one host call (pseudo-headers included).
     fn request_headers(&self) -> Result<Vec<Header>, HostError>;
     /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.
@@ -38,8 +46,4 @@ pub trait Host {
         body: &[u8],
     ) -> Result<(), HostError>;
     fn now_unix_seconds(&self) -> Result<u64, HostError>;
-    /// Metrics are best effort: a failed update must never change a decision.
-    fn increment_metric(&self, id: u32, delta: i64);
-    fn record_metric(&self, id: u32, value: u64);
-    fn log(&self, level: LogLevel, message: &str);
 }

@@ -7,6 +7,7 @@
 pub mod handler;
 pub mod host;
 pub mod metrics;
+pub mod sync_agent;
 
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;

@@ -14,6 +14,59 @@ pub struct Metrics {
     pub shadow_denied: u32,
     pub policy_version: u32,
     denied: Vec<(DenyCode, u32)>,
+    sync: Vec<(SyncOutcome, u32)>,
+}
+
+/// How one poll of the control plane ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// A newer verified snapshot was published to shared data.
+    Published,
+    /// 304, or the same snapshot again.
+    NotModified,
+    /// The control plane answered with an unexpected status.
+    HttpError,
+    /// The call failed: no cluster, connection refused, timeout.
+    Unreachable,
+    /// Verification failed; the reason is one of [`REJECTION_REASONS`].
+    Rejected(&'static str),
+}
+
+/// Every reason a fetched snapshot can be rejected for, each with its own counter.
+pub const REJECTION_REASONS: [&str; 6] = [
+    "not_an_envelope",
+    "unknown_format",
+    "unknown_signing_key",
+    "bad_signature",
+    "invalid_snapshot",
+    "stale_version",
+];
+
+impl SyncOutcome {
+    fn metric_name(self) -> String {
+        match self {
+            SyncOutcome::Published => "keyward.sync.published".to_owned(),
+            SyncOutcome::NotModified => "keyward.sync.not_modified".to_owned(),
+            SyncOutcome::HttpError => "keyward.sync.http_error".to_owned(),
+            SyncOutcome::Unreachable => "keyward.sync.unreachable".to_owned(),
+            SyncOutcome::Rejected(reason) => format!("keyward.sync.rejected.{reason}"),
+        }
+    }
+
+    fn all() -> Vec<SyncOutcome> {
+        let mut all = vec![
+            SyncOutcome::Published,
+            SyncOutcome::NotModified,
+            SyncOutcome::HttpError,
+            SyncOutcome::Unreachable,
+        ];
+        all.extend(
+            REJECTION_REASONS
+                .iter()
+                .map(|reason| SyncOutcome::Rejected(reason)),
+        );
+        all
+    }
 }
 
 impl Metrics {
@@ -33,8 +86,16 @@ impl Metrics {
                 counter(&format!("keyward.requests.denied.{}", code.as_str()))?,
             ));
         }
+        let mut sync = Vec::new();
+        for outcome in SyncOutcome::all() {
+            sync.push((
+                outcome,
+                define(MetricKind::Counter, &outcome.metric_name())?,
+            ));
+        }
         let policy_version = define(MetricKind::Gauge, "keyward.policy.version")?;
         Ok(Metrics {
+            sync,
             allowed,
             exempt,
             fail_open,
@@ -42,6 +103,13 @@ impl Metrics {
             policy_version,
             denied,
         })
+    }
+
+    pub fn sync_counter(&self, outcome: SyncOutcome) -> Option<u32> {
+        self.sync
+            .iter()
+            .find(|(defined, _)| *defined == outcome)
+            .map(|(_, id)| *id)
     }
 
     pub fn denied(&self, code: DenyCode) -> Option<u32> {

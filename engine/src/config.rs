@@ -9,6 +9,7 @@ use crate::key_format::KeyFormat;
 use crate::request::Request;
 use crate::route::{is_header_name, ErrorFormat, Route, RouteConfig, RouteDefaults};
 use crate::snapshot::{Policy, Snapshot};
+use crate::sync::{SyncDoc, SyncSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -17,6 +18,17 @@ pub enum Mode {
     Enforce,
     /// Decide and report, but let every request through: for rollouts.
     Shadow,
+}
+
+/// What this plugin instance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The HTTP filter (the default).
+    #[default]
+    Filter,
+    /// The policy poller, as an Envoy bootstrap singleton (`envoy.bootstrap.wasm`).
+    SyncService,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -70,6 +82,8 @@ fn default_spend_cap_status() -> u16 {
 #[serde(deny_unknown_fields)]
 struct ConfigDocument {
     #[serde(default)]
+    role: Role,
+    #[serde(default)]
     mode: Mode,
     #[serde(default)]
     policy_unavailable: PolicyUnavailable,
@@ -94,6 +108,7 @@ struct ConfigDocument {
     #[serde(default)]
     routes: Vec<RouteConfig>,
     policy: Option<Snapshot>,
+    sync: Option<SyncDoc>,
 }
 
 /// Everything the data path needs from the configuration, except the policy itself (which a
@@ -118,8 +133,12 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub settings: Settings,
-    /// The inline policy snapshot, when the configuration carries one.
+    /// The inline policy snapshot, when the configuration carries one. With `sync`, it is the
+    /// policy in force until a newer pushed one arrives.
     pub policy: Option<Policy>,
+    pub role: Role,
+    /// Where pushed policies come from, when they do.
+    pub sync: Option<SyncSettings>,
 }
 
 impl PluginConfig {
@@ -156,6 +175,16 @@ impl PluginConfig {
                     .map_err(|e| e.within(&format!("routes[{position}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let sync = document
+            .sync
+            .map(|sync| SyncSettings::compile(sync).map_err(|e| e.within("sync")))
+            .transpose()?;
+        if document.role == Role::SyncService && sync.is_none() {
+            return Err(FieldError::new(
+                "sync",
+                "the sync_service role needs a sync block",
+            ));
+        }
         let policy = document
             .policy
             .map(|snapshot| Policy::compile(snapshot).map_err(|e| e.within("policy")))
@@ -176,6 +205,8 @@ impl PluginConfig {
                 fallback_route: Route::fallback(defaults),
             },
             policy,
+            role: document.role,
+            sync,
         })
     }
 }

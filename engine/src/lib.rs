@@ -13,3 +13,4 @@ pub mod request;
 pub mod route;
 pub mod signed_snapshot;
 pub mod snapshot;
+pub mod sync;

@@ -1,0 +1,308 @@
+//! The policy sync's pure parts: its configuration, which snapshot replaces which, the lease
+//! that elects one poller among the filter VMs, and the names of the shared-data entries.
+
+use serde::Deserialize;
+
+use crate::field_error::FieldError;
+use crate::signed_snapshot::SigningKey;
+
+/// Shared-data entry holding the last verified signed envelope (all VMs with the same vm_id).
+pub const SNAPSHOT_ENTRY: &str = "keyward/snapshot";
+/// Small entry that changes whenever the snapshot does: `<version>:<issued_at>`.
+pub const SNAPSHOT_STAMP_ENTRY: &str = "keyward/snapshot-stamp";
+/// The poller lease: `<holder>:<expires_at_ms>`.
+pub const LEASE_ENTRY: &str = "keyward/sync-lease";
+
+/// Who polls the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Poller {
+    /// An Envoy bootstrap singleton (`envoy.bootstrap.wasm`, same vm_id) polls; filters read.
+    SyncService,
+    /// The filter VMs elect one poller at a time through a lease in shared data (Istio, where
+    /// only HTTP filters can be installed).
+    Lease,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyDoc {
+    id: String,
+    secret_base64: String,
+}
+
+fn default_authority() -> String {
+    "keyward-control-plane".to_owned()
+}
+fn default_path() -> String {
+    "/v1/snapshot".to_owned()
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SyncDoc {
+    cluster: String,
+    #[serde(default = "default_authority")]
+    authority: String,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_interval_ms")]
+    interval_ms: u64,
+    #[serde(default)]
+    jitter_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    signing_keys: Vec<SigningKeyDoc>,
+    poller: Poller,
+}
+
+/// A validated sync configuration.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub interval_ms: u64,
+    pub jitter_ms: u64,
+    pub timeout_ms: u64,
+    pub signing_keys: Vec<SigningKey>,
+    pub poller: Poller,
+}
+
+impl SyncSettings {
+    pub(crate) fn compile(doc: SyncDoc) -> Result<SyncSettings, FieldError> {
+        if doc.cluster.is_empty() {
+            return Err(FieldError::new("cluster", "must name an Envoy cluster"));
+        }
+        if doc.authority.is_empty() || doc.authority.contains(char::is_whitespace) {
+            return Err(FieldError::new("authority", "must be a host name"));
+        }
+        if !doc.path.starts_with('/') {
+            return Err(FieldError::new("path", "must start with /"));
+        }
+        if !(100..=3_600_000).contains(&doc.interval_ms) {
+            return Err(FieldError::new(
+                "interval_ms",
+                "must be from 100 to 3600000",
+            ));
+        }
+        if doc.jitter_ms > doc.interval_ms {
+            return Err(FieldError::new("jitter_ms", "must not exceed interval_ms"));
+        }
+        if !(100..=60_000).contains(&doc.timeout_ms) {
+            return Err(FieldError::new("timeout_ms", "must be from 100 to 60000"));
+        }
+        if doc.signing_keys.is_empty() {
+            return Err(FieldError::new(
+                "signing_keys",
+                "needs at least one key: unsigned snapshots are never accepted",
+            ));
+        }
+        let mut signing_keys = Vec::with_capacity(doc.signing_keys.len());
+        for (position, key) in doc.signing_keys.iter().enumerate() {
+            let path = format!("signing_keys[{position}]");
+            let compiled = SigningKey::from_base64(&key.id, &key.secret_base64)
+                .map_err(|message| FieldError::new(path.clone(), message))?;
+            if signing_keys
+                .iter()
+                .any(|k: &SigningKey| k.id == compiled.id)
+            {
+                return Err(FieldError::new(
+                    format!("{path}.id"),
+                    "duplicate signing key id",
+                ));
+            }
+            signing_keys.push(compiled);
+        }
+        Ok(SyncSettings {
+            cluster: doc.cluster,
+            authority: doc.authority,
+            path: doc.path,
+            interval_ms: doc.interval_ms,
+            jitter_ms: doc.jitter_ms,
+            timeout_ms: doc.timeout_ms,
+            signing_keys,
+            poller: doc.poller,
+        })
+    }
+
+    /// How long a lease lasts without renewal: three poll intervals, at least three seconds, so
+    /// a slow tick does not hand the lease over while its holder is alive.
+    pub fn lease_ttl_ms(&self) -> u64 {
+        (self.interval_ms * 3).max(3000)
+    }
+
+    /// Delay until the next poll: the interval plus a spread from `entropy` within the jitter.
+    pub fn next_poll_delay_ms(&self, entropy: u64) -> u64 {
+        self.interval_ms + entropy.checked_rem(self.jitter_ms + 1).unwrap_or(0)
+    }
+}
+
+/// Identifies one snapshot for ordering: a higher version wins; the same version re-issued
+/// later (a max-age refresh) wins too; anything else is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotStamp {
+    pub version: u64,
+    pub issued_at: u64,
+}
+
+impl SnapshotStamp {
+    pub fn encode(self) -> String {
+        format!("{}:{}", self.version, self.issued_at)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<SnapshotStamp> {
+        let text = core::str::from_utf8(bytes).ok()?;
+        let (version, issued_at) = text.split_once(':')?;
+        Some(SnapshotStamp {
+            version: version.parse().ok()?,
+            issued_at: issued_at.parse().ok()?,
+        })
+    }
+
+    /// Whether `self` may replace `current`.
+    pub fn replaces(self, current: Option<SnapshotStamp>) -> bool {
+        current.is_none_or(|current| self > current)
+    }
+}
+
+/// A parsed lease entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at_ms: u64,
+}
+
+impl Lease {
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.holder, self.expires_at_ms)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Lease> {
+        let text = core::str::from_utf8(bytes).ok()?;
+        let (holder, expires) = text.rsplit_once(':')?;
+        Some(Lease {
+            holder: holder.to_owned(),
+            expires_at_ms: expires.parse().ok()?,
+        })
+    }
+}
+
+/// What a VM should write to the lease entry this tick, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// Someone else holds a live lease.
+    Wait,
+    /// Write this lease (create, renew or take over); the write must use the entry's CAS.
+    Write(Lease),
+}
+
+/// Decides the lease step for VM `me` at `now_ms`. A lease that cannot be parsed is treated
+/// as expired: a corrupt entry must not stop policy sync for good.
+pub fn lease_step(current: Option<&[u8]>, me: &str, now_ms: u64, ttl_ms: u64) -> LeaseStep {
+    let mine = Lease {
+        holder: me.to_owned(),
+        expires_at_ms: now_ms + ttl_ms,
+    };
+    match current.and_then(Lease::decode) {
+        Some(lease) if lease.holder != me && lease.expires_at_ms > now_ms => LeaseStep::Wait,
+        _ => LeaseStep::Write(mine),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn stamps_order_by_version_then_issue_time() {
+        let v1 = SnapshotStamp {
+            version: 1,
+            issued_at: 100,
+        };
+        let v1_later = SnapshotStamp {
+            version: 1,
+            issued_at: 200,
+        };
+        let v2_older_clock = SnapshotStamp {
+            version: 2,
+            issued_at: 50,
+        };
+        assert!(v1.replaces(None));
+        assert!(v1_later.replaces(Some(v1)));
+        assert!(!v1.replaces(Some(v1)));
+        assert!(!v1.replaces(Some(v1_later)));
+        assert!(v2_older_clock.replaces(Some(v1_later)));
+        assert!(!v1_later.replaces(Some(v2_older_clock)));
+        assert_eq!(
+            SnapshotStamp::decode(v1_later.encode().as_bytes()),
+            Some(v1_later)
+        );
+        assert_eq!(SnapshotStamp::decode(b"x:1"), None);
+    }
+
+    #[test]
+    fn lease_is_created_renewed_respected_and_taken_over() {
+        assert_eq!(
+            lease_step(None, "a", 1000, 3000),
+            LeaseStep::Write(Lease {
+                holder: "a".into(),
+                expires_at_ms: 4000
+            })
+        );
+        let held_by_b = Lease {
+            holder: "b".into(),
+            expires_at_ms: 4000,
+        }
+        .encode();
+        assert_eq!(
+            lease_step(Some(held_by_b.as_bytes()), "a", 3999, 3000),
+            LeaseStep::Wait
+        );
+        assert_eq!(
+            lease_step(Some(held_by_b.as_bytes()), "b", 3999, 3000),
+            LeaseStep::Write(Lease {
+                holder: "b".into(),
+                expires_at_ms: 6999
+            })
+        );
+        assert_eq!(
+            lease_step(Some(held_by_b.as_bytes()), "a", 4000, 3000),
+            LeaseStep::Write(Lease {
+                holder: "a".into(),
+                expires_at_ms: 7000
+            })
+        );
+        assert!(matches!(
+            lease_step(Some(b"garbage"), "a", 1, 3000),
+            LeaseStep::Write(_)
+        ));
+    }
+
+    #[test]
+    fn poll_delay_stays_within_the_jitter() {
+        let settings = SyncSettings {
+            cluster: "c".into(),
+            authority: "a".into(),
+            path: "/".into(),
+            interval_ms: 1000,
+            jitter_ms: 250,
+            timeout_ms: 1000,
+            signing_keys: vec![],
+            poller: Poller::Lease,
+        };
+        for entropy in [0, 1, 249, 250, 251, u64::MAX] {
+            let delay = settings.next_poll_delay_ms(entropy);
+            assert!((1000..=1250).contains(&delay), "{delay}");
+        }
+        assert_eq!(settings.lease_ttl_ms(), 3000);
+    }
+}
