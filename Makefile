@@ -30,7 +30,11 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 WASM_MAX     := 400000
 DEMO_DIR     := $(TOOLS)/demo
 
-.PHONY: tools wasm-target wasm test rust-checks size-check integration run clean distclean
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := credential_and_decision plugin_config snapshot
+CARGO_FUZZ   := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
+
+.PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean
 
 ## tools: install everything the build and tests need (idempotent)
 tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) wasm-target
@@ -103,3 +107,15 @@ clean:
 ## distclean: also remove the project-local tools (venv, wasm-bindgen)
 distclean: clean
 	rm -rf $(TOOLS)
+
+## fuzz: run every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz, installed into .tools/).
+## New coverage goes to fuzz/corpus-new/; a crash lands in fuzz/artifacts/: copy it into
+## fuzz/corpus/<target>/ so that `make test` replays it from then on.
+fuzz:
+	@[ -x $(CARGO_FUZZ) ] || cargo +nightly install cargo-fuzz --root $(TOOLS)/cargo-fuzz
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-new/$$target; \
+		echo "== fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		(cd fuzz && PATH=$(TOOLS)/cargo-fuzz/bin:$$PATH cargo +nightly fuzz run $$target corpus-new/$$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048) || exit 1; \
+	done

@@ -43,6 +43,14 @@ pub enum BadCredential {
 }
 
 impl BadCredential {
+    pub const ALL: [BadCredential; 5] = [
+        BadCredential::RepeatedHeader,
+        BadCredential::NotBearer,
+        BadCredential::Empty,
+        BadCredential::TooLong,
+        BadCredential::Ambiguous,
+    ];
+
     pub fn description(self) -> &'static str {
         match self {
             BadCredential::RepeatedHeader => "the credential header was sent more than once",

@@ -340,6 +340,14 @@ pub enum MalformedKey {
 }
 
 impl MalformedKey {
+    pub const ALL: [MalformedKey; 5] = [
+        MalformedKey::UnknownFormat,
+        MalformedKey::MissingSeparator,
+        MalformedKey::BadShape,
+        MalformedKey::BadChecksum,
+        MalformedKey::UnknownEnvironment,
+    ];
+
     pub fn description(self) -> &'static str {
         match self {
             MalformedKey::UnknownFormat => "the key does not have the format of a key issued here",

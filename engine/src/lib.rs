@@ -6,6 +6,9 @@ pub mod credential;
 pub mod decision;
 pub mod denial;
 pub mod field_error;
+/// Entry points for fuzzing and property tests; never called by the filter (LTO drops them).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod key_format;
 pub mod log_line;

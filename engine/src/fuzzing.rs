@@ -1,0 +1,208 @@
+//! Entry points shared by the fuzz targets (`fuzz/`) and the corpus replay that `cargo test`
+//! runs (`engine/tests/fuzz_corpus.rs`): each takes arbitrary bytes and must never panic.
+
+use crate::config::PluginConfig;
+use crate::credential::BadCredential;
+use crate::decision::{decide, Outcome};
+use crate::denial::{Denial, DenyCode};
+use crate::hash::sha256;
+use crate::key_format::{parse_key, Charset, Checksum, KeyFormat, MalformedKey, PartShape};
+use crate::request::{Header, Request};
+use crate::route::ErrorFormat;
+use crate::signed_snapshot::{verify_snapshot, SigningKey};
+use crate::snapshot::Policy;
+
+/// Inputs larger than this are cut: the filter never sees more than Envoy's header limits, and
+/// an unbounded input would only measure the allocator.
+const MAX_INPUT: usize = 64 * 1024;
+
+fn bounded(data: &[u8]) -> &[u8] {
+    data.get(..MAX_INPUT).unwrap_or(data)
+}
+
+/// Credential extraction, key parsing and the whole decision on headers built from `data`.
+/// Checks the invariants that must hold for any input: exactly one outcome, and a denial body
+/// that never contains the presented credential.
+pub fn credential_and_decision(data: &[u8]) {
+    let data = bounded(data);
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    // Split the rest into up to three header values at NUL bytes.
+    let mut parts = rest.splitn(3, |b| *b == 0);
+    let first = parts.next().unwrap_or_default().to_vec();
+    let second = parts.next().unwrap_or_default().to_vec();
+    let third = parts.next().unwrap_or_default().to_vec();
+    let mut headers: Vec<Header> = vec![(":path".to_owned(), b"/v1/chat/completions".to_vec())];
+    let names = [
+        "authorization",
+        "x-api-key",
+        "x-project-id",
+        "origin",
+        "x-model",
+    ];
+    let pick = |shift: u32| {
+        names
+            .get(((selector >> shift) % 5) as usize)
+            .copied()
+            .unwrap_or("authorization")
+    };
+    headers.push((pick(0).to_owned(), first.clone()));
+    if selector & 0x40 != 0 {
+        headers.push((pick(2).to_owned(), second.clone()));
+    }
+    if selector & 0x80 != 0 {
+        headers.push((pick(4).to_owned(), third.clone()));
+    }
+    let config = fixture();
+    let request = Request::new(&headers, Some("chat"));
+    let route = config.settings.route_for(&request);
+    let outcome = decide(
+        &config.settings,
+        route,
+        &request,
+        config.policy.as_ref(),
+        1_800_000_000,
+    );
+    if let Outcome::Deny(rejection) = &outcome {
+        let body = rejection.denial.body(route.error_format, "fuzz");
+        for presented in [&first, &second, &third] {
+            let trimmed = presented.trim_ascii();
+            // Short values can appear in any message by chance, and input that copies keyward's
+            // own fixed texts is found in them: only text from nowhere else is an echo.
+            if trimmed.len() >= 8 {
+                let text = String::from_utf8_lossy(trimmed);
+                let echoed = body.contains(text.as_ref()) && !fixed_texts().contains(text.as_ref());
+                assert!(!echoed, "denial echoed the input {text:?}: {body}");
+            }
+        }
+    }
+    let formats = checksum_formats();
+    let _ = parse_key(&formats, &first);
+}
+
+/// Every text a denial body is built from, with the fixture's request id and route settings.
+fn fixed_texts() -> &'static str {
+    static TEXTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXTS.get_or_init(|| {
+        let mut texts = String::new();
+        for code in DenyCode::ALL {
+            for format in [ErrorFormat::Openai, ErrorFormat::Anthropic] {
+                texts.push_str(&Denial::new(code, 403).body(format, "fuzz"));
+                texts.push('\n');
+            }
+        }
+        let details = BadCredential::ALL.iter().map(|bad| bad.description());
+        let details = details.chain(MalformedKey::ALL.iter().map(|bad| bad.description()));
+        for detail in details.chain(["requires chat:write", "key cap", "project cap"]) {
+            texts.push_str(detail);
+            texts.push('\n');
+        }
+        texts
+    })
+}
+
+/// Plugin configuration parsing and validation.
+pub fn plugin_config(data: &[u8]) {
+    let _ = PluginConfig::from_json(bounded(data));
+}
+
+/// Snapshot parsing, and envelope verification with a fixed key.
+pub fn snapshot(data: &[u8]) {
+    let data = bounded(data);
+    let _ = Policy::from_json(data);
+    if let Ok(key) =
+        SigningKey::from_base64("fuzz", "ZnV6ei1mdXp6LWZ1enotZnV6ei1mdXp6LWZ1enotZnV6eg==")
+    {
+        let _ = verify_snapshot(data, &[key]);
+    }
+}
+
+fn checksum_formats() -> Vec<KeyFormat> {
+    vec![KeyFormat::PrefixedOpaque {
+        name: "cks".to_owned(),
+        prefix: "cks_".to_owned(),
+        environments: vec!["live".to_owned()],
+        body: PartShape {
+            charset: Charset::Base62,
+            min_length: 10,
+            max_length: 64,
+        },
+        checksum: Checksum::Crc32Base62,
+    }]
+}
+
+/// A configuration with a key of each kind and a route that uses every requirement, built once.
+fn fixture() -> &'static PluginConfig {
+    static FIXTURE: std::sync::OnceLock<PluginConfig> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(build_fixture)
+}
+
+fn build_fixture() -> PluginConfig {
+    let secret_hash = hex::encode(sha256(b"s3cr3tS3cr3tS3cr3tXY"));
+    let opaque_hash = hex::encode(sha256(b"vpx_live_abcdefghijklmnopqrstuvwx"));
+    let json = format!(
+        r#"{{"routes": [
+            {{"name": "chat", "match": {{"route_name": "chat"}}, "scopes": ["chat:write"],
+              "environments": ["live"], "project": {{"header": "x-project-id"}},
+              "model": {{"header": "x-model"}}, "deny_browser_requests": true, "query_parameter": "k"}}],
+          "policy": {{"version": 1, "issued_at": 1799999999,
+            "projects": [{{"id": "p", "org": "o", "status": "active", "spend_cap_microusd": 10, "spent_microusd": 1}}],
+            "keys": [{{"id": "good1", "secret_sha256": "{secret_hash}", "project": "p", "status": "active",
+                       "scopes": ["chat:write"], "models": ["gpt-4o*"]}},
+                     {{"id": "org1", "key_sha256": "{opaque_hash}", "org": "o", "status": "active", "scopes": ["*"]}}]}}}}"#
+    );
+    match PluginConfig::from_json(json.as_bytes()) {
+        Ok(config) => config,
+        // The fixture is fixed text; a failure here is a bug in this file, found by any run.
+        Err(error) => unreachable_fixture(&error.to_string()),
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_fixture(error: &str) -> ! {
+    panic!("fuzz fixture is invalid: {error}")
+}
+
+/// Replays every committed corpus input (seeds and past crashes) through its entry point.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[allow(clippy::panic, clippy::expect_used)]
+mod corpus_replay {
+    use std::path::Path;
+
+    fn replay(target: &str, entry: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target);
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut replayed = 0;
+        for file in entries {
+            let path = file.expect("corpus entry").path();
+            let data = std::fs::read(&path).expect("corpus file");
+            entry_point_guard(&path, || entry(&data));
+            replayed += 1;
+        }
+        assert!(replayed > 0, "no corpus inputs in {}", dir.display());
+    }
+
+    fn entry_point_guard(path: &Path, run: impl FnOnce() + std::panic::UnwindSafe) {
+        if std::panic::catch_unwind(run).is_err() {
+            panic!("corpus input {} panics", path.display());
+        }
+    }
+
+    #[test]
+    fn credential_and_decision_corpus() {
+        replay("credential_and_decision", super::credential_and_decision);
+    }
+
+    #[test]
+    fn plugin_config_corpus() {
+        replay("plugin_config", super::plugin_config);
+    }
+
+    #[test]
+    fn snapshot_corpus() {
+        replay("snapshot", super::snapshot);
+    }
+}

@@ -1,0 +1,143 @@
+//! Property tests of the engine's invariants (native only: proptest needs std facilities that
+//! wasm32-unknown-unknown under node does not have).
+#![cfg(not(target_arch = "wasm32"))]
+
+use keyward_engine::hash::{digests_equal, sha256};
+use keyward_engine::key_format::{parse_key, KeyFormat, ParsedKey};
+use keyward_engine::signed_snapshot::{sign_snapshot, verify_snapshot, SigningKey};
+use keyward_engine::snapshot::{
+    KeyRecord, KeyStatus, Policy, ProjectRecord, ProjectStatus, Snapshot,
+};
+use proptest::prelude::*;
+
+fn identifier() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.:-]{1,24}"
+}
+
+fn project() -> impl Strategy<Value = ProjectRecord> {
+    (
+        identifier(),
+        identifier(),
+        prop_oneof![
+            Just(ProjectStatus::Active),
+            Just(ProjectStatus::Archived),
+            Just(ProjectStatus::Suspended)
+        ],
+        proptest::option::of(0u64..10_000_000_000),
+        0u64..10_000_000_000,
+    )
+        .prop_map(|(id, org, status, cap, spent)| ProjectRecord {
+            id,
+            org,
+            status,
+            spend_cap_microusd: cap,
+            spent_microusd: spent,
+        })
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (
+        1u64..u64::MAX / 2,
+        0u64..4_000_000_000,
+        proptest::collection::vec(project(), 1..5),
+    )
+        .prop_flat_map(|(version, issued_at, projects)| {
+            let mut unique = projects;
+            unique.sort_by(|a, b| a.id.cmp(&b.id));
+            unique.dedup_by(|a, b| a.id == b.id);
+            let ids: Vec<String> = unique.iter().map(|p| p.id.clone()).collect();
+            let key = (
+                proptest::sample::select(ids),
+                prop_oneof![
+                    Just(KeyStatus::Active),
+                    Just(KeyStatus::Paused),
+                    Just(KeyStatus::Revoked)
+                ],
+                proptest::collection::vec("[a-z:*]{1,12}", 0..4),
+                proptest::option::of(proptest::collection::vec("[a-z0-9.*-]{1,12}", 0..3)),
+                proptest::option::of(0u64..4_000_000_000),
+                any::<[u8; 32]>(),
+                proptest::option::of(".{0,20}"),
+            );
+            (
+                Just(version),
+                Just(issued_at),
+                Just(unique),
+                proptest::collection::vec(key, 0..8),
+            )
+        })
+        .prop_map(|(version, issued_at, projects, keys)| Snapshot {
+            version,
+            issued_at,
+            expires_at: None,
+            projects,
+            keys: keys
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(n, (project, status, scopes, models, expires_at, secret, label))| KeyRecord {
+                        id: format!("key{n}"),
+                        secret_sha256: Some(hex::encode(sha256(&secret))),
+                        key_sha256: None,
+                        project: Some(project),
+                        org: None,
+                        status,
+                        environment: "live".to_owned(),
+                        scopes,
+                        models,
+                        expires_at,
+                        spend_cap_microusd: None,
+                        spent_microusd: 0,
+                        label,
+                    },
+                )
+                .collect(),
+        })
+}
+
+proptest! {
+    #[test]
+    fn digest_comparison_agrees_with_equality(a in any::<[u8; 32]>(), b in any::<[u8; 32]>(), flip in 0usize..32) {
+        prop_assert_eq!(digests_equal(&a, &b), a == b);
+        let mut c = a;
+        c[flip] ^= 0x80;
+        prop_assert!(!digests_equal(&a, &c));
+        prop_assert!(digests_equal(&a, &a));
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_json(snapshot in snapshot()) {
+        let json = serde_json::to_string(&snapshot).expect("serializes");
+        let reparsed: Snapshot = serde_json::from_str(&json).expect("parses");
+        prop_assert_eq!(&reparsed, &snapshot);
+        let direct = Policy::compile(snapshot.clone()).expect("valid by construction");
+        let via_json = Policy::from_json(json.as_bytes()).expect("valid by construction");
+        prop_assert_eq!(direct, via_json);
+    }
+
+    #[test]
+    fn signed_snapshots_verify_and_any_flipped_byte_does_not(snapshot in snapshot(), position in any::<prop::sample::Index>()) {
+        let key = SigningKey::from_base64("k", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==").expect("key");
+        let json = serde_json::to_string(&snapshot).expect("serializes");
+        let envelope = sign_snapshot(&json, &key).expect("signs");
+        prop_assert!(verify_snapshot(envelope.as_bytes(), std::slice::from_ref(&key)).is_ok());
+        let start = envelope.find("\"snapshot\":").expect("field") + 11;
+        let mut tampered = envelope.clone().into_bytes();
+        let at = start + position.index(tampered.len() - start - 1);
+        tampered[at] ^= 0x01;
+        prop_assert!(verify_snapshot(&tampered, &[key]).is_err());
+    }
+
+    #[test]
+    fn generated_ak_keys_parse_back(id in "[A-Za-z0-9]{4,32}", secret in "[A-Za-z0-9]{16,128}") {
+        let formats = KeyFormat::defaults();
+        let key = format!("ak_{id}.{secret}");
+        let parsed = parse_key(&formats, key.as_bytes());
+        prop_assert_eq!(parsed, Ok(ParsedKey::KeyIdSecret { key_id: &id, secret: secret.as_bytes() }));
+    }
+
+    #[test]
+    fn any_headers_decide_without_panicking_or_echoing(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        keyward_engine::fuzzing::credential_and_decision(&data);
+    }
+}
