@@ -1,0 +1,879 @@
+//! `keyward`: keyward's control plane. Keys (hashed) and projects in a SQLite file, an audited
+//! key lifecycle, signed policy snapshots for the filter's sync, the admin API, and a renderer
+//! for a ready Envoy configuration. Native only: never built for wasm32.
+
+mod error;
+mod keygen;
+mod publish;
+mod render;
+mod secrets;
+mod server;
+mod store;
+mod units;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use keyward_engine::signed_snapshot::verify_snapshot;
+use keyward_engine::snapshot::KeyStatus;
+
+use crate::error::Error;
+use crate::keygen::{Environment, Format};
+use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange, Store};
+use crate::units::{format_time, format_usd, now, parse_duration_seconds, parse_usd};
+
+/// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
+pub fn valid_actor(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "keyward control plane: API keys (stored as SHA-256 hashes), projects, audit, signed policy snapshots",
+    propagate_version = true
+)]
+struct Cli {
+    /// The SQLite store; created on first use.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_DB",
+        default_value = "./keyward.db"
+    )]
+    db: PathBuf,
+    /// Who the audit trail records for changes made with this command.
+    #[arg(long, global = true, env = "KEYWARD_ACTOR", default_value = "cli")]
+    actor: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, archive and list projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Create, list, revoke, pause, resume, change and rotate keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show the audit trail: every change, who made it, when.
+    Audit(AuditArgs),
+    /// Build or verify signed policy snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Run the admin API and the snapshot endpoint.
+    Serve(ServeArgs),
+    /// Print ready-to-use configurations.
+    #[command(subcommand)]
+    Render(RenderCommand),
+    /// Generate the control plane's own secrets into new files (mode 0600).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Create a project in an organization.
+    Create {
+        id: String,
+        #[arg(long)]
+        org: String,
+        /// Spend cap in USD, e.g. 250 or 12.50.
+        #[arg(long)]
+        spend_cap_usd: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive a project: its keys stop working (403 project_archived) and it gets no new keys.
+    Archive {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List projects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct ExpiryArgs {
+    /// Expiry as Unix seconds.
+    #[arg(long)]
+    expires_at: Option<u64>,
+    /// Expiry as a duration from now: 30d, 12h, 90m.
+    #[arg(long)]
+    expires_in: Option<String>,
+}
+
+impl ExpiryArgs {
+    fn resolve(&self) -> Result<Option<u64>, Error> {
+        match (&self.expires_at, &self.expires_in) {
+            (Some(at), _) => Ok(Some(*at)),
+            (None, Some(text)) => Ok(Some(now().saturating_add(parse_duration_seconds(text)?))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("owner").required(true).args(["project", "org"])))]
+struct KeyCreateArgs {
+    /// The project the key acts in.
+    #[arg(long)]
+    project: Option<String>,
+    /// The organization the key acts for (any of its active projects).
+    #[arg(long)]
+    org: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Ak)]
+    format: Format,
+    #[arg(long, value_enum, default_value_t = Environment::Live)]
+    environment: Environment,
+    /// Scopes, comma-separated (`*` grants every scope).
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Model allow-list, comma-separated; `gpt-4.1*` is a prefix. Absent: every model.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Spend cap in USD, e.g. 25 or 12.50.
+    #[arg(long)]
+    spend_cap_usd: Option<String>,
+    /// A label for Envoy's logs (goes into snapshots).
+    #[arg(long)]
+    label: Option<String>,
+    /// A note for people (stays in the control plane).
+    #[arg(long)]
+    note: Option<String>,
+    /// Print the new key and its settings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeySetArgs {
+    id: String,
+    /// New scopes, comma-separated; "" for none.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    /// New model allow-list, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_models")]
+    models: Option<Vec<String>>,
+    /// Drop the model allow-list: every model.
+    #[arg(long)]
+    all_models: bool,
+    /// New expiry as Unix seconds.
+    #[arg(long, conflicts_with_all = ["expires_in", "no_expiry"])]
+    expires_at: Option<u64>,
+    /// New expiry as a duration from now.
+    #[arg(long, conflicts_with = "no_expiry")]
+    expires_in: Option<String>,
+    /// Remove the expiry.
+    #[arg(long)]
+    no_expiry: bool,
+    /// New spend cap in USD.
+    #[arg(long, conflicts_with = "no_spend_cap")]
+    spend_cap_usd: Option<String>,
+    /// Remove the spend cap.
+    #[arg(long)]
+    no_spend_cap: bool,
+    #[arg(long)]
+    label: Option<String>,
+    #[arg(long)]
+    note: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; its plaintext is printed this once and only its hash is stored.
+    Create(KeyCreateArgs),
+    /// List keys (never a secret or a hash).
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key for good (401 key_revoked).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a key (403 key_paused) until resumed.
+    Pause {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused key.
+    Resume {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's scopes, models, expiry, spend cap, label or note.
+    Set(KeySetArgs),
+    /// Create a new key with the same settings; the old one works until the grace ends.
+    Rotate {
+        id: String,
+        /// How long the old key keeps working: 24h, 30m, 0s (revoke at once).
+        #[arg(long, default_value = server::DEFAULT_GRACE)]
+        grace: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Only the last N events.
+    #[arg(long)]
+    limit: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SigningKeyArgs {
+    /// The signing key's id (the filter's `signing_keys[].id`).
+    #[arg(long, env = "KEYWARD_SIGNING_KEY_ID")]
+    signing_key_id: String,
+    /// File holding the base64 signing secret (at least 32 bytes; `keyward secret signing-key`).
+    #[arg(long, env = "KEYWARD_SIGNING_KEY_FILE")]
+    signing_key_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Build a signed snapshot of the whole policy.
+    Build {
+        #[command(flatten)]
+        signing: SigningKeyArgs,
+        /// Write it here (atomically) instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a signed snapshot: exit 0 and print what it holds, or exit 1 with the reason.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        signing: SigningKeyArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Allow a listen address other than loopback (put TLS and a firewall in front).
+    #[arg(long)]
+    allow_non_loopback: bool,
+    /// File of admin tokens: `NAME:TOKEN` a line (`keyward secret admin-token`).
+    #[arg(long, env = "KEYWARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: PathBuf,
+    #[command(flatten)]
+    signing: SigningKeyArgs,
+    /// Re-issue an unchanged snapshot (new issued_at) this often, for filters with a max age.
+    #[arg(long, default_value_t = 300)]
+    reissue_seconds: u64,
+}
+
+#[derive(Subcommand)]
+enum RenderCommand {
+    /// An Envoy bootstrap: listener with the keyward filter, the policy sync singleton, the
+    /// control-plane and upstream clusters. JSON, which Envoy also reads as YAML.
+    Envoy {
+        /// Path of keyward.wasm as Envoy will see it.
+        #[arg(long)]
+        wasm: String,
+        /// Where `keyward serve` listens, as Envoy reaches it: HOST:PORT.
+        #[arg(long)]
+        control_plane: String,
+        #[command(flatten)]
+        signing: SigningKeyArgs,
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// The provider (or any upstream) requests go to: HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:10001")]
+        upstream: String,
+        /// Speak TLS to the upstream (SNI and Host set to its host name).
+        #[arg(long)]
+        upstream_tls: bool,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// A new snapshot signing secret (32 random bytes, base64).
+    SigningKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A new admin token, written as `NAME:TOKEN`.
+    AdminToken {
+        #[arg(long, default_value = secrets::DEFAULT_TOKEN_NAME)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("keyward: error: {}", error.message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(db: &Path) -> Result<Store, Error> {
+    let mut store = Store::open(db)?;
+    store.revoke_rotated_keys(now())?;
+    Ok(store)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn usd(text: Option<&str>) -> Result<Option<u64>, Error> {
+    text.map(parse_usd).transpose()
+}
+
+/// `--scopes ""` means no scopes.
+fn list_arg(values: Vec<String>) -> Vec<String> {
+    if values.iter().all(String::is_empty) {
+        Vec::new()
+    } else {
+        values
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    if !valid_actor(&cli.actor) {
+        return Err(Error::invalid(
+            "invalid_actor",
+            "--actor must be 1 to 64 characters of A-Z a-z 0-9 _ - . @",
+        ));
+    }
+    let actor = cli.actor.as_str();
+    match cli.command {
+        Command::Project(command) => project_command(&cli.db, actor, command),
+        Command::Key(command) => key_command(&cli.db, actor, command),
+        Command::Audit(args) => {
+            let events = open_store(&cli.db)?.audit_events(args.limit)?;
+            if args.json {
+                print_json(&events)?;
+            } else {
+                let rows = events
+                    .iter()
+                    .map(|event| {
+                        vec![
+                            format_time(event.at),
+                            event.actor.clone(),
+                            event.action.clone(),
+                            event.target.clone(),
+                            event.policy_version.to_string(),
+                            event.details.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["AT", "ACTOR", "ACTION", "TARGET", "VERSION", "DETAILS"],
+                    rows,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(command) => snapshot_command(&cli.db, command),
+        Command::Serve(args) => {
+            // Check the address before touching any file, so a refused address changes nothing.
+            server::resolve_listen(&args.listen, args.allow_non_loopback)?;
+            let token_text = secrets::read_secret_file(&args.admin_token_file, "admin token")?;
+            let options = server::ServeOptions {
+                db: cli.db.clone(),
+                listen: args.listen,
+                allow_non_loopback: args.allow_non_loopback,
+                tokens: secrets::AdminTokens::parse(&token_text)?,
+                signing_key: secrets::load_signing_key(
+                    &args.signing.signing_key_id,
+                    &args.signing.signing_key_file,
+                )?,
+                reissue_seconds: args.reissue_seconds,
+            };
+            server::serve(options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(RenderCommand::Envoy {
+            wasm,
+            control_plane,
+            signing,
+            listen,
+            admin,
+            upstream,
+            upstream_tls,
+            interval_ms,
+            timeout_ms,
+        }) => {
+            let options = render::EnvoyOptions {
+                wasm,
+                control_plane,
+                signing_secret_base64: secrets::signing_key_base64(
+                    &signing.signing_key_id,
+                    &signing.signing_key_file,
+                )?,
+                signing_key_id: signing.signing_key_id,
+                listen,
+                admin,
+                upstream,
+                upstream_tls,
+                interval_ms,
+                timeout_ms,
+            };
+            print_json(&render::envoy_bootstrap(&options)?)?;
+            eprintln!(
+                "note: this configuration carries the snapshot signing secret; protect it like \
+                 the signing key file"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::SigningKey { out }) => {
+            secrets::write_secret_file(&out, &secrets::generate_signing_secret()?)?;
+            eprintln!("wrote a new signing secret to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::AdminToken { name, out }) => {
+            if !valid_actor(&name) {
+                return Err(Error::invalid(
+                    "invalid_actor",
+                    "--name must be 1 to 64 characters of A-Z a-z 0-9 _ - . @",
+                ));
+            }
+            let line = format!("{name}:{}", secrets::generate_admin_token());
+            secrets::write_secret_file(&out, &line)?;
+            eprintln!("wrote a new admin token named {name} to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn project_command(db: &Path, actor: &str, command: ProjectCommand) -> Result<ExitCode, Error> {
+    let mut store = open_store(db)?;
+    let (project, json) = match command {
+        ProjectCommand::Create {
+            id,
+            org,
+            spend_cap_usd,
+            json,
+        } => {
+            let cap = usd(spend_cap_usd.as_deref())?;
+            (store.create_project(actor, now(), &id, &org, cap)?, json)
+        }
+        ProjectCommand::Archive { id, json } => (store.archive_project(actor, now(), &id)?, json),
+        ProjectCommand::List { json } => {
+            let projects = store.projects()?;
+            if json {
+                print_json(&projects)?;
+            } else {
+                let rows = projects
+                    .iter()
+                    .map(|project| {
+                        vec![
+                            project.id.clone(),
+                            project.org.clone(),
+                            status_name(&project.status),
+                            project.spend_cap_microusd.map_or_else(
+                                || "-".to_owned(),
+                                |cap| format!("${}", format_usd(cap)),
+                            ),
+                            format!("${}", format_usd(project.spent_microusd)),
+                            format_time(project.created_at),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["ID", "ORG", "STATUS", "SPEND CAP", "SPENT", "CREATED"],
+                    rows,
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        print_json(&project)?;
+    } else {
+        println!("project {}: {}", project.id, status_name(&project.status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_name<T: serde::Serialize>(status: &T) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Prints a new key's plaintext (this once) on stdout, with the warning on stderr.
+fn print_new_key(
+    plaintext: &str,
+    view: &KeyView,
+    previous: Option<&KeyView>,
+    json: bool,
+) -> Result<(), Error> {
+    if json {
+        let mut body = serde_json::to_value(view)?;
+        if let Some(object) = body.as_object_mut() {
+            object.insert("key".into(), plaintext.into());
+            if let Some(previous) = previous {
+                object.insert("previous".into(), serde_json::to_value(previous)?);
+            }
+        }
+        print_json(&body)?;
+    } else {
+        println!("key_id: {}", view.id);
+        println!("key: {plaintext}");
+        if let Some(previous) = previous {
+            match previous.revoke_at {
+                Some(at) if previous.status != KeyStatus::Revoked => println!(
+                    "previous key {} stays active until {}",
+                    previous.id,
+                    format_time(at)
+                ),
+                _ => println!("previous key {} is revoked", previous.id),
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "warning: this is the only time this key is shown. Store it now: keyward keeps only its \
+         SHA-256 hash."
+    );
+    Ok(())
+}
+
+fn print_key(view: &KeyView, json: bool) -> Result<(), Error> {
+    if json {
+        print_json(view)
+    } else {
+        println!("key {}: {}", view.id, describe_status(view));
+        Ok(())
+    }
+}
+
+fn describe_status(view: &KeyView) -> String {
+    match (view.status, view.revoke_at) {
+        (KeyStatus::Revoked, _) => "revoked".to_owned(),
+        (status, Some(at)) => format!(
+            "{} until {} (rotated)",
+            status_name(&status),
+            format_time(at)
+        ),
+        (status, None) => status_name(&status),
+    }
+}
+
+fn key_command(db: &Path, actor: &str, command: KeyCommand) -> Result<ExitCode, Error> {
+    let mut store = open_store(db)?;
+    match command {
+        KeyCommand::Create(args) => {
+            let owner = match (args.project, args.org) {
+                (Some(project), None) => Owner::Project(project),
+                (None, Some(org)) => Owner::Org(org),
+                _ => {
+                    return Err(Error::invalid(
+                        "invalid_field",
+                        "give exactly one of --project and --org",
+                    ))
+                }
+            };
+            let new = NewKey {
+                owner,
+                format: args.format,
+                settings: KeySettings {
+                    environment: args.environment,
+                    scopes: list_arg(args.scopes),
+                    models: args.models,
+                    expires_at: args.expiry.resolve()?,
+                    spend_cap_microusd: usd(args.spend_cap_usd.as_deref())?,
+                    label: args.label,
+                    note: args.note,
+                },
+            };
+            let created = store.create_key(actor, now(), &new)?;
+            print_new_key(created.plaintext.expose(), &created.key, None, args.json)?;
+        }
+        KeyCommand::List { project, json } => {
+            let keys = store.keys(project.as_deref())?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                print_key_table(&keys);
+            }
+        }
+        KeyCommand::Show { id, json } => print_key(&store.key(&id)?, json)?,
+        KeyCommand::Revoke { id, json } => {
+            print_key(
+                &store.change_status(actor, now(), &id, StatusChange::Revoke)?,
+                json,
+            )?;
+        }
+        KeyCommand::Pause { id, json } => {
+            print_key(
+                &store.change_status(actor, now(), &id, StatusChange::Pause)?,
+                json,
+            )?;
+        }
+        KeyCommand::Resume { id, json } => {
+            print_key(
+                &store.change_status(actor, now(), &id, StatusChange::Resume)?,
+                json,
+            )?;
+        }
+        KeyCommand::Set(args) => {
+            let expires_at = if args.no_expiry {
+                Some(None)
+            } else {
+                ExpiryArgs {
+                    expires_at: args.expires_at,
+                    expires_in: args.expires_in,
+                }
+                .resolve()?
+                .map(Some)
+            };
+            let spend_cap_microusd = if args.no_spend_cap {
+                Some(None)
+            } else {
+                usd(args.spend_cap_usd.as_deref())?.map(Some)
+            };
+            let update = KeyUpdate {
+                scopes: args.scopes.map(list_arg),
+                models: if args.all_models {
+                    Some(None)
+                } else {
+                    args.models.map(Some)
+                },
+                expires_at,
+                spend_cap_microusd,
+                label: args.label.map(Some),
+                note: args.note.map(Some),
+            };
+            print_key(
+                &store.update_key(actor, now(), &args.id, &update)?,
+                args.json,
+            )?;
+        }
+        KeyCommand::Rotate { id, grace, json } => {
+            let grace = parse_duration_seconds(&grace)?;
+            let rotation = store.rotate_key(actor, now(), &id, grace)?;
+            print_new_key(
+                rotation.new.plaintext.expose(),
+                &rotation.new.key,
+                Some(&rotation.old),
+                json,
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn optional_time(time: Option<u64>) -> String {
+    time.map_or_else(|| "-".to_owned(), format_time)
+}
+
+fn print_key_table(keys: &[KeyView]) {
+    let rows = keys
+        .iter()
+        .map(|key| {
+            let owner = match (&key.project, &key.org) {
+                (Some(project), _) => project.clone(),
+                (None, Some(org)) => format!("org:{org}"),
+                (None, None) => "-".to_owned(),
+            };
+            vec![
+                key.id.clone(),
+                owner,
+                key.environment.clone(),
+                describe_status(key),
+                if key.scopes.is_empty() {
+                    "-".to_owned()
+                } else {
+                    key.scopes.join(",")
+                },
+                key.models
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), |models| models.join(",")),
+                format_time(key.created_at),
+                optional_time(key.last_seen_at),
+                optional_time(key.expires_at),
+                key.note.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "OWNER",
+            "ENV",
+            "STATUS",
+            "SCOPES",
+            "MODELS",
+            "CREATED",
+            "LAST SEEN",
+            "EXPIRES",
+            "NOTE",
+        ],
+        rows,
+    );
+}
+
+/// A plain, aligned text table.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .map(|header| header.chars().count())
+        .collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|header| (*header).to_owned()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees
+/// half a snapshot.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".to_owned());
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    fs::write(&temporary, contents)
+        .and_then(|()| fs::rename(&temporary, path))
+        .map_err(|error| Error::internal(format!("cannot write {}: {error}", path.display())))
+}
+
+fn snapshot_command(db: &Path, command: SnapshotCommand) -> Result<ExitCode, Error> {
+    match command {
+        SnapshotCommand::Build { signing, out } => {
+            let key =
+                secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
+            let mut store = Store::open(db)?;
+            let signed = publish::build_signed(&mut store, &key, now())?;
+            // The filter must accept what we publish: check with its own verifier.
+            verify_snapshot(signed.envelope.as_bytes(), std::slice::from_ref(&key)).map_err(
+                |error| Error::internal(format!("the built snapshot does not verify: {error}")),
+            )?;
+            match out {
+                Some(path) => write_atomically(&path, &signed.envelope)?,
+                None => println!("{}", signed.envelope),
+            }
+            eprintln!(
+                "snapshot version {} issued at {}: {} keys, {} projects, signed with key {}",
+                signed.version, signed.issued_at, signed.keys, signed.projects, key.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Verify { file, signing } => {
+            let key =
+                secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
+            let bytes = fs::read(&file).map_err(|error| {
+                Error::invalid(
+                    "unreadable_file",
+                    format!("cannot read {}: {error}", file.display()),
+                )
+            })?;
+            match verify_snapshot(&bytes, &[key]) {
+                Ok(policy) => {
+                    let count = |status: KeyStatus| {
+                        policy
+                            .keys()
+                            .iter()
+                            .filter(|key| key.status == status)
+                            .count()
+                    };
+                    println!(
+                        "ok: version {}, issued_at {}, {} keys ({} active, {} paused, {} revoked), {} projects",
+                        policy.version,
+                        policy.issued_at,
+                        policy.keys().len(),
+                        count(KeyStatus::Active),
+                        count(KeyStatus::Paused),
+                        count(KeyStatus::Revoked),
+                        policy.projects().len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(rejected) => {
+                    eprintln!(
+                        "keyward: invalid snapshot ({}): {rejected}",
+                        rejected.reason()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn actors_are_checked() {
+        assert!(valid_actor("cli"));
+        assert!(valid_actor("alice@example.com"));
+        assert!(!valid_actor(""));
+        assert!(!valid_actor("two words"));
+        assert!(!valid_actor(&"x".repeat(65)));
+    }
+}

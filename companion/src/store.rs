@@ -1,0 +1,1404 @@
+//! The embedded store: one SQLite file. Every change runs in one immediate transaction that also
+//! bumps `policy_version` and writes its audit event(s), so the snapshot version, the data and the
+//! audit trail never disagree. Only hashes of keys are stored; no column ever holds a plaintext
+//! key or a secret.
+
+use std::path::Path;
+
+use keyward_engine::snapshot::{
+    KeyRecord, KeyStatus, Policy, ProjectRecord, ProjectStatus, Snapshot,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::keygen::{self, Environment, Format, Plaintext};
+use crate::units::{from_sql_int, to_sql_int};
+
+/// Bumped when the schema changes; a store written by a newer keyward is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS policy_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO policy_version (id, version) VALUES (1, 1);
+
+CREATE TABLE IF NOT EXISTS projects (
+    id                 TEXT PRIMARY KEY,
+    org                TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
+    spend_cap_microusd INTEGER,
+    spent_microusd     INTEGER NOT NULL DEFAULT 0,
+    created_at         INTEGER NOT NULL,
+    archived_at        INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS keys (
+    id                 TEXT PRIMARY KEY,
+    format             TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
+    secret_sha256      TEXT,
+    key_sha256         TEXT UNIQUE,
+    project            TEXT REFERENCES projects (id),
+    org                TEXT,
+    environment        TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
+    scopes             TEXT NOT NULL,
+    models             TEXT,
+    expires_at         INTEGER,
+    spend_cap_microusd INTEGER,
+    spent_microusd     INTEGER NOT NULL DEFAULT 0,
+    label              TEXT,
+    note               TEXT,
+    created_at         INTEGER NOT NULL,
+    last_seen_at       INTEGER,
+    rotated_from       TEXT REFERENCES keys (id),
+    revoke_at          INTEGER,
+    revoked_at         INTEGER,
+    CHECK ((secret_sha256 IS NULL) <> (key_sha256 IS NULL)),
+    CHECK ((project IS NULL) <> (org IS NULL))
+);
+CREATE INDEX IF NOT EXISTS keys_by_project ON keys (project);
+CREATE INDEX IF NOT EXISTS keys_pending_revocation ON keys (revoke_at)
+    WHERE revoke_at IS NOT NULL AND status <> 'revoked';
+
+CREATE TABLE IF NOT EXISTS audit_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    actor          TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    details        TEXT NOT NULL,
+    policy_version INTEGER NOT NULL
+);
+"#;
+
+/// The actor recorded for changes keyward makes by itself (a rotation grace deadline passing).
+pub const SYSTEM_ACTOR: &str = "system";
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// Whom a key acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Project(String),
+    Org(String),
+}
+
+/// The settings a key is created with; `rotate` copies them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySettings {
+    pub environment: Environment,
+    pub scopes: Vec<String>,
+    /// `None`: every model.
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<u64>,
+    pub spend_cap_microusd: Option<u64>,
+    pub label: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub owner: Owner,
+    pub format: Format,
+    pub settings: KeySettings,
+}
+
+/// A partial update: `None` leaves a field alone; `Some(None)` clears an optional field.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub scopes: Option<Vec<String>>,
+    pub models: Option<Option<Vec<String>>>,
+    pub expires_at: Option<Option<u64>>,
+    pub spend_cap_microusd: Option<Option<u64>>,
+    pub label: Option<Option<String>>,
+    pub note: Option<Option<String>>,
+}
+
+impl KeyUpdate {
+    fn is_empty(&self) -> bool {
+        self.scopes.is_none()
+            && self.models.is_none()
+            && self.expires_at.is_none()
+            && self.spend_cap_microusd.is_none()
+            && self.label.is_none()
+            && self.note.is_none()
+    }
+}
+
+/// A status change requested by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Revoke,
+    Pause,
+    Resume,
+}
+
+/// A project as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectView {
+    pub id: String,
+    pub org: String,
+    pub status: ProjectStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend_cap_microusd: Option<u64>,
+    pub spent_microusd: u64,
+    pub created_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<u64>,
+}
+
+/// A key as operators see it: everything but its hash (and, of course, its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub format: Format,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    pub environment: String,
+    pub status: KeyStatus,
+    pub scopes: Vec<String>,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<u64>,
+    pub spend_cap_microusd: Option<u64>,
+    pub spent_microusd: u64,
+    pub label: Option<String>,
+    pub note: Option<String>,
+    pub created_at: u64,
+    pub last_seen_at: Option<u64>,
+    pub rotated_from: Option<String>,
+    /// Set while a rotated key is in its grace period: when it becomes revoked.
+    pub revoke_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+/// A key just created: its plaintext, shown this once, and its stored view.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub plaintext: Plaintext,
+    pub key: KeyView,
+}
+
+/// The outcome of a rotation: the new key (plaintext shown once) and the old one.
+#[derive(Debug)]
+pub struct Rotation {
+    pub new: CreatedKey,
+    pub old: KeyView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    pub id: u64,
+    pub at: u64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+    /// The policy version this change produced.
+    pub policy_version: u64,
+}
+
+/// One row of `keys`, with its hashes: never leaves this module except as a view or a
+/// snapshot record.
+struct KeyRow {
+    view: KeyView,
+    secret_sha256: Option<String>,
+    key_sha256: Option<String>,
+}
+
+fn key_status_str(status: KeyStatus) -> &'static str {
+    match status {
+        KeyStatus::Active => "active",
+        KeyStatus::Paused => "paused",
+        KeyStatus::Revoked => "revoked",
+    }
+}
+
+fn parse_key_status(text: &str) -> Result<KeyStatus, Error> {
+    match text {
+        "active" => Ok(KeyStatus::Active),
+        "paused" => Ok(KeyStatus::Paused),
+        "revoked" => Ok(KeyStatus::Revoked),
+        other => Err(Error::internal(format!(
+            "unknown key status {other:?} in the store"
+        ))),
+    }
+}
+
+fn parse_project_status(text: &str) -> Result<ProjectStatus, Error> {
+    match text {
+        "active" => Ok(ProjectStatus::Active),
+        "archived" => Ok(ProjectStatus::Archived),
+        "suspended" => Ok(ProjectStatus::Suspended),
+        other => Err(Error::internal(format!(
+            "unknown project status {other:?} in the store"
+        ))),
+    }
+}
+
+fn opt_int(value: Option<u64>) -> Result<Option<i64>, Error> {
+    value.map(to_sql_int).transpose()
+}
+
+fn read_opt_int(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(column)?.map(from_sql_int))
+}
+
+const KEY_COLUMNS: &str = "id, format, secret_sha256, key_sha256, project, org, environment, \
+    status, scopes, models, expires_at, spend_cap_microusd, spent_microusd, label, note, \
+    created_at, last_seen_at, rotated_from, revoke_at, revoked_at";
+
+const PROJECT_COLUMNS: &str =
+    "id, org, status, spend_cap_microusd, spent_microusd, created_at, archived_at";
+
+/// Raw column values; converted (with errors that are ours, not SQLite's) by `into_key_row`.
+struct RawKey {
+    id: String,
+    format: String,
+    secret_sha256: Option<String>,
+    key_sha256: Option<String>,
+    project: Option<String>,
+    org: Option<String>,
+    environment: String,
+    status: String,
+    scopes: String,
+    models: Option<String>,
+    expires_at: Option<u64>,
+    spend_cap_microusd: Option<u64>,
+    spent_microusd: u64,
+    label: Option<String>,
+    note: Option<String>,
+    created_at: u64,
+    last_seen_at: Option<u64>,
+    rotated_from: Option<String>,
+    revoke_at: Option<u64>,
+    revoked_at: Option<u64>,
+}
+
+fn raw_key(row: &Row<'_>) -> rusqlite::Result<RawKey> {
+    Ok(RawKey {
+        id: row.get("id")?,
+        format: row.get("format")?,
+        secret_sha256: row.get("secret_sha256")?,
+        key_sha256: row.get("key_sha256")?,
+        project: row.get("project")?,
+        org: row.get("org")?,
+        environment: row.get("environment")?,
+        status: row.get("status")?,
+        scopes: row.get("scopes")?,
+        models: row.get("models")?,
+        expires_at: read_opt_int(row, "expires_at")?,
+        spend_cap_microusd: read_opt_int(row, "spend_cap_microusd")?,
+        spent_microusd: from_sql_int(row.get("spent_microusd")?),
+        label: row.get("label")?,
+        note: row.get("note")?,
+        created_at: from_sql_int(row.get("created_at")?),
+        last_seen_at: read_opt_int(row, "last_seen_at")?,
+        rotated_from: row.get("rotated_from")?,
+        revoke_at: read_opt_int(row, "revoke_at")?,
+        revoked_at: read_opt_int(row, "revoked_at")?,
+    })
+}
+
+fn into_key_row(raw: RawKey) -> Result<KeyRow, Error> {
+    let format = Format::parse(&raw.format).ok_or_else(|| {
+        Error::internal(format!("unknown key format {:?} in the store", raw.format))
+    })?;
+    let scopes: Vec<String> = serde_json::from_str(&raw.scopes)?;
+    let models: Option<Vec<String>> = raw
+        .models
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()?;
+    Ok(KeyRow {
+        view: KeyView {
+            id: raw.id,
+            format,
+            project: raw.project,
+            org: raw.org,
+            environment: raw.environment,
+            status: parse_key_status(&raw.status)?,
+            scopes,
+            models,
+            expires_at: raw.expires_at,
+            spend_cap_microusd: raw.spend_cap_microusd,
+            spent_microusd: raw.spent_microusd,
+            label: raw.label,
+            note: raw.note,
+            created_at: raw.created_at,
+            last_seen_at: raw.last_seen_at,
+            rotated_from: raw.rotated_from,
+            revoke_at: raw.revoke_at,
+            revoked_at: raw.revoked_at,
+        },
+        secret_sha256: raw.secret_sha256,
+        key_sha256: raw.key_sha256,
+    })
+}
+
+struct RawProject {
+    id: String,
+    org: String,
+    status: String,
+    spend_cap_microusd: Option<u64>,
+    spent_microusd: u64,
+    created_at: u64,
+    archived_at: Option<u64>,
+}
+
+fn raw_project(row: &Row<'_>) -> rusqlite::Result<RawProject> {
+    Ok(RawProject {
+        id: row.get("id")?,
+        org: row.get("org")?,
+        status: row.get("status")?,
+        spend_cap_microusd: read_opt_int(row, "spend_cap_microusd")?,
+        spent_microusd: from_sql_int(row.get("spent_microusd")?),
+        created_at: from_sql_int(row.get("created_at")?),
+        archived_at: read_opt_int(row, "archived_at")?,
+    })
+}
+
+fn into_project_view(raw: RawProject) -> Result<ProjectView, Error> {
+    Ok(ProjectView {
+        status: parse_project_status(&raw.status)?,
+        id: raw.id,
+        org: raw.org,
+        spend_cap_microusd: raw.spend_cap_microusd,
+        spent_microusd: raw.spent_microusd,
+        created_at: raw.created_at,
+        archived_at: raw.archived_at,
+    })
+}
+
+impl ProjectView {
+    fn record(&self) -> ProjectRecord {
+        ProjectRecord {
+            id: self.id.clone(),
+            org: self.org.clone(),
+            status: self.status,
+            spend_cap_microusd: self.spend_cap_microusd,
+            spent_microusd: self.spent_microusd,
+        }
+    }
+}
+
+impl KeyRow {
+    /// The snapshot record. A key past its rotation deadline is revoked, even if the store has
+    /// not recorded that yet.
+    fn record(&self, now: u64) -> KeyRecord {
+        let view = &self.view;
+        let grace_over = view.revoke_at.is_some_and(|deadline| deadline <= now);
+        KeyRecord {
+            id: view.id.clone(),
+            secret_sha256: self.secret_sha256.clone(),
+            key_sha256: self.key_sha256.clone(),
+            project: view.project.clone(),
+            org: view.org.clone(),
+            status: if grace_over {
+                KeyStatus::Revoked
+            } else {
+                view.status
+            },
+            environment: view.environment.clone(),
+            scopes: view.scopes.clone(),
+            models: view.models.clone(),
+            expires_at: view.expires_at,
+            spend_cap_microusd: view.spend_cap_microusd,
+            spent_microusd: view.spent_microusd,
+            label: view.label.clone(),
+        }
+    }
+}
+
+/// Checks records with the filter's own snapshot validation, so the control plane never
+/// accepts what the data plane would refuse. The error names the field.
+fn validate_with_engine(projects: Vec<ProjectRecord>, keys: Vec<KeyRecord>) -> Result<(), Error> {
+    let snapshot = Snapshot {
+        version: 1,
+        issued_at: 0,
+        expires_at: None,
+        projects,
+        keys,
+    };
+    Policy::compile(snapshot).map(|_| ()).map_err(|error| {
+        let path = error
+            .path
+            .strip_prefix("keys[0]")
+            .or_else(|| error.path.strip_prefix("projects[0]"))
+            .unwrap_or(&error.path)
+            .trim_start_matches('.');
+        let message = if path.is_empty() {
+            error.message.clone()
+        } else {
+            format!("{path}: {}", error.message)
+        };
+        Error::invalid("invalid_field", message)
+    })
+}
+
+/// Free-text fields end up in terminals, logs and JSON: keep them printable and bounded.
+fn validate_text(field: &str, value: Option<&str>, max: usize) -> Result<(), Error> {
+    if let Some(value) = value {
+        if value.chars().count() > max || value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("{field}: at most {max} characters, no control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_list(field: &str, values: &[String]) -> Result<(), Error> {
+    for value in values {
+        if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("{field}: each entry must be 1 to 128 printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_settings(settings: &KeySettings) -> Result<(), Error> {
+    validate_list("scopes", &settings.scopes)?;
+    if let Some(models) = &settings.models {
+        validate_list("models", models)?;
+    }
+    validate_text("label", settings.label.as_deref(), 128)?;
+    validate_text("note", settings.note.as_deref(), 1000)?;
+    Ok(())
+}
+
+/// Bumps the policy version; returns the new one.
+fn bump_version(tx: &Transaction<'_>) -> Result<u64, Error> {
+    let version: i64 = tx.query_row(
+        "UPDATE policy_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(from_sql_int(version))
+}
+
+/// One audited change in progress: the transaction, who, when, and the version it produces.
+struct Change<'t> {
+    tx: &'t Transaction<'t>,
+    actor: &'t str,
+    now: u64,
+    version: u64,
+}
+
+impl Change<'_> {
+    fn audit(&self, action: &str, target: &str, details: serde_json::Value) -> Result<(), Error> {
+        self.tx.execute(
+            "INSERT INTO audit_events (at, actor, action, target, details, policy_version) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                to_sql_int(self.now)?,
+                self.actor,
+                action,
+                target,
+                serde_json::to_string(&details)?,
+                to_sql_int(self.version)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn project(&self, id: &str) -> Result<ProjectView, Error> {
+        find_project(self.tx, id)?
+            .ok_or_else(|| Error::not_found("project_not_found", format!("No project {id:?}.")))
+    }
+
+    fn key(&self, id: &str) -> Result<KeyRow, Error> {
+        find_key(self.tx, id)?.ok_or_else(key_not_found)
+    }
+}
+
+fn key_not_found() -> Error {
+    Error::not_found("key_not_found", "No key with this id.")
+}
+
+fn find_project(conn: &Connection, id: &str) -> Result<Option<ProjectView>, Error> {
+    conn.query_row(
+        &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+        [id],
+        raw_project,
+    )
+    .optional()?
+    .map(into_project_view)
+    .transpose()
+}
+
+fn find_key(conn: &Connection, id: &str) -> Result<Option<KeyRow>, Error> {
+    conn.query_row(
+        &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
+        [id],
+        raw_key,
+    )
+    .optional()?
+    .map(into_key_row)
+    .transpose()
+}
+
+fn require_not_revoked(row: &KeyRow) -> Result<(), Error> {
+    if row.view.status == KeyStatus::Revoked {
+        return Err(Error::conflict(
+            "key_revoked",
+            "The key is revoked; a revoked key cannot be changed.",
+        ));
+    }
+    Ok(())
+}
+
+/// What the audit trail records about a key's settings (never its hash).
+fn settings_details(settings: &KeySettings) -> serde_json::Value {
+    json!({
+        "environment": settings.environment.as_str(),
+        "scopes": settings.scopes,
+        "models": settings.models,
+        "expires_at": settings.expires_at,
+        "spend_cap_microusd": settings.spend_cap_microusd,
+        "label": settings.label,
+        "note": settings.note,
+    })
+}
+
+impl Store {
+    /// Opens (and on first use creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let conn = Connection::open(path).map_err(|error| {
+            Error::internal(format!("cannot open the store {}: {error}", path.display()))
+        })?;
+        Store::init(conn)
+    }
+
+    #[cfg(test)]
+    pub fn in_memory() -> Result<Store, Error> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store, Error> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL lets `keyward serve` read snapshots while a CLI writes; "memory" for in-memory.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::internal(format!(
+                "the store has schema version {found}; this keyward knows up to {SCHEMA_VERSION}"
+            )));
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(Store { conn })
+    }
+
+    /// Runs `apply` as one audited change: one transaction, one new policy version.
+    fn change<T>(
+        &mut self,
+        actor: &str,
+        now: u64,
+        apply: impl FnOnce(&Change<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = {
+            let version = bump_version(&tx)?;
+            let change = Change {
+                tx: &tx,
+                actor,
+                now,
+                version,
+            };
+            apply(&change)?
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    pub fn policy_version(&self) -> Result<u64, Error> {
+        let version: i64 = self.conn.query_row(
+            "SELECT version FROM policy_version WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(from_sql_int(version))
+    }
+
+    // ---- projects ------------------------------------------------------------------------
+
+    pub fn create_project(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+        org: &str,
+        spend_cap_microusd: Option<u64>,
+    ) -> Result<ProjectView, Error> {
+        let view = ProjectView {
+            id: id.to_owned(),
+            org: org.to_owned(),
+            status: ProjectStatus::Active,
+            spend_cap_microusd,
+            spent_microusd: 0,
+            created_at: now,
+            archived_at: None,
+        };
+        validate_with_engine(vec![view.record()], vec![])?;
+        self.change(actor, now, |change| {
+            if find_project(change.tx, id)?.is_some() {
+                return Err(Error::conflict(
+                    "project_exists",
+                    format!("A project {id:?} already exists."),
+                ));
+            }
+            change.tx.execute(
+                "INSERT INTO projects (id, org, status, spend_cap_microusd, created_at) \
+                 VALUES (?1, ?2, 'active', ?3, ?4)",
+                params![id, org, opt_int(spend_cap_microusd)?, to_sql_int(now)?],
+            )?;
+            change.audit(
+                "project.create",
+                id,
+                json!({"org": org, "spend_cap_microusd": spend_cap_microusd}),
+            )?;
+            Ok(view)
+        })
+    }
+
+    pub fn archive_project(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+    ) -> Result<ProjectView, Error> {
+        self.change(actor, now, |change| {
+            let project = change.project(id)?;
+            if project.status == ProjectStatus::Archived {
+                return Err(Error::conflict(
+                    "project_archived",
+                    format!("The project {id:?} is already archived."),
+                ));
+            }
+            change.tx.execute(
+                "UPDATE projects SET status = 'archived', archived_at = ?2 WHERE id = ?1",
+                params![id, to_sql_int(now)?],
+            )?;
+            change.audit("project.archive", id, json!({}))?;
+            change.project(id)
+        })
+    }
+
+    pub fn projects(&self) -> Result<Vec<ProjectView>, Error> {
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"
+        ))?;
+        let raws = statement
+            .query_map([], raw_project)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raws.into_iter().map(into_project_view).collect()
+    }
+
+    // ---- keys ----------------------------------------------------------------------------
+
+    pub fn create_key(&mut self, actor: &str, now: u64, new: &NewKey) -> Result<CreatedKey, Error> {
+        validate_settings(&new.settings)?;
+        self.change(actor, now, |change| {
+            let created = insert_key(change, new, KeyStatus::Active, None)?;
+            Ok(created)
+        })
+    }
+
+    pub fn key(&self, id: &str) -> Result<KeyView, Error> {
+        find_key(&self.conn, id)?
+            .map(|row| row.view)
+            .ok_or_else(key_not_found)
+    }
+
+    pub fn keys(&self, project: Option<&str>) -> Result<Vec<KeyView>, Error> {
+        let (sql, filter) = match project {
+            Some(project) => (
+                format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE project = ?1 ORDER BY created_at, id"
+                ),
+                vec![project],
+            ),
+            None => (
+                format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id"),
+                vec![],
+            ),
+        };
+        let mut statement = self.conn.prepare(&sql)?;
+        let raws = statement
+            .query_map(rusqlite::params_from_iter(filter), raw_key)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raws.into_iter()
+            .map(|raw| into_key_row(raw).map(|row| row.view))
+            .collect()
+    }
+
+    pub fn change_status(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+        requested: StatusChange,
+    ) -> Result<KeyView, Error> {
+        self.change(actor, now, |change| {
+            let row = change.key(id)?;
+            require_not_revoked(&row)?;
+            let (action, status) = match (requested, row.view.status) {
+                (StatusChange::Revoke, _) => ("key.revoke", KeyStatus::Revoked),
+                (StatusChange::Pause, KeyStatus::Active) => ("key.pause", KeyStatus::Paused),
+                (StatusChange::Pause, _) => {
+                    return Err(Error::conflict("key_paused", "The key is already paused."))
+                }
+                (StatusChange::Resume, KeyStatus::Paused) => ("key.resume", KeyStatus::Active),
+                (StatusChange::Resume, _) => {
+                    return Err(Error::conflict("key_not_paused", "The key is not paused."))
+                }
+            };
+            let revoked_at = (status == KeyStatus::Revoked).then_some(now);
+            change.tx.execute(
+                "UPDATE keys SET status = ?2, revoked_at = COALESCE(?3, revoked_at) WHERE id = ?1",
+                params![id, key_status_str(status), opt_int(revoked_at)?],
+            )?;
+            change.audit(
+                action,
+                id,
+                json!({"from": key_status_str(row.view.status), "to": key_status_str(status)}),
+            )?;
+            Ok(change.key(id)?.view)
+        })
+    }
+
+    pub fn update_key(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+        update: &KeyUpdate,
+    ) -> Result<KeyView, Error> {
+        if update.is_empty() {
+            return Err(Error::invalid(
+                "nothing_to_change",
+                "Name at least one setting to change.",
+            ));
+        }
+        self.change(actor, now, |change| {
+            let row = change.key(id)?;
+            require_not_revoked(&row)?;
+            let mut view = row.view.clone();
+            let mut details = serde_json::Map::new();
+            if let Some(scopes) = &update.scopes {
+                view.scopes.clone_from(scopes);
+                details.insert("scopes".into(), json!(scopes));
+            }
+            if let Some(models) = &update.models {
+                view.models.clone_from(models);
+                details.insert("models".into(), json!(models));
+            }
+            if let Some(expires_at) = update.expires_at {
+                view.expires_at = expires_at;
+                details.insert("expires_at".into(), json!(expires_at));
+            }
+            if let Some(cap) = update.spend_cap_microusd {
+                view.spend_cap_microusd = cap;
+                details.insert("spend_cap_microusd".into(), json!(cap));
+            }
+            if let Some(label) = &update.label {
+                view.label.clone_from(label);
+                details.insert("label".into(), json!(label));
+            }
+            if let Some(note) = &update.note {
+                view.note.clone_from(note);
+                details.insert("note".into(), json!(note));
+            }
+            let updated = KeyRow {
+                view,
+                secret_sha256: row.secret_sha256.clone(),
+                key_sha256: row.key_sha256.clone(),
+            };
+            validate_settings(&settings_of(&updated.view))?;
+            validate_row(change, &updated, now)?;
+            let view = &updated.view;
+            change.tx.execute(
+                "UPDATE keys SET scopes = ?2, models = ?3, expires_at = ?4, \
+                 spend_cap_microusd = ?5, label = ?6, note = ?7 WHERE id = ?1",
+                params![
+                    id,
+                    serde_json::to_string(&view.scopes)?,
+                    view.models
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()?,
+                    opt_int(view.expires_at)?,
+                    opt_int(view.spend_cap_microusd)?,
+                    view.label,
+                    view.note,
+                ],
+            )?;
+            change.audit("key.update", id, serde_json::Value::Object(details))?;
+            Ok(change.key(id)?.view)
+        })
+    }
+
+    /// Creates a key with the settings of `id`; `id` stays usable until `now + grace_seconds`,
+    /// then is revoked (at once when the grace is 0).
+    pub fn rotate_key(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+        grace_seconds: u64,
+    ) -> Result<Rotation, Error> {
+        self.change(actor, now, |change| {
+            let old = change.key(id)?;
+            require_not_revoked(&old)?;
+            if old.view.revoke_at.is_some() {
+                return Err(Error::conflict(
+                    "key_rotating",
+                    "The key was already rotated and is in its grace period.",
+                ));
+            }
+            let owner = match (&old.view.project, &old.view.org) {
+                (Some(project), _) => Owner::Project(project.clone()),
+                (None, Some(org)) => Owner::Org(org.clone()),
+                (None, None) => return Err(Error::internal("a stored key has no owner")),
+            };
+            let new = NewKey {
+                owner,
+                format: old.view.format,
+                settings: settings_of(&old.view),
+            };
+            let created = insert_key(change, &new, old.view.status, Some(id))?;
+            let deadline = now.saturating_add(grace_seconds);
+            if grace_seconds == 0 {
+                change.tx.execute(
+                    "UPDATE keys SET status = 'revoked', revoke_at = ?2, revoked_at = ?2 \
+                     WHERE id = ?1",
+                    params![id, to_sql_int(deadline)?],
+                )?;
+            } else {
+                change.tx.execute(
+                    "UPDATE keys SET revoke_at = ?2 WHERE id = ?1",
+                    params![id, to_sql_int(deadline)?],
+                )?;
+            }
+            change.audit(
+                "key.rotate",
+                id,
+                json!({"new_key_id": created.key.id, "grace_seconds": grace_seconds,
+                       "revoke_at": deadline}),
+            )?;
+            Ok(Rotation {
+                old: change.key(id)?.view,
+                new: created,
+            })
+        })
+    }
+
+    /// Revokes the keys whose rotation grace deadline has passed, as one audited change by
+    /// `system`. Does nothing (and keeps the version) when none is due.
+    pub fn revoke_rotated_keys(&mut self, now: u64) -> Result<Vec<String>, Error> {
+        let now_sql = to_sql_int(now)?;
+        let due_query = "SELECT id FROM keys WHERE revoke_at IS NOT NULL AND revoke_at <= ?1 \
+                         AND status <> 'revoked' ORDER BY id";
+        let any_due: bool =
+            self.conn
+                .query_row(&format!("SELECT EXISTS ({due_query})"), [now_sql], |row| {
+                    row.get(0)
+                })?;
+        if !any_due {
+            return Ok(vec![]);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let due = {
+            let mut statement = tx.prepare(due_query)?;
+            let due = statement
+                .query_map([now_sql], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            due
+        };
+        if due.is_empty() {
+            return Ok(due);
+        }
+        let version = bump_version(&tx)?;
+        {
+            let change = Change {
+                tx: &tx,
+                actor: SYSTEM_ACTOR,
+                now,
+                version,
+            };
+            for id in &due {
+                let row = change.key(id)?;
+                let rotated_to: Option<String> = tx
+                    .query_row("SELECT id FROM keys WHERE rotated_from = ?1", [id], |row| {
+                        row.get(0)
+                    })
+                    .optional()?;
+                tx.execute(
+                    "UPDATE keys SET status = 'revoked', revoked_at = revoke_at WHERE id = ?1",
+                    [id],
+                )?;
+                change.audit(
+                    "key.revoke",
+                    id,
+                    json!({"from": key_status_str(row.view.status), "to": "revoked",
+                           "reason": "rotation_grace_ended", "rotated_to": rotated_to}),
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(due)
+    }
+
+    // ---- audit and snapshot ----------------------------------------------------------------
+
+    /// The audit trail, oldest first; with `limit`, its last `limit` events.
+    pub fn audit_events(&self, limit: Option<u64>) -> Result<Vec<AuditEvent>, Error> {
+        let limit = to_sql_int(limit.unwrap_or(i64::MAX.unsigned_abs()))?;
+        let mut statement = self.conn.prepare(
+            "SELECT * FROM (SELECT id, at, actor, action, target, details, policy_version \
+             FROM audit_events ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = statement
+            .query_map([limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, i64>(6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, at, actor, action, target, details, version)| {
+                Ok(AuditEvent {
+                    id: from_sql_int(id),
+                    at: from_sql_int(at),
+                    actor,
+                    action,
+                    target,
+                    details: serde_json::from_str(&details)?,
+                    policy_version: from_sql_int(version),
+                })
+            })
+            .collect()
+    }
+
+    /// The whole policy as a snapshot, read in one transaction so the version matches the
+    /// content. Keys past their rotation deadline are emitted as revoked.
+    pub fn snapshot(&mut self, issued_at: u64) -> Result<Snapshot, Error> {
+        let tx = self.conn.transaction()?;
+        let version: i64 = tx.query_row(
+            "SELECT version FROM policy_version WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        let projects = {
+            let mut statement = tx.prepare(&format!(
+                "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"
+            ))?;
+            let raws = statement
+                .query_map([], raw_project)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            raws.into_iter()
+                .map(|raw| into_project_view(raw).map(|view| view.record()))
+                .collect::<Result<Vec<_>, Error>>()?
+        };
+        let keys = {
+            let mut statement =
+                tx.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY id"))?;
+            let raws = statement
+                .query_map([], raw_key)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            raws.into_iter()
+                .map(|raw| into_key_row(raw).map(|row| row.record(issued_at)))
+                .collect::<Result<Vec<_>, Error>>()?
+        };
+        tx.commit()?;
+        Ok(Snapshot {
+            version: from_sql_int(version),
+            issued_at,
+            expires_at: None,
+            projects,
+            keys,
+        })
+    }
+}
+
+fn settings_of(view: &KeyView) -> KeySettings {
+    KeySettings {
+        environment: Environment::parse(&view.environment).unwrap_or_default(),
+        scopes: view.scopes.clone(),
+        models: view.models.clone(),
+        expires_at: view.expires_at,
+        spend_cap_microusd: view.spend_cap_microusd,
+        label: view.label.clone(),
+        note: view.note.clone(),
+    }
+}
+
+/// Validates one key row (with its project, when it has one) with the engine.
+fn validate_row(change: &Change<'_>, row: &KeyRow, now: u64) -> Result<(), Error> {
+    let projects = match &row.view.project {
+        Some(project) => vec![change.project(project)?.record()],
+        None => vec![],
+    };
+    validate_with_engine(projects, vec![row.record(now)])
+}
+
+/// Generates and inserts a key; audits `key.create`.
+fn insert_key(
+    change: &Change<'_>,
+    new: &NewKey,
+    status: KeyStatus,
+    rotated_from: Option<&str>,
+) -> Result<CreatedKey, Error> {
+    let (project, org) = match &new.owner {
+        Owner::Project(project) => {
+            let found = change.project(project)?;
+            if found.status != ProjectStatus::Active {
+                return Err(Error::conflict(
+                    "project_archived",
+                    format!("The project {project:?} is not active; it cannot get new keys."),
+                ));
+            }
+            (Some(project.clone()), None)
+        }
+        Owner::Org(org) => (None, Some(org.clone())),
+    };
+    let settings = &new.settings;
+    // A clash of 12 random base62 characters is astronomically unlikely; still never overwrite.
+    let mut material = keygen::generate(new.format, settings.environment)?;
+    for _ in 0..4 {
+        if find_key(change.tx, &material.id)?.is_none() {
+            break;
+        }
+        material = keygen::generate(new.format, settings.environment)?;
+    }
+    if find_key(change.tx, &material.id)?.is_some() {
+        return Err(Error::internal("could not draw an unused key id"));
+    }
+    let view = KeyView {
+        id: material.id.clone(),
+        format: new.format,
+        project: project.clone(),
+        org: org.clone(),
+        environment: settings.environment.as_str().to_owned(),
+        status,
+        scopes: settings.scopes.clone(),
+        models: settings.models.clone(),
+        expires_at: settings.expires_at,
+        spend_cap_microusd: settings.spend_cap_microusd,
+        spent_microusd: 0,
+        label: settings.label.clone(),
+        note: settings.note.clone(),
+        created_at: change.now,
+        last_seen_at: None,
+        rotated_from: rotated_from.map(str::to_owned),
+        revoke_at: None,
+        revoked_at: None,
+    };
+    let row = KeyRow {
+        view,
+        secret_sha256: material.secret_sha256.clone(),
+        key_sha256: material.key_sha256.clone(),
+    };
+    validate_row(change, &row, change.now)?;
+    change.tx.execute(
+        "INSERT INTO keys (id, format, secret_sha256, key_sha256, project, org, environment, \
+         status, scopes, models, expires_at, spend_cap_microusd, label, note, created_at, \
+         rotated_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+         ?15, ?16)",
+        params![
+            material.id,
+            new.format.as_str(),
+            material.secret_sha256,
+            material.key_sha256,
+            project,
+            org,
+            settings.environment.as_str(),
+            key_status_str(status),
+            serde_json::to_string(&settings.scopes)?,
+            settings
+                .models
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+            opt_int(settings.expires_at)?,
+            opt_int(settings.spend_cap_microusd)?,
+            settings.label,
+            settings.note,
+            to_sql_int(change.now)?,
+            rotated_from,
+        ],
+    )?;
+    let mut details = settings_details(settings);
+    if let Some(object) = details.as_object_mut() {
+        object.insert("format".into(), json!(new.format.as_str()));
+        object.insert("project".into(), json!(project));
+        object.insert("org".into(), json!(org));
+        object.insert("rotated_from".into(), json!(rotated_from));
+    }
+    change.audit("key.create", &material.id, details)?;
+    Ok(CreatedKey {
+        plaintext: material.plaintext,
+        key: row.view,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_project() -> Store {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .create_project("alice", 100, "proj_a", "org_1", Some(5_000_000))
+            .unwrap();
+        store
+    }
+
+    fn new_key(owner: Owner, format: Format) -> NewKey {
+        NewKey {
+            owner,
+            format,
+            settings: KeySettings {
+                scopes: vec!["chat:write".into()],
+                ..KeySettings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn every_change_bumps_the_version_and_is_audited() {
+        let mut store = store_with_project();
+        assert_eq!(store.policy_version().unwrap(), 2);
+        let created = store
+            .create_key(
+                "alice",
+                101,
+                &new_key(Owner::Project("proj_a".into()), Format::Ak),
+            )
+            .unwrap();
+        store
+            .change_status("bob", 102, &created.key.id, StatusChange::Pause)
+            .unwrap();
+        assert_eq!(store.policy_version().unwrap(), 4);
+        let events = store.audit_events(None).unwrap();
+        let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["project.create", "key.create", "key.pause"]);
+        assert_eq!(events[2].actor, "bob");
+        assert_eq!(events[2].policy_version, 4);
+        assert_eq!(store.audit_events(Some(1)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_change_changes_nothing() {
+        let mut store = store_with_project();
+        let before = store.policy_version().unwrap();
+        let error = store
+            .create_project("alice", 101, "proj_a", "org_1", None)
+            .unwrap_err();
+        assert_eq!(error.code, "project_exists");
+        let error = store
+            .change_status("alice", 101, "nope", StatusChange::Revoke)
+            .unwrap_err();
+        assert_eq!(error.status, 404);
+        assert_eq!(store.policy_version().unwrap(), before);
+        assert_eq!(store.audit_events(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_engine_validates_what_is_stored() {
+        let mut store = Store::in_memory().unwrap();
+        let error = store
+            .create_project("alice", 1, "bad id", "org", None)
+            .unwrap_err();
+        assert_eq!(error.code, "invalid_field");
+        assert!(error.message.starts_with("id:"), "{}", error.message);
+        let error = store
+            .create_key(
+                "alice",
+                1,
+                &new_key(Owner::Org("org with spaces".into()), Format::Ak),
+            )
+            .unwrap_err();
+        assert!(error.message.starts_with("org:"), "{}", error.message);
+    }
+
+    #[test]
+    fn status_transitions_are_checked() {
+        let mut store = store_with_project();
+        let id = store
+            .create_key(
+                "a",
+                1,
+                &new_key(Owner::Project("proj_a".into()), Format::Vpx),
+            )
+            .unwrap()
+            .key
+            .id;
+        let resume = store.change_status("a", 2, &id, StatusChange::Resume);
+        assert_eq!(resume.unwrap_err().code, "key_not_paused");
+        store
+            .change_status("a", 2, &id, StatusChange::Pause)
+            .unwrap();
+        let pause = store.change_status("a", 3, &id, StatusChange::Pause);
+        assert_eq!(pause.unwrap_err().code, "key_paused");
+        let view = store
+            .change_status("a", 3, &id, StatusChange::Revoke)
+            .unwrap();
+        assert_eq!(view.status, KeyStatus::Revoked);
+        assert_eq!(view.revoked_at, Some(3));
+        for change in [
+            StatusChange::Revoke,
+            StatusChange::Pause,
+            StatusChange::Resume,
+        ] {
+            let error = store.change_status("a", 4, &id, change).unwrap_err();
+            assert_eq!((error.status, error.code), (409, "key_revoked"));
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_until_the_deadline() {
+        let mut store = store_with_project();
+        let old = store
+            .create_key(
+                "a",
+                10,
+                &new_key(Owner::Project("proj_a".into()), Format::Ak),
+            )
+            .unwrap()
+            .key;
+        let rotation = store.rotate_key("a", 20, &old.id, 100).unwrap();
+        assert_eq!(
+            rotation.new.key.rotated_from.as_deref(),
+            Some(old.id.as_str())
+        );
+        assert_eq!(rotation.new.key.scopes, old.scopes);
+        assert_eq!(rotation.old.revoke_at, Some(120));
+        let again = store.rotate_key("a", 21, &old.id, 100).unwrap_err();
+        assert_eq!(again.code, "key_rotating");
+
+        let status_at = |store: &mut Store, now: u64| {
+            let snapshot = store.snapshot(now).unwrap();
+            snapshot
+                .keys
+                .iter()
+                .find(|key| key.id == old.id)
+                .unwrap()
+                .status
+        };
+        assert_eq!(status_at(&mut store, 119), KeyStatus::Active);
+        assert_eq!(status_at(&mut store, 120), KeyStatus::Revoked);
+
+        assert!(store.revoke_rotated_keys(119).unwrap().is_empty());
+        let version = store.policy_version().unwrap();
+        assert_eq!(
+            store.revoke_rotated_keys(120).unwrap(),
+            vec![old.id.clone()]
+        );
+        assert_eq!(store.policy_version().unwrap(), version + 1);
+        assert_eq!(store.key(&old.id).unwrap().status, KeyStatus::Revoked);
+        let last = store.audit_events(Some(1)).unwrap().remove(0);
+        assert_eq!(
+            (last.actor.as_str(), last.action.as_str()),
+            ("system", "key.revoke")
+        );
+        assert!(store.revoke_rotated_keys(121).unwrap().is_empty());
+    }
+
+    #[test]
+    fn updates_change_only_what_is_named() {
+        let mut store = store_with_project();
+        let id = store
+            .create_key(
+                "a",
+                1,
+                &new_key(Owner::Project("proj_a".into()), Format::Ak),
+            )
+            .unwrap()
+            .key
+            .id;
+        let update = KeyUpdate {
+            models: Some(Some(vec!["gpt-4o*".into()])),
+            expires_at: Some(Some(500)),
+            ..KeyUpdate::default()
+        };
+        let view = store.update_key("a", 2, &id, &update).unwrap();
+        assert_eq!(view.scopes, ["chat:write"]);
+        assert_eq!(view.models, Some(vec!["gpt-4o*".to_owned()]));
+        assert_eq!(view.expires_at, Some(500));
+        let clear = KeyUpdate {
+            models: Some(None),
+            ..KeyUpdate::default()
+        };
+        assert_eq!(store.update_key("a", 3, &id, &clear).unwrap().models, None);
+        let empty_scope = KeyUpdate {
+            scopes: Some(vec![String::new()]),
+            ..KeyUpdate::default()
+        };
+        assert_eq!(
+            store
+                .update_key("a", 4, &id, &empty_scope)
+                .unwrap_err()
+                .code,
+            "invalid_field"
+        );
+        assert_eq!(
+            store
+                .update_key("a", 4, &id, &KeyUpdate::default())
+                .unwrap_err()
+                .code,
+            "nothing_to_change"
+        );
+    }
+
+    #[test]
+    fn archived_projects_get_no_new_keys_and_snapshots_compile() {
+        let mut store = store_with_project();
+        store
+            .create_key("a", 1, &new_key(Owner::Org("org_1".into()), Format::Vpx))
+            .unwrap();
+        store.archive_project("a", 2, "proj_a").unwrap();
+        let error = store
+            .create_key(
+                "a",
+                3,
+                &new_key(Owner::Project("proj_a".into()), Format::Ak),
+            )
+            .unwrap_err();
+        assert_eq!(error.code, "project_archived");
+        let snapshot = store.snapshot(10).unwrap();
+        let policy = Policy::compile(snapshot).unwrap();
+        assert_eq!(policy.version, store.policy_version().unwrap());
+        assert_eq!(
+            policy.project("proj_a").unwrap().status,
+            ProjectStatus::Archived
+        );
+        assert_eq!(policy.keys().len(), 1);
+    }
+}

@@ -1,0 +1,400 @@
+//! The `keyward` command against a temporary store: key secrets shown once and never stored,
+//! the lifecycle reflected in signed snapshots, audit, and snapshot verification.
+
+// Test code (helpers included): a failed unwrap or index is a failed test, as clippy.toml
+// already allows inside #[test] functions.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::fs;
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::{assert_store_never_holds, Workspace};
+use keyward_engine::hash::sha256;
+use keyward_engine::signed_snapshot::verify_snapshot;
+use keyward_engine::snapshot::{KeyStatus, Policy, ProjectStatus};
+
+fn policy_of(workspace: &Workspace, envelope: &[u8]) -> Policy {
+    verify_snapshot(envelope, &[workspace.signing_key()]).unwrap()
+}
+
+fn status_of(policy: &Policy, id: &str) -> KeyStatus {
+    policy
+        .keys()
+        .iter()
+        .find(|key| key.id == id)
+        .unwrap()
+        .status
+}
+
+#[test]
+fn key_secrets_are_shown_once_and_only_hashes_are_stored() {
+    let ws = Workspace::new();
+    ws.ok(&[
+        "project",
+        "create",
+        "proj_a",
+        "--org",
+        "org_acme",
+        "--spend-cap-usd",
+        "100",
+    ]);
+
+    // Human output: the plaintext on stdout once, the warning on stderr.
+    let output = ws.run(&[
+        "key",
+        "create",
+        "--project",
+        "proj_a",
+        "--scopes",
+        "chat:write",
+        "--models",
+        "gpt-4o-mini,gpt-4.1*",
+        "--expires-in",
+        "30d",
+        "--note",
+        "billing service",
+    ]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("only time"), "{stderr}");
+    let ak_key = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("key: "))
+        .unwrap()
+        .to_owned();
+    let ak_id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("key_id: "))
+        .unwrap()
+        .to_owned();
+    assert_eq!(stdout.matches(&ak_key).count(), 1, "printed once");
+    let (id_part, ak_secret) = ak_key.strip_prefix("ak_").unwrap().split_once('.').unwrap();
+    assert_eq!(id_part, ak_id);
+    assert_eq!(ak_id.len(), 12);
+    assert_eq!(ak_secret.len(), 32);
+    assert!(!stderr.contains(&ak_key));
+
+    let (vpx_id, vpx_key) = ws.create_key(&[
+        "--org",
+        "org_acme",
+        "--format",
+        "vpx",
+        "--environment",
+        "test",
+    ]);
+    assert!(vpx_key.starts_with("vpx_test_"));
+    assert!(vpx_id.starts_with("vpx"));
+    let vpx_body = vpx_key.strip_prefix("vpx_test_").unwrap();
+
+    // The store holds the hashes, and nothing of the keys' secrets.
+    let ak_hash = hex::encode(sha256(ak_secret.as_bytes()));
+    let vpx_hash = hex::encode(sha256(vpx_key.as_bytes()));
+    assert_store_never_holds(&ws.db(), &[&ak_key, ak_secret, &vpx_key, vpx_body]);
+    let conn = rusqlite::Connection::open(ws.db()).unwrap();
+    let stored: (Option<String>, Option<String>) = conn
+        .query_row(
+            "SELECT secret_sha256, key_sha256 FROM keys WHERE id = ?1",
+            [&ak_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, (Some(ak_hash.clone()), None));
+    let stored: (Option<String>, Option<String>) = conn
+        .query_row(
+            "SELECT secret_sha256, key_sha256 FROM keys WHERE id = ?1",
+            [&vpx_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, (None, Some(vpx_hash.clone())));
+    drop(conn);
+
+    // Listings show the metadata, never a secret or a hash.
+    let forbidden = [
+        ak_key.as_str(),
+        ak_secret,
+        &vpx_key,
+        vpx_body,
+        &ak_hash,
+        &vpx_hash,
+    ];
+    for args in [
+        vec!["key", "list"],
+        vec!["key", "list", "--json"],
+        vec!["key", "list", "--project", "proj_a"],
+        vec!["key", "show", ak_id.as_str(), "--json"],
+        vec!["audit", "--json"],
+        vec!["audit"],
+    ] {
+        let printed = ws.ok(&args);
+        for secret in forbidden {
+            assert!(!printed.contains(secret), "{args:?} shows a secret or hash");
+        }
+    }
+    let listed = ws.json(&["key", "list", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let ak = listed
+        .iter()
+        .find(|key| key["id"] == ak_id.as_str())
+        .unwrap();
+    assert_eq!(ak["note"], "billing service");
+    assert_eq!(ak["status"], "active");
+    assert_eq!(ak["scopes"][0], "chat:write");
+    assert!(ak["created_at"].as_u64().unwrap() > 0);
+    assert!(ak["expires_at"].as_u64().unwrap() > ak["created_at"].as_u64().unwrap());
+    assert!(ak["last_seen_at"].is_null());
+    assert!(ak.get("secret_sha256").is_none() && ak.get("key_sha256").is_none());
+    let table = ws.ok(&["key", "list"]);
+    assert!(table.contains("LAST SEEN") && table.contains("billing service"));
+
+    // The snapshot carries the hashes, so the filter can check both keys.
+    let policy = policy_of(&ws, &ws.build_snapshot("snapshot.json"));
+    assert!(policy.key_by_id(&ak_id).is_some());
+    assert!(policy.key_by_hash(&sha256(vpx_key.as_bytes())).is_some());
+    assert_eq!(
+        policy.project("proj_a").unwrap().spend_cap_microusd,
+        Some(100_000_000)
+    );
+}
+
+#[test]
+fn lifecycle_changes_are_reflected_in_signed_snapshots_and_audited() {
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
+    ws.ok(&["project", "create", "proj_old", "--org", "org_acme"]);
+    let project = ["--project", "proj_a"];
+    let (revoked, _) = ws.create_key(&project);
+    let (paused, _) = ws.create_key(&project);
+    let (resumed, _) = ws.create_key(&project);
+    let (rotated_now, _) = ws.create_key(&project);
+    let (rotated_later, _) = ws.create_key(&[&project[..], &["--scopes", "chat:write"]].concat());
+
+    let first = policy_of(&ws, &ws.build_snapshot("v1.json"));
+    assert!(first
+        .keys()
+        .iter()
+        .all(|key| key.status == KeyStatus::Active));
+
+    ws.ok(&["--actor", "alice", "key", "revoke", &revoked]);
+    let paused_out = ws
+        .command()
+        .env("KEYWARD_ACTOR", "bob")
+        .args(["key", "pause", &paused])
+        .output()
+        .unwrap();
+    assert!(paused_out.status.success());
+    ws.ok(&["key", "pause", &resumed]);
+    ws.ok(&["key", "resume", &resumed]);
+    ws.ok(&["project", "archive", "proj_old"]);
+    let now_rotation = ws.json(&["key", "rotate", &rotated_now, "--grace", "0s", "--json"]);
+    let now_replacement = now_rotation["id"].as_str().unwrap().to_owned();
+    assert_eq!(now_rotation["previous"]["status"], "revoked");
+    let later_rotation = ws.json(&["key", "rotate", &rotated_later, "--grace", "2s", "--json"]);
+    let later_replacement = later_rotation["id"].as_str().unwrap().to_owned();
+    assert_eq!(later_rotation["scopes"][0], "chat:write", "same settings");
+    assert_eq!(later_rotation["rotated_from"], rotated_later.as_str());
+    assert!(later_rotation["key"].as_str().unwrap().starts_with("ak_"));
+
+    let second = policy_of(&ws, &ws.build_snapshot("v2.json"));
+    assert!(second.version > first.version);
+    assert_eq!(status_of(&second, &revoked), KeyStatus::Revoked);
+    assert_eq!(status_of(&second, &paused), KeyStatus::Paused);
+    assert_eq!(status_of(&second, &resumed), KeyStatus::Active);
+    assert_eq!(status_of(&second, &rotated_now), KeyStatus::Revoked);
+    assert_eq!(status_of(&second, &now_replacement), KeyStatus::Active);
+    assert_eq!(
+        status_of(&second, &rotated_later),
+        KeyStatus::Active,
+        "in its grace"
+    );
+    assert_eq!(status_of(&second, &later_replacement), KeyStatus::Active);
+    assert_eq!(
+        second.project("proj_old").unwrap().status,
+        ProjectStatus::Archived
+    );
+
+    // Past the grace deadline the old key is revoked, under a new version, by `system`.
+    sleep(Duration::from_millis(3100));
+    let third = policy_of(&ws, &ws.build_snapshot("v3.json"));
+    assert!(third.version > second.version);
+    assert_eq!(status_of(&third, &rotated_later), KeyStatus::Revoked);
+    assert_eq!(status_of(&third, &later_replacement), KeyStatus::Active);
+
+    let events = ws.json(&["audit", "--json"]);
+    let events = events.as_array().unwrap();
+    let find = |action: &str, target: &str| {
+        events
+            .iter()
+            .find(|event| event["action"] == action && event["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} event for {target}"))
+    };
+    assert_eq!(find("key.revoke", &revoked)["actor"], "alice");
+    assert_eq!(find("key.pause", &paused)["actor"], "bob");
+    assert_eq!(find("key.resume", &resumed)["actor"], "cli");
+    assert_eq!(find("project.archive", "proj_old")["actor"], "cli");
+    assert_eq!(
+        find("key.rotate", &rotated_later)["details"]["new_key_id"],
+        later_replacement.as_str()
+    );
+    let system = find("key.revoke", &rotated_later);
+    assert_eq!(system["actor"], "system");
+    assert_eq!(system["details"]["reason"], "rotation_grace_ended");
+    for event in events {
+        assert!(event["at"].as_u64().unwrap() > 0);
+    }
+    // Each change made a version, and the newest version is the snapshot's.
+    let versions: Vec<u64> = events
+        .iter()
+        .map(|event| event["policy_version"].as_u64().unwrap())
+        .collect();
+    assert!(versions.windows(2).all(|pair| pair[0] <= pair[1]));
+    assert_eq!(versions.last().copied(), Some(third.version));
+}
+
+#[test]
+fn key_settings_change_and_bad_requests_fail_cleanly() {
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
+    let (id, _) = ws.create_key(&["--project", "proj_a", "--scopes", "chat:write"]);
+    ws.ok(&[
+        "key",
+        "set",
+        &id,
+        "--scopes",
+        "chat:write,embeddings:write",
+        "--models",
+        "gpt-4o*",
+        "--expires-at",
+        "4000000000",
+        "--spend-cap-usd",
+        "12.50",
+        "--label",
+        "billing",
+    ]);
+    let shown = ws.json(&["key", "show", &id, "--json"]);
+    assert_eq!(
+        shown["scopes"],
+        serde_json::json!(["chat:write", "embeddings:write"])
+    );
+    assert_eq!(shown["models"], serde_json::json!(["gpt-4o*"]));
+    assert_eq!(shown["expires_at"], 4_000_000_000u64);
+    assert_eq!(shown["spend_cap_microusd"], 12_500_000);
+    ws.ok(&[
+        "key",
+        "set",
+        &id,
+        "--all-models",
+        "--no-expiry",
+        "--no-spend-cap",
+    ]);
+    let shown = ws.json(&["key", "show", &id, "--json"]);
+    assert!(shown["models"].is_null() && shown["expires_at"].is_null());
+    assert!(shown["spend_cap_microusd"].is_null());
+    let policy = policy_of(&ws, &ws.build_snapshot("s.json"));
+    let key = policy.key_by_id(&id).unwrap();
+    assert!(key.has_scope("embeddings:write"));
+    assert_eq!(key.label.as_deref(), Some("billing"));
+
+    assert!(ws.fails(&["key", "revoke", "nosuchkey"]).contains("No key"));
+    assert!(ws
+        .fails(&["project", "create", "proj_a", "--org", "org_acme"])
+        .contains("already exists"));
+    assert!(ws
+        .fails(&["project", "create", "bad id", "--org", "o"])
+        .contains("id:"));
+    assert!(ws
+        .fails(&["key", "create", "--project", "nope"])
+        .contains("No project"));
+    assert!(ws
+        .fails(&[
+            "key",
+            "create",
+            "--project",
+            "proj_a",
+            "--spend-cap-usd",
+            "1.2.3"
+        ])
+        .contains("USD"));
+    ws.fails(&["key", "create"]);
+    ws.fails(&["key", "create", "--project", "proj_a", "--org", "org_acme"]);
+    ws.ok(&["key", "revoke", &id]);
+    assert!(ws
+        .fails(&["key", "set", &id, "--note", "x"])
+        .contains("revoked"));
+    assert!(ws.fails(&["key", "resume", &id]).contains("revoked"));
+    assert!(ws
+        .fails(&["--actor", "two words", "key", "list"])
+        .contains("actor"));
+}
+
+#[test]
+fn tampered_unsigned_or_foreign_snapshots_fail_verification() {
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
+    let (id, _) = ws.create_key(&["--project", "proj_a"]);
+    ws.ok(&["key", "pause", &id]);
+    let envelope = String::from_utf8(ws.build_snapshot("good.json")).unwrap();
+
+    let verify = |name: &str, contents: &str, key_args: Vec<String>| {
+        let path = ws.path(name);
+        fs::write(&path, contents).unwrap();
+        let mut args = vec![
+            "snapshot".to_owned(),
+            "verify".to_owned(),
+            path.to_string_lossy().into_owned(),
+        ];
+        args.extend(key_args);
+        ws.run(&args)
+    };
+
+    // Un-pausing the key by editing the file breaks the signature.
+    let tampered = envelope.replace("\"paused\"", "\"active\"");
+    assert_ne!(tampered, envelope);
+    let output = verify("tampered.json", &tampered, ws.signing_args());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("signature"));
+
+    let snapshot_only: serde_json::Value = serde_json::from_str(&envelope).unwrap();
+    let unsigned = snapshot_only["snapshot"].to_string();
+    let output = verify("unsigned.json", &unsigned, ws.signing_args());
+    assert_eq!(output.status.code(), Some(1));
+
+    let mut other_id = ws.signing_args();
+    other_id[1] = "ops-2".into();
+    let output = verify("other-id.json", &envelope, other_id);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown key"));
+
+    let other_secret = ws.path("other.key");
+    ws.ok(&[
+        "secret",
+        "signing-key",
+        "--out",
+        other_secret.to_str().unwrap(),
+    ]);
+    let mut other_key = ws.signing_args();
+    other_key[3] = other_secret.to_string_lossy().into_owned();
+    let output = verify("other-secret.json", &envelope, other_key);
+    assert_eq!(output.status.code(), Some(1));
+
+    let output = verify("garbage.json", "not json", ws.signing_args());
+    assert_eq!(output.status.code(), Some(1));
+
+    let output = verify("good-again.json", &envelope, ws.signing_args());
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("1 keys (0 active, 1 paused, 0 revoked), 1 projects"),
+        "{printed}"
+    );
+}
