@@ -92,7 +92,8 @@ size-check:
 
 # pytest exits 5 when it collected no tests: any non-zero status fails the build.
 integration: $(VENV_STAMP)
-	KEYWARD_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest integration -q
+	cargo build -p keyward
+	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward $(PY) -m pytest integration -q
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
 run: $(VENV_STAMP) wasm
@@ -119,3 +120,4 @@ fuzz:
 		(cd fuzz && PATH=$(TOOLS)/cargo-fuzz/bin:$$PATH cargo +nightly fuzz run $$target corpus-new/$$target corpus/$$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048) || exit 1; \
 	done
+include bench/bench.mk

@@ -55,7 +55,11 @@ pub fn on_request_headers(host: &impl Host, state: &FilterState) -> Verdict {
 fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
     let settings = &state.settings;
     let headers = host.request_headers()?;
-    let route_name_bytes = host.property(&["xds", "route_name"])?;
+    let route_name_bytes = if settings.needs_route_name() {
+        host.property(&["xds", "route_name"])?
+    } else {
+        None
+    };
     let route_name = route_name_bytes
         .as_deref()
         .and_then(|bytes| core::str::from_utf8(bytes).ok())

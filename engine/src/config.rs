@@ -220,6 +220,12 @@ impl Settings {
             .unwrap_or(&self.fallback_route)
     }
 
+    /// Whether any route matches on Envoy's route name; if none does, the filter does not ask
+    /// Envoy for it (one host call less per request).
+    pub fn needs_route_name(&self) -> bool {
+        self.routes.iter().any(Route::matches_by_route_name)
+    }
+
     pub fn credential_lookup<'c>(&'c self, route: &'c Route) -> CredentialLookup<'c> {
         CredentialLookup {
             sources: &self.credential_sources,

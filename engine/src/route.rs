@@ -212,6 +212,11 @@ impl Route {
         })
     }
 
+    /// Whether matching this route needs Envoy's route name (a host call per request).
+    pub fn matches_by_route_name(&self) -> bool {
+        self.route_name.is_some()
+    }
+
     pub fn matches(&self, request: &Request<'_>) -> bool {
         let route_name_ok = self
             .route_name
