@@ -67,6 +67,9 @@ impl KeywardRoot {
         };
         self.role = config.role;
         self.sync = config.sync.clone();
+        // A reconfigured VM starts over from the configuration's own policy, so it must look at
+        // the published one again even if it had seen it before.
+        self.follower = PolicyFollower::default();
         self.poller = match &config.sync {
             Some(sync) if config.role == Role::SyncService || sync.poller == Poller::Lease => {
                 let started = SyncHost::now_ms(&host).unwrap_or_default();
