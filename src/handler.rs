@@ -66,7 +66,17 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
         .filter(|name| !name.is_empty());
     let request = Request::new(&headers, route_name);
     let route = settings.route_for(&request);
-    let now = host.now_unix_seconds()?;
+    // Without expiring keys, an expiring snapshot or a max age, no check reads the clock: a
+    // host call saved on every request.
+    let needs_clock = state
+        .policy
+        .as_ref()
+        .is_some_and(|policy| policy.needs_clock(settings.max_policy_age_seconds));
+    let now = if needs_clock {
+        host.now_unix_seconds()?
+    } else {
+        0
+    };
     let outcome = decide(settings, route, &request, state.policy.as_deref(), now);
 
     // Client-sent copies of keyward's own headers never reach the upstream, whatever the outcome.

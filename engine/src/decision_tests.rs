@@ -376,3 +376,16 @@ fn denial_messages_never_contain_the_key() {
         }
     }
 }
+
+#[test]
+fn the_clock_matters_only_when_something_expires() {
+    let config = config("");
+    let policy = config.policy.as_ref().expect("policy");
+    assert!(policy.needs_clock(0), "the fixture has an expiring key");
+    let timeless = Policy::from_json(br#"{"version": 1, "issued_at": 5}"#).expect("valid");
+    assert!(!timeless.needs_clock(0));
+    assert!(timeless.needs_clock(60), "a max age needs the clock");
+    let expiring =
+        Policy::from_json(br#"{"version": 1, "issued_at": 5, "expires_at": 9}"#).expect("valid");
+    assert!(expiring.needs_clock(0));
+}

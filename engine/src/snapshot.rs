@@ -177,6 +177,8 @@ pub struct Policy {
     keys: Vec<Key>,
     by_id: HashMap<String, usize>,
     by_hash: HashMap<Sha256Digest, usize>,
+    /// Whether any decision on this policy depends on the clock.
+    time_dependent: bool,
 }
 
 impl Policy {
@@ -245,7 +247,10 @@ impl Policy {
             }
             keys.push(key);
         }
+        let time_dependent =
+            snapshot.expires_at.is_some() || keys.iter().any(|key| key.expires_at.is_some());
         Ok(Policy {
+            time_dependent,
             version: snapshot.version,
             issued_at: snapshot.issued_at,
             expires_at: snapshot.expires_at,
@@ -263,6 +268,12 @@ impl Policy {
         let young_enough =
             max_age_seconds == 0 || now <= self.issued_at.saturating_add(max_age_seconds);
         not_expired && young_enough
+    }
+
+    /// Whether deciding with this policy needs the current time (expiring snapshot or keys);
+    /// the filter skips the clock host call when it does not.
+    pub fn needs_clock(&self, max_age_seconds: u64) -> bool {
+        self.time_dependent || max_age_seconds > 0
     }
 
     pub fn key_by_id(&self, id: &str) -> Option<&Key> {
