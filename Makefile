@@ -29,15 +29,19 @@ WASM_OPT     := $(TOOLS)/binaryen/node_modules/.bin/wasm-opt
 WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 WASM_MAX     := 400000
 DEMO_DIR     := $(TOOLS)/demo
+# Validators generated from Istio's CRD schemas (npm, pinned), for integration/test_istio.py.
+ISTIO_MODELS_VER   := 3.0.1
+ISTIO_MODELS       := $(TOOLS)/istio-models
+ISTIO_MODELS_STAMP := $(ISTIO_MODELS)/.installed-$(ISTIO_MODELS_VER)
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := credential_and_decision plugin_config snapshot
 CARGO_FUZZ   := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
 
-.PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean
+.PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean oci
 
 ## tools: install everything the build and tests need (idempotent)
-tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) wasm-target
+tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) $(ISTIO_MODELS_STAMP) wasm-target
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -71,6 +75,18 @@ $(WASM_OPT_STAMP):
 	@rm -f $(TOOLS)/binaryen/.installed-*
 	touch $@
 
+# @kubernetes-models/istio from the npm registry (ESM, runs on the machine's node), pinned. The
+# schemas stay in .tools/: never vendored into the repository.
+$(ISTIO_MODELS_STAMP):
+	mkdir -p $(ISTIO_MODELS)
+	cd $(ISTIO_MODELS) && npm install --silent --no-audit --no-fund --prefix . @kubernetes-models/istio@$(ISTIO_MODELS_VER)
+	@rm -f $(ISTIO_MODELS)/.installed-*
+	touch $@
+
+## oci: the module as an OCI image layout (target/oci/) and tarball (target/keyward-oci.tar) for Istio
+oci: wasm
+	python3 scripts/oci.py --wasm $(WASM) --out-dir target/oci --tar target/keyward-oci.tar
+
 ## test: formatting, lints, unit tests (native and wasm32), the wasm build and its size, integration tests
 test: tools
 	$(MAKE) --no-print-directory rust-checks
@@ -91,9 +107,10 @@ size-check:
 	echo "$(WASM): $$size bytes (limit $(WASM_MAX))"
 
 # pytest exits 5 when it collected no tests: any non-zero status fails the build.
-integration: $(VENV_STAMP)
+integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP)
 	cargo build -p keyward
-	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward $(PY) -m pytest integration -q
+	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
+		$(PY) -m pytest integration -q
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
 run: $(VENV_STAMP) wasm

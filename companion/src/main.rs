@@ -2,7 +2,9 @@
 //! key lifecycle, signed policy snapshots for the filter's sync, the admin API, and a renderer
 //! for a ready Envoy configuration. Native only: never built for wasm32.
 
+mod audit;
 mod error;
+mod explain;
 mod keygen;
 mod publish;
 mod render;
@@ -64,8 +66,11 @@ enum Command {
     /// Create, list, revoke, pause, resume, change and rotate keys.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Show the audit trail: every change, who made it, when.
+    /// Show the audit trail: every change, who made it, when. With --config (and --snapshot or
+    /// --control-plane): audit a policy, what every key can do on every route, and its risks.
     Audit(AuditArgs),
+    /// The decision the filter would make for one key on one route, step by step.
+    Explain(explain::ExplainArgs),
     /// Build or verify signed policy snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -247,10 +252,12 @@ enum KeyCommand {
 #[derive(Args)]
 struct AuditArgs {
     /// Only the last N events.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     limit: Option<u64>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    policy: audit::PolicyAuditArgs,
 }
 
 #[derive(Args)]
@@ -326,6 +333,56 @@ enum RenderCommand {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Istio resources: a WasmPlugin (the filter, with a lease-mode policy sync) and a
+    /// ServiceEntry for the control plane. JSON documents separated by `---` (YAML).
+    Istio(RenderIstioArgs),
+}
+
+#[derive(Args)]
+struct RenderIstioArgs {
+    /// Where Istio fetches the module: oci://REGISTRY/REPO:TAG, file://PATH or https://URL.
+    #[arg(long)]
+    wasm_url: String,
+    /// The module itself (target/keyward.wasm): its sha256, for file:// and http(s):// URLs;
+    /// with oci://, checked against the layout's Wasm layer.
+    #[arg(long)]
+    wasm_file: Option<PathBuf>,
+    /// The OCI image layout `make oci` wrote (target/oci), for oci:// URLs: Istio checks the
+    /// image manifest's digest.
+    #[arg(long)]
+    oci_layout: Option<PathBuf>,
+    /// Where `keyward serve` listens, as the proxies reach it: HOST:PORT (a host name).
+    #[arg(long)]
+    control_plane: String,
+    #[command(flatten)]
+    signing: SigningKeyArgs,
+    /// The WasmPlugin's name (the ServiceEntry is NAME-control-plane).
+    #[arg(long, default_value = "keyward")]
+    name: String,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Workloads to run on: LABEL=VALUE[,LABEL=VALUE]. Without it (and without a target ref),
+    /// every workload of the namespace.
+    #[arg(long, conflicts_with_all = ["target_ref_kind", "target_ref_name"])]
+    selector: Option<String>,
+    /// Attach to a resource instead, e.g. `Gateway` (group gateway.networking.k8s.io) or `Service`.
+    #[arg(long, requires = "target_ref_name")]
+    target_ref_kind: Option<String>,
+    #[arg(long, requires = "target_ref_kind")]
+    target_ref_name: Option<String>,
+    /// `spec.match[].mode`: CLIENT, SERVER or CLIENT_AND_SERVER.
+    #[arg(long)]
+    match_mode: Option<String>,
+    /// A keyward plugin configuration (JSON: routes, mode, …); `sync` is added to it.
+    #[arg(long)]
+    plugin_config: Option<PathBuf>,
+    /// Leave out the ServiceEntry (the control plane is already a Service in the mesh).
+    #[arg(long)]
+    no_service_entry: bool,
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -361,6 +418,70 @@ fn open_store(db: &Path) -> Result<Store, Error> {
     Ok(store)
 }
 
+fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
+    let read = |path: &PathBuf, what: &str| {
+        fs::read(path).map_err(|error| {
+            Error::invalid(
+                "unreadable_file",
+                format!("cannot read the {what} {}: {error}", path.display()),
+            )
+        })
+    };
+    let base_config = match &args.plugin_config {
+        Some(path) => Some(
+            serde_json::from_slice(&read(path, "plugin configuration")?).map_err(|error| {
+                Error::invalid(
+                    "invalid_plugin_config",
+                    format!("--plugin-config: not JSON: {error}"),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let target = match (args.target_ref_kind, args.target_ref_name) {
+        (Some(kind), Some(name)) => render::IstioTarget::TargetRef { kind, name },
+        _ => render::IstioTarget::Selector(render::parse_selector(
+            args.selector.as_deref().unwrap_or(""),
+        )?),
+    };
+    let sha256 = render::wasm_plugin_sha256(
+        &args.wasm_url,
+        args.wasm_file
+            .as_ref()
+            .map(|path| read(path, "Wasm module"))
+            .transpose()?
+            .as_deref(),
+        args.oci_layout.as_deref(),
+    )?;
+    let options = render::IstioOptions {
+        name: args.name,
+        namespace: args.namespace,
+        wasm_url: args.wasm_url,
+        sha256,
+        control_plane: args.control_plane,
+        signing_secret_base64: secrets::signing_key_base64(
+            &args.signing.signing_key_id,
+            &args.signing.signing_key_file,
+        )?,
+        signing_key_id: args.signing.signing_key_id,
+        target,
+        match_mode: args.match_mode,
+        base_config,
+        service_entry: !args.no_service_entry,
+        interval_ms: args.interval_ms,
+        timeout_ms: args.timeout_ms,
+    };
+    print!(
+        "{}",
+        render::yaml_stream(&render::istio_resources(&options)?)?
+    );
+    eprintln!(
+        "note: the WasmPlugin's pluginConfig carries the snapshot signing secret; protect it like \
+         the signing key file (who can read WasmPlugins in that namespace can read it)"
+    );
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -390,6 +511,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Project(command) => project_command(&cli.db, actor, command),
         Command::Key(command) => key_command(&cli.db, actor, command),
+        Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
+        Command::Explain(args) => explain::run(&args),
         Command::Audit(args) => {
             let events = open_store(&cli.db)?.audit_events(args.limit)?;
             if args.json {
@@ -465,6 +588,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 "note: this configuration carries the snapshot signing secret; protect it like \
                  the signing key file"
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(RenderCommand::Istio(args)) => {
+            render_istio(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Secret(SecretCommand::SigningKey { out }) => {

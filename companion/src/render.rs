@@ -1,8 +1,13 @@
 //! `keyward render envoy`: a ready Envoy bootstrap with the keyward filter, the policy sync as a
 //! bootstrap singleton (same `vm_id`, so both share Envoy's shared data), the control-plane
 //! cluster and an upstream cluster. The output is JSON, which Envoy reads as YAML too.
+//!
+//! `keyward render istio`: a `WasmPlugin` (the filter, with a lease-mode policy sync, since Istio
+//! installs only HTTP filters) and a `ServiceEntry` for the control plane, as JSON documents
+//! separated by `---` (a multi-document YAML stream that `kubectl apply -f` reads).
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -220,6 +225,360 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     }))
 }
 
+pub const ISTIO_SNAPSHOT_PATH: &str = "/v1/snapshot";
+
+/// Where the `WasmPlugin` applies: workloads by label, or a Gateway (or Service) by reference.
+pub enum IstioTarget {
+    /// `spec.selector.matchLabels`; empty means every workload of the namespace.
+    Selector(Vec<(String, String)>),
+    /// `spec.targetRefs`: one `{group, kind, name}`.
+    TargetRef { kind: String, name: String },
+}
+
+pub struct IstioOptions {
+    pub name: String,
+    pub namespace: Option<String>,
+    /// `oci://…`, `file://…`, `http(s)://…`: where istio-agent fetches the module.
+    pub wasm_url: String,
+    /// `spec.sha256`, 64 lower-case hex: see [`wasm_plugin_sha256`].
+    pub sha256: String,
+    pub control_plane: String,
+    pub signing_key_id: String,
+    pub signing_secret_base64: String,
+    pub target: IstioTarget,
+    /// `spec.match[].mode`: `CLIENT`, `SERVER` or `CLIENT_AND_SERVER`.
+    pub match_mode: Option<String>,
+    /// A keyward plugin configuration (routes, mode, …) to which the `sync` block is added.
+    pub base_config: Option<Value>,
+    pub service_entry: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+const WASM_URL_SCHEMES: [&str; 4] = ["oci://", "file://", "http://", "https://"];
+/// The *oci* variant of the Wasm Artifact Image Specification, which istio-agent reads: two
+/// layers, the runtime configuration and the raw module (written by `scripts/oci.py`).
+pub const OCI_WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+pub const OCI_RUNTIME_CONFIG_LAYER: &str = "application/vnd.module.wasm.config.v1+json";
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(keyward_engine::hash::sha256(bytes))
+}
+
+fn layout_error(dir: &Path, message: impl std::fmt::Display) -> Error {
+    Error::invalid(
+        "invalid_oci_layout",
+        format!("--oci-layout {}: {message}", dir.display()),
+    )
+}
+
+/// `"sha256:HEX"` in a descriptor, as lower-case HEX.
+fn descriptor_digest(descriptor: &Value) -> Option<String> {
+    let hex = descriptor
+        .get("digest")?
+        .as_str()?
+        .strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+fn media_type(descriptor: &Value) -> Option<&str> {
+    descriptor.get("mediaType")?.as_str()
+}
+
+/// The digests (hex) of the one manifest in an OCI image layout written by `make oci`, and of
+/// its Wasm layer. The manifest blob is checked against its digest.
+pub fn oci_layout_digests(dir: &Path) -> Result<(String, String), Error> {
+    let read_json = |path: &Path| -> Result<(Vec<u8>, Value), Error> {
+        let bytes = std::fs::read(path).map_err(|error| layout_error(dir, error))?;
+        let value = serde_json::from_slice(&bytes).map_err(|error| layout_error(dir, error))?;
+        Ok((bytes, value))
+    };
+    let (_, index) = read_json(&dir.join("index.json"))?;
+    let manifests = index.get("manifests").and_then(Value::as_array);
+    let Some([entry]) = manifests.map(Vec::as_slice) else {
+        return Err(layout_error(
+            dir,
+            "index.json must list exactly one manifest",
+        ));
+    };
+    let digest = descriptor_digest(entry)
+        .ok_or_else(|| layout_error(dir, "the manifest digest is not sha256:HEX"))?;
+    let (bytes, manifest) = read_json(&dir.join("blobs").join("sha256").join(&digest))?;
+    if hex_sha256(&bytes) != digest {
+        return Err(layout_error(
+            dir,
+            "the manifest blob does not match its digest",
+        ));
+    }
+    let layers = manifest.get("layers").and_then(Value::as_array);
+    let Some([first, second]) = layers.map(Vec::as_slice) else {
+        return Err(layout_error(
+            dir,
+            "Istio needs exactly two layers (runtime config, module)",
+        ));
+    };
+    if media_type(first) != Some(OCI_RUNTIME_CONFIG_LAYER)
+        || media_type(second) != Some(OCI_WASM_LAYER)
+    {
+        return Err(layout_error(
+            dir,
+            format!("the layers must be {OCI_RUNTIME_CONFIG_LAYER} and {OCI_WASM_LAYER}"),
+        ));
+    }
+    let layer = descriptor_digest(second)
+        .ok_or_else(|| layout_error(dir, "the Wasm layer digest is not sha256:HEX"))?;
+    Ok((digest, layer))
+}
+
+/// The WasmPlugin's `sha256`: what istio-agent compares. For an `oci://` URL that is the
+/// digest of the image *manifest* (from the layout `make oci` wrote, which `oras cp` pushes
+/// unchanged); for `file://` and `http(s)://`, the module's own SHA-256.
+pub fn wasm_plugin_sha256(
+    wasm_url: &str,
+    wasm: Option<&[u8]>,
+    oci_layout: Option<&Path>,
+) -> Result<String, Error> {
+    if wasm_url.starts_with("oci://") {
+        let dir = oci_layout.ok_or_else(|| {
+            Error::invalid(
+                "missing_oci_layout",
+                "--wasm-url oci://…: pass --oci-layout target/oci (from `make oci`): for OCI \
+                 images Istio checks the manifest digest, not the module's",
+            )
+        })?;
+        let (manifest, layer) = oci_layout_digests(dir)?;
+        if let Some(wasm) = wasm {
+            if hex_sha256(wasm) != layer {
+                return Err(layout_error(
+                    dir,
+                    "its Wasm layer is not --wasm-file (stale layout? run `make oci`)",
+                ));
+            }
+        }
+        return Ok(manifest);
+    }
+    if oci_layout.is_some() {
+        return Err(Error::invalid(
+            "invalid_oci_layout",
+            "--oci-layout goes with an oci:// --wasm-url",
+        ));
+    }
+    let wasm = wasm.ok_or_else(|| {
+        Error::invalid(
+            "missing_wasm_file",
+            "--wasm-file is needed to compute the module's sha256",
+        )
+    })?;
+    Ok(hex_sha256(wasm))
+}
+const MATCH_MODES: [&str; 3] = ["CLIENT", "SERVER", "CLIENT_AND_SERVER"];
+
+/// Istio names the outbound cluster of a service `outbound|PORT||HOST` (no subset).
+pub fn istio_outbound_cluster(host: &str, port: u16) -> String {
+    format!("outbound|{port}||{host}")
+}
+
+fn metadata(name: &str, namespace: Option<&str>) -> Value {
+    let mut metadata = json!({"name": name, "labels": {"app.kubernetes.io/part-of": "keyward"}});
+    if let (Some(namespace), Some(object)) = (namespace, metadata.as_object_mut()) {
+        object.insert("namespace".into(), json!(namespace));
+    }
+    metadata
+}
+
+/// A Kubernetes object name: DNS-1123 label (lower case, digits, `-`), at most 63 characters.
+fn check_k8s_name(field: &str, text: &str) -> Result<(), Error> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_name",
+            format!("--{field}: {text:?} is not a Kubernetes name (a-z, 0-9, '-', at most 63)"),
+        ))
+    }
+}
+
+/// The `pluginConfig`: the base configuration plus a lease-mode `sync` to the control plane.
+fn istio_plugin_config(options: &IstioOptions, control_plane: &HostPort) -> Result<Value, Error> {
+    let mut config = options.base_config.clone().unwrap_or_else(|| json!({}));
+    let object = config.as_object_mut().ok_or_else(|| {
+        Error::invalid(
+            "invalid_plugin_config",
+            "--plugin-config: the keyward configuration must be a JSON object",
+        )
+    })?;
+    for field in ["sync", "role"] {
+        if object.contains_key(field) {
+            return Err(Error::invalid(
+                "invalid_plugin_config",
+                format!("--plugin-config: `{field}` is set by render istio; remove it"),
+            ));
+        }
+    }
+    object.insert(
+        "sync".into(),
+        json!({
+            "cluster": istio_outbound_cluster(&control_plane.host, control_plane.port),
+            "authority": control_plane.host,
+            "path": ISTIO_SNAPSHOT_PATH,
+            "interval_ms": options.interval_ms,
+            "timeout_ms": options.timeout_ms,
+            "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
+            "poller": "lease"
+        }),
+    );
+    // The filter would refuse it in on_configure: refuse it here, with the same field path.
+    keyward_engine::config::PluginConfig::from_json(config.to_string().as_bytes()).map_err(
+        |error| {
+            Error::invalid(
+                "invalid_plugin_config",
+                format!("plugin configuration: {error}"),
+            )
+        },
+    )?;
+    Ok(config)
+}
+
+/// The Istio resources: the `WasmPlugin`, then (unless disabled) the control plane's
+/// `ServiceEntry`.
+pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
+    check_k8s_name("name", &options.name)?;
+    if let Some(namespace) = &options.namespace {
+        check_k8s_name("namespace", namespace)?;
+    }
+    if !WASM_URL_SCHEMES
+        .iter()
+        .any(|scheme| options.wasm_url.starts_with(scheme))
+    {
+        return Err(Error::invalid(
+            "invalid_wasm_url",
+            format!(
+                "--wasm-url: {:?} must start with one of {}",
+                options.wasm_url,
+                WASM_URL_SCHEMES.join(", ")
+            ),
+        ));
+    }
+    let control_plane = HostPort::parse("control-plane", &options.control_plane)?;
+    if control_plane.is_ip() {
+        return Err(Error::invalid(
+            "invalid_address",
+            "--control-plane: Istio needs a host name here (a Kubernetes Service or a DNS \
+             name), since the sync reaches it through the cluster outbound|PORT||HOST",
+        ));
+    }
+    if let Some(mode) = &options.match_mode {
+        if !MATCH_MODES.contains(&mode.as_str()) {
+            return Err(Error::invalid(
+                "invalid_match_mode",
+                format!(
+                    "--match-mode: {mode:?} is not one of {}",
+                    MATCH_MODES.join(", ")
+                ),
+            ));
+        }
+    }
+    let namespace = options.namespace.as_deref();
+
+    let mut spec = serde_json::Map::new();
+    spec.insert("url".into(), json!(options.wasm_url));
+    spec.insert("sha256".into(), json!(options.sha256));
+    spec.insert("phase".into(), json!("AUTHN"));
+    spec.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    spec.insert("type".into(), json!("HTTP"));
+    spec.insert("pluginName".into(), json!("keyward"));
+    match &options.target {
+        IstioTarget::Selector(labels) if labels.is_empty() => {}
+        IstioTarget::Selector(labels) => {
+            let labels: serde_json::Map<String, Value> = labels
+                .iter()
+                .map(|(key, value)| (key.clone(), json!(value)))
+                .collect();
+            spec.insert("selector".into(), json!({ "matchLabels": labels }));
+        }
+        IstioTarget::TargetRef { kind, name } => {
+            let group = if kind == "Gateway" {
+                "gateway.networking.k8s.io"
+            } else {
+                ""
+            };
+            spec.insert(
+                "targetRefs".into(),
+                json!([{"group": group, "kind": kind, "name": name}]),
+            );
+        }
+    }
+    if let Some(mode) = &options.match_mode {
+        spec.insert("match".into(), json!([{ "mode": mode }]));
+    }
+    spec.insert(
+        "pluginConfig".into(),
+        istio_plugin_config(options, &control_plane)?,
+    );
+
+    let mut resources = vec![json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": metadata(&options.name, namespace),
+        "spec": spec
+    })];
+    if options.service_entry {
+        resources.push(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": metadata(&format!("{}-control-plane", options.name), namespace),
+            "spec": {
+                "hosts": [control_plane.host],
+                "location": "MESH_EXTERNAL",
+                "ports": [{"number": control_plane.port, "name": "http-keyward", "protocol": "HTTP"}],
+                "resolution": "DNS"
+            }
+        }));
+    }
+    Ok(resources)
+}
+
+/// `--selector app=x,tier=y` as label pairs.
+pub fn parse_selector(text: &str) -> Result<Vec<(String, String)>, Error> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "invalid_selector",
+                    format!("--selector: {part:?} is not LABEL=VALUE"),
+                )
+            })?;
+            if key.is_empty() {
+                return Err(Error::invalid(
+                    "invalid_selector",
+                    format!("--selector: {part:?} has an empty label"),
+                ));
+            }
+            Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// The documents as a YAML stream: each one JSON (which YAML reads), separated by `---`.
+pub fn yaml_stream(documents: &[Value]) -> Result<String, Error> {
+    let mut out = String::new();
+    for document in documents {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string_pretty(document)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +647,198 @@ mod tests {
             clusters[1]["transport_socket"]["typed_config"]["sni"],
             "api.example.com"
         );
+    }
+
+    fn istio_options() -> IstioOptions {
+        IstioOptions {
+            name: "keyward".into(),
+            namespace: Some("llm-gateway".into()),
+            wasm_url: "oci://registry.example.com/keyward:0.1.0".into(),
+            sha256: hex_sha256(b"\0asm\x01\0\0\0"),
+            control_plane: "keyward.keyward-system.svc.cluster.local:7070".into(),
+            signing_key_id: "ops-1".into(),
+            signing_secret_base64: "QUJD".repeat(11),
+            target: IstioTarget::Selector(vec![("app".into(), "llm-gateway".into())]),
+            match_mode: None,
+            base_config: None,
+            service_entry: true,
+            interval_ms: 1000,
+            timeout_ms: 2000,
+        }
+    }
+
+    #[test]
+    fn the_istio_plugin_config_is_a_lease_sync_through_the_outbound_cluster() {
+        let resources = istio_resources(&istio_options()).unwrap();
+        assert_eq!(resources.len(), 2);
+        let plugin = &resources[0];
+        assert_eq!(plugin["kind"], "WasmPlugin");
+        assert_eq!(plugin["metadata"]["namespace"], "llm-gateway");
+        assert_eq!(plugin["spec"]["phase"], "AUTHN");
+        assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+        assert_eq!(plugin["spec"]["sha256"], hex_sha256(b"\0asm\x01\0\0\0"));
+        assert_eq!(
+            plugin["spec"]["selector"]["matchLabels"]["app"],
+            "llm-gateway"
+        );
+        let text = plugin["spec"]["pluginConfig"].to_string();
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        assert_eq!(config.role, Role::Filter);
+        let sync = config.sync.unwrap();
+        assert_eq!(sync.poller, Poller::Lease);
+        assert_eq!(
+            sync.cluster,
+            "outbound|7070||keyward.keyward-system.svc.cluster.local"
+        );
+        let entry = &resources[1];
+        assert_eq!(entry["kind"], "ServiceEntry");
+        assert_eq!(
+            entry["spec"]["hosts"][0],
+            "keyward.keyward-system.svc.cluster.local"
+        );
+        assert_eq!(entry["spec"]["ports"][0]["number"], 7070);
+    }
+
+    #[test]
+    fn istio_target_refs_base_config_and_refusals() {
+        let mut options = istio_options();
+        options.target = IstioTarget::TargetRef {
+            kind: "Gateway".into(),
+            name: "llm".into(),
+        };
+        options.match_mode = Some("SERVER".into());
+        options.base_config = Some(json!({"mode": "shadow"}));
+        options.service_entry = false;
+        let resources = istio_resources(&options).unwrap();
+        assert_eq!(resources.len(), 1);
+        let spec = &resources[0]["spec"];
+        assert_eq!(spec["targetRefs"][0]["group"], "gateway.networking.k8s.io");
+        assert!(spec.get("selector").is_none());
+        assert_eq!(spec["match"][0]["mode"], "SERVER");
+        assert_eq!(spec["pluginConfig"]["mode"], "shadow");
+
+        for (mutate, code) in [
+            (
+                (|o: &mut IstioOptions| o.base_config = Some(json!({"mode": "enforcing"})))
+                    as fn(&mut IstioOptions),
+                "invalid_plugin_config",
+            ),
+            (
+                |o: &mut IstioOptions| o.base_config = Some(json!({"sync": {}})),
+                "invalid_plugin_config",
+            ),
+            (
+                |o: &mut IstioOptions| o.control_plane = "10.0.0.1:7070".into(),
+                "invalid_address",
+            ),
+            (
+                |o: &mut IstioOptions| o.wasm_url = "/tmp/keyward.wasm".into(),
+                "invalid_wasm_url",
+            ),
+            (
+                |o: &mut IstioOptions| o.name = "Keyward".into(),
+                "invalid_name",
+            ),
+            (
+                |o: &mut IstioOptions| o.match_mode = Some("INBOUND".into()),
+                "invalid_match_mode",
+            ),
+        ] {
+            let mut options = istio_options();
+            mutate(&mut options);
+            let error = istio_resources(&options).unwrap_err();
+            assert_eq!(error.code, code);
+        }
+        assert_eq!(
+            parse_selector("app=a,tier=b").unwrap(),
+            vec![("app".into(), "a".into()), ("tier".into(), "b".into())]
+        );
+        assert!(parse_selector("app").is_err());
+    }
+
+    /// A layout as `scripts/oci.py` writes it (the index, the manifest and the blobs it names).
+    fn write_layout(dir: &Path, wasm: &[u8], layer_types: [&str; 2]) -> String {
+        let blobs = dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let runtime = br#"{"type":"envoy_proxy"}"#;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.unknown.config.v1+json",
+                       "digest": format!("sha256:{}", hex_sha256(b"{}")), "size": 2},
+            "layers": [
+                {"mediaType": layer_types[0], "digest": format!("sha256:{}", hex_sha256(runtime)), "size": runtime.len()},
+                {"mediaType": layer_types[1], "digest": format!("sha256:{}", hex_sha256(wasm)), "size": wasm.len()}
+            ]
+        })
+        .to_string();
+        let digest = hex_sha256(manifest.as_bytes());
+        for blob in [manifest.as_bytes(), runtime, wasm, b"{}"] {
+            std::fs::write(blobs.join(hex_sha256(blob)), blob).unwrap();
+        }
+        let index =
+            json!({"schemaVersion": 2, "manifests": [{"digest": format!("sha256:{digest}")}]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        digest
+    }
+
+    #[test]
+    fn the_sha256_is_the_manifest_digest_for_oci_and_the_module_digest_otherwise() {
+        let wasm = b"\0asm\x01\0\0\0";
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = write_layout(dir.path(), wasm, [OCI_RUNTIME_CONFIG_LAYER, OCI_WASM_LAYER]);
+        let oci = "oci://registry.example.com/keyward:1";
+        assert_eq!(
+            wasm_plugin_sha256(oci, Some(wasm), Some(dir.path())).unwrap(),
+            manifest
+        );
+        assert_eq!(
+            wasm_plugin_sha256(oci, None, Some(dir.path())).unwrap(),
+            manifest
+        );
+        let code = |result: Result<String, Error>| result.unwrap_err().code;
+        assert_eq!(
+            code(wasm_plugin_sha256(oci, Some(b"other"), Some(dir.path()))),
+            "invalid_oci_layout"
+        );
+        assert_eq!(
+            code(wasm_plugin_sha256(oci, Some(wasm), None)),
+            "missing_oci_layout"
+        );
+        let file = "file:///opt/keyward.wasm";
+        assert_eq!(
+            wasm_plugin_sha256(file, Some(wasm), None).unwrap(),
+            hex_sha256(wasm)
+        );
+        assert_eq!(
+            code(wasm_plugin_sha256(file, Some(wasm), Some(dir.path()))),
+            "invalid_oci_layout"
+        );
+        assert_eq!(
+            code(wasm_plugin_sha256(file, None, None)),
+            "missing_wasm_file"
+        );
+
+        let single = tempfile::tempdir().unwrap();
+        write_layout(
+            single.path(),
+            wasm,
+            [OCI_WASM_LAYER, OCI_RUNTIME_CONFIG_LAYER],
+        );
+        assert_eq!(
+            code(wasm_plugin_sha256(oci, Some(wasm), Some(single.path()))),
+            "invalid_oci_layout"
+        );
+        std::fs::write(dir.path().join("index.json"), r#"{"manifests": []}"#).unwrap();
+        assert_eq!(
+            code(oci_layout_digests(dir.path()).map(|d| d.0)),
+            "invalid_oci_layout"
+        );
+    }
+
+    #[test]
+    fn yaml_stream_separates_documents() {
+        let text = yaml_stream(&[json!({"a": 1}), json!({"b": 2})]).unwrap();
+        assert_eq!(text.matches("---\n").count(), 2);
     }
 }
