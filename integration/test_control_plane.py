@@ -58,7 +58,7 @@ def plane(tmp_path_factory, envoy_workdir, wasm):
 
         env = harness.Envoy("control-plane", envoy_workdir, render=render, concurrency=2)
         env.start()
-        yield env, work, created, server
+        yield env, work, created, address.group(1)
         env.stop()
     finally:
         server.terminate()
@@ -85,13 +85,13 @@ def wait_for(env, key: str, expected: tuple[int, str | None], limit_s: float) ->
 
 
 def test_rendered_config_validates(plane, tmp_path):
-    env, _work, _created, _server = plane
+    env, _work, _created, _address = plane
     result = harness.envoy_validate(env.config_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_minted_key_works_and_lifecycle_propagates_to_every_worker(plane):
-    env, work, created, _server = plane
+    env, work, created, _address = plane
     key, key_id = created["key"], created["id"]
     wait_for(env, key, (200, None), 10)
     resp = env.request("GET", "/v1/models", [("authorization", f"Bearer {key}")])
@@ -108,9 +108,48 @@ def test_minted_key_works_and_lifecycle_propagates_to_every_worker(plane):
 
 
 def test_no_secret_in_any_log_or_the_store(plane):
-    env, work, created, _server = plane
+    env, work, created, _address = plane
     secret = created["key"].split(".", 1)[1]
     assert secret not in env.log()
     for path in work.iterdir():
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"secret found in {path.name}"
+
+
+def test_rendered_routes_exemptions_and_per_route_off_switch(plane, envoy_workdir, tmp_path):
+    """`render envoy --route/--disable-on/--plugin-config`: route names carry the plugin's
+    per-route policy, an exempt plugin route needs no key, and a route with the filter switched
+    off bypasses keyward entirely."""
+    _env, work, _created, address = plane
+    fresh = json.loads(keyward(work, "key", "create", "--project", "proj_e2e", "--json").stdout)
+    plugin = tmp_path / "plugin.json"
+    plugin.write_text(json.dumps({"routes": [
+        {"name": "chat", "match": {"route_name": "chat"}, "scopes": ["chat:write"]},
+        {"name": "public", "match": {"path_prefix": "/v1/public/"}, "exempt": True},
+    ]}))
+    def render(listen_port, admin_port, upstream_port):
+        return keyward(
+            work, "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", address,
+            "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+            "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
+            "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
+            "--route", "chat=/v1/chat/", "--route", "health=/healthz", "--disable-on", "health",
+            "--plugin-config", str(plugin),
+        ).stdout
+
+    env = harness.Envoy("control-plane-routes", envoy_workdir, render=render)
+    env.start()
+    try:
+        assert harness.envoy_validate(env.config_path).returncode == 0
+        key = fresh["key"]
+        wait_for(env, key, (200, None), 10)
+        chat = env.request("POST", "/v1/chat/completions", [("authorization", f"Bearer {key}")])
+        assert (chat.status, chat.header("x-keyward-error")) == (403, "insufficient_scope"), chat
+        public = env.request("GET", "/v1/public/docs")
+        assert public.status == 200, public
+        # Filter off: no authentication, and keyward does not touch headers either.
+        health = env.request("GET", "/healthz", [("x-keyward-key-id", "spoofed")])
+        assert health.status == 200, health
+        assert env.upstream.one(health.request_id).header("x-keyward-key-id") == "spoofed"
+    finally:
+        env.stop()

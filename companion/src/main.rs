@@ -332,6 +332,17 @@ enum RenderCommand {
         interval_ms: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// A named Envoy route, NAME=PATH_PREFIX (repeatable), placed before the catch-all
+        /// `default` route; plugin routes match it with `match.route_name`.
+        #[arg(long = "route", value_name = "NAME=PREFIX")]
+        routes: Vec<String>,
+        /// Switch the filter off on this Envoy route (repeatable): FilterConfig{disabled: true}.
+        #[arg(long = "disable-on", value_name = "ROUTE")]
+        disabled_on: Vec<String>,
+        /// The rest of the plugin configuration (routes, mode, key formats...) as a JSON file;
+        /// the sync block is added.
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
     },
     /// Istio resources: a WasmPlugin (the filter, with a lease-mode policy sync) and a
     /// ServiceEntry for the control plane. JSON documents separated by `---` (YAML).
@@ -567,7 +578,37 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             upstream_tls,
             interval_ms,
             timeout_ms,
+            routes,
+            disabled_on,
+            plugin_config,
         }) => {
+            let routes = routes
+                .iter()
+                .map(|spec| match spec.split_once('=') {
+                    Some((name, prefix)) => Ok((name.to_owned(), prefix.to_owned())),
+                    None => Err(Error::invalid(
+                        "invalid_route",
+                        format!("--route {spec}: expected NAME=PREFIX"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let plugin_config = match plugin_config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        Error::invalid(
+                            "invalid_plugin_config",
+                            format!("--plugin-config {}: {e}", path.display()),
+                        )
+                    })?;
+                    Some(serde_json::from_str(&text).map_err(|e| {
+                        Error::invalid(
+                            "invalid_plugin_config",
+                            format!("--plugin-config {}: {e}", path.display()),
+                        )
+                    })?)
+                }
+                None => None,
+            };
             let options = render::EnvoyOptions {
                 wasm,
                 control_plane,
@@ -582,6 +623,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 upstream_tls,
                 interval_ms,
                 timeout_ms,
+                routes,
+                disabled_on,
+                plugin_config,
             };
             print_json(&render::envoy_bootstrap(&options)?)?;
             eprintln!(

@@ -31,6 +31,13 @@ pub struct EnvoyOptions {
     pub upstream_tls: bool,
     pub interval_ms: u64,
     pub timeout_ms: u64,
+    /// Named Envoy routes placed before the catch-all `default` route: `(name, path prefix)`.
+    /// Plugin routes match them through `match.route_name`.
+    pub routes: Vec<(String, String)>,
+    /// Envoy route names on which the filter is switched off (`FilterConfig{disabled: true}`).
+    pub disabled_on: Vec<String>,
+    /// The rest of the plugin configuration (routes, mode, formats...); `sync` is set here.
+    pub plugin_config: Option<Value>,
 }
 
 /// A `host:port` (or `[v6]:port`) split in two.
@@ -157,6 +164,70 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         }
     }
 
+    let mut plugin_config = options.plugin_config.clone().unwrap_or_else(|| json!({}));
+    let Some(plugin_fields) = plugin_config.as_object_mut() else {
+        return Err(Error::invalid(
+            "invalid_plugin_config",
+            "--plugin-config: must be a JSON object",
+        ));
+    };
+    if plugin_fields.contains_key("sync") || plugin_fields.contains_key("role") {
+        return Err(Error::invalid(
+            "invalid_plugin_config",
+            "--plugin-config: must not set sync or role: render envoy writes them",
+        ));
+    }
+    plugin_fields.insert("sync".into(), sync.clone());
+    let plugin_text = serde_json::to_string(&plugin_config)
+        .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
+    keyward_engine::config::PluginConfig::from_json(plugin_text.as_bytes())
+        .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
+
+    let mut envoy_routes = Vec::new();
+    for (name, prefix) in &options.routes {
+        if name.is_empty() || name == "default" || !prefix.starts_with('/') {
+            return Err(Error::invalid(
+                "invalid_route",
+                format!("--route {name}={prefix}: needs a name other than default and a path prefix starting with /"),
+            ));
+        }
+        if options
+            .routes
+            .iter()
+            .filter(|(other, _)| other == name)
+            .count()
+            > 1
+        {
+            return Err(Error::invalid(
+                "invalid_route",
+                format!("--route {name}: named twice"),
+            ));
+        }
+        envoy_routes
+            .push(json!({"name": name, "match": {"prefix": prefix}, "route": route.clone()}));
+    }
+    envoy_routes.push(json!({"name": "default", "match": {"prefix": "/"}, "route": route}));
+    for name in &options.disabled_on {
+        let Some(target) = envoy_routes
+            .iter_mut()
+            .find(|candidate| candidate["name"] == json!(name))
+        else {
+            return Err(Error::invalid(
+                "invalid_route",
+                format!("--disable-on {name}: no route of that name"),
+            ));
+        };
+        if let Some(fields) = target.as_object_mut() {
+            fields.insert(
+                "typed_per_filter_config".into(),
+                json!({"keyward": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "disabled": true
+                }}),
+            );
+        }
+    }
+
     let filter = json!({
         "name": "keyward",
         "typed_config": {
@@ -165,7 +236,7 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 "name": "keyward",
                 "root_id": "keyward",
                 "vm_config": vm_config(&options.wasm),
-                "configuration": string_value(&json!({"sync": sync}))
+                "configuration": {"@type": STRING_VALUE, "value": plugin_text}
             }
         }
     });
@@ -200,11 +271,7 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                                 "virtual_hosts": [{
                                     "name": "upstream",
                                     "domains": ["*"],
-                                    "routes": [{
-                                        "name": "default",
-                                        "match": {"prefix": "/"},
-                                        "route": route
-                                    }]
+                                    "routes": envoy_routes
                                 }]
                             },
                             "http_filters": [
@@ -597,7 +664,56 @@ mod tests {
             upstream_tls: true,
             interval_ms: 1000,
             timeout_ms: 2000,
+            routes: vec![],
+            disabled_on: vec![],
+            plugin_config: None,
         }
+    }
+
+    #[test]
+    fn routes_off_switches_and_plugin_config_are_rendered_and_checked() {
+        let mut with_routes = options();
+        with_routes.routes = vec![
+            ("chat".into(), "/v1/chat/".into()),
+            ("health".into(), "/healthz".into()),
+        ];
+        with_routes.disabled_on = vec!["health".into()];
+        with_routes.plugin_config = Some(
+            json!({"routes": [{"name": "chat", "match": {"route_name": "chat"}, "scopes": ["chat:write"]}]}),
+        );
+        let bootstrap = envoy_bootstrap(&with_routes).unwrap();
+        let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        let names: Vec<&str> = routes.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["chat", "health", "default"]);
+        assert_eq!(
+            routes[1]["typed_per_filter_config"]["keyward"]["disabled"],
+            true
+        );
+        assert!(routes[0].get("typed_per_filter_config").is_none());
+        let text = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        assert_eq!(config.settings.routes.len(), 1);
+        assert!(config.sync.is_some());
+
+        let mut unknown = options();
+        unknown.disabled_on = vec!["nope".into()];
+        assert!(envoy_bootstrap(&unknown).is_err());
+        let mut twice = options();
+        twice.routes = vec![("a".into(), "/a".into()), ("a".into(), "/b".into())];
+        assert!(envoy_bootstrap(&twice).is_err());
+        let mut sync_given = options();
+        sync_given.plugin_config = Some(json!({"sync": {}}));
+        assert!(envoy_bootstrap(&sync_given).is_err());
+        let mut invalid = options();
+        invalid.plugin_config =
+            Some(json!({"routes": [{"name": "r", "match": {"path_prefix": "x"}}]}));
+        assert!(envoy_bootstrap(&invalid).is_err());
     }
 
     #[test]
