@@ -280,6 +280,9 @@ enum SnapshotCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Import the projects and keys of a plain snapshot file (hashes only) into the store:
+    /// for moving existing hashed keys in.
+    Import { file: PathBuf },
     /// Check a signed snapshot: exit 0 and print what it holds, or exit 1 with the reason.
     Verify {
         file: PathBuf,
@@ -549,7 +552,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Snapshot(command) => snapshot_command(&cli.db, command),
+        Command::Snapshot(command) => snapshot_command(&cli.db, actor, command),
         Command::Serve(args) => {
             // Check the address before touching any file, so a refused address changes nothing.
             server::resolve_listen(&args.listen, args.allow_non_loopback)?;
@@ -966,8 +969,24 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
         .map_err(|error| Error::internal(format!("cannot write {}: {error}", path.display())))
 }
 
-fn snapshot_command(db: &Path, command: SnapshotCommand) -> Result<ExitCode, Error> {
+fn snapshot_command(db: &Path, actor: &str, command: SnapshotCommand) -> Result<ExitCode, Error> {
     match command {
+        SnapshotCommand::Import { file } => {
+            let text = fs::read(&file).map_err(|error| {
+                Error::invalid(
+                    "unreadable_file",
+                    format!("cannot read {}: {error}", file.display()),
+                )
+            })?;
+            let snapshot: keyward_engine::snapshot::Snapshot = serde_json::from_slice(&text)
+                .map_err(|error| {
+                    Error::invalid("invalid_snapshot", format!("{}: {error}", file.display()))
+                })?;
+            let mut store = Store::open(db)?;
+            let (projects, keys) = store.import_snapshot(actor, now(), &snapshot)?;
+            println!("imported {projects} projects and {keys} keys");
+            Ok(ExitCode::SUCCESS)
+        }
         SnapshotCommand::Build { signing, out } => {
             let key =
                 secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;

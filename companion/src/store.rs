@@ -629,6 +629,92 @@ impl Store {
         Ok(result)
     }
 
+    /// Imports the projects and keys of a plain snapshot (hashes only) into an empty-for-those-ids
+    /// store: for moving existing hashed keys in, and for seeding demos. One audited change.
+    pub fn import_snapshot(
+        &mut self,
+        actor: &str,
+        now: u64,
+        snapshot: &Snapshot,
+    ) -> Result<(usize, usize), Error> {
+        // The filter must be able to use what we import: check with its own compiler first.
+        Policy::compile(snapshot.clone()).map_err(|error| {
+            Error::invalid(
+                "invalid_snapshot",
+                format!("The snapshot is invalid: {error}"),
+            )
+        })?;
+        self.change(actor, now, |change| {
+            for project in &snapshot.projects {
+                if find_project(change.tx, &project.id)?.is_some() {
+                    return Err(Error::conflict(
+                        "project_exists",
+                        format!("A project {:?} already exists.", project.id),
+                    ));
+                }
+                let status = match project.status {
+                    ProjectStatus::Active => "active",
+                    ProjectStatus::Archived => "archived",
+                    ProjectStatus::Suspended => "suspended",
+                };
+                change.tx.execute(
+                    "INSERT INTO projects (id, org, status, spend_cap_microusd, spent_microusd, \
+                     created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        project.id,
+                        project.org,
+                        status,
+                        opt_int(project.spend_cap_microusd)?,
+                        to_sql_int(project.spent_microusd)?,
+                        to_sql_int(now)?
+                    ],
+                )?;
+            }
+            for key in &snapshot.keys {
+                if find_key(change.tx, &key.id)?.is_some() {
+                    return Err(Error::conflict(
+                        "key_exists",
+                        format!("A key {:?} already exists.", key.id),
+                    ));
+                }
+                let format = if key.secret_sha256.is_some() {
+                    "ak"
+                } else {
+                    "vpx"
+                };
+                change.tx.execute(
+                    "INSERT INTO keys (id, format, secret_sha256, key_sha256, project, org, \
+                     environment, status, scopes, models, expires_at, spend_cap_microusd, \
+                     spent_microusd, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                     ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    params![
+                        key.id,
+                        format,
+                        key.secret_sha256.as_ref().map(|h| h.to_ascii_lowercase()),
+                        key.key_sha256.as_ref().map(|h| h.to_ascii_lowercase()),
+                        key.project,
+                        key.org,
+                        key.environment,
+                        key_status_str(key.status),
+                        serde_json::to_string(&key.scopes)?,
+                        key.models.as_ref().map(serde_json::to_string).transpose()?,
+                        opt_int(key.expires_at)?,
+                        opt_int(key.spend_cap_microusd)?,
+                        to_sql_int(key.spent_microusd)?,
+                        key.label,
+                        to_sql_int(now)?
+                    ],
+                )?;
+            }
+            change.audit(
+                "snapshot.import",
+                "policy",
+                json!({"projects": snapshot.projects.len(), "keys": snapshot.keys.len()}),
+            )?;
+            Ok((snapshot.projects.len(), snapshot.keys.len()))
+        })
+    }
+
     pub fn policy_version(&self) -> Result<u64, Error> {
         let version: i64 = self.conn.query_row(
             "SELECT version FROM policy_version WHERE id = 1",

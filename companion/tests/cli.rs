@@ -398,3 +398,37 @@ fn tampered_unsigned_or_foreign_snapshots_fail_verification() {
         "{printed}"
     );
 }
+
+#[test]
+fn hashed_keys_can_be_imported_from_a_snapshot_file() {
+    let ws = Workspace::new();
+    let demo: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../envoy/demo-policy.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let snapshot = ws.path("demo-snapshot.json");
+    std::fs::write(&snapshot, demo["policy"].to_string()).unwrap();
+    let out = ws.ok(&["snapshot", "import", snapshot.to_str().unwrap()]);
+    assert!(out.contains("imported 2 projects"), "{out}");
+
+    let policy = policy_of(&ws, &ws.build_snapshot("after-import.json"));
+    let imported = &demo["policy"]["keys"];
+    assert_eq!(policy.keys().len(), imported.as_array().unwrap().len());
+    assert_eq!(status_of(&policy, "demoRevoked"), KeyStatus::Revoked);
+    assert_eq!(status_of(&policy, "demoAlpha1"), KeyStatus::Active);
+    // Same hashes: a key that worked against the inline demo policy works against this one.
+    let alpha = policy.key_by_id("demoAlpha1").unwrap();
+    let inline =
+        keyward_engine::snapshot::Policy::from_json(demo["policy"].to_string().as_bytes()).unwrap();
+    assert_eq!(alpha.lookup, inline.key_by_id("demoAlpha1").unwrap().lookup);
+
+    // Importing again conflicts and changes nothing.
+    let again = ws.fails(&["snapshot", "import", snapshot.to_str().unwrap()]);
+    assert!(again.contains("already exists"), "{again}");
+    let audit = ws.ok(&["audit", "--json"]);
+    assert_eq!(audit.matches("snapshot.import").count(), 1, "{audit}");
+}
