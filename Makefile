@@ -114,8 +114,9 @@ integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP)
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
 run: $(VENV_STAMP) wasm
-	$(PY) scripts/render_demo.py --out $(DEMO_DIR)/envoy.yaml --wasm $(CURDIR)/$(WASM)
-	$(PY) scripts/run_demo.py --config $(DEMO_DIR)/envoy.yaml --log $(DEMO_DIR)/envoy.log
+	cargo build -p keyward
+	$(PY) scripts/run_demo.py --config $(DEMO_DIR)/envoy.yaml --log $(DEMO_DIR)/envoy.log \
+		--wasm $(CURDIR)/$(WASM) --keyward $(CURDIR)/target/debug/keyward
 
 clean:
 	cargo clean

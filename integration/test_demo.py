@@ -82,3 +82,55 @@ def test_demo_scenario(demo_envoy, scenario):
         assert got.header("authorization") is None and got.header("x-api-key") is None
         if scenario["path"] != "/healthz":
             assert got.header("x-keyward-project") == "proj_demo", got.headers
+
+
+def test_make_run_follows_the_control_plane(tmp_path, wasm):
+    """`make run`'s runner: the control plane seeded with the demo keys, the printed curl lines
+    answered as documented, and a key minted and a key revoked live with the printed commands."""
+    import os
+    import re
+    import subprocess
+    import time
+
+    keyward = os.environ.get("KEYWARD_BIN", str(harness.REPO_ROOT / "target" / "debug" / "keyward"))
+    listen, admin, upstream, control = (harness.free_port() for _ in range(4))
+    runner = subprocess.Popen(
+        [sys.executable, str(harness.REPO_ROOT / "scripts" / "run_demo.py"), "--config", str(tmp_path / "envoy.yaml"),
+         "--log", str(tmp_path / "envoy.log"), "--wasm", str(wasm), "--keyward", keyward,
+         "--listen-port", str(listen), "--admin-port", str(admin), "--upstream-port", str(upstream),
+         "--control-plane-port", str(control)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while not any("key list" in line for line in lines):
+            line = runner.stdout.readline()
+            assert line or runner.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        printed = "".join(lines)
+        db = re.search(r"export KEYWARD_DB=(\S+)", printed).group(1)
+        env = dict(os.environ, KEYWARD_DB=db)
+
+        alpha = next(s for s in SCENARIOS if s["name"].startswith("allowed (Authorization"))
+
+        def alpha_status() -> int:
+            headers = list(alpha["headers"].items())
+            body = alpha.get("body", "").encode() or None
+            return harness.http_request(listen, alpha["method"], alpha["path"], headers, body=body).status
+
+        assert alpha_status() == 200
+        created = json.loads(subprocess.run(
+            [keyward, "key", "create", "--project", "proj_demo", "--scopes", "chat:write", "--json"],
+            env=env, capture_output=True, text=True, check=True).stdout)
+        subprocess.run([keyward, "key", "revoke", "demoAlpha1"], env=env, capture_output=True, check=True)
+        deadline = time.monotonic() + 5
+        while alpha_status() != 401:
+            assert time.monotonic() < deadline, "revocation did not reach the demo Envoy"
+            time.sleep(0.1)
+        minted = harness.http_request(listen, "GET", "/v1/models", [("authorization", f"Bearer {created['key']}")])
+        assert minted.status == 200, minted
+    finally:
+        runner.terminate()
+        runner.wait(timeout=15)

@@ -23,6 +23,9 @@ DEFAULT_WASM = REPO / "target" / "keyward.wasm"
 DEFAULT_OUT = REPO / ".tools" / "demo" / "envoy.yaml"
 
 LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT = 10000, 9901, 10001
+CONTROL_PLANE_PORT = 10002
+DEMO_SIGNING_KEY_ID = "demo"
+
 
 
 def plugin_config() -> dict:
@@ -38,14 +41,28 @@ def render(
     admin_port: int = ADMIN_PORT,
     upstream_port: int = UPSTREAM_PORT,
     wasm: Path = DEFAULT_WASM,
+    control_plane_port: int = CONTROL_PLANE_PORT,
+    signing_secret_base64: str | None = None,
 ) -> str:
+    """With a signing secret, the filter also follows the policy the demo control plane pushes
+    (the inline demo policy stays in force until then, and whenever it is unreachable)."""
     text = TEMPLATE.read_text()
-    compact = json.dumps(plugin_config(), separators=(",", ":"))
+    config = plugin_config()
+    if signing_secret_base64:
+        config["sync"] = {
+            "cluster": "keyward_control_plane",
+            "interval_ms": 1000,
+            "timeout_ms": 2000,
+            "signing_keys": [{"id": DEMO_SIGNING_KEY_ID, "secret_base64": signing_secret_base64}],
+            "poller": "lease",
+        }
+    compact = json.dumps(config, separators=(",", ":"))
     # a JSON string literal is a valid YAML double-quoted scalar
     values = {
         "@LISTEN_PORT@": str(int(listen_port)),
         "@ADMIN_PORT@": str(int(admin_port)),
         "@UPSTREAM_PORT@": str(int(upstream_port)),
+        "@CONTROL_PLANE_PORT@": str(int(control_plane_port)),
         "@WASM_PATH@": json.dumps(str(Path(wasm).resolve())),
         "@PLUGIN_CONFIGURATION@": json.dumps(compact),
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run the keyward demo in the foreground: demo upstream + Envoy with the keyward filter.
+"""Run the keyward demo in the foreground: the `keyward` control plane (seeded with the demo
+policy), a demo upstream, and Envoy with the keyward filter following the pushed policy.
 
 Prints ready-to-paste curl lines once Envoy is ready. Ctrl-C (or either process dying) stops both.
 Run it with the project venv's python (`make run` does), which provides the Envoy binary.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import render_demo  # noqa: E402
 
@@ -58,20 +62,71 @@ def stop(proc: subprocess.Popen | None, name: str) -> None:
         proc.wait(timeout=5)
 
 
+def start_control_plane(keyward: Path, work: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A fresh demo store seeded with the demo policy's hashed keys, served on `port`.
+    Returns the server process and the base64 signing secret the filter must trust."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    env = dict(os.environ, KEYWARD_DB=str(work / "keyward.db"), KEYWARD_ACTOR="demo")
+
+    def keyward_cli(*args: str) -> None:
+        subprocess.run([str(keyward), *args], env=env, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+    keyward_cli("secret", "signing-key", "--out", str(work / "signing.key"))
+    keyward_cli("secret", "admin-token", "--out", str(work / "admin.tokens"))
+    snapshot = work / "demo-snapshot.json"
+    snapshot.write_text(json.dumps(render_demo.plugin_config()["policy"]))
+    keyward_cli("snapshot", "import", str(snapshot))
+    server = subprocess.Popen(
+        [str(keyward), "serve", "--listen", f"127.0.0.1:{port}",
+         "--admin-token-file", str(work / "admin.tokens"),
+         "--signing-key-id", render_demo.DEMO_SIGNING_KEY_ID, "--signing-key-file", str(work / "signing.key")],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        start_new_session=True, text=True,
+    )
+    first_line = server.stdout.readline()
+    if "listening" not in first_line:
+        stop(server, "keyward serve")
+        raise SystemExit(f"keyward serve did not start: {first_line!r}")
+    return server, (work / "signing.key").read_text().strip()
+
+
+def live_lines(keyward: Path, work: Path, port: int, listen_port: int) -> str:
+    db = work / "keyward.db"
+    return "\n".join([
+        f"# Live policy changes: the control plane serves on http://127.0.0.1:{port}; Envoy polls it",
+        "# every second and every worker follows within about a second more.",
+        f"export KEYWARD_DB={db}",
+        "# mint a key (its secret is printed once), then use it like the first curl line above:",
+        f"{keyward} key create --project proj_demo --scopes chat:write",
+        "# revoke the allowed demo key; the first curl line above then answers 401 key_revoked:",
+        f"{keyward} key revoke demoAlpha1",
+        f"{keyward} key list",
+        "",
+    ])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", type=Path, default=render_demo.DEFAULT_OUT)
+    ap.add_argument("--wasm", type=Path, default=render_demo.DEFAULT_WASM)
+    ap.add_argument("--keyward", type=Path, default=REPO / "target" / "debug" / "keyward",
+                    help="the keyward command (cargo build -p keyward)")
+    ap.add_argument("--control-plane-port", type=int, default=render_demo.CONTROL_PLANE_PORT)
     ap.add_argument("--log", type=Path, default=render_demo.DEFAULT_OUT.parent / "envoy.log")
     ap.add_argument("--listen-port", type=int, default=render_demo.LISTEN_PORT)
     ap.add_argument("--admin-port", type=int, default=render_demo.ADMIN_PORT)
     ap.add_argument("--upstream-port", type=int, default=render_demo.UPSTREAM_PORT)
     args = ap.parse_args(argv)
 
-    if not args.config.is_file():
-        print(f"{args.config} missing: run scripts/render_demo.py first (make run does)", file=sys.stderr)
+    if not args.keyward.is_file():
+        print(f"{args.keyward} missing: cargo build -p keyward (make run does)", file=sys.stderr)
         return 2
 
-    upstream = envoy = None
+    upstream = envoy = control_plane = None
+    work = args.config.parent / "control-plane"
     interrupted = False
 
     def on_signal(signum, _frame):
@@ -81,6 +136,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        control_plane, secret = start_control_plane(args.keyward, work, args.control_plane_port)
+        args.config.parent.mkdir(parents=True, exist_ok=True)
+        args.config.write_text(render_demo.render(
+            args.listen_port, args.admin_port, args.upstream_port, args.wasm,
+            control_plane_port=args.control_plane_port, signing_secret_base64=secret,
+        ))
         upstream = subprocess.Popen(
             [sys.executable, str(HERE / "demo_upstream.py"), "--port", str(args.upstream_port)],
             stdin=subprocess.DEVNULL,
@@ -116,8 +177,9 @@ def main(argv=None) -> int:
             flush=True,
         )
         print(render_demo.curl_lines(args.listen_port), flush=True)
+        print(live_lines(args.keyward, work, args.control_plane_port, args.listen_port), flush=True)
         while not interrupted:
-            for p, name in ((envoy, "envoy"), (upstream, "demo upstream")):
+            for p, name in ((envoy, "envoy"), (upstream, "demo upstream"), (control_plane, "keyward serve")):
                 if p.poll() is not None:
                     print(f"{name} exited with {p.returncode}; stopping", file=sys.stderr)
                     return 1
@@ -127,6 +189,7 @@ def main(argv=None) -> int:
     finally:
         stop(envoy, "envoy")
         stop(upstream, "demo upstream")
+        stop(control_plane, "keyward serve")
 
 
 if __name__ == "__main__":
