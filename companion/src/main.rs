@@ -432,6 +432,28 @@ fn open_store(db: &Path) -> Result<Store, Error> {
     Ok(store)
 }
 
+/// The `--plugin-config` file of the renderers: a JSON document, or an error naming the flag.
+fn read_plugin_config(path: Option<&Path>) -> Result<Option<serde_json::Value>, Error> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let bytes = fs::read(path).map_err(|error| {
+        Error::invalid(
+            "unreadable_file",
+            format!(
+                "cannot read the plugin configuration {}: {error}",
+                path.display()
+            ),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|error| {
+        Error::invalid(
+            "invalid_plugin_config",
+            format!("--plugin-config: not JSON: {error}"),
+        )
+    })
+}
+
 fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
     let read = |path: &PathBuf, what: &str| {
         fs::read(path).map_err(|error| {
@@ -441,17 +463,7 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
             )
         })
     };
-    let base_config = match &args.plugin_config {
-        Some(path) => Some(
-            serde_json::from_slice(&read(path, "plugin configuration")?).map_err(|error| {
-                Error::invalid(
-                    "invalid_plugin_config",
-                    format!("--plugin-config: not JSON: {error}"),
-                )
-            })?,
-        ),
-        None => None,
-    };
+    let base_config = read_plugin_config(args.plugin_config.as_deref())?;
     let target = match (args.target_ref_kind, args.target_ref_name) {
         (Some(kind), Some(name)) => render::IstioTarget::TargetRef { kind, name },
         _ => render::IstioTarget::Selector(render::parse_selector(
@@ -595,23 +607,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let plugin_config = match plugin_config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        Error::invalid(
-                            "invalid_plugin_config",
-                            format!("--plugin-config {}: {e}", path.display()),
-                        )
-                    })?;
-                    Some(serde_json::from_str(&text).map_err(|e| {
-                        Error::invalid(
-                            "invalid_plugin_config",
-                            format!("--plugin-config {}: {e}", path.display()),
-                        )
-                    })?)
-                }
-                None => None,
-            };
+            let plugin_config = read_plugin_config(plugin_config.as_deref())?;
             let options = render::EnvoyOptions {
                 wasm,
                 control_plane,
