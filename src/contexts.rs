@@ -13,21 +13,20 @@ use crate::envoy_host::EnvoyHost;
 use crate::handler::{on_request_headers, FilterState, Verdict};
 use crate::host::{LogLevel, Telemetry};
 use crate::metrics::Metrics;
-use crate::sync_agent::{PolicyFollower, SnapshotPoller, SyncHost};
+use crate::sync_agent::{claim_instance_number, PolicyFollower, SnapshotPoller};
 
 /// How often filter VMs look for a newly published policy (one small shared-data read).
 const FOLLOW_TICK_MS: u32 = 250;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(SdkLogLevel::Info);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(KeywardRoot { context_id, ..KeywardRoot::default() })
-    });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(KeywardRoot::default()) });
 }}
 
 #[derive(Default)]
 struct KeywardRoot {
-    context_id: u32,
+    /// This VM's number among those sharing the vm_id, claimed once (see claim_instance_number).
+    instance_number: Option<u64>,
     state: Option<Rc<FilterState>>,
     metrics: Option<Rc<Metrics>>,
     role: Role,
@@ -72,10 +71,14 @@ impl KeywardRoot {
         self.follower = PolicyFollower::default();
         self.poller = match &config.sync {
             Some(sync) if config.role == Role::SyncService || sync.poller == Poller::Lease => {
-                let started = SyncHost::now_ms(&host).unwrap_or_default();
-                // Unique among the VMs that share the vm_id: context ids repeat across VMs,
-                // their start times (in ms, plus the id) practically never do.
-                let me = format!("vm{}-{}", self.context_id, started);
+                let number = match self.instance_number {
+                    Some(number) => number,
+                    None => claim_instance_number(&host).map_err(|e| {
+                        format!("cannot claim a sync instance id (host status {})", e.status)
+                    })?,
+                };
+                self.instance_number = Some(number);
+                let me = format!("vm{number}");
                 Some(SnapshotPoller::new(sync.clone(), me))
             }
             _ => None,

@@ -6,8 +6,8 @@ use keyward_engine::request::Header;
 use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::{
-    lease_step, LeaseStep, Poller, SnapshotStamp, SyncSettings, LEASE_ENTRY, SNAPSHOT_ENTRY,
-    SNAPSHOT_STAMP_ENTRY,
+    lease_step, LeaseStep, Poller, SnapshotStamp, SyncSettings, INSTANCE_COUNTER_ENTRY,
+    LEASE_ENTRY, SNAPSHOT_ENTRY, SNAPSHOT_STAMP_ENTRY,
 };
 
 use crate::host::{HostError, LogLevel, Telemetry};
@@ -51,6 +51,32 @@ fn count_sync(host: &impl SyncHost, metrics: &Metrics, outcome: SyncOutcome) {
 
 /// CAS value that only succeeds while the entry is missing (see FACTS: cas 0 would overwrite).
 const CREATE_ONLY: u32 = u32::MAX;
+
+/// A number no other VM sharing this vm_id has been given: the lease needs holder ids that
+/// differ between VMs, and worker VMs are clones that start in the same millisecond with the
+/// same context ids, so neither can tell them apart. A CAS-incremented counter can.
+pub fn claim_instance_number(host: &impl SyncHost) -> Result<u64, HostError> {
+    // Each failed attempt means another VM just claimed a number; a few suffice.
+    for _ in 0..64 {
+        let current = host.shared_get(INSTANCE_COUNTER_ENTRY)?;
+        let (next, cas) = match &current {
+            Some((value, cas)) => {
+                let text = core::str::from_utf8(value).unwrap_or("0");
+                (text.parse::<u64>().unwrap_or(0) + 1, *cas)
+            }
+            None => (1, CREATE_ONLY),
+        };
+        let written = host.shared_set(
+            INSTANCE_COUNTER_ENTRY,
+            next.to_string().as_bytes(),
+            Some(cas),
+        )?;
+        if written == SetOutcome::Written {
+            return Ok(next);
+        }
+    }
+    Err(HostError { status: 8 })
+}
 
 /// The poller's state in one VM.
 #[derive(Debug)]

@@ -321,3 +321,16 @@ fn racing_creators_get_one_lease() {
         SetOutcome::CasMismatch
     );
 }
+
+#[test]
+fn every_vm_claims_a_different_instance_number() {
+    let shared = SharedData::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let numbers: Vec<u64> = (0..5)
+        .map(|_| claim_instance_number(&host).expect("claim"))
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+}

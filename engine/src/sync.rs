@@ -12,6 +12,8 @@ pub const SNAPSHOT_ENTRY: &str = "keyward/snapshot";
 pub const SNAPSHOT_STAMP_ENTRY: &str = "keyward/snapshot-stamp";
 /// The poller lease: `<holder>:<expires_at_ms>`.
 pub const LEASE_ENTRY: &str = "keyward/sync-lease";
+/// A counter that hands every VM sharing the vm_id its own number (lease holder ids).
+pub const INSTANCE_COUNTER_ENTRY: &str = "keyward/instance-counter";
 
 /// Who polls the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
