@@ -131,7 +131,14 @@ def test_revocation_pause_and_resume_reach_every_worker(synced):
 def test_bad_pushes_are_rejected_counted_and_change_nothing(synced):
     env, server, _mode = synced
     good = snapshot(int(time.time()) + 100)
+    published = env.metric("keyward.sync.published") or 0
     server.publish(sign(good))
+    # Wait for this very snapshot to be published: ALICE answers 200 under the previous one too,
+    # and a bad push fetched before `good` would be judged against the wrong baseline.
+    deadline = time.monotonic() + 5
+    while (env.metric("keyward.sync.published") or 0) <= published:
+        assert time.monotonic() < deadline, f"the good snapshot was not published\n{env.log_tail(30)}"
+        time.sleep(0.05)
     wait_until_all(env, ALICE, (200, None), PROPAGATION_S)
 
     revoked = snapshot(good["version"] + 1, "revoked")
