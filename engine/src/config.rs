@@ -127,6 +127,8 @@ pub struct Settings {
     pub log_allowed: bool,
     pub routes: Vec<Route>,
     pub fallback_route: Route,
+    /// Whether any route matches on Envoy's route name: decided once here, read per request.
+    reads_route_name: bool,
 }
 
 /// A validated configuration.
@@ -201,6 +203,7 @@ impl PluginConfig {
                 error_header: document.error_header,
                 spend_cap_status: document.spend_cap_status,
                 log_allowed: document.log_allowed,
+                reads_route_name: routes.iter().any(Route::matches_by_route_name),
                 routes,
                 fallback_route: Route::fallback(defaults),
             },
@@ -223,7 +226,7 @@ impl Settings {
     /// Whether any route matches on Envoy's route name; if none does, the filter does not ask
     /// Envoy for it (one host call less per request).
     pub fn needs_route_name(&self) -> bool {
-        self.routes.iter().any(Route::matches_by_route_name)
+        self.reads_route_name
     }
 
     pub fn credential_lookup<'c>(&'c self, route: &'c Route) -> CredentialLookup<'c> {
