@@ -419,6 +419,7 @@ pub fn engine_decision(
         expires_at: loaded.snapshot.expires_at,
         projects: loaded.snapshot.projects.clone(),
         keys: vec![synthetic.record],
+        prices: loaded.snapshot.prices.clone(),
     };
     let Ok(policy) = Policy::compile(copy) else {
         return unknown;

@@ -385,6 +385,7 @@ impl ProjectView {
             status: self.status,
             spend_cap_microusd: self.spend_cap_microusd,
             spent_microusd: self.spent_microusd,
+            spend_soft_cap_microusd: None,
         }
     }
 }
@@ -413,6 +414,10 @@ impl KeyRow {
             spend_cap_microusd: view.spend_cap_microusd,
             spent_microusd: view.spent_microusd,
             label: view.label.clone(),
+            spend_soft_cap_microusd: None,
+            rate_limits: None,
+            created_at: Some(view.created_at),
+            last_used_at: view.last_seen_at,
         }
     }
 }
@@ -426,6 +431,7 @@ fn validate_with_engine(projects: Vec<ProjectRecord>, keys: Vec<KeyRecord>) -> R
         expires_at: None,
         projects,
         keys,
+        prices: Vec::new(),
     };
     Policy::compile(snapshot).map(|_| ()).map_err(|error| {
         let path = error
@@ -1129,6 +1135,7 @@ impl Store {
             expires_at: None,
             projects,
             keys,
+            prices: Vec::new(),
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod key_format;
 pub mod log_line;
+pub mod pricing;
 pub mod request;
 pub mod route;
 pub mod signed_snapshot;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
+use crate::pricing::PriceTable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,6 +35,9 @@ pub struct ProjectRecord {
     pub spend_cap_microusd: Option<u64>,
     #[serde(default)]
     pub spent_microusd: u64,
+    /// A threshold below the cap: passing it adds a warning header, never a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_soft_cap_microusd: Option<u64>,
 }
 
 fn default_environment() -> String {
@@ -72,6 +76,43 @@ pub struct KeyRecord {
     /// A human label for logs and audits ("billing-service").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// A threshold below the cap: passing it adds a warning header, never a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_soft_cap_microusd: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    /// For audits only (the filter ignores it): when the key was minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    /// For audits only: the last use any data plane reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
+}
+
+/// Per-key local rate limits (per Envoy instance; DESIGN §3 step 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// What a model costs, in micro-USD per one million tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRecord {
+    /// An exact model name, or a prefix written with a trailing `*` (`gpt-4o*`).
+    pub model: String,
+    pub input_microusd_per_mtok: u64,
+    pub output_microusd_per_mtok: u64,
+    /// Defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_microusd_per_mtok: Option<u64>,
+    /// Defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_microusd_per_mtok: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +126,8 @@ pub struct Snapshot {
     pub projects: Vec<ProjectRecord>,
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<PriceRecord>,
 }
 
 /// Whom a key acts for.
@@ -113,7 +156,7 @@ pub enum ModelPattern {
 }
 
 impl ModelPattern {
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         match text.strip_suffix('*') {
             Some(prefix) => ModelPattern::Prefix(prefix.to_owned()),
             None => ModelPattern::Exact(text.to_owned()),
@@ -142,6 +185,8 @@ pub struct Key {
     pub spend_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
     pub label: Option<String>,
+    pub spend_soft_cap_microusd: Option<u64>,
+    pub rate_limits: Option<RateLimits>,
 }
 
 impl Key {
@@ -164,6 +209,7 @@ pub struct Project {
     pub status: ProjectStatus,
     pub spend_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
+    pub spend_soft_cap_microusd: Option<u64>,
 }
 
 /// A validated snapshot with its indexes: O(1) lookups, built once per snapshot version.
@@ -177,6 +223,7 @@ pub struct Policy {
     keys: Vec<Key>,
     by_id: HashMap<String, usize>,
     by_hash: HashMap<Sha256Digest, usize>,
+    prices: PriceTable,
     /// Whether any decision on this policy depends on the clock.
     time_dependent: bool,
 }
@@ -211,12 +258,15 @@ impl Policy {
                     format!("duplicate project id {:?}", record.id),
                 ));
             }
+            check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)
+                .map_err(|error| error.within(&path))?;
             projects.push(Project {
                 id: record.id,
                 org: record.org,
                 status: record.status,
                 spend_cap_microusd: record.spend_cap_microusd,
                 spent_microusd: record.spent_microusd,
+                spend_soft_cap_microusd: record.spend_soft_cap_microusd,
             });
         }
         let mut keys = Vec::with_capacity(snapshot.keys.len());
@@ -247,6 +297,7 @@ impl Policy {
             }
             keys.push(key);
         }
+        let prices = PriceTable::compile(snapshot.prices).map_err(|e| e.within("prices"))?;
         let time_dependent =
             snapshot.expires_at.is_some() || keys.iter().any(|key| key.expires_at.is_some());
         Ok(Policy {
@@ -259,6 +310,7 @@ impl Policy {
             keys,
             by_id,
             by_hash,
+            prices,
         })
     }
 
@@ -305,6 +357,10 @@ impl Policy {
     pub fn projects(&self) -> &[Project] {
         &self.projects
     }
+
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
 }
 
 /// Ids travel in headers and logs: keep them to a conservative, printable alphabet.
@@ -316,6 +372,16 @@ fn require_identifier(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn check_soft_cap(soft: Option<u64>, hard: Option<u64>) -> Result<(), FieldError> {
+    match (soft, hard) {
+        (Some(soft), Some(hard)) if soft >= hard => Err(FieldError::new(
+            "spend_soft_cap_microusd",
+            "must be below spend_cap_microusd",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn compile_key(
@@ -360,6 +426,15 @@ fn compile_key(
             ));
         }
     }
+    if let Some(limits) = &record.rate_limits {
+        if limits.requests_per_minute == Some(0) || limits.tokens_per_minute == Some(0) {
+            return Err(FieldError::new(
+                "rate_limits",
+                "limits must be at least 1 (pause the key to stop it)",
+            ));
+        }
+    }
+    check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)?;
     Ok(Key {
         id: record.id,
         lookup,
@@ -374,6 +449,10 @@ fn compile_key(
         spend_cap_microusd: record.spend_cap_microusd,
         spent_microusd: record.spent_microusd,
         label: record.label,
+        spend_soft_cap_microusd: record.spend_soft_cap_microusd,
+        rate_limits: record.rate_limits.filter(|limits| {
+            limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some()
+        }),
     })
 }
 

@@ -6,7 +6,7 @@ use keyward_engine::hash::{digests_equal, sha256};
 use keyward_engine::key_format::{parse_key, KeyFormat, ParsedKey};
 use keyward_engine::signed_snapshot::{sign_snapshot, verify_snapshot, SigningKey};
 use keyward_engine::snapshot::{
-    KeyRecord, KeyStatus, Policy, ProjectRecord, ProjectStatus, Snapshot,
+    KeyRecord, KeyStatus, Policy, PriceRecord, ProjectRecord, ProjectStatus, RateLimits, Snapshot,
 };
 use proptest::prelude::*;
 
@@ -32,6 +32,7 @@ fn project() -> impl Strategy<Value = ProjectRecord> {
             status,
             spend_cap_microusd: cap,
             spent_microusd: spent,
+            spend_soft_cap_microusd: None,
         })
 }
 
@@ -71,6 +72,13 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
             issued_at,
             expires_at: None,
             projects,
+            prices: vec![PriceRecord {
+                model: "gpt-4o*".to_owned(),
+                input_microusd_per_mtok: 2_500_000,
+                output_microusd_per_mtok: 10_000_000,
+                cached_input_microusd_per_mtok: Some(1_250_000),
+                cache_write_microusd_per_mtok: None,
+            }],
             keys: keys
                 .into_iter()
                 .enumerate()
@@ -89,6 +97,13 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                         spend_cap_microusd: None,
                         spent_microusd: 0,
                         label,
+                        spend_soft_cap_microusd: None,
+                        rate_limits: (n % 2 == 0).then_some(RateLimits {
+                            requests_per_minute: Some(60),
+                            tokens_per_minute: None,
+                        }),
+                        created_at: Some(issued_at),
+                        last_used_at: None,
                     },
                 )
                 .collect(),
