@@ -18,3 +18,4 @@ pub mod route;
 pub mod signed_snapshot;
 pub mod snapshot;
 pub mod sync;
+pub mod usage_report;

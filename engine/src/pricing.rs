@@ -84,10 +84,11 @@ impl PriceTable {
         for (pattern, price) in &self.entries {
             match pattern {
                 ModelPattern::Exact(exact) if exact == model => return Some(*price),
-                ModelPattern::Prefix(prefix) if model.starts_with(prefix.as_str()) => {
-                    if best.is_none_or(|(length, _)| prefix.len() > length) {
-                        best = Some((prefix.len(), *price));
-                    }
+                ModelPattern::Prefix(prefix)
+                    if model.starts_with(prefix.as_str())
+                        && best.is_none_or(|(length, _)| prefix.len() > length) =>
+                {
+                    best = Some((prefix.len(), *price));
                 }
                 _ => {}
             }

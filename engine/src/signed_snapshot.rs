@@ -67,7 +67,7 @@ impl SigningKey {
         }
     }
 
-    fn verifies(&self, bytes: &[u8], signature_hex: &str) -> bool {
+    pub(crate) fn verifies(&self, bytes: &[u8], signature_hex: &str) -> bool {
         let Ok(signature) = hex::decode(signature_hex) else {
             return false;
         };

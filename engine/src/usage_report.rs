@@ -1,0 +1,188 @@
+//! Usage reports: how a data plane tells the control plane what its keys spent.
+//!
+//! A report is one batch of per-(key, project) totals accumulated since the previous batch.
+//! It is POSTed as JSON with an HMAC-SHA256 of the exact body bytes in [`SIGNATURE_HEADER`]
+//! (`<key_id>:<hex>`), signed with the same key that signs snapshots. `batch_id` makes a retry
+//! idempotent: the control plane applies a batch id once and answers a repeat with the same
+//! acknowledgement. The acknowledgement names the snapshot version that includes the batch, so
+//! the data plane knows when its local copy of that spend may be dropped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::field_error::{from_json, FieldError};
+use crate::signed_snapshot::SigningKey;
+
+pub const REPORT_FORMAT: &str = "keyward.usage-report.v1";
+pub const SIGNATURE_HEADER: &str = "x-keyward-signature";
+/// Upper bound on entries per batch, so one report stays a small request.
+pub const MAX_ENTRIES_PER_REPORT: usize = 2000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEntry {
+    pub key_id: String,
+    /// The project charged: the key's own, or the one an org key acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub cost_microusd: u64,
+    pub requests: u64,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Unix seconds of the key's last allowed request in this batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    pub format: String,
+    /// Which data plane (Envoy instance) sent it; informational.
+    pub reporter: String,
+    /// Unique per batch; the idempotency key.
+    pub batch_id: String,
+    pub entries: Vec<UsageEntry>,
+}
+
+/// The control plane's answer to a report (HTTP 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAck {
+    pub batch_id: String,
+    /// The first snapshot version whose `spent_microusd` figures include this batch.
+    pub version: u64,
+    /// True when this batch id had already been applied (a retry).
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportRejected {
+    /// Missing or malformed signature header, unknown key id, or wrong signature.
+    Signature,
+    Invalid(FieldError),
+}
+
+impl UsageReport {
+    pub fn new(reporter: &str, batch_id: &str, entries: Vec<UsageEntry>) -> UsageReport {
+        UsageReport {
+            format: REPORT_FORMAT.to_owned(),
+            reporter: reporter.to_owned(),
+            batch_id: batch_id.to_owned(),
+            entries,
+        }
+    }
+}
+
+/// The value of [`SIGNATURE_HEADER`] for `body`.
+pub fn report_signature(body: &[u8], key: &SigningKey) -> String {
+    format!("{}:{}", key.id, key.sign_bytes(body))
+}
+
+/// Checks the signature over the exact body bytes, then the body itself.
+pub fn verify_report(
+    body: &[u8],
+    signature_header: Option<&str>,
+    keys: &[SigningKey],
+) -> Result<UsageReport, ReportRejected> {
+    let (key_id, signature) = signature_header
+        .and_then(|value| value.split_once(':'))
+        .ok_or(ReportRejected::Signature)?;
+    let key = keys
+        .iter()
+        .find(|key| key.id == key_id)
+        .ok_or(ReportRejected::Signature)?;
+    if !key.verifies(body, signature.trim()) {
+        return Err(ReportRejected::Signature);
+    }
+    let report: UsageReport = from_json(body).map_err(ReportRejected::Invalid)?;
+    if report.format != REPORT_FORMAT {
+        return Err(ReportRejected::Invalid(FieldError::new(
+            "format",
+            format!("must be {REPORT_FORMAT:?}"),
+        )));
+    }
+    if report.batch_id.is_empty() || report.batch_id.len() > 200 {
+        return Err(ReportRejected::Invalid(FieldError::new(
+            "batch_id",
+            "must be 1 to 200 characters",
+        )));
+    }
+    if report.entries.len() > MAX_ENTRIES_PER_REPORT {
+        return Err(ReportRejected::Invalid(FieldError::new(
+            "entries",
+            format!("at most {MAX_ENTRIES_PER_REPORT} per report"),
+        )));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn key(id: &str) -> SigningKey {
+        SigningKey::from_base64(id, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").expect("key")
+    }
+
+    fn body() -> Vec<u8> {
+        let report = UsageReport::new(
+            "envoy-1",
+            "envoy-1-7",
+            vec![UsageEntry {
+                key_id: "k1".to_owned(),
+                project: Some("proj_a".to_owned()),
+                cost_microusd: 1234,
+                requests: 2,
+                input_tokens: 10,
+                output_tokens: 20,
+                last_used_at: Some(1_700_000_000),
+            }],
+        );
+        serde_json::to_vec(&report).expect("serializes")
+    }
+
+    #[test]
+    fn a_signed_report_verifies_and_round_trips() {
+        let body = body();
+        let header = report_signature(&body, &key("ops-1"));
+        let report = verify_report(&body, Some(&header), &[key("ops-1")]).expect("verifies");
+        assert_eq!(report.batch_id, "envoy-1-7");
+        assert_eq!(report.entries[0].cost_microusd, 1234);
+    }
+
+    #[test]
+    fn tampering_or_a_missing_signature_is_refused() {
+        let body = body();
+        let header = report_signature(&body, &key("ops-1"));
+        let mut tampered = body.clone();
+        let position = tampered.iter().position(|&b| b == b'4').expect("a digit");
+        tampered[position] = b'9';
+        assert_eq!(
+            verify_report(&tampered, Some(&header), &[key("ops-1")]),
+            Err(ReportRejected::Signature)
+        );
+        assert_eq!(
+            verify_report(&body, None, &[key("ops-1")]),
+            Err(ReportRejected::Signature)
+        );
+        assert_eq!(
+            verify_report(&body, Some(&header), &[key("ops-2")]),
+            Err(ReportRejected::Signature),
+            "an unknown key id"
+        );
+    }
+
+    #[test]
+    fn a_wrong_format_is_invalid() {
+        let body = br#"{"format":"other","reporter":"r","batch_id":"b","entries":[]}"#;
+        let header = report_signature(body, &key("ops-1"));
+        assert!(matches!(
+            verify_report(body, Some(&header), &[key("ops-1")]),
+            Err(ReportRejected::Invalid(_))
+        ));
+    }
+}
