@@ -346,7 +346,7 @@ fn walk(loaded: &Loaded, route: &Route, key_id: &str, shape: &RequestShape) -> W
         (Some(source), Some(_)) => {
             let model = match source {
                 ModelSource::Fixed(model) => Some(model.as_str()),
-                ModelSource::Header(_) => shape.model.as_deref(),
+                ModelSource::Header(_) | ModelSource::Body => shape.model.as_deref(),
             };
             let allowed = model.is_some_and(|model| key.allows_model(model));
             walk.push(

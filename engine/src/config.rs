@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::credential::{CredentialLookup, CredentialSource};
 use crate::field_error::{from_json, FieldError};
 use crate::key_format::KeyFormat;
+use crate::metering::{MeteringDoc, MeteringSettings};
 use crate::request::Request;
 use crate::route::{is_header_name, ErrorFormat, Route, RouteConfig, RouteDefaults};
 use crate::snapshot::{Policy, Snapshot};
@@ -109,6 +110,7 @@ struct ConfigDocument {
     routes: Vec<RouteConfig>,
     policy: Option<Snapshot>,
     sync: Option<SyncDoc>,
+    metering: Option<MeteringDoc>,
 }
 
 /// Everything the data path needs from the configuration, except the policy itself (which a
@@ -127,6 +129,8 @@ pub struct Settings {
     pub log_allowed: bool,
     pub routes: Vec<Route>,
     pub fallback_route: Route,
+    /// Body limits, reservations and reporting for metered routes (defaults when absent).
+    pub metering: MeteringSettings,
     /// Whether any route matches on Envoy's route name: decided once here, read per request.
     reads_route_name: bool,
 }
@@ -187,6 +191,11 @@ impl PluginConfig {
                 "the sync_service role needs a sync block",
             ));
         }
+        let metering = MeteringSettings::compile(match document.metering {
+            Some(doc) => doc,
+            None => from_json(b"{}")?,
+        })
+        .map_err(|e| e.within("metering"))?;
         let policy = document
             .policy
             .map(|snapshot| Policy::compile(snapshot).map_err(|e| e.within("policy")))
@@ -206,6 +215,7 @@ impl PluginConfig {
                 reads_route_name: routes.iter().any(Route::matches_by_route_name),
                 routes,
                 fallback_route: Route::fallback(defaults),
+                metering,
             },
             policy,
             role: document.role,

@@ -186,7 +186,7 @@ fn decide_checks<'p>(
         rejection.denial = rejection.denial.with_detail(&format!("requires {missing}"));
         return Err(rejection);
     }
-    if route.model.is_some() && key.models.is_some() {
+    if route.model.is_some() && !route.model_from_body() && key.models.is_some() {
         // A key with an allow-list must say which model it wants; an unnamed model is refused.
         let allowed = route
             .requested_model(request)
@@ -215,6 +215,16 @@ fn decide_checks<'p>(
         org,
         environment,
     }))
+}
+
+/// The model check of step 10 for routes that read the model from the request body: run once
+/// the body is known. A key with an allow-list must name an allowed model.
+pub fn check_body_model(key: &Key, model: Option<&str>) -> Result<(), DenyCode> {
+    if key.models.is_none() || model.is_some_and(|model| key.allows_model(model)) {
+        Ok(())
+    } else {
+        Err(DenyCode::ModelNotAllowed)
+    }
 }
 
 /// Finds the key and checks its secret. The digest is computed before the lookup, so an unknown

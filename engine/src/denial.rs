@@ -23,12 +23,17 @@ pub enum DenyCode {
     InsufficientScope,
     ModelNotAllowed,
     SpendCapExceeded,
+    RateLimited,
+    /// The body had to be read (model, metering) and was larger than allowed.
+    RequestTooLarge,
+    /// The body had to be read and is not a JSON object.
+    InvalidRequestBody,
     /// Not a policy decision: the host failed us, so the request is refused rather than guessed.
     InternalError,
 }
 
 impl DenyCode {
-    pub const ALL: [DenyCode; 16] = [
+    pub const ALL: [DenyCode; 19] = [
         DenyCode::PolicyUnavailable,
         DenyCode::MissingApiKey,
         DenyCode::MalformedApiKey,
@@ -44,6 +49,9 @@ impl DenyCode {
         DenyCode::InsufficientScope,
         DenyCode::ModelNotAllowed,
         DenyCode::SpendCapExceeded,
+        DenyCode::RateLimited,
+        DenyCode::RequestTooLarge,
+        DenyCode::InvalidRequestBody,
         DenyCode::InternalError,
     ];
 
@@ -64,6 +72,9 @@ impl DenyCode {
             DenyCode::InsufficientScope => "insufficient_scope",
             DenyCode::ModelNotAllowed => "model_not_allowed",
             DenyCode::SpendCapExceeded => "spend_cap_exceeded",
+            DenyCode::RateLimited => "rate_limited",
+            DenyCode::RequestTooLarge => "request_too_large",
+            DenyCode::InvalidRequestBody => "invalid_request_body",
             DenyCode::InternalError => "internal_error",
         }
     }
@@ -78,6 +89,9 @@ impl DenyCode {
             | DenyCode::KeyRevoked
             | DenyCode::KeyExpired => 401,
             DenyCode::SpendCapExceeded => spend_cap_status,
+            DenyCode::RateLimited => 429,
+            DenyCode::RequestTooLarge => 413,
+            DenyCode::InvalidRequestBody => 400,
             DenyCode::InternalError => 500,
             _ => 403,
         }
@@ -106,6 +120,11 @@ impl DenyCode {
             DenyCode::InsufficientScope => "This key lacks a scope this route requires.",
             DenyCode::ModelNotAllowed => "This key may not use the requested model.",
             DenyCode::SpendCapExceeded => "The spend cap for this key or project has been reached.",
+            DenyCode::RateLimited => {
+                "Rate limit reached for this API key. Retry after the time in retry-after."
+            }
+            DenyCode::RequestTooLarge => "The request body is larger than this gateway reads.",
+            DenyCode::InvalidRequestBody => "The request body must be a JSON object.",
             DenyCode::InternalError => "The gateway could not check this request. Try again.",
         }
     }
@@ -117,6 +136,7 @@ pub fn error_type(status: u16) -> &'static str {
         401 => "authentication_error",
         402 | 403 => "permission_error",
         429 => "rate_limit_error",
+        400 | 413 => "invalid_request_error",
         _ => "api_error",
     }
 }

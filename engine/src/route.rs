@@ -45,6 +45,9 @@ pub enum ProjectSource {
 pub enum ModelSource {
     Header(String),
     Fixed(String),
+    /// The JSON request body's top-level `model` (the body is buffered, within
+    /// `metering.max_request_body_bytes`, before the request goes upstream).
+    Body,
 }
 
 /// One route entry as written in the configuration.
@@ -67,6 +70,19 @@ pub struct RouteConfig {
     pub query_parameter: Option<String>,
     pub deny_browser_requests: Option<bool>,
     pub error_format: Option<ErrorFormat>,
+    /// Meter spend on this route: read token usage from responses, reserve budget before
+    /// forwarding (needs the `metering` block). Implies `model: "body"` unless `model` is set.
+    #[serde(default)]
+    pub meter: bool,
+    /// Whether an OpenAI chat-completions stream request gets `stream_options.include_usage`
+    /// added so its usage cannot be dodged. Only bodies on paths ending in `/chat/completions`
+    /// are touched.
+    #[serde(default = "default_true")]
+    pub add_stream_usage: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A route entry ready for matching, with the configuration's defaults applied.
@@ -86,6 +102,8 @@ pub struct Route {
     pub query_parameter: Option<String>,
     pub deny_browser_requests: bool,
     pub error_format: ErrorFormat,
+    pub meter: bool,
+    pub add_stream_usage: bool,
 }
 
 /// Defaults a route inherits from the top level of the configuration.
@@ -120,7 +138,14 @@ impl Route {
             query_parameter: None,
             deny_browser_requests: defaults.deny_browser_requests,
             error_format: defaults.error_format,
+            meter: false,
+            add_stream_usage: false,
         }
+    }
+
+    /// Whether the request body must be read before the request may go upstream.
+    pub fn reads_body(&self) -> bool {
+        self.meter || self.model == Some(ModelSource::Body)
     }
 
     pub fn compile(config: RouteConfig, defaults: RouteDefaults) -> Result<Route, FieldError> {
@@ -203,12 +228,17 @@ impl Route {
             environments: config.environments,
             project: config.project,
             require_project: config.require_project,
-            model: config.model,
+            model: match (config.model, config.meter) {
+                (None, true) => Some(ModelSource::Body),
+                (model, _) => model,
+            },
             query_parameter: config.query_parameter,
             deny_browser_requests: config
                 .deny_browser_requests
                 .unwrap_or(defaults.deny_browser_requests),
             error_format: config.error_format.unwrap_or(defaults.error_format),
+            meter: config.meter,
+            add_stream_usage: config.add_stream_usage,
         })
     }
 
@@ -264,7 +294,13 @@ impl Route {
         match self.model.as_ref()? {
             ModelSource::Fixed(model) => Some(model),
             ModelSource::Header(name) => request.single_header(name),
+            ModelSource::Body => None,
         }
+    }
+
+    /// Whether the model is only known once the body has been read.
+    pub fn model_from_body(&self) -> bool {
+        self.model == Some(ModelSource::Body)
     }
 }
 
