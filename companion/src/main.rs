@@ -24,8 +24,12 @@ use keyward_engine::snapshot::KeyStatus;
 
 use crate::error::Error;
 use crate::keygen::{Environment, Format};
-use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange, Store};
+use crate::store::{
+    KeySettings, KeyUpdate, KeyView, NewKey, Owner, PriceView, ProjectUpdate, ProjectView,
+    StatusChange, Store,
+};
 use crate::units::{format_time, format_usd, now, parse_duration_seconds, parse_usd};
+use keyward_engine::snapshot::{PriceRecord, RateLimits};
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
 pub fn valid_actor(name: &str) -> bool {
@@ -66,6 +70,20 @@ enum Command {
     /// Create, list, revoke, pause, resume, change and rotate keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Set, list and remove model prices (USD per 1M tokens): what the filter meters spend with.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Spend per project and per key, against caps and soft caps (from usage reports).
+    Spend {
+        /// Only this project and its keys.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The usage reports the data plane sent.
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Show the audit trail: every change, who made it, when. With --config (and --snapshot or
     /// --control-plane): audit a policy, what every key can do on every route, and its risks.
     Audit(AuditArgs),
@@ -94,6 +112,27 @@ enum ProjectCommand {
         /// Spend cap in USD, e.g. 250 or 12.50.
         #[arg(long)]
         spend_cap_usd: Option<String>,
+        /// Soft cap in USD, below the cap: past it the filter adds a warning header.
+        #[arg(long, visible_alias = "soft-cap")]
+        spend_soft_cap_usd: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a project's spend cap or soft cap.
+    Set {
+        id: String,
+        /// New spend cap in USD.
+        #[arg(long, conflicts_with = "no_spend_cap")]
+        spend_cap_usd: Option<String>,
+        /// Remove the spend cap.
+        #[arg(long)]
+        no_spend_cap: bool,
+        /// New soft cap in USD.
+        #[arg(long, visible_alias = "soft-cap", conflicts_with = "no_soft_cap")]
+        spend_soft_cap_usd: Option<String>,
+        /// Remove the soft cap.
+        #[arg(long)]
+        no_soft_cap: bool,
         #[arg(long)]
         json: bool,
     },
@@ -103,8 +142,60 @@ enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one project, with its spend and caps.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List projects.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PriceCommand {
+    /// Set (create or replace) the price of a model, or of a model prefix written `gpt-4o*`.
+    /// Amounts are USD per one million tokens, exact to 6 decimals (0.075 = 75000 micro-USD).
+    Set {
+        #[arg(long)]
+        model: String,
+        /// Input tokens (not cached).
+        #[arg(long, value_name = "USD")]
+        input: String,
+        #[arg(long, value_name = "USD")]
+        output: String,
+        /// Cached input tokens read; default: the input price.
+        #[arg(long, value_name = "USD")]
+        cached_input: Option<String>,
+        /// Input tokens written to a cache; default: the input price.
+        #[arg(long, value_name = "USD")]
+        cache_write: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the prices.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model's price.
+    Remove {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// The most recent usage batches applied, newest first.
+    Batches {
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
         #[arg(long)]
         json: bool,
     },
@@ -155,6 +246,15 @@ struct KeyCreateArgs {
     /// Spend cap in USD, e.g. 25 or 12.50.
     #[arg(long)]
     spend_cap_usd: Option<String>,
+    /// Soft cap in USD, below the cap: past it the filter adds a warning header.
+    #[arg(long, visible_alias = "soft-cap")]
+    spend_soft_cap_usd: Option<String>,
+    /// Requests per minute, per Envoy instance.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute, per Envoy instance.
+    #[arg(long)]
+    tpm: Option<u64>,
     /// A label for Envoy's logs (goes into snapshots).
     #[arg(long)]
     label: Option<String>,
@@ -193,6 +293,24 @@ struct KeySetArgs {
     /// Remove the spend cap.
     #[arg(long)]
     no_spend_cap: bool,
+    /// New soft cap in USD.
+    #[arg(long, visible_alias = "soft-cap", conflicts_with = "no_soft_cap")]
+    spend_soft_cap_usd: Option<String>,
+    /// Remove the soft cap.
+    #[arg(long)]
+    no_soft_cap: bool,
+    /// New requests-per-minute limit.
+    #[arg(long, conflicts_with = "no_rpm")]
+    rpm: Option<u32>,
+    /// Remove the requests-per-minute limit.
+    #[arg(long)]
+    no_rpm: bool,
+    /// New tokens-per-minute limit.
+    #[arg(long, conflicts_with = "no_tpm")]
+    tpm: Option<u64>,
+    /// Remove the tokens-per-minute limit.
+    #[arg(long)]
+    no_tpm: bool,
     #[arg(long)]
     label: Option<String>,
     #[arg(long)]
@@ -236,7 +354,7 @@ enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a key's scopes, models, expiry, spend cap, label or note.
+    /// Change a key's scopes, models, expiry, caps, rate limits, label or note.
     Set(KeySetArgs),
     /// Create a new key with the same settings; the old one works until the grace ends.
     Rotate {
@@ -537,6 +655,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Project(command) => project_command(&cli.db, actor, command),
         Command::Key(command) => key_command(&cli.db, actor, command),
+        Command::Price(command) => price_command(&cli.db, actor, command),
+        Command::Spend { project, json } => spend_command(&cli.db, project.as_deref(), json),
+        Command::Usage(command) => usage_command(&cli.db, command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
         Command::Audit(args) => {
@@ -664,12 +785,54 @@ fn project_command(db: &Path, actor: &str, command: ProjectCommand) -> Result<Ex
             id,
             org,
             spend_cap_usd,
+            spend_soft_cap_usd,
             json,
         } => {
             let cap = usd(spend_cap_usd.as_deref())?;
-            (store.create_project(actor, now(), &id, &org, cap)?, json)
+            let soft = usd(spend_soft_cap_usd.as_deref())?;
+            (
+                store.create_project(actor, now(), &id, &org, cap, soft)?,
+                json,
+            )
+        }
+        ProjectCommand::Set {
+            id,
+            spend_cap_usd,
+            no_spend_cap,
+            spend_soft_cap_usd,
+            no_soft_cap,
+            json,
+        } => {
+            let update = ProjectUpdate {
+                spend_cap_microusd: clearable_usd(spend_cap_usd.as_deref(), no_spend_cap)?,
+                spend_soft_cap_microusd: clearable_usd(spend_soft_cap_usd.as_deref(), no_soft_cap)?,
+            };
+            (store.update_project(actor, now(), &id, &update)?, json)
         }
         ProjectCommand::Archive { id, json } => (store.archive_project(actor, now(), &id)?, json),
+        ProjectCommand::Show { id, json } => {
+            let project = store.project(&id)?;
+            if json {
+                print_json(&project)?;
+            } else {
+                print_fields(&[
+                    ("project", project.id.clone()),
+                    ("org", project.org.clone()),
+                    ("status", status_name(&project.status)),
+                    (
+                        "spend",
+                        describe_spend(
+                            project.spent_microusd,
+                            project.spend_cap_microusd,
+                            project.spend_soft_cap_microusd,
+                        ),
+                    ),
+                    ("created", format_time(project.created_at)),
+                    ("archived", optional_time(project.archived_at)),
+                ]);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         ProjectCommand::List { json } => {
             let projects = store.projects()?;
             if json {
@@ -682,17 +845,23 @@ fn project_command(db: &Path, actor: &str, command: ProjectCommand) -> Result<Ex
                             project.id.clone(),
                             project.org.clone(),
                             status_name(&project.status),
-                            project.spend_cap_microusd.map_or_else(
-                                || "-".to_owned(),
-                                |cap| format!("${}", format_usd(cap)),
-                            ),
-                            format!("${}", format_usd(project.spent_microusd)),
+                            optional_usd(project.spend_cap_microusd),
+                            optional_usd(project.spend_soft_cap_microusd),
+                            dollars(project.spent_microusd),
                             format_time(project.created_at),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["ID", "ORG", "STATUS", "SPEND CAP", "SPENT", "CREATED"],
+                    &[
+                        "ID",
+                        "ORG",
+                        "STATUS",
+                        "SPEND CAP",
+                        "SOFT CAP",
+                        "SPENT",
+                        "CREATED",
+                    ],
                     rows,
                 );
             }
@@ -705,6 +874,105 @@ fn project_command(db: &Path, actor: &str, command: ProjectCommand) -> Result<Ex
         println!("project {}: {}", project.id, status_name(&project.status));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `$12.50`.
+fn dollars(micros: u64) -> String {
+    format!("${}", format_usd(micros))
+}
+
+fn optional_usd(micros: Option<u64>) -> String {
+    micros.map_or_else(|| "-".to_owned(), dollars)
+}
+
+/// `$1.25 of $5.00 cap (25%), soft cap $4.00`.
+fn describe_spend(spent: u64, cap: Option<u64>, soft: Option<u64>) -> String {
+    let mut text = dollars(spent);
+    match cap {
+        Some(cap) => text.push_str(&format!(
+            " of {} cap ({})",
+            dollars(cap),
+            percent(spent, cap)
+        )),
+        None => text.push_str(", no cap"),
+    }
+    if let Some(soft) = soft {
+        text.push_str(&format!(", soft cap {}", dollars(soft)));
+    }
+    text
+}
+
+/// `spent` as a whole percentage of `cap`, rounded down.
+fn percent(spent: u64, cap: u64) -> String {
+    if cap == 0 {
+        return "100%".to_owned();
+    }
+    let share = u128::from(spent).saturating_mul(100) / u128::from(cap);
+    format!("{share}%")
+}
+
+/// What spend means for the filter: the cap denies, the soft cap warns.
+fn spend_alert(spent: u64, cap: Option<u64>, soft: Option<u64>) -> &'static str {
+    if cap.is_some_and(|cap| spent >= cap) {
+        "cap reached"
+    } else if soft.is_some_and(|soft| spent >= soft) {
+        "past soft cap"
+    } else {
+        ""
+    }
+}
+
+fn describe_limits(limits: Option<&RateLimits>) -> String {
+    let parts: Vec<String> = limits
+        .map(|limits| {
+            [
+                limits
+                    .requests_per_minute
+                    .map(|rpm| format!("{rpm} requests/min")),
+                limits
+                    .tokens_per_minute
+                    .map(|tpm| format!("{tpm} tokens/min")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `--x-usd X` / `--no-x` as a partial update.
+fn clearable_usd(text: Option<&str>, clear: bool) -> Result<Option<Option<u64>>, Error> {
+    if clear {
+        Ok(Some(None))
+    } else {
+        Ok(usd(text)?.map(Some))
+    }
+}
+
+/// `--x N` / `--no-x` as a partial update.
+fn clearable<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
+    if clear {
+        Some(None)
+    } else {
+        value.map(Some)
+    }
+}
+
+/// Aligned `name: value` lines.
+fn print_fields(fields: &[(&str, String)]) {
+    let width = fields
+        .iter()
+        .map(|(name, _)| name.chars().count() + 1)
+        .max()
+        .unwrap_or(0);
+    for (name, value) in fields {
+        println!("{:<width$} {value}", format!("{name}:"));
+    }
 }
 
 fn status_name<T: serde::Serialize>(status: &T) -> String {
@@ -761,6 +1029,66 @@ fn print_key(view: &KeyView, json: bool) -> Result<(), Error> {
     }
 }
 
+fn owner_of(key: &KeyView) -> String {
+    match (&key.project, &key.org) {
+        (Some(project), _) => project.clone(),
+        (None, Some(org)) => format!("org:{org}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// `key show`: every field operators can see.
+fn print_key_details(view: &KeyView) {
+    print_fields(&[
+        ("key", view.id.clone()),
+        ("status", describe_status(view)),
+        ("format", view.format.as_str().to_owned()),
+        ("owner", owner_of(view)),
+        ("environment", view.environment.clone()),
+        ("scopes", list_or_dash(&view.scopes)),
+        (
+            "models",
+            view.models
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), |models| models.join(",")),
+        ),
+        (
+            "expires",
+            view.expires_at
+                .map_or_else(|| "never".to_owned(), format_time),
+        ),
+        (
+            "spend",
+            describe_spend(
+                view.spent_microusd,
+                view.spend_cap_microusd,
+                view.spend_soft_cap_microusd,
+            ),
+        ),
+        ("rate limits", describe_limits(view.rate_limits.as_ref())),
+        (
+            "label",
+            view.label.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+        ("note", view.note.clone().unwrap_or_else(|| "-".to_owned())),
+        ("created", format_time(view.created_at)),
+        ("last seen", optional_time(view.last_seen_at)),
+        (
+            "rotated from",
+            view.rotated_from.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+        ("revoked", optional_time(view.revoked_at)),
+    ]);
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 fn describe_status(view: &KeyView) -> String {
     match (view.status, view.revoke_at) {
         (KeyStatus::Revoked, _) => "revoked".to_owned(),
@@ -796,6 +1124,11 @@ fn key_command(db: &Path, actor: &str, command: KeyCommand) -> Result<ExitCode, 
                     models: args.models,
                     expires_at: args.expiry.resolve()?,
                     spend_cap_microusd: usd(args.spend_cap_usd.as_deref())?,
+                    spend_soft_cap_microusd: usd(args.spend_soft_cap_usd.as_deref())?,
+                    rate_limits: (args.rpm.is_some() || args.tpm.is_some()).then_some(RateLimits {
+                        requests_per_minute: args.rpm,
+                        tokens_per_minute: args.tpm,
+                    }),
                     label: args.label,
                     note: args.note,
                 },
@@ -811,7 +1144,14 @@ fn key_command(db: &Path, actor: &str, command: KeyCommand) -> Result<ExitCode, 
                 print_key_table(&keys);
             }
         }
-        KeyCommand::Show { id, json } => print_key(&store.key(&id)?, json)?,
+        KeyCommand::Show { id, json } => {
+            let view = store.key(&id)?;
+            if json {
+                print_json(&view)?;
+            } else {
+                print_key_details(&view);
+            }
+        }
         KeyCommand::Revoke { id, json } => {
             print_key(
                 &store.change_status(actor, now(), &id, StatusChange::Revoke)?,
@@ -841,11 +1181,8 @@ fn key_command(db: &Path, actor: &str, command: KeyCommand) -> Result<ExitCode, 
                 .resolve()?
                 .map(Some)
             };
-            let spend_cap_microusd = if args.no_spend_cap {
-                Some(None)
-            } else {
-                usd(args.spend_cap_usd.as_deref())?.map(Some)
-            };
+            let spend_cap_microusd =
+                clearable_usd(args.spend_cap_usd.as_deref(), args.no_spend_cap)?;
             let update = KeyUpdate {
                 scopes: args.scopes.map(list_arg),
                 models: if args.all_models {
@@ -855,6 +1192,12 @@ fn key_command(db: &Path, actor: &str, command: KeyCommand) -> Result<ExitCode, 
                 },
                 expires_at,
                 spend_cap_microusd,
+                spend_soft_cap_microusd: clearable_usd(
+                    args.spend_soft_cap_usd.as_deref(),
+                    args.no_soft_cap,
+                )?,
+                requests_per_minute: clearable(args.rpm, args.no_rpm),
+                tokens_per_minute: clearable(args.tpm, args.no_tpm),
                 label: args.label.map(Some),
                 note: args.note.map(Some),
             };
@@ -885,24 +1228,19 @@ fn print_key_table(keys: &[KeyView]) {
     let rows = keys
         .iter()
         .map(|key| {
-            let owner = match (&key.project, &key.org) {
-                (Some(project), _) => project.clone(),
-                (None, Some(org)) => format!("org:{org}"),
-                (None, None) => "-".to_owned(),
-            };
             vec![
                 key.id.clone(),
-                owner,
+                owner_of(key),
                 key.environment.clone(),
                 describe_status(key),
-                if key.scopes.is_empty() {
-                    "-".to_owned()
-                } else {
-                    key.scopes.join(",")
-                },
+                list_or_dash(&key.scopes),
                 key.models
                     .as_ref()
                     .map_or_else(|| "*".to_owned(), |models| models.join(",")),
+                dollars(key.spent_microusd),
+                optional_usd(key.spend_cap_microusd),
+                optional_usd(key.spend_soft_cap_microusd),
+                short_limits(key.rate_limits.as_ref()),
                 format_time(key.created_at),
                 optional_time(key.last_seen_at),
                 optional_time(key.expires_at),
@@ -918,6 +1256,10 @@ fn print_key_table(keys: &[KeyView]) {
             "STATUS",
             "SCOPES",
             "MODELS",
+            "SPENT",
+            "CAP",
+            "SOFT CAP",
+            "LIMITS",
             "CREATED",
             "LAST SEEN",
             "EXPIRES",
@@ -925,6 +1267,256 @@ fn print_key_table(keys: &[KeyView]) {
         ],
         rows,
     );
+}
+
+/// `60rpm,100000tpm` for tables.
+fn short_limits(limits: Option<&RateLimits>) -> String {
+    let parts: Vec<String> = limits
+        .map(|limits| {
+            [
+                limits.requests_per_minute.map(|rpm| format!("{rpm}rpm")),
+                limits.tokens_per_minute.map(|tpm| format!("{tpm}tpm")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        })
+        .unwrap_or_default();
+    list_or_dash(&parts)
+}
+
+fn price_command(db: &Path, actor: &str, command: PriceCommand) -> Result<ExitCode, Error> {
+    let mut store = open_store(db)?;
+    let per_mtok = |text: &str, flag: &str| {
+        parse_usd(text).map_err(|error| {
+            Error::invalid("invalid_amount", format!("--{flag}: {}", error.message))
+        })
+    };
+    let (price, json, verb) = match command {
+        PriceCommand::Set {
+            model,
+            input,
+            output,
+            cached_input,
+            cache_write,
+            json,
+        } => {
+            let record = PriceRecord {
+                model,
+                input_microusd_per_mtok: per_mtok(&input, "input")?,
+                output_microusd_per_mtok: per_mtok(&output, "output")?,
+                cached_input_microusd_per_mtok: cached_input
+                    .as_deref()
+                    .map(|text| per_mtok(text, "cached-input"))
+                    .transpose()?,
+                cache_write_microusd_per_mtok: cache_write
+                    .as_deref()
+                    .map(|text| per_mtok(text, "cache-write"))
+                    .transpose()?,
+            };
+            (store.set_price(actor, now(), &record)?, json, "set")
+        }
+        PriceCommand::Remove { model, json } => {
+            (store.remove_price(actor, now(), &model)?, json, "removed")
+        }
+        PriceCommand::List { json } => {
+            let prices = store.prices()?;
+            if json {
+                print_json(&prices)?;
+            } else {
+                let rows = prices.iter().map(price_row).collect();
+                print_table(
+                    &[
+                        "MODEL",
+                        "INPUT",
+                        "OUTPUT",
+                        "CACHED INPUT",
+                        "CACHE WRITE",
+                        "UPDATED",
+                    ],
+                    rows,
+                );
+                println!("(USD per 1M tokens)");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        print_json(&price)?;
+    } else {
+        let row = price_row(&price);
+        println!(
+            "price {verb} for {}: input {}, output {}, cached input {}, cache write {} (USD per \
+             1M tokens)",
+            row.first().map_or("", String::as_str),
+            row.get(1).map_or("", String::as_str),
+            row.get(2).map_or("", String::as_str),
+            row.get(3).map_or("", String::as_str),
+            row.get(4).map_or("", String::as_str),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn price_row(price: &PriceView) -> Vec<String> {
+    let or_input = |value: Option<u64>| {
+        value.map_or_else(
+            || format!("{} (input)", dollars(price.input_microusd_per_mtok)),
+            dollars,
+        )
+    };
+    vec![
+        price.model.clone(),
+        dollars(price.input_microusd_per_mtok),
+        dollars(price.output_microusd_per_mtok),
+        or_input(price.cached_input_microusd_per_mtok),
+        or_input(price.cache_write_microusd_per_mtok),
+        format_time(price.updated_at),
+    ]
+}
+
+fn spend_command(db: &Path, project: Option<&str>, json: bool) -> Result<ExitCode, Error> {
+    let store = open_store(db)?;
+    let projects: Vec<ProjectView> = match project {
+        Some(id) => vec![store.project(id)?],
+        None => store.projects()?,
+    };
+    let keys = store.keys(project)?;
+    if json {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|key| {
+                serde_json::json!({
+                    "id": key.id,
+                    "project": key.project,
+                    "org": key.org,
+                    "status": key.status,
+                    "spent_microusd": key.spent_microusd,
+                    "spend_cap_microusd": key.spend_cap_microusd,
+                    "spend_soft_cap_microusd": key.spend_soft_cap_microusd,
+                    "rate_limits": key.rate_limits,
+                    "last_seen_at": key.last_seen_at,
+                })
+            })
+            .collect();
+        let projects: Vec<serde_json::Value> = projects
+            .iter()
+            .map(|project| {
+                serde_json::json!({
+                    "id": project.id,
+                    "org": project.org,
+                    "status": project.status,
+                    "spent_microusd": project.spent_microusd,
+                    "spend_cap_microusd": project.spend_cap_microusd,
+                    "spend_soft_cap_microusd": project.spend_soft_cap_microusd,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({"projects": projects, "keys": keys}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let used = |spent: u64, cap: Option<u64>| {
+        cap.map_or_else(|| "-".to_owned(), |cap| percent(spent, cap))
+    };
+    let rows = projects
+        .iter()
+        .map(|project| {
+            vec![
+                project.id.clone(),
+                project.org.clone(),
+                status_name(&project.status),
+                dollars(project.spent_microusd),
+                optional_usd(project.spend_cap_microusd),
+                optional_usd(project.spend_soft_cap_microusd),
+                used(project.spent_microusd, project.spend_cap_microusd),
+                spend_alert(
+                    project.spent_microusd,
+                    project.spend_cap_microusd,
+                    project.spend_soft_cap_microusd,
+                )
+                .to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PROJECT", "ORG", "STATUS", "SPENT", "CAP", "SOFT CAP", "USED", "ALERT",
+        ],
+        rows,
+    );
+    println!();
+    let rows = keys
+        .iter()
+        .map(|key| {
+            vec![
+                key.id.clone(),
+                owner_of(key),
+                describe_status(key),
+                dollars(key.spent_microusd),
+                optional_usd(key.spend_cap_microusd),
+                optional_usd(key.spend_soft_cap_microusd),
+                used(key.spent_microusd, key.spend_cap_microusd),
+                short_limits(key.rate_limits.as_ref()),
+                optional_time(key.last_seen_at),
+                spend_alert(
+                    key.spent_microusd,
+                    key.spend_cap_microusd,
+                    key.spend_soft_cap_microusd,
+                )
+                .to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "KEY",
+            "OWNER",
+            "STATUS",
+            "SPENT",
+            "CAP",
+            "SOFT CAP",
+            "USED",
+            "LIMITS",
+            "LAST SEEN",
+            "ALERT",
+        ],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn usage_command(db: &Path, command: UsageCommand) -> Result<ExitCode, Error> {
+    let store = open_store(db)?;
+    match command {
+        UsageCommand::Batches { limit, json } => {
+            let batches = store.usage_batches(limit)?;
+            if json {
+                print_json(&batches)?;
+            } else {
+                let rows = batches
+                    .iter()
+                    .map(|batch| {
+                        vec![
+                            format_time(batch.received_at),
+                            batch.reporter.clone(),
+                            batch.batch_id.clone(),
+                            batch.policy_version.to_string(),
+                            format!("{}/{}", batch.applied, batch.entries),
+                            dollars(batch.cost_microusd),
+                            batch.requests.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "RECEIVED", "REPORTER", "BATCH", "VERSION", "APPLIED", "COST", "REQUESTS",
+                    ],
+                    rows,
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A plain, aligned text table.
@@ -979,8 +1571,8 @@ fn snapshot_command(db: &Path, actor: &str, command: SnapshotCommand) -> Result<
                     Error::invalid("invalid_snapshot", format!("{}: {error}", file.display()))
                 })?;
             let mut store = Store::open(db)?;
-            let (projects, keys) = store.import_snapshot(actor, now(), &snapshot)?;
-            println!("imported {projects} projects and {keys} keys");
+            let (projects, keys, prices) = store.import_snapshot(actor, now(), &snapshot)?;
+            println!("imported {projects} projects, {keys} keys and {prices} prices");
             Ok(ExitCode::SUCCESS)
         }
         SnapshotCommand::Build { signing, out } => {

@@ -59,7 +59,7 @@ mod tests {
         let key = SigningKey::from_base64("k1", &"QUJD".repeat(11)).unwrap();
         let mut store = Store::in_memory().unwrap();
         store
-            .create_project("a", 1, "proj_a", "org_1", None)
+            .create_project("a", 1, "proj_a", "org_1", None, None)
             .unwrap();
         let created = store
             .create_key(

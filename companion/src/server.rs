@@ -1,5 +1,6 @@
-//! `keyward serve`: the admin API (bearer admin token) and the snapshot endpoint the filter's
-//! policy sync polls (no token: it carries hashes only and is signed).
+//! `keyward serve`: the admin API (bearer admin token), the snapshot endpoint the filter's
+//! policy sync polls (no token: it carries hashes only and is signed), and the usage endpoint the
+//! data plane reports spend to (no token: each report is signed with the snapshot signing key).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE,
@@ -15,9 +16,11 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use keyward_engine::signed_snapshot::SigningKey;
+use keyward_engine::snapshot::{PriceRecord, RateLimits};
+use keyward_engine::usage_report::{verify_report, ReportRejected, SIGNATURE_HEADER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -25,11 +28,19 @@ use crate::error::Error;
 use crate::keygen::{Environment, Format};
 use crate::publish::{build_signed, SignedSnapshot};
 use crate::secrets::AdminTokens;
-use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange, Store};
-use crate::units::{now, parse_duration_seconds};
+use crate::store::{
+    KeySettings, KeyUpdate, KeyView, NewKey, Owner, ProjectUpdate, StatusChange, Store,
+};
+use crate::units::{now, parse_duration_seconds, parse_usd};
 
 /// Request bodies are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A usage report holds up to `MAX_ENTRIES_PER_REPORT` (2000) entries: allow it room.
+pub const MAX_USAGE_REPORT_BYTES: usize = 4 * 1024 * 1024;
+/// `GET /v1/usage/batches` without `limit`.
+const DEFAULT_BATCH_LIMIT: u64 = 100;
+/// Warnings logged per usage report (unknown keys...), so one bad batch cannot flood the log.
+const MAX_LOGGED_WARNINGS: usize = 10;
 /// How often the server records revocations whose rotation grace has ended.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_GRACE: &str = "24h";
@@ -49,7 +60,8 @@ impl IntoResponse for Error {
         let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::UNAUTHORIZED {
+        // The usage endpoint authenticates with a signature, not a bearer token.
+        if status == StatusCode::UNAUTHORIZED && self.code != "invalid_signature" {
             headers.insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"keyward-admin\""),
@@ -218,6 +230,7 @@ async fn sweep_rotations(store: Arc<Mutex<Store>>) {
 fn router(state: Shared) -> Router {
     let admin = Router::new()
         .route("/v1/projects", get(list_projects).post(create_project))
+        .route("/v1/projects/{id}", get(get_project).patch(update_project))
         .route("/v1/projects/{id}/archive", post(archive_project))
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", get(get_key).patch(update_key))
@@ -226,12 +239,22 @@ fn router(state: Shared) -> Router {
         .route("/v1/keys/{id}/resume", post(resume_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/audit", get(audit))
+        .route("/v1/prices", get(list_prices))
+        .route(
+            "/v1/prices/{model}",
+            put(set_price).get(get_price).delete(remove_price),
+        )
+        .route("/v1/usage/batches", get(usage_batches))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
         ));
     Router::new()
         .route("/v1/snapshot", get(snapshot))
+        .route(
+            "/v1/usage",
+            post(usage_report).layer(DefaultBodyLimit::max(MAX_USAGE_REPORT_BYTES)),
+        )
         .route("/healthz", get(health))
         .merge(admin)
         .fallback(not_found)
@@ -319,6 +342,17 @@ struct CreateProjectBody {
     org: String,
     #[serde(default)]
     spend_cap_microusd: Option<u64>,
+    #[serde(default)]
+    spend_soft_cap_microusd: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateProjectBody {
+    #[serde(default, deserialize_with = "explicit_null")]
+    spend_cap_microusd: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    spend_soft_cap_microusd: Option<Option<u64>>,
 }
 
 #[derive(Serialize)]
@@ -339,10 +373,37 @@ async fn create_project(
             &request.id,
             &request.org,
             request.spend_cap_microusd,
+            request.spend_soft_cap_microusd,
         )
     })
     .await?;
     Ok((StatusCode::CREATED, Json(project)).into_response())
+}
+
+async fn get_project(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let project = with_store(&state.store, move |store| store.project(&id)).await?;
+    Ok(Json(project).into_response())
+}
+
+async fn update_project(
+    State(state): State<Shared>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let request: UpdateProjectBody = parse_body(&body)?;
+    let update = ProjectUpdate {
+        spend_cap_microusd: request.spend_cap_microusd,
+        spend_soft_cap_microusd: request.spend_soft_cap_microusd,
+    };
+    let project = with_store(&state.store, move |store| {
+        store.update_project(&actor, now(), &id, &update)
+    })
+    .await?;
+    Ok(Json(project).into_response())
 }
 
 async fn archive_project(
@@ -387,9 +448,23 @@ struct CreateKeyBody {
     #[serde(default)]
     spend_cap_microusd: Option<u64>,
     #[serde(default)]
+    spend_soft_cap_microusd: Option<u64>,
+    #[serde(default)]
+    rate_limits: Option<RateLimits>,
+    #[serde(default)]
     label: Option<String>,
     #[serde(default)]
     note: Option<String>,
+}
+
+/// A PATCH of the rate limits: a named limit is set (or removed with `null`), the other kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitsPatch {
+    #[serde(default, deserialize_with = "explicit_null")]
+    requests_per_minute: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    tokens_per_minute: Option<Option<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +480,11 @@ struct UpdateKeyBody {
     expires_in: Option<String>,
     #[serde(default, deserialize_with = "explicit_null")]
     spend_cap_microusd: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    spend_soft_cap_microusd: Option<Option<u64>>,
+    /// `null` removes both limits.
+    #[serde(default, deserialize_with = "explicit_null")]
+    rate_limits: Option<Option<RateLimitsPatch>>,
     #[serde(default, deserialize_with = "explicit_null")]
     label: Option<Option<String>>,
     #[serde(default, deserialize_with = "explicit_null")]
@@ -498,6 +578,8 @@ async fn create_key(
             models: request.models,
             expires_at: expiry(request.expires_at, request.expires_in.as_deref())?,
             spend_cap_microusd: request.spend_cap_microusd,
+            spend_soft_cap_microusd: request.spend_soft_cap_microusd,
+            rate_limits: request.rate_limits,
             label: request.label,
             note: request.note,
         },
@@ -547,11 +629,19 @@ async fn update_key(
         (None, Some(text)) => Some(Some(now().saturating_add(parse_duration_seconds(text)?))),
         (at, None) => at,
     };
+    let (requests_per_minute, tokens_per_minute) = match request.rate_limits {
+        None => (None, None),
+        Some(None) => (Some(None), Some(None)),
+        Some(Some(patch)) => (patch.requests_per_minute, patch.tokens_per_minute),
+    };
     let update = KeyUpdate {
         scopes: request.scopes,
         models: request.models,
         expires_at,
         spend_cap_microusd: request.spend_cap_microusd,
+        spend_soft_cap_microusd: request.spend_soft_cap_microusd,
+        requests_per_minute,
+        tokens_per_minute,
         label: request.label,
         note: request.note,
     };
@@ -625,6 +715,224 @@ async fn audit(
     let params = query(params)?;
     let events = with_store(&state.store, move |store| store.audit_events(params.limit)).await?;
     Ok(Json(List { data: events }).into_response())
+}
+
+// ---- prices ----------------------------------------------------------------------------------
+
+/// A money amount in a request: a USD decimal string (`"2.50"`, as the CLI takes it) or a JSON
+/// number (`2.5`), converted to micro-USD exactly (at most 6 decimals), never through a float sum.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Usd {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Usd {
+    fn microusd(&self, field: &str) -> Result<u64, Error> {
+        let text = match self {
+            Usd::Text(text) => text.clone(),
+            // serde_json prints a float in its shortest round-trip form (0.075 -> "0.075"), so
+            // the decimal the client wrote is what gets parsed.
+            Usd::Number(number) => number.to_string(),
+        };
+        parse_usd(&text).map_err(|error| {
+            Error::invalid("invalid_amount", format!("{field}: {}", error.message))
+        })
+    }
+}
+
+/// `PUT /v1/prices/{model}`: each price in USD per 1M tokens (`*_usd_per_mtok`) or in integer
+/// micro-USD per 1M tokens (`*_microusd_per_mtok`, as `GET` shows them); not both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceBody {
+    #[serde(default)]
+    input_usd_per_mtok: Option<Usd>,
+    #[serde(default)]
+    input_microusd_per_mtok: Option<u64>,
+    #[serde(default)]
+    output_usd_per_mtok: Option<Usd>,
+    #[serde(default)]
+    output_microusd_per_mtok: Option<u64>,
+    #[serde(default)]
+    cached_input_usd_per_mtok: Option<Usd>,
+    #[serde(default)]
+    cached_input_microusd_per_mtok: Option<u64>,
+    #[serde(default)]
+    cache_write_usd_per_mtok: Option<Usd>,
+    #[serde(default)]
+    cache_write_microusd_per_mtok: Option<u64>,
+}
+
+fn price_field(usd: Option<&Usd>, micros: Option<u64>, kind: &str) -> Result<Option<u64>, Error> {
+    match (usd, micros) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "invalid_field",
+            format!("Give {kind}_usd_per_mtok or {kind}_microusd_per_mtok, not both."),
+        )),
+        (Some(usd), None) => usd.microusd(&format!("{kind}_usd_per_mtok")).map(Some),
+        (None, micros) => Ok(micros),
+    }
+}
+
+fn required_price(value: Option<u64>, kind: &str) -> Result<u64, Error> {
+    value.ok_or_else(|| {
+        Error::invalid(
+            "invalid_field",
+            format!("{kind}_usd_per_mtok (or {kind}_microusd_per_mtok) is required."),
+        )
+    })
+}
+
+impl PriceBody {
+    fn record(&self, model: String) -> Result<PriceRecord, Error> {
+        let input = price_field(
+            self.input_usd_per_mtok.as_ref(),
+            self.input_microusd_per_mtok,
+            "input",
+        )?;
+        let output = price_field(
+            self.output_usd_per_mtok.as_ref(),
+            self.output_microusd_per_mtok,
+            "output",
+        )?;
+        Ok(PriceRecord {
+            model,
+            input_microusd_per_mtok: required_price(input, "input")?,
+            output_microusd_per_mtok: required_price(output, "output")?,
+            cached_input_microusd_per_mtok: price_field(
+                self.cached_input_usd_per_mtok.as_ref(),
+                self.cached_input_microusd_per_mtok,
+                "cached_input",
+            )?,
+            cache_write_microusd_per_mtok: price_field(
+                self.cache_write_usd_per_mtok.as_ref(),
+                self.cache_write_microusd_per_mtok,
+                "cache_write",
+            )?,
+        })
+    }
+}
+
+async fn list_prices(State(state): State<Shared>) -> Result<Response, Error> {
+    let prices = with_store(&state.store, |store| store.prices()).await?;
+    Ok(Json(List { data: prices }).into_response())
+}
+
+async fn get_price(
+    State(state): State<Shared>,
+    Path(model): Path<String>,
+) -> Result<Response, Error> {
+    let price = with_store(&state.store, move |store| {
+        store
+            .prices()?
+            .into_iter()
+            .find(|price| price.model == model)
+            .ok_or_else(|| Error::not_found("price_not_found", format!("No price for {model:?}.")))
+    })
+    .await?;
+    Ok(Json(price).into_response())
+}
+
+async fn set_price(
+    State(state): State<Shared>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let request: PriceBody = parse_body(&body)?;
+    let record = request.record(model)?;
+    let price = with_store(&state.store, move |store| {
+        store.set_price(&actor, now(), &record)
+    })
+    .await?;
+    Ok(Json(price).into_response())
+}
+
+async fn remove_price(
+    State(state): State<Shared>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(model): Path<String>,
+) -> Result<Response, Error> {
+    let removed = with_store(&state.store, move |store| {
+        store.remove_price(&actor, now(), &model)
+    })
+    .await?;
+    Ok(Json(removed).into_response())
+}
+
+// ---- usage reports -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchesQuery {
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// `POST /v1/usage`: a signed usage report from the data plane. The signature (HMAC-SHA256 of
+/// the exact body with the snapshot signing key) is checked before the body is parsed.
+async fn usage_report(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::new(
+                413,
+                "report_too_large",
+                format!("A usage report is at most {MAX_USAGE_REPORT_BYTES} bytes."),
+            )
+        } else {
+            Error::invalid("invalid_body", rejection.body_text())
+        }
+    })?;
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let report = verify_report(&body, signature, std::slice::from_ref(&state.signing_key))
+        .map_err(|rejected| match rejected {
+            ReportRejected::Signature => Error::new(
+                401,
+                "invalid_signature",
+                format!(
+                    "The {SIGNATURE_HEADER} header is missing, names an unknown key, or does not \
+                     verify over this body."
+                ),
+            ),
+            ReportRejected::Invalid(error) => {
+                Error::invalid("invalid_report", format!("Invalid usage report: {error}"))
+            }
+        })?;
+    let applied = with_store(&state.store, move |store| {
+        store.apply_usage_report(&report, now())
+    })
+    .await?;
+    for warning in applied.warnings.iter().take(MAX_LOGGED_WARNINGS) {
+        eprintln!("keyward: warning: {warning}");
+    }
+    if applied.warnings.len() > MAX_LOGGED_WARNINGS {
+        eprintln!(
+            "keyward: warning: ... and {} more for this usage batch",
+            applied.warnings.len() - MAX_LOGGED_WARNINGS
+        );
+    }
+    let mut response = Json(applied.ack).into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn usage_batches(
+    State(state): State<Shared>,
+    params: Result<Query<BatchesQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let limit = query(params)?.limit.unwrap_or(DEFAULT_BATCH_LIMIT);
+    let batches = with_store(&state.store, move |store| store.usage_batches(limit)).await?;
+    Ok(Json(List { data: batches }).into_response())
 }
 
 // ---- snapshot --------------------------------------------------------------------------------

@@ -3,22 +3,27 @@
 //! audit trail never disagree. Only hashes of keys are stored; no column ever holds a plaintext
 //! key or a secret.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use keyward_engine::snapshot::{
-    KeyRecord, KeyStatus, Policy, ProjectRecord, ProjectStatus, Snapshot,
+    KeyRecord, KeyStatus, Policy, PriceRecord, ProjectRecord, ProjectStatus, RateLimits, Snapshot,
 };
+use keyward_engine::usage_report::{UsageAck, UsageReport};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::Error;
 use crate::keygen::{self, Environment, Format, Plaintext};
-use crate::units::{from_sql_int, to_sql_int};
+use crate::units::{from_sql_int, saturating_sql_int, to_sql_int};
 
-/// Bumped when the schema changes; a store written by a newer keyward is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped when the schema changes; a store written by a newer keyward is refused. Version 2 added
+/// soft caps, rate limits, prices and usage batches (see `MIGRATIONS`).
+const SCHEMA_VERSION: i64 = 2;
 
+/// The current schema. On an existing store the `CREATE ... IF NOT EXISTS` statements leave the
+/// old tables alone; `MIGRATIONS` then adds the columns those tables lack.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS policy_version (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
@@ -27,36 +32,40 @@ CREATE TABLE IF NOT EXISTS policy_version (
 INSERT OR IGNORE INTO policy_version (id, version) VALUES (1, 1);
 
 CREATE TABLE IF NOT EXISTS projects (
-    id                 TEXT PRIMARY KEY,
-    org                TEXT NOT NULL,
-    status             TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
-    spend_cap_microusd INTEGER,
-    spent_microusd     INTEGER NOT NULL DEFAULT 0,
-    created_at         INTEGER NOT NULL,
-    archived_at        INTEGER
+    id                      TEXT PRIMARY KEY,
+    org                     TEXT NOT NULL,
+    status                  TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
+    spend_cap_microusd      INTEGER,
+    spent_microusd          INTEGER NOT NULL DEFAULT 0,
+    created_at              INTEGER NOT NULL,
+    archived_at             INTEGER,
+    spend_soft_cap_microusd INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS keys (
-    id                 TEXT PRIMARY KEY,
-    format             TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
-    secret_sha256      TEXT,
-    key_sha256         TEXT UNIQUE,
-    project            TEXT REFERENCES projects (id),
-    org                TEXT,
-    environment        TEXT NOT NULL,
-    status             TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
-    scopes             TEXT NOT NULL,
-    models             TEXT,
-    expires_at         INTEGER,
-    spend_cap_microusd INTEGER,
-    spent_microusd     INTEGER NOT NULL DEFAULT 0,
-    label              TEXT,
-    note               TEXT,
-    created_at         INTEGER NOT NULL,
-    last_seen_at       INTEGER,
-    rotated_from       TEXT REFERENCES keys (id),
-    revoke_at          INTEGER,
-    revoked_at         INTEGER,
+    id                      TEXT PRIMARY KEY,
+    format                  TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
+    secret_sha256           TEXT,
+    key_sha256              TEXT UNIQUE,
+    project                 TEXT REFERENCES projects (id),
+    org                     TEXT,
+    environment             TEXT NOT NULL,
+    status                  TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
+    scopes                  TEXT NOT NULL,
+    models                  TEXT,
+    expires_at              INTEGER,
+    spend_cap_microusd      INTEGER,
+    spent_microusd          INTEGER NOT NULL DEFAULT 0,
+    label                   TEXT,
+    note                    TEXT,
+    created_at              INTEGER NOT NULL,
+    last_seen_at            INTEGER,
+    rotated_from            TEXT REFERENCES keys (id),
+    revoke_at               INTEGER,
+    revoked_at              INTEGER,
+    spend_soft_cap_microusd INTEGER,
+    rate_limit_rpm          INTEGER,
+    rate_limit_tpm          INTEGER,
     CHECK ((secret_sha256 IS NULL) <> (key_sha256 IS NULL)),
     CHECK ((project IS NULL) <> (org IS NULL))
 );
@@ -73,7 +82,45 @@ CREATE TABLE IF NOT EXISTS audit_events (
     details        TEXT NOT NULL,
     policy_version INTEGER NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS prices (
+    model                          TEXT PRIMARY KEY,
+    input_microusd_per_mtok        INTEGER NOT NULL,
+    output_microusd_per_mtok       INTEGER NOT NULL,
+    cached_input_microusd_per_mtok INTEGER,
+    cache_write_microusd_per_mtok  INTEGER,
+    updated_at                     INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS usage_batches (
+    batch_id       TEXT PRIMARY KEY,
+    reporter       TEXT NOT NULL,
+    received_at    INTEGER NOT NULL,
+    policy_version INTEGER NOT NULL,
+    entries        INTEGER NOT NULL,
+    applied        INTEGER NOT NULL,
+    skipped        INTEGER NOT NULL,
+    cost_microusd  INTEGER NOT NULL,
+    requests       INTEGER NOT NULL,
+    input_tokens   INTEGER NOT NULL,
+    output_tokens  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_batches_by_time ON usage_batches (received_at);
 "#;
+
+/// Columns added after schema version 1: (table, column, type). Each is added with
+/// `ALTER TABLE ... ADD COLUMN` when `PRAGMA table_info` does not list it, so opening an older
+/// store keeps its data and a current store is left alone.
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    ("projects", "spend_soft_cap_microusd", "INTEGER"),
+    ("keys", "spend_soft_cap_microusd", "INTEGER"),
+    ("keys", "rate_limit_rpm", "INTEGER"),
+    ("keys", "rate_limit_tpm", "INTEGER"),
+];
+
+/// How long an applied usage batch id is remembered: a retry within this window is answered as
+/// a duplicate; the rows are pruned afterwards so the table stays small.
+pub const USAGE_BATCH_RETENTION_SECONDS: u64 = 30 * 86_400;
 
 /// The actor recorded for changes keyward makes by itself (a rotation grace deadline passing).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -98,6 +145,9 @@ pub struct KeySettings {
     pub models: Option<Vec<String>>,
     pub expires_at: Option<u64>,
     pub spend_cap_microusd: Option<u64>,
+    /// Past it the filter adds a warning header; must be below the cap.
+    pub spend_soft_cap_microusd: Option<u64>,
+    pub rate_limits: Option<RateLimits>,
     pub label: Option<String>,
     pub note: Option<String>,
 }
@@ -116,6 +166,10 @@ pub struct KeyUpdate {
     pub models: Option<Option<Vec<String>>>,
     pub expires_at: Option<Option<u64>>,
     pub spend_cap_microusd: Option<Option<u64>>,
+    pub spend_soft_cap_microusd: Option<Option<u64>>,
+    /// The two rate limits change independently: `Some(None)` removes one.
+    pub requests_per_minute: Option<Option<u32>>,
+    pub tokens_per_minute: Option<Option<u64>>,
     pub label: Option<Option<String>>,
     pub note: Option<Option<String>>,
 }
@@ -126,9 +180,71 @@ impl KeyUpdate {
             && self.models.is_none()
             && self.expires_at.is_none()
             && self.spend_cap_microusd.is_none()
+            && self.spend_soft_cap_microusd.is_none()
+            && self.requests_per_minute.is_none()
+            && self.tokens_per_minute.is_none()
             && self.label.is_none()
             && self.note.is_none()
     }
+}
+
+/// A partial update of a project's caps: `None` leaves a cap alone; `Some(None)` removes it.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectUpdate {
+    pub spend_cap_microusd: Option<Option<u64>>,
+    pub spend_soft_cap_microusd: Option<Option<u64>>,
+}
+
+/// A price as operators see it: micro-USD per one million tokens, as in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceView {
+    pub model: String,
+    pub input_microusd_per_mtok: u64,
+    pub output_microusd_per_mtok: u64,
+    /// `null`: the input price applies.
+    pub cached_input_microusd_per_mtok: Option<u64>,
+    /// `null`: the input price applies.
+    pub cache_write_microusd_per_mtok: Option<u64>,
+    pub updated_at: u64,
+}
+
+impl PriceView {
+    fn record(&self) -> PriceRecord {
+        PriceRecord {
+            model: self.model.clone(),
+            input_microusd_per_mtok: self.input_microusd_per_mtok,
+            output_microusd_per_mtok: self.output_microusd_per_mtok,
+            cached_input_microusd_per_mtok: self.cached_input_microusd_per_mtok,
+            cache_write_microusd_per_mtok: self.cache_write_microusd_per_mtok,
+        }
+    }
+}
+
+/// A usage report batch as it was applied (the idempotency record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageBatchView {
+    pub batch_id: String,
+    pub reporter: String,
+    pub received_at: u64,
+    /// The first policy version whose spend includes the batch (the acknowledged version).
+    pub policy_version: u64,
+    pub entries: u64,
+    /// Entries whose key was found and charged.
+    pub applied: u64,
+    /// Entries skipped: unknown key.
+    pub skipped: u64,
+    pub cost_microusd: u64,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The outcome of a usage report: the acknowledgement, and what was skipped (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageApplied {
+    pub ack: UsageAck,
+    /// One line per skipped entry or skipped project charge; never a secret.
+    pub warnings: Vec<String>,
 }
 
 /// A status change requested by an operator.
@@ -145,8 +261,8 @@ pub struct ProjectView {
     pub id: String,
     pub org: String,
     pub status: ProjectStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub spend_cap_microusd: Option<u64>,
+    pub spend_soft_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
     pub created_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,10 +284,14 @@ pub struct KeyView {
     pub models: Option<Vec<String>>,
     pub expires_at: Option<u64>,
     pub spend_cap_microusd: Option<u64>,
+    pub spend_soft_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
+    /// Per Envoy instance; `null`: none.
+    pub rate_limits: Option<RateLimits>,
     pub label: Option<String>,
     pub note: Option<String>,
     pub created_at: u64,
+    /// The last use a data plane reported (usage reports).
     pub last_seen_at: Option<u64>,
     pub rotated_from: Option<String>,
     /// Set while a rotated key is in its grace period: when it becomes revoked.
@@ -253,10 +373,17 @@ fn read_opt_int(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<u64>> {
 
 const KEY_COLUMNS: &str = "id, format, secret_sha256, key_sha256, project, org, environment, \
     status, scopes, models, expires_at, spend_cap_microusd, spent_microusd, label, note, \
-    created_at, last_seen_at, rotated_from, revoke_at, revoked_at";
+    created_at, last_seen_at, rotated_from, revoke_at, revoked_at, spend_soft_cap_microusd, \
+    rate_limit_rpm, rate_limit_tpm";
 
-const PROJECT_COLUMNS: &str =
-    "id, org, status, spend_cap_microusd, spent_microusd, created_at, archived_at";
+const PROJECT_COLUMNS: &str = "id, org, status, spend_cap_microusd, spent_microusd, created_at, \
+    archived_at, spend_soft_cap_microusd";
+
+const PRICE_COLUMNS: &str = "model, input_microusd_per_mtok, output_microusd_per_mtok, \
+    cached_input_microusd_per_mtok, cache_write_microusd_per_mtok, updated_at";
+
+const BATCH_COLUMNS: &str = "batch_id, reporter, received_at, policy_version, entries, applied, \
+    skipped, cost_microusd, requests, input_tokens, output_tokens";
 
 /// Raw column values; converted (with errors that are ours, not SQLite's) by `into_key_row`.
 struct RawKey {
@@ -280,6 +407,9 @@ struct RawKey {
     rotated_from: Option<String>,
     revoke_at: Option<u64>,
     revoked_at: Option<u64>,
+    spend_soft_cap_microusd: Option<u64>,
+    rate_limit_rpm: Option<u64>,
+    rate_limit_tpm: Option<u64>,
 }
 
 fn raw_key(row: &Row<'_>) -> rusqlite::Result<RawKey> {
@@ -304,7 +434,35 @@ fn raw_key(row: &Row<'_>) -> rusqlite::Result<RawKey> {
         rotated_from: row.get("rotated_from")?,
         revoke_at: read_opt_int(row, "revoke_at")?,
         revoked_at: read_opt_int(row, "revoked_at")?,
+        spend_soft_cap_microusd: read_opt_int(row, "spend_soft_cap_microusd")?,
+        rate_limit_rpm: read_opt_int(row, "rate_limit_rpm")?,
+        rate_limit_tpm: read_opt_int(row, "rate_limit_tpm")?,
     })
+}
+
+/// The stored limit columns as the snapshot's object: absent when neither is set.
+fn rate_limits_of(rpm: Option<u64>, tpm: Option<u64>) -> Result<Option<RateLimits>, Error> {
+    let requests_per_minute = rpm
+        .map(|rpm| {
+            u32::try_from(rpm).map_err(|_| Error::internal("a stored rate limit is out of range"))
+        })
+        .transpose()?;
+    Ok(
+        (requests_per_minute.is_some() || tpm.is_some()).then_some(RateLimits {
+            requests_per_minute,
+            tokens_per_minute: tpm,
+        }),
+    )
+}
+
+fn rpm_of(limits: Option<&RateLimits>) -> Option<u64> {
+    limits
+        .and_then(|limits| limits.requests_per_minute)
+        .map(u64::from)
+}
+
+fn tpm_of(limits: Option<&RateLimits>) -> Option<u64> {
+    limits.and_then(|limits| limits.tokens_per_minute)
 }
 
 fn into_key_row(raw: RawKey) -> Result<KeyRow, Error> {
@@ -329,7 +487,9 @@ fn into_key_row(raw: RawKey) -> Result<KeyRow, Error> {
             models,
             expires_at: raw.expires_at,
             spend_cap_microusd: raw.spend_cap_microusd,
+            spend_soft_cap_microusd: raw.spend_soft_cap_microusd,
             spent_microusd: raw.spent_microusd,
+            rate_limits: rate_limits_of(raw.rate_limit_rpm, raw.rate_limit_tpm)?,
             label: raw.label,
             note: raw.note,
             created_at: raw.created_at,
@@ -351,6 +511,7 @@ struct RawProject {
     spent_microusd: u64,
     created_at: u64,
     archived_at: Option<u64>,
+    spend_soft_cap_microusd: Option<u64>,
 }
 
 fn raw_project(row: &Row<'_>) -> rusqlite::Result<RawProject> {
@@ -362,6 +523,7 @@ fn raw_project(row: &Row<'_>) -> rusqlite::Result<RawProject> {
         spent_microusd: from_sql_int(row.get("spent_microusd")?),
         created_at: from_sql_int(row.get("created_at")?),
         archived_at: read_opt_int(row, "archived_at")?,
+        spend_soft_cap_microusd: read_opt_int(row, "spend_soft_cap_microusd")?,
     })
 }
 
@@ -371,6 +533,7 @@ fn into_project_view(raw: RawProject) -> Result<ProjectView, Error> {
         id: raw.id,
         org: raw.org,
         spend_cap_microusd: raw.spend_cap_microusd,
+        spend_soft_cap_microusd: raw.spend_soft_cap_microusd,
         spent_microusd: raw.spent_microusd,
         created_at: raw.created_at,
         archived_at: raw.archived_at,
@@ -385,7 +548,7 @@ impl ProjectView {
             status: self.status,
             spend_cap_microusd: self.spend_cap_microusd,
             spent_microusd: self.spent_microusd,
-            spend_soft_cap_microusd: None,
+            spend_soft_cap_microusd: self.spend_soft_cap_microusd,
         }
     }
 }
@@ -414,8 +577,8 @@ impl KeyRow {
             spend_cap_microusd: view.spend_cap_microusd,
             spent_microusd: view.spent_microusd,
             label: view.label.clone(),
-            spend_soft_cap_microusd: None,
-            rate_limits: None,
+            spend_soft_cap_microusd: view.spend_soft_cap_microusd,
+            rate_limits: view.rate_limits,
             created_at: Some(view.created_at),
             last_used_at: view.last_seen_at,
         }
@@ -424,20 +587,23 @@ impl KeyRow {
 
 /// Checks records with the filter's own snapshot validation, so the control plane never
 /// accepts what the data plane would refuse. The error names the field.
-fn validate_with_engine(projects: Vec<ProjectRecord>, keys: Vec<KeyRecord>) -> Result<(), Error> {
+fn validate_with_engine(
+    projects: Vec<ProjectRecord>,
+    keys: Vec<KeyRecord>,
+    prices: Vec<PriceRecord>,
+) -> Result<(), Error> {
     let snapshot = Snapshot {
         version: 1,
         issued_at: 0,
         expires_at: None,
         projects,
         keys,
-        prices: Vec::new(),
+        prices,
     };
     Policy::compile(snapshot).map(|_| ()).map_err(|error| {
-        let path = error
-            .path
-            .strip_prefix("keys[0]")
-            .or_else(|| error.path.strip_prefix("projects[0]"))
+        let path = ["keys[0]", "projects[0]", "prices[0]"]
+            .iter()
+            .find_map(|prefix| error.path.strip_prefix(prefix))
             .unwrap_or(&error.path)
             .trim_start_matches('.');
         let message = if path.is_empty() {
@@ -555,6 +721,120 @@ fn find_key(conn: &Connection, id: &str) -> Result<Option<KeyRow>, Error> {
     .transpose()
 }
 
+fn raw_price(row: &Row<'_>) -> rusqlite::Result<PriceView> {
+    Ok(PriceView {
+        model: row.get("model")?,
+        input_microusd_per_mtok: from_sql_int(row.get("input_microusd_per_mtok")?),
+        output_microusd_per_mtok: from_sql_int(row.get("output_microusd_per_mtok")?),
+        cached_input_microusd_per_mtok: read_opt_int(row, "cached_input_microusd_per_mtok")?,
+        cache_write_microusd_per_mtok: read_opt_int(row, "cache_write_microusd_per_mtok")?,
+        updated_at: from_sql_int(row.get("updated_at")?),
+    })
+}
+
+fn find_price(conn: &Connection, model: &str) -> Result<Option<PriceView>, Error> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {PRICE_COLUMNS} FROM prices WHERE model = ?1"),
+            [model],
+            raw_price,
+        )
+        .optional()?)
+}
+
+fn all_prices(conn: &Connection) -> Result<Vec<PriceView>, Error> {
+    let mut statement = conn.prepare(&format!(
+        "SELECT {PRICE_COLUMNS} FROM prices ORDER BY model"
+    ))?;
+    let prices = statement
+        .query_map([], raw_price)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(prices)
+}
+
+/// Inserts or replaces one price row.
+fn write_price(conn: &Connection, price: &PriceRecord, now: u64) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO prices (model, input_microusd_per_mtok, output_microusd_per_mtok, \
+         cached_input_microusd_per_mtok, cache_write_microusd_per_mtok, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (model) DO UPDATE SET \
+         input_microusd_per_mtok = excluded.input_microusd_per_mtok, \
+         output_microusd_per_mtok = excluded.output_microusd_per_mtok, \
+         cached_input_microusd_per_mtok = excluded.cached_input_microusd_per_mtok, \
+         cache_write_microusd_per_mtok = excluded.cache_write_microusd_per_mtok, \
+         updated_at = excluded.updated_at",
+        params![
+            price.model,
+            to_sql_int(price.input_microusd_per_mtok)?,
+            to_sql_int(price.output_microusd_per_mtok)?,
+            opt_int(price.cached_input_microusd_per_mtok)?,
+            opt_int(price.cache_write_microusd_per_mtok)?,
+            to_sql_int(now)?,
+        ],
+    )?;
+    Ok(())
+}
+
+fn price_details(price: &PriceRecord) -> serde_json::Value {
+    json!({
+        "input_microusd_per_mtok": price.input_microusd_per_mtok,
+        "output_microusd_per_mtok": price.output_microusd_per_mtok,
+        "cached_input_microusd_per_mtok": price.cached_input_microusd_per_mtok,
+        "cache_write_microusd_per_mtok": price.cache_write_microusd_per_mtok,
+    })
+}
+
+fn raw_batch(row: &Row<'_>) -> rusqlite::Result<UsageBatchView> {
+    let int = |column: &str| row.get::<_, i64>(column).map(from_sql_int);
+    Ok(UsageBatchView {
+        batch_id: row.get("batch_id")?,
+        reporter: row.get("reporter")?,
+        received_at: int("received_at")?,
+        policy_version: int("policy_version")?,
+        entries: int("entries")?,
+        applied: int("applied")?,
+        skipped: int("skipped")?,
+        cost_microusd: int("cost_microusd")?,
+        requests: int("requests")?,
+        input_tokens: int("input_tokens")?,
+        output_tokens: int("output_tokens")?,
+    })
+}
+
+/// The reporter names the audit actor: printable, at most 64 characters, never empty.
+fn reporter_actor(reporter: &str) -> String {
+    let cleaned: String = reporter
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.is_empty() {
+        "data-plane".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// A batch id or key id from a report, shortened for a log line.
+fn shown(text: &str) -> String {
+    let cleaned: String = text.chars().filter(|c| !c.is_control()).take(80).collect();
+    format!("{cleaned:?}")
+}
+
+/// A key's or project's figures before a report, and the report's running totals for it.
+struct Charge {
+    spent: u64,
+    last_seen_at: Option<u64>,
+}
+
+impl Charge {
+    fn add(&mut self, cost: u64, last_used_at: Option<u64>) {
+        self.spent = self.spent.saturating_add(cost);
+        self.last_seen_at = self.last_seen_at.max(last_used_at);
+    }
+}
+
 fn require_not_revoked(row: &KeyRow) -> Result<(), Error> {
     if row.view.status == KeyStatus::Revoked {
         return Err(Error::conflict(
@@ -573,9 +853,27 @@ fn settings_details(settings: &KeySettings) -> serde_json::Value {
         "models": settings.models,
         "expires_at": settings.expires_at,
         "spend_cap_microusd": settings.spend_cap_microusd,
+        "spend_soft_cap_microusd": settings.spend_soft_cap_microusd,
+        "rate_limits": settings.rate_limits,
         "label": settings.label,
         "note": settings.note,
     })
+}
+
+/// Adds the columns of `MIGRATIONS` that a store created by an older keyward lacks.
+fn migrate(tx: &Transaction<'_>) -> Result<(), Error> {
+    for (table, column, kind) in MIGRATIONS {
+        let present: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            params![table, column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            // Names and types are constants of this module, never input.
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -606,6 +904,7 @@ impl Store {
             )));
         }
         tx.execute_batch(SCHEMA)?;
+        migrate(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(Store { conn })
@@ -635,14 +934,15 @@ impl Store {
         Ok(result)
     }
 
-    /// Imports the projects and keys of a plain snapshot (hashes only) into an empty-for-those-ids
-    /// store: for moving existing hashed keys in, and for seeding demos. One audited change.
+    /// Imports the projects, keys and prices of a plain snapshot (hashes only) into an
+    /// empty-for-those-ids store: for moving existing hashed keys in, and for seeding demos. One
+    /// audited change. Returns the counts of projects, keys and prices.
     pub fn import_snapshot(
         &mut self,
         actor: &str,
         now: u64,
         snapshot: &Snapshot,
-    ) -> Result<(usize, usize), Error> {
+    ) -> Result<(usize, usize, usize), Error> {
         // The filter must be able to use what we import: check with its own compiler first.
         Policy::compile(snapshot.clone()).map_err(|error| {
             Error::invalid(
@@ -665,14 +965,15 @@ impl Store {
                 };
                 change.tx.execute(
                     "INSERT INTO projects (id, org, status, spend_cap_microusd, spent_microusd, \
-                     created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     created_at, spend_soft_cap_microusd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         project.id,
                         project.org,
                         status,
                         opt_int(project.spend_cap_microusd)?,
                         to_sql_int(project.spent_microusd)?,
-                        to_sql_int(now)?
+                        to_sql_int(now)?,
+                        opt_int(project.spend_soft_cap_microusd)?
                     ],
                 )?;
             }
@@ -691,8 +992,9 @@ impl Store {
                 change.tx.execute(
                     "INSERT INTO keys (id, format, secret_sha256, key_sha256, project, org, \
                      environment, status, scopes, models, expires_at, spend_cap_microusd, \
-                     spent_microusd, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                     ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     spent_microusd, label, created_at, last_seen_at, spend_soft_cap_microusd, \
+                     rate_limit_rpm, rate_limit_tpm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                     params![
                         key.id,
                         format,
@@ -708,16 +1010,35 @@ impl Store {
                         opt_int(key.spend_cap_microusd)?,
                         to_sql_int(key.spent_microusd)?,
                         key.label,
-                        to_sql_int(now)?
+                        to_sql_int(key.created_at.unwrap_or(now))?,
+                        opt_int(key.last_used_at)?,
+                        opt_int(key.spend_soft_cap_microusd)?,
+                        opt_int(rpm_of(key.rate_limits.as_ref()))?,
+                        opt_int(tpm_of(key.rate_limits.as_ref()))?
                     ],
                 )?;
+            }
+            for price in &snapshot.prices {
+                if find_price(change.tx, &price.model)?.is_some() {
+                    return Err(Error::conflict(
+                        "price_exists",
+                        format!("A price for {:?} already exists.", price.model),
+                    ));
+                }
+                validate_text("model", Some(&price.model), 256)?;
+                write_price(change.tx, price, now)?;
             }
             change.audit(
                 "snapshot.import",
                 "policy",
-                json!({"projects": snapshot.projects.len(), "keys": snapshot.keys.len()}),
+                json!({"projects": snapshot.projects.len(), "keys": snapshot.keys.len(),
+                       "prices": snapshot.prices.len()}),
             )?;
-            Ok((snapshot.projects.len(), snapshot.keys.len()))
+            Ok((
+                snapshot.projects.len(),
+                snapshot.keys.len(),
+                snapshot.prices.len(),
+            ))
         })
     }
 
@@ -739,17 +1060,19 @@ impl Store {
         id: &str,
         org: &str,
         spend_cap_microusd: Option<u64>,
+        spend_soft_cap_microusd: Option<u64>,
     ) -> Result<ProjectView, Error> {
         let view = ProjectView {
             id: id.to_owned(),
             org: org.to_owned(),
             status: ProjectStatus::Active,
             spend_cap_microusd,
+            spend_soft_cap_microusd,
             spent_microusd: 0,
             created_at: now,
             archived_at: None,
         };
-        validate_with_engine(vec![view.record()], vec![])?;
+        validate_with_engine(vec![view.record()], vec![], vec![])?;
         self.change(actor, now, |change| {
             if find_project(change.tx, id)?.is_some() {
                 return Err(Error::conflict(
@@ -758,16 +1081,68 @@ impl Store {
                 ));
             }
             change.tx.execute(
-                "INSERT INTO projects (id, org, status, spend_cap_microusd, created_at) \
-                 VALUES (?1, ?2, 'active', ?3, ?4)",
-                params![id, org, opt_int(spend_cap_microusd)?, to_sql_int(now)?],
+                "INSERT INTO projects (id, org, status, spend_cap_microusd, \
+                 spend_soft_cap_microusd, created_at) VALUES (?1, ?2, 'active', ?3, ?4, ?5)",
+                params![
+                    id,
+                    org,
+                    opt_int(spend_cap_microusd)?,
+                    opt_int(spend_soft_cap_microusd)?,
+                    to_sql_int(now)?
+                ],
             )?;
             change.audit(
                 "project.create",
                 id,
-                json!({"org": org, "spend_cap_microusd": spend_cap_microusd}),
+                json!({"org": org, "spend_cap_microusd": spend_cap_microusd,
+                       "spend_soft_cap_microusd": spend_soft_cap_microusd}),
             )?;
             Ok(view)
+        })
+    }
+
+    pub fn project(&self, id: &str) -> Result<ProjectView, Error> {
+        find_project(&self.conn, id)?
+            .ok_or_else(|| Error::not_found("project_not_found", format!("No project {id:?}.")))
+    }
+
+    /// Changes a project's caps (checked with the engine, like everything stored).
+    pub fn update_project(
+        &mut self,
+        actor: &str,
+        now: u64,
+        id: &str,
+        update: &ProjectUpdate,
+    ) -> Result<ProjectView, Error> {
+        if update.spend_cap_microusd.is_none() && update.spend_soft_cap_microusd.is_none() {
+            return Err(Error::invalid(
+                "nothing_to_change",
+                "Name at least one setting to change.",
+            ));
+        }
+        self.change(actor, now, |change| {
+            let mut view = change.project(id)?;
+            let mut details = serde_json::Map::new();
+            if let Some(cap) = update.spend_cap_microusd {
+                view.spend_cap_microusd = cap;
+                details.insert("spend_cap_microusd".into(), json!(cap));
+            }
+            if let Some(soft) = update.spend_soft_cap_microusd {
+                view.spend_soft_cap_microusd = soft;
+                details.insert("spend_soft_cap_microusd".into(), json!(soft));
+            }
+            validate_with_engine(vec![view.record()], vec![], vec![])?;
+            change.tx.execute(
+                "UPDATE projects SET spend_cap_microusd = ?2, spend_soft_cap_microusd = ?3 \
+                 WHERE id = ?1",
+                params![
+                    id,
+                    opt_int(view.spend_cap_microusd)?,
+                    opt_int(view.spend_soft_cap_microusd)?
+                ],
+            )?;
+            change.audit("project.update", id, serde_json::Value::Object(details))?;
+            change.project(id)
         })
     }
 
@@ -911,6 +1286,28 @@ impl Store {
                 view.spend_cap_microusd = cap;
                 details.insert("spend_cap_microusd".into(), json!(cap));
             }
+            if let Some(soft) = update.spend_soft_cap_microusd {
+                view.spend_soft_cap_microusd = soft;
+                details.insert("spend_soft_cap_microusd".into(), json!(soft));
+            }
+            if update.requests_per_minute.is_some() || update.tokens_per_minute.is_some() {
+                let current = view.rate_limits.unwrap_or(RateLimits {
+                    requests_per_minute: None,
+                    tokens_per_minute: None,
+                });
+                let limits = RateLimits {
+                    requests_per_minute: update
+                        .requests_per_minute
+                        .unwrap_or(current.requests_per_minute),
+                    tokens_per_minute: update
+                        .tokens_per_minute
+                        .unwrap_or(current.tokens_per_minute),
+                };
+                view.rate_limits = (limits.requests_per_minute.is_some()
+                    || limits.tokens_per_minute.is_some())
+                .then_some(limits);
+                details.insert("rate_limits".into(), json!(view.rate_limits));
+            }
             if let Some(label) = &update.label {
                 view.label.clone_from(label);
                 details.insert("label".into(), json!(label));
@@ -929,7 +1326,8 @@ impl Store {
             let view = &updated.view;
             change.tx.execute(
                 "UPDATE keys SET scopes = ?2, models = ?3, expires_at = ?4, \
-                 spend_cap_microusd = ?5, label = ?6, note = ?7 WHERE id = ?1",
+                 spend_cap_microusd = ?5, label = ?6, note = ?7, spend_soft_cap_microusd = ?8, \
+                 rate_limit_rpm = ?9, rate_limit_tpm = ?10 WHERE id = ?1",
                 params![
                     id,
                     serde_json::to_string(&view.scopes)?,
@@ -941,6 +1339,9 @@ impl Store {
                     opt_int(view.spend_cap_microusd)?,
                     view.label,
                     view.note,
+                    opt_int(view.spend_soft_cap_microusd)?,
+                    opt_int(rpm_of(view.rate_limits.as_ref()))?,
+                    opt_int(tpm_of(view.rate_limits.as_ref()))?,
                 ],
             )?;
             change.audit("key.update", id, serde_json::Value::Object(details))?;
@@ -1061,6 +1462,237 @@ impl Store {
         Ok(due)
     }
 
+    // ---- prices ---------------------------------------------------------------------------
+
+    /// The price table, by model.
+    pub fn prices(&self) -> Result<Vec<PriceView>, Error> {
+        all_prices(&self.conn)
+    }
+
+    /// Sets (creates or replaces) the price of a model or model prefix (`gpt-4o*`).
+    pub fn set_price(
+        &mut self,
+        actor: &str,
+        now: u64,
+        price: &PriceRecord,
+    ) -> Result<PriceView, Error> {
+        validate_text("model", Some(&price.model), 256)?;
+        validate_with_engine(vec![], vec![], vec![price.clone()])?;
+        self.change(actor, now, |change| {
+            let previous = find_price(change.tx, &price.model)?;
+            write_price(change.tx, price, now)?;
+            let mut details = price_details(price);
+            if let Some(object) = details.as_object_mut() {
+                object.insert(
+                    "previous".into(),
+                    previous.map_or(serde_json::Value::Null, |old| price_details(&old.record())),
+                );
+            }
+            change.audit("price.set", &price.model, details)?;
+            find_price(change.tx, &price.model)?
+                .ok_or_else(|| Error::internal("a price just written is missing"))
+        })
+    }
+
+    /// Removes a model's price; the filter then meters that model as unpriced.
+    pub fn remove_price(&mut self, actor: &str, now: u64, model: &str) -> Result<PriceView, Error> {
+        self.change(actor, now, |change| {
+            let removed = find_price(change.tx, model)?.ok_or_else(|| {
+                Error::not_found("price_not_found", format!("No price for {model:?}."))
+            })?;
+            change
+                .tx
+                .execute("DELETE FROM prices WHERE model = ?1", [model])?;
+            change.audit("price.remove", model, price_details(&removed.record()))?;
+            Ok(removed)
+        })
+    }
+
+    // ---- usage reports ---------------------------------------------------------------------
+
+    /// Applies a verified usage report in one transaction: adds each entry's cost to its key (and
+    /// to the project it charged), moves `last_seen_at` forward, remembers the batch id and
+    /// audits the batch once. The policy version is bumped once, when anything changed, so the
+    /// next snapshot carries the new figures; the acknowledgement names that version. A batch id
+    /// seen before is not applied again: its stored acknowledgement comes back with
+    /// `duplicate: true`.
+    ///
+    /// Entries for unknown keys are skipped (a report may race a store restore); a project charge
+    /// the key could not have made (not its own project, nor a project of its org) is skipped
+    /// while the key is still charged. Both are listed in `warnings`.
+    pub fn apply_usage_report(
+        &mut self,
+        report: &UsageReport,
+        now: u64,
+    ) -> Result<UsageApplied, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seen: Option<i64> = tx
+            .query_row(
+                "SELECT policy_version FROM usage_batches WHERE batch_id = ?1",
+                [&report.batch_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(version) = seen {
+            tx.commit()?;
+            return Ok(UsageApplied {
+                ack: UsageAck {
+                    batch_id: report.batch_id.clone(),
+                    version: from_sql_int(version),
+                    duplicate: true,
+                },
+                warnings: vec![],
+            });
+        }
+        let mut warnings = Vec::new();
+        let mut keys: BTreeMap<String, Charge> = BTreeMap::new();
+        let mut projects: BTreeMap<String, Charge> = BTreeMap::new();
+        let (mut applied, mut skipped) = (0u64, 0u64);
+        let (mut cost, mut requests, mut input_tokens, mut output_tokens) =
+            (0u64, 0u64, 0u64, 0u64);
+        for entry in &report.entries {
+            let Some(key) = find_key(&tx, &entry.key_id)? else {
+                skipped = skipped.saturating_add(1);
+                warnings.push(format!(
+                    "usage batch {}: unknown key {}, entry skipped",
+                    shown(&report.batch_id),
+                    shown(&entry.key_id)
+                ));
+                continue;
+            };
+            applied = applied.saturating_add(1);
+            cost = cost.saturating_add(entry.cost_microusd);
+            requests = requests.saturating_add(entry.requests);
+            input_tokens = input_tokens.saturating_add(entry.input_tokens);
+            output_tokens = output_tokens.saturating_add(entry.output_tokens);
+            keys.entry(key.view.id.clone())
+                .or_insert(Charge {
+                    spent: key.view.spent_microusd,
+                    last_seen_at: key.view.last_seen_at,
+                })
+                .add(entry.cost_microusd, entry.last_used_at);
+            let Some(project_id) = &entry.project else {
+                continue;
+            };
+            let project = find_project(&tx, project_id)?.filter(|project| {
+                match (&key.view.project, &key.view.org) {
+                    (Some(own), _) => own == &project.id,
+                    (None, Some(org)) => org == &project.org,
+                    (None, None) => false,
+                }
+            });
+            if let Some(project) = project {
+                projects
+                    .entry(project.id.clone())
+                    .or_insert(Charge {
+                        spent: project.spent_microusd,
+                        last_seen_at: None,
+                    })
+                    .add(entry.cost_microusd, None);
+            } else {
+                warnings.push(format!(
+                    "usage batch {}: key {} cannot charge project {} (unknown, or not the key's \
+                     own or of its org); charged the key only",
+                    shown(&report.batch_id),
+                    shown(&entry.key_id),
+                    shown(project_id)
+                ));
+            }
+        }
+        let version = if applied > 0 {
+            bump_version(&tx)?
+        } else {
+            let current: i64 = tx.query_row(
+                "SELECT version FROM policy_version WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )?;
+            from_sql_int(current)
+        };
+        // Sums are exact integers, held at i64::MAX rather than wrapped (SQLite would turn an
+        // overflowing sum into a float): computed here, within this transaction's lock.
+        for (id, charge) in &keys {
+            tx.execute(
+                "UPDATE keys SET spent_microusd = ?2, last_seen_at = ?3 WHERE id = ?1",
+                params![
+                    id,
+                    saturating_sql_int(charge.spent),
+                    charge.last_seen_at.map(saturating_sql_int),
+                ],
+            )?;
+        }
+        for (id, charge) in &projects {
+            tx.execute(
+                "UPDATE projects SET spent_microusd = ?2 WHERE id = ?1",
+                params![id, saturating_sql_int(charge.spent)],
+            )?;
+        }
+        let entries = u64::try_from(report.entries.len()).unwrap_or(u64::MAX);
+        tx.execute(
+            &format!(
+                "INSERT INTO usage_batches ({BATCH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 ?8, ?9, ?10, ?11)"
+            ),
+            params![
+                report.batch_id,
+                reporter_actor(&report.reporter),
+                saturating_sql_int(now),
+                saturating_sql_int(version),
+                saturating_sql_int(entries),
+                saturating_sql_int(applied),
+                saturating_sql_int(skipped),
+                saturating_sql_int(cost),
+                saturating_sql_int(requests),
+                saturating_sql_int(input_tokens),
+                saturating_sql_int(output_tokens),
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM usage_batches WHERE received_at < ?1",
+            [saturating_sql_int(
+                now.saturating_sub(USAGE_BATCH_RETENTION_SECONDS),
+            )],
+        )?;
+        let actor = reporter_actor(&report.reporter);
+        Change {
+            tx: &tx,
+            actor: &actor,
+            now,
+            version,
+        }
+        .audit(
+            "usage.report",
+            &report.batch_id,
+            json!({"entries": entries, "applied": applied, "skipped": skipped,
+                   "cost_microusd": cost, "requests": requests,
+                   "input_tokens": input_tokens, "output_tokens": output_tokens,
+                   "keys": keys.len(), "projects": projects.len()}),
+        )?;
+        tx.commit()?;
+        Ok(UsageApplied {
+            ack: UsageAck {
+                batch_id: report.batch_id.clone(),
+                version,
+                duplicate: false,
+            },
+            warnings,
+        })
+    }
+
+    /// The most recent usage batches, newest first.
+    pub fn usage_batches(&self, limit: u64) -> Result<Vec<UsageBatchView>, Error> {
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT {BATCH_COLUMNS} FROM usage_batches ORDER BY received_at DESC, rowid DESC \
+             LIMIT ?1"
+        ))?;
+        let batches = statement
+            .query_map([saturating_sql_int(limit)], raw_batch)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(batches)
+    }
+
     // ---- audit and snapshot ----------------------------------------------------------------
 
     /// The audit trail, oldest first; with `limit`, its last `limit` events.
@@ -1128,6 +1760,7 @@ impl Store {
                 .map(|raw| into_key_row(raw).map(|row| row.record(issued_at)))
                 .collect::<Result<Vec<_>, Error>>()?
         };
+        let prices = all_prices(&tx)?.iter().map(PriceView::record).collect();
         tx.commit()?;
         Ok(Snapshot {
             version: from_sql_int(version),
@@ -1135,7 +1768,7 @@ impl Store {
             expires_at: None,
             projects,
             keys,
-            prices: Vec::new(),
+            prices,
         })
     }
 }
@@ -1147,6 +1780,8 @@ fn settings_of(view: &KeyView) -> KeySettings {
         models: view.models.clone(),
         expires_at: view.expires_at,
         spend_cap_microusd: view.spend_cap_microusd,
+        spend_soft_cap_microusd: view.spend_soft_cap_microusd,
+        rate_limits: view.rate_limits,
         label: view.label.clone(),
         note: view.note.clone(),
     }
@@ -1158,7 +1793,7 @@ fn validate_row(change: &Change<'_>, row: &KeyRow, now: u64) -> Result<(), Error
         Some(project) => vec![change.project(project)?.record()],
         None => vec![],
     };
-    validate_with_engine(projects, vec![row.record(now)])
+    validate_with_engine(projects, vec![row.record(now)], vec![])
 }
 
 /// Generates and inserts a key; audits `key.create`.
@@ -1204,7 +1839,9 @@ fn insert_key(
         models: settings.models.clone(),
         expires_at: settings.expires_at,
         spend_cap_microusd: settings.spend_cap_microusd,
+        spend_soft_cap_microusd: settings.spend_soft_cap_microusd,
         spent_microusd: 0,
+        rate_limits: settings.rate_limits,
         label: settings.label.clone(),
         note: settings.note.clone(),
         created_at: change.now,
@@ -1222,8 +1859,8 @@ fn insert_key(
     change.tx.execute(
         "INSERT INTO keys (id, format, secret_sha256, key_sha256, project, org, environment, \
          status, scopes, models, expires_at, spend_cap_microusd, label, note, created_at, \
-         rotated_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-         ?15, ?16)",
+         rotated_from, spend_soft_cap_microusd, rate_limit_rpm, rate_limit_tpm) VALUES (?1, ?2, \
+         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         params![
             material.id,
             new.format.as_str(),
@@ -1245,6 +1882,9 @@ fn insert_key(
             settings.note,
             to_sql_int(change.now)?,
             rotated_from,
+            opt_int(settings.spend_soft_cap_microusd)?,
+            opt_int(rpm_of(settings.rate_limits.as_ref()))?,
+            opt_int(tpm_of(settings.rate_limits.as_ref()))?,
         ],
     )?;
     let mut details = settings_details(settings);
@@ -1268,7 +1908,7 @@ mod tests {
     fn store_with_project() -> Store {
         let mut store = Store::in_memory().unwrap();
         store
-            .create_project("alice", 100, "proj_a", "org_1", Some(5_000_000))
+            .create_project("alice", 100, "proj_a", "org_1", Some(5_000_000), None)
             .unwrap();
         store
     }
@@ -1312,7 +1952,7 @@ mod tests {
         let mut store = store_with_project();
         let before = store.policy_version().unwrap();
         let error = store
-            .create_project("alice", 101, "proj_a", "org_1", None)
+            .create_project("alice", 101, "proj_a", "org_1", None, None)
             .unwrap_err();
         assert_eq!(error.code, "project_exists");
         let error = store
@@ -1327,7 +1967,7 @@ mod tests {
     fn the_engine_validates_what_is_stored() {
         let mut store = Store::in_memory().unwrap();
         let error = store
-            .create_project("alice", 1, "bad id", "org", None)
+            .create_project("alice", 1, "bad id", "org", None, None)
             .unwrap_err();
         assert_eq!(error.code, "invalid_field");
         assert!(error.message.starts_with("id:"), "{}", error.message);

@@ -82,6 +82,12 @@ pub fn from_sql_int(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// For sums the data plane reports (spend, token counts): stored exactly up to i64::MAX
+/// (9.2 trillion USD in micro-USD), held there beyond it rather than refused or wrapped.
+pub fn saturating_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +128,14 @@ mod tests {
         assert_eq!(parse_duration_seconds("1h 30m"), Ok(5_400));
         assert_eq!(parse_duration_seconds("0s"), Ok(0));
         assert!(parse_duration_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn sql_ints_saturate_only_where_asked() {
+        assert_eq!(saturating_sql_int(5), 5);
+        assert_eq!(saturating_sql_int(u64::MAX), i64::MAX);
+        assert!(to_sql_int(u64::MAX).is_err());
+        assert_eq!(from_sql_int(-1), 0);
     }
 
     #[test]
