@@ -2,6 +2,7 @@
 //! `sync`, follows pushed policies (and polls, when it is the sync service or the lease holder);
 //! one request context per HTTP stream hands its headers to `handler`.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use keyward_engine::config::{PluginConfig, Role};
@@ -10,10 +11,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
-use crate::handler::{on_request_headers, FilterState, Verdict};
+use crate::handler::{
+    on_request_body, on_request_headers, on_response_body, on_response_headers, on_stream_end,
+    FilterState, Verdict,
+};
 use crate::host::{LogLevel, Telemetry};
+use crate::metering_flow::{Admitted, Ticket};
 use crate::metrics::Metrics;
 use crate::sync_agent::{claim_instance_number, PolicyFollower, SnapshotPoller};
+use crate::usage_activity::{flush, Activity};
+use crate::usage_reporter::UsageReporter;
 
 /// How often filter VMs look for a newly published policy (one small shared-data read).
 const FOLLOW_TICK_MS: u32 = 250;
@@ -32,7 +39,10 @@ struct KeywardRoot {
     role: Role,
     sync: Option<SyncSettings>,
     poller: Option<SnapshotPoller>,
+    reporter: Option<UsageReporter>,
     follower: PolicyFollower,
+    /// This VM's usage since its last flush; survives policy updates and reconfiguration.
+    activity: Rc<RefCell<Activity>>,
 }
 
 impl KeywardRoot {
@@ -83,6 +93,16 @@ impl KeywardRoot {
             }
             _ => None,
         };
+        let metering = &config.settings.metering;
+        self.reporter = match (&config.sync, &self.poller) {
+            (Some(sync), Some(_)) => Some(UsageReporter::new(
+                sync,
+                &metering.report_path,
+                metering.report_interval_ms,
+            )),
+            _ => None,
+        };
+        let activity = config.sync.is_some().then(|| Rc::clone(&self.activity));
         if config.role == Role::SyncService {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
@@ -90,6 +110,7 @@ impl KeywardRoot {
                 settings: Rc::new(config.settings),
                 policy: config.policy.map(Rc::new),
                 metrics,
+                activity,
             }));
             self.log_policy("configured");
         }
@@ -144,6 +165,7 @@ impl KeywardRoot {
                     settings: Rc::clone(&state.settings),
                     policy: Some(Rc::new(policy)),
                     metrics: Rc::clone(&state.metrics),
+                    activity: state.activity.clone(),
                 }));
                 self.log_policy("policy updated");
             }
@@ -167,6 +189,12 @@ impl Context for KeywardRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if let (Some(reporter), Some(metrics)) = (&mut self.reporter, &self.metrics) {
+            if reporter.owns_call(token_id) {
+                reporter.on_response(&EnvoyHost, metrics, token_id, body_size);
+                return;
+            }
+        }
         if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {
             poller.on_response(&EnvoyHost, metrics, token_id, body_size);
         }
@@ -188,12 +216,24 @@ impl RootContext for KeywardRoot {
     }
 
     fn on_tick(&mut self) {
+        if let Ok(mut activity) = self.activity.try_borrow_mut() {
+            flush(&EnvoyHost, &mut activity);
+        }
         if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {
             if let Err(error) = poller.on_tick(&EnvoyHost, metrics) {
                 EnvoyHost.log(
                     LogLevel::Warn,
                     &format!("keyward sync: tick failed (host status {})", error.status),
                 );
+            }
+            let polls = self.role == Role::SyncService || poller.holds_lease();
+            if let (true, Some(reporter)) = (polls, &mut self.reporter) {
+                if let Err(error) = reporter.on_tick(&EnvoyHost, metrics) {
+                    EnvoyHost.log(
+                        LogLevel::Warn,
+                        &format!("keyward usage: tick failed (host status {})", error.status),
+                    );
+                }
             }
         }
         self.follow_published_policy();
@@ -202,7 +242,10 @@ impl RootContext for KeywardRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Only reached after a successful on_configure of the filter role.
         let state = Rc::clone(self.state.as_ref()?);
-        Some(Box::new(KeywardRequest { state }))
+        Some(Box::new(KeywardRequest {
+            state,
+            stage: Stage::Deciding,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -210,17 +253,88 @@ impl RootContext for KeywardRoot {
     }
 }
 
+/// Where a request is in its life.
+enum Stage {
+    Deciding,
+    /// Allowed so far; the buffered body decides the rest.
+    AwaitingBody(Box<Ticket>),
+    /// Upstream; the response is watched and settled at the end.
+    Forwarded(Box<Admitted>),
+    Done,
+}
+
 struct KeywardRequest {
     state: Rc<FilterState>,
+    stage: Stage,
+}
+
+impl KeywardRequest {
+    fn apply(&mut self, verdict: Verdict) -> Action {
+        match verdict {
+            Verdict::Continue => {
+                self.stage = Stage::Done;
+                Action::Continue
+            }
+            Verdict::Forward(admitted) => {
+                self.stage = Stage::Forwarded(admitted);
+                Action::Continue
+            }
+            Verdict::AwaitBody(ticket) => {
+                self.stage = Stage::AwaitingBody(ticket);
+                Action::Pause
+            }
+            Verdict::Stop => {
+                self.stage = Stage::Done;
+                Action::Pause
+            }
+        }
+    }
 }
 
 impl Context for KeywardRequest {}
 
 impl HttpContext for KeywardRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match on_request_headers(&EnvoyHost, &self.state) {
-            Verdict::Continue => Action::Continue,
-            Verdict::Stop => Action::Pause,
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let verdict = on_request_headers(&EnvoyHost, &self.state, end_of_stream);
+        self.apply(verdict)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !matches!(self.stage, Stage::AwaitingBody(_)) {
+            return Action::Continue;
+        }
+        let too_large = body_size > self.state.settings.metering.max_request_body_bytes;
+        if !end_of_stream && !too_large {
+            // Envoy keeps buffering; the request stays here until the body is complete.
+            return Action::Pause;
+        }
+        let Stage::AwaitingBody(ticket) = std::mem::replace(&mut self.stage, Stage::Done) else {
+            return Action::Continue;
+        };
+        let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, body_size);
+        self.apply(verdict)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Stage::Forwarded(admitted) = &mut self.stage {
+            on_response_headers(&EnvoyHost, admitted);
+            if end_of_stream {
+                on_response_body(&EnvoyHost, admitted, 0, true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Stage::Forwarded(admitted) = &mut self.stage {
+            on_response_body(&EnvoyHost, admitted, body_size, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Stage::Forwarded(admitted) = &mut self.stage {
+            on_stream_end(&EnvoyHost, &self.state, admitted);
         }
     }
 }

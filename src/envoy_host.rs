@@ -7,18 +7,28 @@ use std::ptr::null_mut;
 use keyward_engine::request::Header;
 
 use crate::header_map::{parse_header_map, serialize_pairs};
-use crate::host::{Host, HostError, LogLevel, MetricKind, Telemetry};
-use crate::sync_agent::{SetOutcome, SyncHost};
+use crate::host::{Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, Telemetry};
+use crate::sync_agent::SyncHost;
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const MAP_HTTP_RESPONSE_HEADERS: u32 = 2;
+const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
+const BUFFER_HTTP_RESPONSE_BODY: u32 = 1;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const STATUS_CAS_MISMATCH: u32 = 8;
 
 extern "C" {
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
@@ -154,7 +164,7 @@ fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostErro
     }
 }
 
-impl SyncHost for EnvoyHost {
+impl SharedData for EnvoyHost {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
         let mut data: *mut u8 = null_mut();
         let mut size: usize = 0;
@@ -200,7 +210,9 @@ impl SyncHost for EnvoyHost {
         check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
         Ok(nanos / 1_000_000)
     }
+}
 
+impl SyncHost for EnvoyHost {
     fn dispatch_get(
         &self,
         cluster: &str,
@@ -214,6 +226,25 @@ impl SyncHost for EnvoyHost {
             cluster,
             headers.to_vec(),
             None,
+            Vec::new(),
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| HostError {
+            status: status as u32,
+        })
+    }
+
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError> {
+        proxy_wasm::hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            Some(body),
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
         )
@@ -302,6 +333,44 @@ impl Host for EnvoyHost {
         // SAFETY: valid out-pointer.
         check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
         Ok(nanos / 1_000_000_000)
+    }
+
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        Ok(buffer(BUFFER_HTTP_REQUEST_BODY, size)?.unwrap_or_default())
+    }
+
+    fn replace_request_body(&self, old_size: usize, body: &[u8]) -> Result<(), HostError> {
+        // SAFETY: the slice is valid for the call.
+        check(unsafe {
+            proxy_set_buffer_bytes(
+                BUFFER_HTTP_REQUEST_BODY,
+                0,
+                old_size,
+                body.as_ptr(),
+                body.len(),
+            )
+        })
+    }
+
+    fn response_headers(&self) -> Result<Vec<Header>, HostError> {
+        header_map(MAP_HTTP_RESPONSE_HEADERS)
+    }
+
+    fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: both slices are valid for the call.
+        check(unsafe {
+            proxy_replace_header_map_value(
+                MAP_HTTP_RESPONSE_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        })
+    }
+
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        Ok(buffer(BUFFER_HTTP_RESPONSE_BODY, size)?.unwrap_or_default())
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the filter does with a request's headers: decide through the engine, then either let
 //! the request go upstream with trusted identity, or answer it locally. Host-agnostic.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use keyward_engine::config::{Mode, Settings};
@@ -12,47 +13,275 @@ use keyward_engine::route::{ErrorFormat, Route};
 use keyward_engine::snapshot::Policy;
 
 use crate::host::{Host, HostError, LogLevel};
+use crate::metering_flow::{admit, log_settle_failure, read_body, Admitted, BodyRead, Ticket};
 use crate::metrics::Metrics;
+use crate::usage_activity::{Activity, Usage};
 
 /// Header telling the upstream what shadow mode would have refused.
 pub const SHADOW_HEADER: &str = "x-keyward-shadow-denied";
 
-/// Immutable state shared by every request context of one root context.
+/// State shared by every request context of one root context. Immutable, except the VM's
+/// usage activity, which requests add to and the root context's tick flushes.
 #[derive(Debug)]
 pub struct FilterState {
     pub settings: Rc<Settings>,
     pub policy: Option<Rc<Policy>>,
     pub metrics: Rc<Metrics>,
+    /// Present when usage is reported to a control plane (a `sync` block is configured).
+    pub activity: Option<Rc<RefCell<Activity>>>,
 }
 
-/// Whether the request goes on or was answered locally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether the request goes on, waits for its body, or was answered locally.
+#[derive(Debug)]
 pub enum Verdict {
+    /// Goes upstream; nothing to do when it ends.
     Continue,
+    /// Goes upstream; its response is watched (rate-limit headers, metering).
+    Forward(Box<Admitted>),
+    /// Allowed so far; the body decides the rest (model, reservation).
+    AwaitBody(Box<Ticket>),
     /// A local reply was sent (or could not be, and the request must still not go upstream).
     Stop,
 }
 
-pub fn on_request_headers(host: &impl Host, state: &FilterState) -> Verdict {
-    match handle(host, state) {
+impl Verdict {
+    pub fn goes_upstream(&self) -> bool {
+        matches!(self, Verdict::Continue | Verdict::Forward(_))
+    }
+}
+
+pub fn on_request_headers(host: &impl Host, state: &FilterState, end_of_stream: bool) -> Verdict {
+    match handle(host, state, end_of_stream) {
         Ok(verdict) => verdict,
-        Err(error) => {
-            host.log(
-                LogLevel::Error,
-                &format!(
-                    "keyward: host call failed with status {}; refusing the request",
-                    error.status
-                ),
-            );
-            let denial = Denial::new(DenyCode::InternalError, state.settings.spend_cap_status);
-            count_denial(host, state, DenyCode::InternalError);
-            reply(host, state, &denial, ErrorFormat::Openai, "");
-            Verdict::Stop
+        Err(error) => refuse_on_host_error(host, state, error),
+    }
+}
+
+fn refuse_on_host_error(host: &impl Host, state: &FilterState, error: HostError) -> Verdict {
+    host.log(
+        LogLevel::Error,
+        &format!(
+            "keyward: host call failed with status {}; refusing the request",
+            error.status
+        ),
+    );
+    let denial = Denial::new(DenyCode::InternalError, state.settings.spend_cap_status);
+    count_denial(host, state, DenyCode::InternalError);
+    reply(host, state, &denial, ErrorFormat::Openai, "", &[]);
+    Verdict::Stop
+}
+
+/// The buffered body of a request that waited for it (`body_size` bytes; 0 when it has none).
+pub fn on_request_body(
+    host: &impl Host,
+    state: &FilterState,
+    ticket: Ticket,
+    body_size: usize,
+) -> Verdict {
+    match handle_body(host, state, ticket, body_size) {
+        Ok(verdict) => verdict,
+        Err(error) => refuse_on_host_error(host, state, error),
+    }
+}
+
+fn handle_body(
+    host: &impl Host,
+    state: &FilterState,
+    ticket: Ticket,
+    body_size: usize,
+) -> Result<Verdict, HostError> {
+    let route = state.settings.route_at(ticket.route);
+    let format = route.error_format;
+    let request_id = ticket.request_id.clone();
+    if body_size > state.settings.metering.max_request_body_bytes {
+        return Ok(refuse_after_policy(
+            host,
+            state,
+            &ticket,
+            DenyCode::RequestTooLarge,
+            format,
+        ));
+    }
+    let body_read = if body_size == 0 {
+        None
+    } else {
+        let body = host.request_body(body_size)?;
+        match read_body(state, &ticket, &body) {
+            Ok(read) => Some(read),
+            Err(code) => return Ok(refuse_after_policy(host, state, &ticket, code, format)),
+        }
+    };
+    let verdict = admitted(host, state, ticket, body_read.as_ref(), &request_id)?;
+    if verdict.goes_upstream() {
+        if let Some(rewritten) = body_read.and_then(|read| read.rewritten) {
+            host.replace_request_body(body_size, &rewritten)?;
+            host.replace_request_header("content-length", rewritten.len().to_string().as_bytes())?;
+        }
+    }
+    Ok(verdict)
+}
+
+fn refuse_after_policy(
+    host: &impl Host,
+    state: &FilterState,
+    ticket: &Ticket,
+    code: DenyCode,
+    format: ErrorFormat,
+) -> Verdict {
+    let denial = Denial::new(code, state.settings.spend_cap_status);
+    log_late_denial(host, state, ticket, &denial);
+    count_denial(host, state, code);
+    reply(host, state, &denial, format, &ticket.request_id, &[]);
+    Verdict::Stop
+}
+
+fn log_late_denial(host: &impl Host, state: &FilterState, ticket: &Ticket, denial: &Denial) {
+    let key = ticket.policy.key_at(ticket.key);
+    let route = state.settings.route_at(ticket.route);
+    let line = DecisionLog {
+        event: "deny",
+        code: Some(denial.code.as_str()),
+        status: Some(denial.status),
+        key_id: key.map(|key| key.id.as_str()),
+        key_label: key.and_then(|key| key.label.as_deref()),
+        project: ticket
+            .project
+            .and_then(|position| ticket.policy.project_at(position))
+            .map(|project| project.id.as_str()),
+        route: &route.name,
+        request_id: &ticket.request_id,
+        policy_version: ticket.policy.version,
+    };
+    host.log(LogLevel::Warn, &line.to_line());
+}
+
+/// Steps 10 to 12 once everything they need is known; sends the refusal if there is one.
+fn admitted(
+    host: &impl Host,
+    state: &FilterState,
+    ticket: Ticket,
+    body: Option<&BodyRead>,
+    request_id: &str,
+) -> Result<Verdict, HostError> {
+    let format = state.settings.route_at(ticket.route).error_format;
+    let shadow = state.settings.mode == Mode::Shadow;
+    let log_ticket = Ticket {
+        policy: Rc::clone(&ticket.policy),
+        key: ticket.key,
+        project: ticket.project,
+        route: ticket.route,
+        chat_completions: false,
+        request_id: request_id.to_owned(),
+    };
+    match admit(host, state, ticket, body)? {
+        Ok(admitted) => {
+            host.increment_metric(state.metrics.allowed, 1);
+            if admitted.meter.is_none() {
+                record_activity(
+                    state,
+                    &admitted,
+                    Usage {
+                        requests: 1,
+                        ..Usage::default()
+                    },
+                    host,
+                );
+                if admitted.response_headers.is_empty() {
+                    return Ok(Verdict::Continue);
+                }
+            }
+            Ok(Verdict::Forward(Box::new(admitted)))
+        }
+        Err(refusal) => {
+            log_late_denial(host, state, &log_ticket, &refusal.denial);
+            if shadow {
+                host.replace_request_header(
+                    SHADOW_HEADER,
+                    refusal.denial.code.as_str().as_bytes(),
+                )?;
+                host.increment_metric(state.metrics.shadow_denied, 1);
+                return Ok(Verdict::Continue);
+            }
+            count_denial(host, state, refusal.denial.code);
+            let extra: Vec<(&str, &str)> = refusal
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            reply(host, state, &refusal.denial, format, request_id, &extra);
+            Ok(Verdict::Stop)
         }
     }
 }
 
-fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
+/// Adds a finished (or unmetered) request to the VM's usage activity for the next report.
+pub fn record_activity(state: &FilterState, admitted: &Admitted, usage: Usage, host: &impl Host) {
+    let Some(activity) = &state.activity else {
+        return;
+    };
+    let Some((key_id, project_id)) = admitted.key_and_project() else {
+        return;
+    };
+    // The clock is read only when there is a report to feed.
+    let now_s = host.now_ms().map(|ms| ms / 1000).unwrap_or(0);
+    if let Ok(mut activity) = activity.try_borrow_mut() {
+        activity.record(key_id, project_id, usage, now_s);
+    }
+}
+
+/// The response's headers, for an admitted request that watches them.
+pub fn on_response_headers(host: &impl Host, admitted: &mut Admitted) {
+    if let Err(error) = admitted.on_response_headers(host) {
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "keyward: cannot read or amend response headers (host status {})",
+                error.status
+            ),
+        );
+    }
+}
+
+pub fn on_response_body(
+    host: &impl Host,
+    admitted: &mut Admitted,
+    chunk_size: usize,
+    end_of_stream: bool,
+) {
+    if let Err(error) = admitted.on_response_body(host, chunk_size, end_of_stream) {
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "keyward metering: cannot read a response chunk (host status {})",
+                error.status
+            ),
+        );
+    }
+}
+
+/// The stream is over, however it ended.
+pub fn on_stream_end(host: &impl Host, state: &FilterState, admitted: &mut Admitted) {
+    if admitted.meter.is_none() {
+        return;
+    }
+    match admitted.settle(host, state) {
+        Ok(usage) => {
+            if usage.requests > 0 {
+                record_activity(state, admitted, usage, host);
+            }
+        }
+        Err(error) => {
+            host.increment_metric(state.metrics.metering.settle_failures, 1);
+            log_settle_failure(host, error);
+        }
+    }
+}
+
+fn handle(
+    host: &impl Host,
+    state: &FilterState,
+    end_of_stream: bool,
+) -> Result<Verdict, HostError> {
     let settings = &state.settings;
     let headers = host.request_headers()?;
     let route_name_bytes = if settings.needs_route_name() {
@@ -65,7 +294,8 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
         .and_then(|bytes| core::str::from_utf8(bytes).ok())
         .filter(|name| !name.is_empty());
     let request = Request::new(&headers, route_name);
-    let route = settings.route_for(&request);
+    let route_position = settings.route_position_for(&request);
+    let route = settings.route_at(route_position);
     // Without expiring keys, an expiring snapshot or a max age, no check reads the clock: a
     // host call saved on every request.
     let needs_clock = state
@@ -121,7 +351,6 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
         Outcome::Allow(identity) => {
             strip_credentials(host, settings, route, &request)?;
             add_identity(host, settings, &identity)?;
-            host.increment_metric(state.metrics.allowed, 1);
             if settings.log_allowed {
                 let project = identity.project.map(|project| project.id.as_str());
                 let line = DecisionLog {
@@ -133,7 +362,22 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
                 };
                 host.log(LogLevel::Info, &line.to_line());
             }
-            Ok(Verdict::Continue)
+            let Some(policy) = state.policy.as_ref() else {
+                return Ok(Verdict::Continue);
+            };
+            let ticket = Ticket {
+                policy: Rc::clone(policy),
+                key: identity.key.position,
+                project: identity.project.map(|project| project.position),
+                route: route_position,
+                chat_completions: request.path_without_query().ends_with("/chat/completions"),
+                request_id: request.request_id().to_owned(),
+            };
+            if route.reads_body() && !end_of_stream {
+                return Ok(Verdict::AwaitBody(Box::new(ticket)));
+            }
+            let request_id = ticket.request_id.clone();
+            admitted(host, state, ticket, None, &request_id)
         }
         Outcome::Deny(rejection) => {
             let shadow = settings.mode == Mode::Shadow;
@@ -155,6 +399,7 @@ fn handle(host: &impl Host, state: &FilterState) -> Result<Verdict, HostError> {
                 &rejection.denial,
                 route.error_format,
                 request.request_id(),
+                &[],
             );
             Ok(Verdict::Stop)
         }
@@ -225,13 +470,15 @@ fn reply(
     denial: &Denial,
     format: ErrorFormat,
     request_id: &str,
+    extra_headers: &[(&str, &str)],
 ) {
     let body = denial.body(format, request_id);
-    let mut headers = vec![
+    let mut headers = extra_headers.to_vec();
+    headers.extend([
         ("content-type", "application/json"),
         ("cache-control", "no-store"),
         (state.settings.error_header.as_str(), denial.code.as_str()),
-    ];
+    ]);
     if denial.status == 401 {
         headers.push(("www-authenticate", "Bearer realm=\"keyward\""));
     }

@@ -1,6 +1,6 @@
 //! The glue against a fake host: what is removed, added, replied and counted.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use keyward_engine::config::PluginConfig;
@@ -8,22 +8,29 @@ use keyward_engine::hash::sha256;
 use keyward_engine::request::Header;
 
 use super::*;
-use crate::host::{MetricKind, Telemetry};
+use crate::host::{MetricKind, SetOutcome, SharedData, Telemetry};
 
 const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
 
 /// A local reply as sent: status, headers, body.
-type SentReply = (u16, Vec<(String, String)>, String);
+pub(crate) type SentReply = (u16, Vec<(String, String)>, String);
 
+/// A host whose shared data behaves like Envoy's (one CAS counter, a missing key accepts any CAS).
 #[derive(Default)]
-struct FakeHost {
-    headers: RefCell<Vec<Header>>,
-    route_name: Option<Vec<u8>>,
-    reply: RefCell<Option<SentReply>>,
-    metrics: RefCell<HashMap<u32, i64>>,
-    logs: RefCell<Vec<String>>,
-    fail_header_read: bool,
+pub(crate) struct FakeHost {
+    pub headers: RefCell<Vec<Header>>,
+    pub route_name: Option<Vec<u8>>,
+    pub reply: RefCell<Option<SentReply>>,
+    pub metrics: RefCell<HashMap<u32, i64>>,
+    pub logs: RefCell<Vec<String>>,
+    pub fail_header_read: bool,
+    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    pub next_cas: Cell<u32>,
+    pub now_ms: Cell<u64>,
+    pub request_body: RefCell<Vec<u8>>,
+    pub response_headers: RefCell<Vec<Header>>,
+    pub response_chunk: RefCell<Vec<u8>>,
 }
 
 impl Host for FakeHost {
@@ -65,6 +72,52 @@ impl Host for FakeHost {
     fn now_unix_seconds(&self) -> Result<u64, HostError> {
         Ok(1_800_000_000)
     }
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        let body = self.request_body.borrow();
+        Ok(body.get(..size).unwrap_or(&body).to_vec())
+    }
+    fn replace_request_body(&self, _old_size: usize, body: &[u8]) -> Result<(), HostError> {
+        *self.request_body.borrow_mut() = body.to_vec();
+        Ok(())
+    }
+    fn response_headers(&self) -> Result<Vec<Header>, HostError> {
+        Ok(self.response_headers.borrow().clone())
+    }
+    fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        let mut headers = self.response_headers.borrow_mut();
+        headers.retain(|(n, _)| n != name);
+        headers.push((name.to_owned(), value.to_vec()));
+        Ok(())
+    }
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        let chunk = self.response_chunk.borrow();
+        Ok(chunk.get(..size).unwrap_or(&chunk).to_vec())
+    }
+}
+
+impl SharedData for FakeHost {
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Ok(self.shared.borrow().get(key).cloned())
+    }
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<SetOutcome, HostError> {
+        let mut shared = self.shared.borrow_mut();
+        if let (Some(cas), Some((_, current))) = (cas, shared.get(key)) {
+            if cas != 0 && cas != *current {
+                return Ok(SetOutcome::CasMismatch);
+            }
+        }
+        self.next_cas.set(self.next_cas.get() + 1);
+        shared.insert(key.to_owned(), (value.to_vec(), self.next_cas.get()));
+        Ok(SetOutcome::Written)
+    }
+    fn now_ms(&self) -> Result<u64, HostError> {
+        Ok(self.now_ms.get())
+    }
 }
 
 impl Telemetry for FakeHost {
@@ -80,7 +133,7 @@ impl Telemetry for FakeHost {
 }
 
 impl FakeHost {
-    fn with(pairs: &[(&str, &str)]) -> Self {
+    pub(crate) fn with(pairs: &[(&str, &str)]) -> Self {
         let headers = pairs
             .iter()
             .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
@@ -90,14 +143,14 @@ impl FakeHost {
             ..FakeHost::default()
         }
     }
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.headers
             .borrow()
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
-    fn count(&self, id: u32) -> i64 {
+    pub(crate) fn count(&self, id: u32) -> i64 {
         self.metrics.borrow().get(&id).copied().unwrap_or(0)
     }
 }
@@ -124,6 +177,7 @@ fn state(extra: &str) -> FilterState {
         settings: Rc::new(config.settings),
         policy: config.policy.map(Rc::new),
         metrics: Rc::new(metrics),
+        activity: None,
     }
 }
 
@@ -136,7 +190,7 @@ fn allowed_request_loses_its_key_and_gains_trusted_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("x-keyward-project", "spoofed"),
     ]);
-    assert_eq!(on_request_headers(&host, &state), Verdict::Continue);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
     assert_eq!(host.header("authorization"), None);
     assert_eq!(host.header("x-keyward-key-id").as_deref(), Some("good1"));
     assert_eq!(host.header("x-keyward-project").as_deref(), Some("proj_a"));
@@ -157,7 +211,7 @@ fn denied_request_gets_a_local_json_reply_and_a_log_line() {
         ("x-request-id", "req-9"),
         ("authorization", &format!("Bearer ak_gone1.{SECRET}")),
     ]);
-    assert_eq!(on_request_headers(&host, &state), Verdict::Stop);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Stop));
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 401);
     assert!(reply
@@ -185,7 +239,7 @@ fn shadow_mode_lets_denials_through_without_identity() {
         (":path", "/v1/chat"),
         ("x-api-key", "ak_nobody.wrongwrongwrongwrong"),
     ]);
-    assert_eq!(on_request_headers(&host, &state), Verdict::Continue);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
     assert_eq!(host.header("x-api-key"), None);
     assert_eq!(
         host.header(SHADOW_HEADER).as_deref(),
@@ -200,7 +254,7 @@ fn shadow_mode_lets_denials_through_without_identity() {
 fn query_parameter_key_is_removed_from_the_path() {
     let state = state("");
     let host = FakeHost::with(&[(":path", &format!("/q/x?a=1&api_key={KEY}&b=2"))]);
-    assert_eq!(on_request_headers(&host, &state), Verdict::Continue);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
     assert_eq!(host.header(":path").as_deref(), Some("/q/x?a=1&b=2"));
 }
 
@@ -212,7 +266,7 @@ fn exempt_route_still_drops_keys_and_spoofed_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("authorization", &format!("Bearer {KEY}")),
     ]);
-    assert_eq!(on_request_headers(&host, &state), Verdict::Continue);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
     assert_eq!(host.header("x-keyward-key-id"), None);
     assert_eq!(
         host.header("authorization"),
@@ -229,7 +283,7 @@ fn host_failure_fails_closed() {
         fail_header_read: true,
         ..FakeHost::default()
     };
-    assert_eq!(on_request_headers(&host, &state), Verdict::Stop);
+    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Stop));
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 500);
 }

@@ -31,8 +31,29 @@ pub trait Telemetry {
     fn log(&self, level: LogLevel, message: &str);
 }
 
+/// Result of a compare-and-swap write to shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    Written,
+    CasMismatch,
+}
+
+/// Envoy's process-wide shared data (per vm_id) and the clock.
+pub trait SharedData {
+    /// The value and its CAS token, `None` when the entry does not exist.
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError>;
+    /// `cas: None` writes unconditionally; `Some(token)` only if the entry is unchanged.
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<SetOutcome, HostError>;
+    fn now_ms(&self) -> Result<u64, HostError>;
+}
+
 /// What a request context asks of its host.
-pub trait Host: Telemetry {
+pub trait Host: Telemetry + SharedData {
     /// All request headers, read in one host call (pseudo-headers included).
     fn request_headers(&self) -> Result<Vec<Header>, HostError>;
     /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.
@@ -46,4 +67,12 @@ pub trait Host: Telemetry {
         body: &[u8],
     ) -> Result<(), HostError>;
     fn now_unix_seconds(&self) -> Result<u64, HostError>;
+    /// The buffered request body (the first `size` bytes).
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+    /// Replaces the whole buffered request body of `old_size` bytes.
+    fn replace_request_body(&self, old_size: usize, body: &[u8]) -> Result<(), HostError>;
+    fn response_headers(&self) -> Result<Vec<Header>, HostError>;
+    fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// The response body chunk Envoy is passing through (`size` bytes).
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
 }

@@ -6,8 +6,12 @@
 
 pub mod handler;
 pub mod host;
+pub mod metering_flow;
 pub mod metrics;
+pub mod shared_record;
 pub mod sync_agent;
+pub mod usage_activity;
+pub mod usage_reporter;
 
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;

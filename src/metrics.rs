@@ -13,8 +13,30 @@ pub struct Metrics {
     pub fail_open: u32,
     pub shadow_denied: u32,
     pub policy_version: u32,
+    pub metering: MeteringMetrics,
     denied: Vec<(DenyCode, u32)>,
     sync: Vec<(SyncOutcome, u32)>,
+}
+
+/// Counters of spend metering, rate limits and usage reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeteringMetrics {
+    /// Metered requests that reserved budget.
+    pub reservations: u32,
+    /// Micro-USD charged by settled requests.
+    pub settled_microusd: u32,
+    /// Responses that reached the client without usage numbers.
+    pub usage_missing: u32,
+    /// Responses that ended before their last byte (upstream reset, client gone).
+    pub incomplete: u32,
+    /// Metered requests for a model without a price.
+    pub unpriced: u32,
+    pub soft_cap_warnings: u32,
+    /// Settlements that failed (the reservation stays held).
+    pub settle_failures: u32,
+    pub reports_acknowledged: u32,
+    pub reports_duplicate: u32,
+    pub reports_failed: u32,
 }
 
 /// How one poll of the control plane ended.
@@ -86,6 +108,18 @@ impl Metrics {
                 counter(&format!("keyward.requests.denied.{}", code.as_str()))?,
             ));
         }
+        let metering = MeteringMetrics {
+            reservations: counter("keyward.metering.reservations")?,
+            settled_microusd: counter("keyward.metering.settled_microusd")?,
+            usage_missing: counter("keyward.metering.usage_missing")?,
+            incomplete: counter("keyward.metering.incomplete")?,
+            unpriced: counter("keyward.metering.unpriced_model")?,
+            soft_cap_warnings: counter("keyward.metering.soft_cap_warnings")?,
+            settle_failures: counter("keyward.metering.settle_failures")?,
+            reports_acknowledged: counter("keyward.usage_reports.acknowledged")?,
+            reports_duplicate: counter("keyward.usage_reports.duplicate")?,
+            reports_failed: counter("keyward.usage_reports.failed")?,
+        };
         let mut sync = Vec::new();
         for outcome in SyncOutcome::all() {
             sync.push((
@@ -101,6 +135,7 @@ impl Metrics {
             fail_open,
             shadow_denied,
             policy_version,
+            metering,
             denied,
         })
     }

@@ -10,33 +10,25 @@ use keyward_engine::sync::{
     LEASE_ENTRY, SNAPSHOT_ENTRY, SNAPSHOT_STAMP_ENTRY,
 };
 
-use crate::host::{HostError, LogLevel, Telemetry};
+pub use crate::host::SetOutcome;
+use crate::host::{HostError, LogLevel, SharedData, Telemetry};
 use crate::metrics::{Metrics, SyncOutcome};
 
-/// Result of a compare-and-swap write to shared data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetOutcome {
-    Written,
-    CasMismatch,
-}
-
 /// What the sync needs from the host, besides metrics and logs.
-pub trait SyncHost: Telemetry {
-    /// The value and its CAS token, `None` when the entry does not exist.
-    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError>;
-    /// `cas: None` writes unconditionally; `Some(token)` only if the entry is unchanged.
-    fn shared_set(
-        &self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<SetOutcome, HostError>;
-    fn now_ms(&self) -> Result<u64, HostError>;
+pub trait SyncHost: Telemetry + SharedData {
     /// Starts a GET; returns the call's token.
     fn dispatch_get(
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+    /// Starts a POST; returns the call's token.
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, HostError>;
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError>;

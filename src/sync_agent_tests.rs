@@ -13,7 +13,7 @@ use crate::host::{LogLevel, MetricKind, Telemetry};
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
 
 #[derive(Default)]
-struct SharedData {
+struct SharedMap {
     entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Cell<u32>,
 }
@@ -23,9 +23,10 @@ type CannedResponse = (Vec<(String, Vec<u8>)>, Vec<u8>);
 
 #[derive(Default)]
 struct FakeHost<'s> {
-    shared: Option<&'s SharedData>,
+    shared: Option<&'s SharedMap>,
     now: Cell<u64>,
     calls: RefCell<Vec<Vec<(String, String)>>>,
+    posted_bodies: RefCell<Vec<Vec<u8>>>,
     response: RefCell<Option<CannedResponse>>,
     metrics: RefCell<HashMap<u32, i64>>,
     logs: RefCell<Vec<String>>,
@@ -42,7 +43,7 @@ impl Telemetry for FakeHost<'_> {
     }
 }
 
-impl SyncHost for FakeHost<'_> {
+impl crate::host::SharedData for FakeHost<'_> {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
         let shared = self.shared.ok_or(HostError { status: 10 })?;
         Ok(shared.entries.borrow().get(key).cloned())
@@ -67,6 +68,9 @@ impl SyncHost for FakeHost<'_> {
     fn now_ms(&self) -> Result<u64, HostError> {
         Ok(self.now.get())
     }
+}
+
+impl SyncHost for FakeHost<'_> {
     fn dispatch_get(
         &self,
         _cluster: &str,
@@ -84,6 +88,16 @@ impl SyncHost for FakeHost<'_> {
                 .collect(),
         );
         Ok(calls.len() as u32)
+    }
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError> {
+        self.posted_bodies.borrow_mut().push(body.to_vec());
+        self.dispatch_get(cluster, headers, timeout_ms)
     }
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
         Ok(self
@@ -167,7 +181,7 @@ fn poll(
 
 #[test]
 fn publishes_verified_snapshots_and_followers_pick_them_up() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         ..FakeHost::default()
@@ -215,7 +229,7 @@ fn publishes_verified_snapshots_and_followers_pick_them_up() {
 
 #[test]
 fn bad_pushes_never_replace_the_last_good_snapshot() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         ..FakeHost::default()
@@ -258,7 +272,7 @@ fn bad_pushes_never_replace_the_last_good_snapshot() {
 
 #[test]
 fn unreachable_control_plane_is_counted_not_fatal() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         cluster_missing: true,
@@ -272,7 +286,7 @@ fn unreachable_control_plane_is_counted_not_fatal() {
 
 #[test]
 fn only_the_lease_holder_polls_and_the_lease_moves_when_it_stops() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         ..FakeHost::default()
@@ -303,7 +317,7 @@ fn only_the_lease_holder_polls_and_the_lease_moves_when_it_stops() {
 
 #[test]
 fn racing_creators_get_one_lease() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         ..FakeHost::default()
@@ -324,7 +338,7 @@ fn racing_creators_get_one_lease() {
 
 #[test]
 fn every_vm_claims_a_different_instance_number() {
-    let shared = SharedData::default();
+    let shared = SharedMap::default();
     let host = FakeHost {
         shared: Some(&shared),
         ..FakeHost::default()

@@ -227,9 +227,17 @@ impl PluginConfig {
 impl Settings {
     /// The first configured route the request matches, or the fallback.
     pub fn route_for(&self, request: &Request<'_>) -> &Route {
-        self.routes
-            .iter()
-            .find(|route| route.matches(request))
+        self.route_at(self.route_position_for(request))
+    }
+
+    /// The position of the matching route in `routes`; `None` for the fallback.
+    pub fn route_position_for(&self, request: &Request<'_>) -> Option<usize> {
+        self.routes.iter().position(|route| route.matches(request))
+    }
+
+    pub fn route_at(&self, position: Option<usize>) -> &Route {
+        position
+            .and_then(|position| self.routes.get(position))
             .unwrap_or(&self.fallback_route)
     }
 

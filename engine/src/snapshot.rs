@@ -174,6 +174,8 @@ impl ModelPattern {
 /// A key, compiled for the data path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
+    /// Where the key sits in [`Policy::keys`].
+    pub position: usize,
     pub id: String,
     pub lookup: KeyLookup,
     pub scope: KeyScope,
@@ -204,6 +206,8 @@ impl Key {
 /// A project, compiled for the data path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
+    /// Where the project sits in [`Policy::projects`].
+    pub position: usize,
     pub id: String,
     pub org: String,
     pub status: ProjectStatus,
@@ -261,6 +265,7 @@ impl Policy {
             check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)
                 .map_err(|error| error.within(&path))?;
             projects.push(Project {
+                position,
                 id: record.id,
                 org: record.org,
                 status: record.status,
@@ -275,7 +280,8 @@ impl Policy {
         let mut seen_ids = HashMap::with_capacity(snapshot.keys.len());
         for (position, record) in snapshot.keys.into_iter().enumerate() {
             let path = format!("keys[{position}]");
-            let key = compile_key(record, &project_index).map_err(|error| error.within(&path))?;
+            let key = compile_key(record, position, &project_index)
+                .map_err(|error| error.within(&path))?;
             if seen_ids.insert(key.id.clone(), position).is_some() {
                 return Err(FieldError::new(
                     format!("{path}.id"),
@@ -350,6 +356,10 @@ impl Policy {
         self.projects.get(position)
     }
 
+    pub fn key_at(&self, position: usize) -> Option<&Key> {
+        self.keys.get(position)
+    }
+
     pub fn keys(&self) -> &[Key] {
         &self.keys
     }
@@ -386,6 +396,7 @@ fn check_soft_cap(soft: Option<u64>, hard: Option<u64>) -> Result<(), FieldError
 
 fn compile_key(
     record: KeyRecord,
+    position: usize,
     project_index: &HashMap<String, usize>,
 ) -> Result<Key, FieldError> {
     require_identifier(&record.id).map_err(|m| FieldError::new("id", m))?;
@@ -436,6 +447,7 @@ fn compile_key(
     }
     check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)?;
     Ok(Key {
+        position,
         id: record.id,
         lookup,
         scope,

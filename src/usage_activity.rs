@@ -1,0 +1,162 @@
+//! What this VM's keys did since the last flush (spend, requests, tokens, last use), kept in
+//! memory per request and merged into one shared-data entry on the VM's tick, from which the
+//! usage reporter takes its batches. Per request this costs no host call.
+
+use std::collections::HashMap;
+
+use keyward_engine::usage_report::UsageEntry;
+
+use crate::host::{LogLevel, SharedData, Telemetry};
+use crate::shared_record::{update, Record};
+
+pub const PENDING_ENTRY: &str = "keyward/usage/pending";
+/// Entries the shared pending record may hold; past it, VMs keep their activity until the
+/// reporter has drained it (so the record, copied on every read, stays small).
+const MAX_PENDING_ENTRIES: usize = 20_000;
+
+/// Usage not yet handed to the reporter, keyed by (key id, project charged).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Activity {
+    entries: HashMap<(String, Option<String>), UsageEntry>,
+}
+
+impl Activity {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn record(&mut self, key_id: &str, project: Option<&str>, usage: Usage, now_s: u64) {
+        let entry = self
+            .entries
+            .entry((key_id.to_owned(), project.map(str::to_owned)))
+            .or_insert_with(|| UsageEntry {
+                key_id: key_id.to_owned(),
+                project: project.map(str::to_owned),
+                cost_microusd: 0,
+                requests: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                last_used_at: None,
+            });
+        entry.cost_microusd = entry.cost_microusd.saturating_add(usage.cost_microusd);
+        entry.requests = entry.requests.saturating_add(usage.requests);
+        entry.input_tokens = entry.input_tokens.saturating_add(usage.input_tokens);
+        entry.output_tokens = entry.output_tokens.saturating_add(usage.output_tokens);
+        if usage.requests > 0 {
+            entry.last_used_at = entry.last_used_at.max(Some(now_s));
+        }
+    }
+
+    fn merge(&mut self, other: Vec<UsageEntry>) {
+        for entry in other {
+            let key = (entry.key_id.clone(), entry.project.clone());
+            match self.entries.get_mut(&key) {
+                Some(mine) => {
+                    mine.cost_microusd = mine.cost_microusd.saturating_add(entry.cost_microusd);
+                    mine.requests = mine.requests.saturating_add(entry.requests);
+                    mine.input_tokens = mine.input_tokens.saturating_add(entry.input_tokens);
+                    mine.output_tokens = mine.output_tokens.saturating_add(entry.output_tokens);
+                    mine.last_used_at = mine.last_used_at.max(entry.last_used_at);
+                }
+                None => {
+                    self.entries.insert(key, entry);
+                }
+            }
+        }
+    }
+
+    pub fn into_entries(self) -> Vec<UsageEntry> {
+        let mut entries: Vec<UsageEntry> = self.entries.into_values().collect();
+        entries.sort_by(|a, b| (&a.key_id, &a.project).cmp(&(&b.key_id, &b.project)));
+        entries
+    }
+}
+
+/// One request's contribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cost_microusd: u64,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The shared pending record: JSON, since only ticks and the reporter read it.
+#[derive(Debug, Default)]
+pub struct PendingUsage(pub Vec<UsageEntry>);
+
+impl Record for PendingUsage {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok().map(PendingUsage)
+    }
+}
+
+/// Merges this VM's activity into the shared pending record. On failure or when the record is
+/// full, the activity stays with the VM for the next tick.
+pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
+    if activity.is_empty() {
+        return;
+    }
+    let mine = std::mem::take(activity);
+    let outcome = update(host, PENDING_ENTRY, |pending: &mut PendingUsage| {
+        if pending.0.len().saturating_add(mine.len()) > MAX_PENDING_ENTRIES {
+            return (false, false);
+        }
+        let mut merged = Activity::default();
+        merged.merge(std::mem::take(&mut pending.0));
+        merged.merge(mine.clone().into_entries());
+        pending.0 = merged.into_entries();
+        (true, true)
+    });
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => *activity = mine,
+        Err(error) => {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "keyward metering: cannot hand usage to the reporter (host status {}); kept for the next tick",
+                    error.status
+                ),
+            );
+            *activity = mine;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_accumulate_per_key_and_project() {
+        let mut activity = Activity::default();
+        let one = Usage {
+            cost_microusd: 10,
+            requests: 1,
+            input_tokens: 3,
+            output_tokens: 4,
+        };
+        activity.record("k1", Some("p1"), one, 100);
+        activity.record("k1", Some("p1"), one, 200);
+        activity.record("k1", Some("p2"), one, 150);
+        activity.record("k1", Some("p1"), Usage::default(), 300);
+        let entries = activity.into_entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].project.as_deref(), Some("p1"));
+        assert_eq!(entries[0].cost_microusd, 20);
+        assert_eq!(entries[0].requests, 2);
+        assert_eq!(
+            entries[0].last_used_at,
+            Some(200),
+            "a zero-request record is no use"
+        );
+    }
+}
