@@ -2134,4 +2134,607 @@ mod tests {
         );
         assert_eq!(policy.keys().len(), 1);
     }
+
+    use keyward_engine::usage_report::UsageEntry;
+
+    fn entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64) -> UsageEntry {
+        UsageEntry {
+            key_id: key_id.to_owned(),
+            project: project.map(str::to_owned),
+            cost_microusd: cost,
+            requests: 2,
+            input_tokens: 100,
+            output_tokens: 50,
+            last_used_at: Some(last_used_at),
+        }
+    }
+
+    fn key_in(store: &mut Store, owner: Owner) -> String {
+        store
+            .create_key("a", 1, &new_key(owner, Format::Ak))
+            .unwrap()
+            .key
+            .id
+    }
+
+    #[test]
+    fn a_usage_report_is_applied_once_and_bumps_the_version_once() {
+        let mut store = store_with_project();
+        let k1 = key_in(&mut store, Owner::Project("proj_a".into()));
+        let k2 = key_in(&mut store, Owner::Project("proj_a".into()));
+        let before = store.policy_version().unwrap();
+        let report = UsageReport::new(
+            "envoy-1",
+            "envoy-1-1",
+            vec![
+                entry(&k1, Some("proj_a"), 1_250_001, 500),
+                entry(&k1, Some("proj_a"), 3, 400),
+                entry(&k2, Some("proj_a"), 75_000, 450),
+            ],
+        );
+        let applied = store.apply_usage_report(&report, 1000).unwrap();
+        assert!(applied.warnings.is_empty(), "{:?}", applied.warnings);
+        assert_eq!(
+            applied.ack,
+            UsageAck {
+                batch_id: "envoy-1-1".into(),
+                version: before + 1,
+                duplicate: false
+            }
+        );
+        assert_eq!(store.policy_version().unwrap(), before + 1);
+        let first = store.key(&k1).unwrap();
+        assert_eq!(first.spent_microusd, 1_250_004, "exact sum");
+        assert_eq!(first.last_seen_at, Some(500), "the latest use");
+        assert_eq!(store.key(&k2).unwrap().spent_microusd, 75_000);
+        assert_eq!(store.project("proj_a").unwrap().spent_microusd, 1_325_004);
+
+        // A retry: the same acknowledgement, nothing added, no new version or event.
+        let events = store.audit_events(None).unwrap().len();
+        let again = store.apply_usage_report(&report, 1005).unwrap();
+        assert_eq!(again.ack.version, before + 1);
+        assert!(again.ack.duplicate);
+        assert_eq!(store.key(&k1).unwrap().spent_microusd, 1_250_004);
+        assert_eq!(store.policy_version().unwrap(), before + 1);
+        assert_eq!(store.audit_events(None).unwrap().len(), events);
+
+        // One audit event for the batch, by the reporter.
+        let event = store.audit_events(Some(1)).unwrap().remove(0);
+        assert_eq!(
+            (
+                event.actor.as_str(),
+                event.action.as_str(),
+                event.target.as_str()
+            ),
+            ("envoy-1", "usage.report", "envoy-1-1")
+        );
+        assert_eq!(event.details["entries"], 3);
+        assert_eq!(event.details["cost_microusd"], 1_325_004);
+        assert_eq!(event.policy_version, before + 1);
+
+        // The snapshot carries the spend and the last use.
+        let snapshot = store.snapshot(2000).unwrap();
+        let record = snapshot.keys.iter().find(|key| key.id == k1).unwrap();
+        assert_eq!(record.spent_microusd, 1_250_004);
+        assert_eq!(record.last_used_at, Some(500));
+        assert_eq!(record.created_at, Some(1));
+        assert_eq!(snapshot.projects[0].spent_microusd, 1_325_004);
+
+        // An older last use never moves last_seen_at back.
+        let later = UsageReport::new("envoy-2", "envoy-2-1", vec![entry(&k1, None, 1, 100)]);
+        store.apply_usage_report(&later, 3000).unwrap();
+        let first = store.key(&k1).unwrap();
+        assert_eq!(
+            (first.spent_microusd, first.last_seen_at),
+            (1_250_005, Some(500))
+        );
+        assert_eq!(
+            store.project("proj_a").unwrap().spent_microusd,
+            1_325_004,
+            "no project named: only the key is charged"
+        );
+
+        let batches = store.usage_batches(10).unwrap();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].batch_id, "envoy-2-1", "newest first");
+        assert_eq!(
+            (batches[1].entries, batches[1].applied, batches[1].requests),
+            (3, 3, 6)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_foreign_projects_are_skipped_not_fatal() {
+        let mut store = store_with_project();
+        store
+            .create_project("a", 1, "proj_b", "org_1", None, None)
+            .unwrap();
+        store
+            .create_project("a", 1, "proj_x", "org_2", None, None)
+            .unwrap();
+        let own = key_in(&mut store, Owner::Project("proj_a".into()));
+        let org_key = key_in(&mut store, Owner::Org("org_1".into()));
+        let report = UsageReport::new(
+            "envoy-1",
+            "b1",
+            vec![
+                entry("nobody000001", Some("proj_a"), 999, 10),
+                entry(&own, Some("proj_b"), 10, 10),
+                entry(&org_key, Some("proj_b"), 20, 10),
+                entry(&org_key, Some("proj_x"), 40, 10),
+                entry(&org_key, Some("proj_gone"), 80, 10),
+            ],
+        );
+        let applied = store.apply_usage_report(&report, 100).unwrap();
+        assert_eq!(applied.warnings.len(), 4, "{:?}", applied.warnings);
+        assert!(applied.warnings[0].contains("unknown key"));
+        assert_eq!(store.key(&own).unwrap().spent_microusd, 10);
+        assert_eq!(store.key(&org_key).unwrap().spent_microusd, 140);
+        let spent = |store: &Store, id: &str| store.project(id).unwrap().spent_microusd;
+        assert_eq!(spent(&store, "proj_a"), 0);
+        assert_eq!(spent(&store, "proj_b"), 20, "the org key's project only");
+        assert_eq!(spent(&store, "proj_x"), 0, "another org's project");
+        let batch = store.usage_batches(1).unwrap().remove(0);
+        assert_eq!((batch.entries, batch.applied, batch.skipped), (5, 4, 1));
+
+        // A batch of unknown keys only: remembered and audited, but no new version.
+        let version = store.policy_version().unwrap();
+        let report = UsageReport::new("envoy-1", "b2", vec![entry("nobody000001", None, 5, 1)]);
+        let applied = store.apply_usage_report(&report, 101).unwrap();
+        assert_eq!(applied.ack.version, version);
+        assert!(!applied.ack.duplicate);
+        assert_eq!(store.policy_version().unwrap(), version);
+        assert!(
+            store
+                .apply_usage_report(&report, 102)
+                .unwrap()
+                .ack
+                .duplicate
+        );
+    }
+
+    #[test]
+    fn spend_saturates_instead_of_wrapping() {
+        let mut store = store_with_project();
+        let id = key_in(&mut store, Owner::Project("proj_a".into()));
+        let huge = UsageReport::new(
+            "r",
+            "b1",
+            vec![
+                entry(&id, Some("proj_a"), u64::MAX, 1),
+                entry(&id, Some("proj_a"), u64::MAX, 2),
+            ],
+        );
+        store.apply_usage_report(&huge, 10).unwrap();
+        store
+            .apply_usage_report(
+                &UsageReport::new("r", "b2", vec![entry(&id, None, 7, 3)]),
+                11,
+            )
+            .unwrap();
+        let max = i64::MAX.unsigned_abs();
+        assert_eq!(store.key(&id).unwrap().spent_microusd, max);
+        assert_eq!(store.project("proj_a").unwrap().spent_microusd, max);
+        let batch = store.usage_batches(2).unwrap().remove(1);
+        assert_eq!(batch.cost_microusd, max);
+    }
+
+    #[test]
+    fn old_batch_ids_are_pruned_after_the_retention() {
+        let mut store = store_with_project();
+        let id = key_in(&mut store, Owner::Project("proj_a".into()));
+        let report = UsageReport::new("r", "old", vec![entry(&id, None, 1, 1)]);
+        store.apply_usage_report(&report, 1000).unwrap();
+        let later = 1000 + USAGE_BATCH_RETENTION_SECONDS + 1;
+        store
+            .apply_usage_report(&UsageReport::new("r", "new", vec![]), later)
+            .unwrap();
+        let ids: Vec<String> = store
+            .usage_batches(10)
+            .unwrap()
+            .into_iter()
+            .map(|batch| batch.batch_id)
+            .collect();
+        assert_eq!(ids, ["new"]);
+    }
+
+    fn price(model: &str, input: u64, output: u64) -> PriceRecord {
+        PriceRecord {
+            model: model.to_owned(),
+            input_microusd_per_mtok: input,
+            output_microusd_per_mtok: output,
+            cached_input_microusd_per_mtok: None,
+            cache_write_microusd_per_mtok: None,
+        }
+    }
+
+    #[test]
+    fn prices_reach_the_snapshot_sorted_and_checked_by_the_engine() {
+        let mut store = Store::in_memory().unwrap();
+        let mini = PriceRecord {
+            cached_input_microusd_per_mtok: Some(75_000),
+            ..price("gpt-4o-mini", 150_000, 600_000)
+        };
+        store
+            .set_price("a", 1, &price("gpt-4o*", 2_500_000, 10_000_000))
+            .unwrap();
+        store.set_price("a", 2, &mini).unwrap();
+        store
+            .set_price("a", 3, &price("claude-3-5-sonnet*", 3_000_000, 15_000_000))
+            .unwrap();
+        let snapshot = store.snapshot(10).unwrap();
+        let models: Vec<&str> = snapshot.prices.iter().map(|p| p.model.as_str()).collect();
+        assert_eq!(models, ["claude-3-5-sonnet*", "gpt-4o*", "gpt-4o-mini"]);
+        assert_eq!(snapshot.prices[2], mini);
+        let policy = Policy::compile(snapshot).unwrap();
+        let charged = policy.prices().price_for("gpt-4o-2024-08-06").unwrap();
+        assert_eq!(charged.input, 2_500_000);
+        assert_eq!(
+            policy
+                .prices()
+                .price_for("gpt-4o-mini")
+                .unwrap()
+                .cached_input,
+            75_000
+        );
+
+        // Replacing keeps one row; the audit records the previous price.
+        let view = store
+            .set_price("b", 4, &price("gpt-4o*", 5_000_000, 15_000_000))
+            .unwrap();
+        assert_eq!(
+            (view.input_microusd_per_mtok, view.updated_at),
+            (5_000_000, 4)
+        );
+        assert_eq!(store.prices().unwrap().len(), 3);
+        let event = store.audit_events(Some(1)).unwrap().remove(0);
+        assert_eq!(event.action, "price.set");
+        assert_eq!(
+            event.details["previous"]["input_microusd_per_mtok"],
+            2_500_000
+        );
+
+        // What the filter would refuse is refused here.
+        for bad in ["*", "", "bad\nmodel"] {
+            let error = store.set_price("a", 5, &price(bad, 1, 1)).unwrap_err();
+            assert_eq!(error.code, "invalid_field", "{bad:?}");
+        }
+        let too_big = price("m", u64::MAX, 1);
+        assert_eq!(
+            store.set_price("a", 5, &too_big).unwrap_err().code,
+            "value_too_large"
+        );
+
+        let removed = store.remove_price("a", 6, "gpt-4o*").unwrap();
+        assert_eq!(removed.model, "gpt-4o*");
+        assert_eq!(
+            store.remove_price("a", 7, "gpt-4o*").unwrap_err().status,
+            404
+        );
+        assert_eq!(store.snapshot(10).unwrap().prices.len(), 2);
+        let actions: Vec<String> = store
+            .audit_events(None)
+            .unwrap()
+            .into_iter()
+            .map(|event| event.action)
+            .collect();
+        assert_eq!(actions.iter().filter(|a| *a == "price.set").count(), 4);
+        assert_eq!(actions.last().map(String::as_str), Some("price.remove"));
+    }
+
+    #[test]
+    fn soft_caps_and_rate_limits_are_stored_checked_and_published() {
+        let mut store = store_with_project();
+        let limits = RateLimits {
+            requests_per_minute: Some(60),
+            tokens_per_minute: None,
+        };
+        let created = store
+            .create_key(
+                "a",
+                1,
+                &NewKey {
+                    owner: Owner::Project("proj_a".into()),
+                    format: Format::Ak,
+                    settings: KeySettings {
+                        spend_cap_microusd: Some(5_000_000),
+                        spend_soft_cap_microusd: Some(4_000_000),
+                        rate_limits: Some(limits),
+                        ..KeySettings::default()
+                    },
+                },
+            )
+            .unwrap();
+        let id = created.key.id;
+        assert_eq!(created.key.rate_limits, Some(limits));
+
+        // The tokens limit is added; the requests limit stays.
+        let update = KeyUpdate {
+            tokens_per_minute: Some(Some(100_000)),
+            ..KeyUpdate::default()
+        };
+        let view = store.update_key("a", 2, &id, &update).unwrap();
+        let both = RateLimits {
+            requests_per_minute: Some(60),
+            tokens_per_minute: Some(100_000),
+        };
+        assert_eq!(view.rate_limits, Some(both));
+        let record = store.snapshot(3).unwrap().keys.remove(0);
+        assert_eq!(record.rate_limits, Some(both));
+        assert_eq!(record.spend_soft_cap_microusd, Some(4_000_000));
+
+        // The engine's rules: a soft cap below the cap, limits of at least 1.
+        let bad = KeyUpdate {
+            spend_soft_cap_microusd: Some(Some(5_000_000)),
+            ..KeyUpdate::default()
+        };
+        let error = store.update_key("a", 4, &id, &bad).unwrap_err();
+        assert!(
+            error.message.starts_with("spend_soft_cap_microusd:"),
+            "{}",
+            error.message
+        );
+        let lower_cap = KeyUpdate {
+            spend_cap_microusd: Some(Some(1_000_000)),
+            ..KeyUpdate::default()
+        };
+        assert_eq!(
+            store.update_key("a", 4, &id, &lower_cap).unwrap_err().code,
+            "invalid_field"
+        );
+        let zero = KeyUpdate {
+            requests_per_minute: Some(Some(0)),
+            ..KeyUpdate::default()
+        };
+        let error = store.update_key("a", 4, &id, &zero).unwrap_err();
+        assert!(
+            error.message.starts_with("rate_limits:"),
+            "{}",
+            error.message
+        );
+
+        // Clearing both limits leaves none (not an empty object).
+        let clear = KeyUpdate {
+            requests_per_minute: Some(None),
+            tokens_per_minute: Some(None),
+            spend_soft_cap_microusd: Some(None),
+            ..KeyUpdate::default()
+        };
+        let view = store.update_key("a", 5, &id, &clear).unwrap();
+        assert_eq!(
+            (view.rate_limits, view.spend_soft_cap_microusd),
+            (None, None)
+        );
+
+        // A rotation copies caps and limits.
+        store.update_key("a", 6, &id, &update).unwrap();
+        let rotation = store.rotate_key("a", 7, &id, 0).unwrap();
+        assert_eq!(
+            rotation
+                .new
+                .key
+                .rate_limits
+                .and_then(|l| l.tokens_per_minute),
+            Some(100_000)
+        );
+
+        // Project soft caps.
+        let error = store
+            .create_project("a", 8, "proj_s", "org_1", Some(10), Some(10))
+            .unwrap_err();
+        assert_eq!(error.code, "invalid_field");
+        let project = store
+            .create_project("a", 8, "proj_s", "org_1", Some(10), Some(9))
+            .unwrap();
+        assert_eq!(project.spend_soft_cap_microusd, Some(9));
+        let raise = ProjectUpdate {
+            spend_cap_microusd: Some(Some(100)),
+            spend_soft_cap_microusd: Some(Some(80)),
+        };
+        let project = store.update_project("a", 9, "proj_s", &raise).unwrap();
+        assert_eq!(
+            (project.spend_cap_microusd, project.spend_soft_cap_microusd),
+            (Some(100), Some(80))
+        );
+        let below = ProjectUpdate {
+            spend_cap_microusd: Some(Some(50)),
+            ..ProjectUpdate::default()
+        };
+        assert!(store.update_project("a", 10, "proj_s", &below).is_err());
+        assert_eq!(
+            store.audit_events(Some(1)).unwrap()[0].action,
+            "project.update"
+        );
+    }
+
+    /// The schema of keyward's first store, verbatim: a store it wrote must keep working.
+    const SCHEMA_V1: &str = r#"
+CREATE TABLE policy_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT INTO policy_version (id, version) VALUES (1, 1);
+CREATE TABLE projects (
+    id                 TEXT PRIMARY KEY,
+    org                TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
+    spend_cap_microusd INTEGER,
+    spent_microusd     INTEGER NOT NULL DEFAULT 0,
+    created_at         INTEGER NOT NULL,
+    archived_at        INTEGER
+);
+CREATE TABLE keys (
+    id                 TEXT PRIMARY KEY,
+    format             TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
+    secret_sha256      TEXT,
+    key_sha256         TEXT UNIQUE,
+    project            TEXT REFERENCES projects (id),
+    org                TEXT,
+    environment        TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
+    scopes             TEXT NOT NULL,
+    models             TEXT,
+    expires_at         INTEGER,
+    spend_cap_microusd INTEGER,
+    spent_microusd     INTEGER NOT NULL DEFAULT 0,
+    label              TEXT,
+    note               TEXT,
+    created_at         INTEGER NOT NULL,
+    last_seen_at       INTEGER,
+    rotated_from       TEXT REFERENCES keys (id),
+    revoke_at          INTEGER,
+    revoked_at         INTEGER,
+    CHECK ((secret_sha256 IS NULL) <> (key_sha256 IS NULL)),
+    CHECK ((project IS NULL) <> (org IS NULL))
+);
+CREATE INDEX keys_by_project ON keys (project);
+CREATE INDEX keys_pending_revocation ON keys (revoke_at)
+    WHERE revoke_at IS NOT NULL AND status <> 'revoked';
+CREATE TABLE audit_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    actor          TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    details        TEXT NOT NULL,
+    policy_version INTEGER NOT NULL
+);
+INSERT INTO projects (id, org, status, spend_cap_microusd, spent_microusd, created_at)
+    VALUES ('proj_old', 'org_1', 'active', 9000000, 1500000, 50);
+INSERT INTO keys (id, format, secret_sha256, project, environment, status, scopes,
+                  spend_cap_microusd, spent_microusd, label, created_at, last_seen_at)
+    VALUES ('kOldKey00001', 'ak',
+            'f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114',
+            'proj_old', 'live', 'active', '["chat:write"]', 5000000, 1000000, 'legacy', 60, 70);
+INSERT INTO audit_events (at, actor, action, target, details, policy_version)
+    VALUES (60, 'cli', 'key.create', 'kOldKey00001', '{}', 1);
+UPDATE policy_version SET version = 3;
+PRAGMA user_version = 1;
+"#;
+
+    fn columns(store: &Store, table: &str) -> Vec<String> {
+        store
+            .conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .unwrap()
+            .query_map([table], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_of_the_previous_schema_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA_V1)
+            .unwrap();
+
+        let mut store = Store::open(&path).unwrap();
+        for column in [
+            "spend_soft_cap_microusd",
+            "rate_limit_rpm",
+            "rate_limit_tpm",
+        ] {
+            assert!(
+                columns(&store, "keys").iter().any(|c| c == column),
+                "{column}"
+            );
+        }
+        assert!(columns(&store, "projects")
+            .iter()
+            .any(|c| c == "spend_soft_cap_microusd"));
+        assert!(!columns(&store, "prices").is_empty());
+        assert!(!columns(&store, "usage_batches").is_empty());
+        let user_version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(user_version, SCHEMA_VERSION);
+
+        // The data is kept, and works with the new features.
+        assert_eq!(store.policy_version().unwrap(), 3);
+        let key = store.key("kOldKey00001").unwrap();
+        assert_eq!(
+            (key.spent_microusd, key.last_seen_at, key.label.as_deref()),
+            (1_000_000, Some(70), Some("legacy"))
+        );
+        assert_eq!((key.rate_limits, key.spend_soft_cap_microusd), (None, None));
+        assert_eq!(store.audit_events(None).unwrap().len(), 1);
+        let update = KeyUpdate {
+            requests_per_minute: Some(Some(10)),
+            spend_soft_cap_microusd: Some(Some(4_000_000)),
+            ..KeyUpdate::default()
+        };
+        store
+            .update_key("cli", 100, "kOldKey00001", &update)
+            .unwrap();
+        let report = UsageReport::new(
+            "envoy-1",
+            "b1",
+            vec![entry("kOldKey00001", Some("proj_old"), 500_000, 200)],
+        );
+        assert_eq!(
+            store.apply_usage_report(&report, 300).unwrap().ack.version,
+            5
+        );
+        let policy = Policy::compile(store.snapshot(400).unwrap()).unwrap();
+        let key = policy.key_by_id("kOldKey00001").unwrap();
+        assert_eq!(key.spent_microusd, 1_500_000);
+        assert_eq!(key.spend_soft_cap_microusd, Some(4_000_000));
+        assert_eq!(
+            policy.project("proj_old").unwrap().spent_microusd,
+            2_000_000
+        );
+        drop(store);
+
+        // Opening again is a no-op; a store from a newer keyward is refused.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.policy_version().unwrap(), 5);
+        store
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        let error = Store::open(&path).err().unwrap();
+        assert!(
+            error.message.contains("schema version"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn imports_carry_caps_limits_use_times_and_prices() {
+        let mut store = Store::in_memory().unwrap();
+        let snapshot: Snapshot = serde_json::from_value(json!({
+            "version": 4, "issued_at": 100,
+            "projects": [{"id": "p", "org": "o", "status": "active",
+                          "spend_cap_microusd": 10, "spend_soft_cap_microusd": 5}],
+            "keys": [{"id": "k1", "secret_sha256": "f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114",
+                      "project": "p", "status": "active",
+                      "rate_limits": {"tokens_per_minute": 9}, "created_at": 20, "last_used_at": 30}],
+            "prices": [{"model": "m*", "input_microusd_per_mtok": 1, "output_microusd_per_mtok": 2}]
+        }))
+        .unwrap();
+        assert_eq!(
+            store.import_snapshot("a", 200, &snapshot).unwrap(),
+            (1, 1, 1)
+        );
+        let exported = store.snapshot(300).unwrap();
+        assert_eq!(exported.projects[0].spend_soft_cap_microusd, Some(5));
+        let key = &exported.keys[0];
+        assert_eq!((key.created_at, key.last_used_at), (Some(20), Some(30)));
+        assert_eq!(key.rate_limits.and_then(|l| l.tokens_per_minute), Some(9));
+        assert_eq!(exported.prices, snapshot.prices);
+        let error = store.import_snapshot(
+            "a",
+            201,
+            &Snapshot {
+                projects: vec![],
+                keys: vec![],
+                ..snapshot
+            },
+        );
+        assert_eq!(error.unwrap_err().code, "price_exists");
+    }
 }
