@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::{Workspace, ADMIN_NAME};
 use keyward_engine::hash::sha256;
-use keyward_engine::signed_snapshot::verify_snapshot;
+use keyward_engine::signed_snapshot::{verify_snapshot, SigningKey};
 use keyward_engine::snapshot::{KeyStatus, Policy};
+use keyward_engine::usage_report::{
+    report_signature, UsageAck, UsageEntry, UsageReport, SIGNATURE_HEADER,
+};
 use serde_json::{json, Value};
 
 /// A running `keyward serve`, stopped when dropped.
@@ -149,6 +152,7 @@ impl Server {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "PATCH" => self.agent.patch(url),
+            "PUT" => self.agent.put(url),
             _ => self.agent.post(url),
         };
         Server::reply(
@@ -161,6 +165,31 @@ impl Server {
 
     fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
         self.send_raw("PATCH", path, token, &body.to_string())
+    }
+
+    fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send_raw("PUT", path, token, &body.to_string())
+    }
+
+    fn delete(&self, path: &str, token: &str) -> Reply {
+        Server::reply(
+            self.agent
+                .delete(format!("{}{path}", self.base))
+                .header("authorization", format!("Bearer {token}"))
+                .call(),
+        )
+    }
+
+    /// POSTs a usage report body as the data plane does: no admin token, a signature header.
+    fn usage(&self, body: &[u8], signature: Option<&str>) -> Reply {
+        let mut request = self
+            .agent
+            .post(format!("{}/v1/usage", self.base))
+            .header("content-type", "application/json");
+        if let Some(signature) = signature {
+            request = request.header(SIGNATURE_HEADER, signature);
+        }
+        Server::reply(request.send(body))
     }
 
     /// Fetches and verifies the snapshot; returns it with its ETag.
@@ -523,4 +552,500 @@ fn serve_refuses_non_loopback_addresses_and_bad_secrets() {
     let last = args.len() - 1;
     args[last] = ws.path("weak.key").to_string_lossy().into_owned();
     assert!(ws.fails(&args).contains("32 bytes"));
+}
+
+fn usage_entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64) -> UsageEntry {
+    UsageEntry {
+        key_id: key_id.to_owned(),
+        project: project.map(str::to_owned),
+        cost_microusd: cost,
+        requests: 3,
+        input_tokens: 1200,
+        output_tokens: 300,
+        last_used_at: Some(last_used_at),
+    }
+}
+
+/// A report body and its signature header, signed with the workspace's snapshot key.
+fn signed_report(ws: &Workspace, report: &UsageReport) -> (Vec<u8>, String) {
+    let body = serde_json::to_vec(report).unwrap();
+    let signature = report_signature(&body, &ws.signing_key());
+    (body, signature)
+}
+
+fn ack(reply: &Reply) -> UsageAck {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// The plain snapshot inside an envelope, as JSON (for fields the compiled policy drops).
+fn snapshot_json(envelope: &[u8]) -> Value {
+    let envelope: Value = serde_json::from_slice(envelope).unwrap();
+    envelope["snapshot"].clone()
+}
+
+fn key_json<'a>(snapshot: &'a Value, id: &str) -> &'a Value {
+    snapshot["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["id"] == id)
+        .unwrap()
+}
+
+#[test]
+fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
+    let ws = Workspace::new();
+    ws.ok(&[
+        "project",
+        "create",
+        "proj_a",
+        "--org",
+        "org_acme",
+        "--spend-cap-usd",
+        "100",
+    ]);
+    let (id, _) = ws.create_key(&["--project", "proj_a", "--spend-cap-usd", "5"]);
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+    let (before, before_etag, _) = server.snapshot(&ws);
+
+    let report = UsageReport::new(
+        "envoy-1",
+        "envoy-1-0001",
+        vec![
+            usage_entry(&id, Some("proj_a"), 1_250_000, 1_790_000_000),
+            usage_entry(&id, Some("proj_a"), 75_001, 1_790_000_100),
+            usage_entry("kNobody00001", Some("proj_a"), 999, 1_790_000_000),
+        ],
+    );
+    let (body, signature) = signed_report(&ws, &report);
+    let first = ack(&server.usage(&body, Some(&signature)));
+    assert_eq!(
+        first,
+        UsageAck {
+            batch_id: "envoy-1-0001".into(),
+            version: before.version + 1,
+            duplicate: false
+        }
+    );
+
+    // The next snapshot: a new version and ETag, carrying the exact spend and the last use.
+    let (after, after_etag, envelope) = server.snapshot(&ws);
+    assert_eq!(after.version, first.version);
+    assert_ne!(after_etag, before_etag);
+    assert_eq!(after.key_by_id(&id).unwrap().spent_microusd, 1_325_001);
+    assert_eq!(after.project("proj_a").unwrap().spent_microusd, 1_325_001);
+    let plain = snapshot_json(&envelope);
+    assert_eq!(key_json(&plain, &id)["last_used_at"], 1_790_000_100u64);
+    assert!(key_json(&plain, &id)["created_at"].as_u64().is_some());
+
+    // A retry: the same acknowledgement, marked duplicate; nothing changes.
+    let again = ack(&server.usage(&body, Some(&signature)));
+    assert_eq!((again.version, again.duplicate), (first.version, true));
+    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &after_etag)]);
+    assert_eq!(reply.status, 304, "no new version for a duplicate");
+
+    // The admin API shows the spend.
+    let shown = server
+        .get(&format!("/v1/keys/{id}"), Some(&token), &[])
+        .json();
+    assert_eq!(shown["spent_microusd"], 1_325_001);
+    assert_eq!(shown["spend_cap_microusd"], 5_000_000);
+    assert!(shown["spend_soft_cap_microusd"].is_null());
+    assert!(shown["rate_limits"].is_null());
+    assert_eq!(shown["last_seen_at"], 1_790_000_100u64);
+    let projects = server.get("/v1/projects", Some(&token), &[]).json();
+    assert_eq!(projects["data"][0]["spent_microusd"], 1_325_001);
+    assert_eq!(projects["data"][0]["spend_cap_microusd"], 100_000_000);
+    let batches = server
+        .get("/v1/usage/batches?limit=5", Some(&token), &[])
+        .json();
+    let batches = batches["data"].as_array().unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["batch_id"], "envoy-1-0001");
+    assert_eq!(batches[0]["policy_version"], first.version);
+    assert_eq!(
+        (
+            &batches[0]["entries"],
+            &batches[0]["applied"],
+            &batches[0]["skipped"]
+        ),
+        (&json!(3), &json!(2), &json!(1))
+    );
+    server
+        .get("/v1/usage/batches", None, &[])
+        .error(401, "authentication_error");
+    let events = server.get("/v1/audit", Some(&token), &[]).json();
+    let usage_events: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["action"] == "usage.report")
+        .collect();
+    assert_eq!(usage_events.len(), 1, "one event per batch");
+    assert_eq!(usage_events[0]["actor"], "envoy-1");
+    assert_eq!(usage_events[0]["details"]["cost_microusd"], 1_325_001);
+
+    // The CLI sees the same figures.
+    let spend = ws.json(&["spend", "--json"]);
+    assert_eq!(spend["keys"][0]["spent_microusd"], 1_325_001);
+    assert_eq!(spend["projects"][0]["spent_microusd"], 1_325_001);
+    let table = ws.ok(&["spend"]);
+    assert!(table.contains("$1.325001"), "{table}");
+    assert!(table.contains("26%"), "{table}");
+    let shown = ws.ok(&["key", "show", &id]);
+    assert!(shown.contains("$1.325001 of $5.00 cap (26%)"), "{shown}");
+    assert!(ws.ok(&["usage", "batches"]).contains("envoy-1-0001"));
+}
+
+#[test]
+fn usage_reports_need_a_valid_signature_and_a_valid_body() {
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
+    let (id, _) = ws.create_key(&["--project", "proj_a"]);
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+    let report = UsageReport::new("envoy-1", "b-1", vec![usage_entry(&id, None, 10, 1)]);
+    let (body, signature) = signed_report(&ws, &report);
+
+    let invalid_signature = |reply: Reply| {
+        assert_eq!(
+            reply.error(401, "authentication_error"),
+            "invalid_signature"
+        );
+        assert!(reply.header("www-authenticate").is_none());
+    };
+    // Missing, from another key, malformed, or over other bytes.
+    invalid_signature(server.usage(&body, None));
+    let stranger = SigningKey::from_base64("ops-1", &"QUJD".repeat(11)).unwrap();
+    invalid_signature(server.usage(&body, Some(&report_signature(&body, &stranger))));
+    invalid_signature(server.usage(&body, Some("no-colon")));
+    let other_id = SigningKey::from_base64("ops-2", &"QUJD".repeat(11)).unwrap();
+    invalid_signature(server.usage(&body, Some(&report_signature(&body, &other_id))));
+    let tampered = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("\"cost_microusd\":10", "\"cost_microusd\":1");
+    assert_ne!(tampered.as_bytes(), body.as_slice());
+    invalid_signature(server.usage(tampered.as_bytes(), Some(&signature)));
+    // The admin token is no substitute for the signature.
+    let reply = Server::reply(
+        server
+            .agent
+            .post(format!("{}/v1/usage", server.base))
+            .header("authorization", format!("Bearer {token}"))
+            .send(&body[..]),
+    );
+    invalid_signature(reply);
+
+    // Signed, but not a valid report: 400.
+    let wrong_format = br#"{"format":"other","reporter":"r","batch_id":"b","entries":[]}"#;
+    let reply = server.usage(
+        wrong_format,
+        Some(&report_signature(wrong_format, &ws.signing_key())),
+    );
+    assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
+    let not_json = b"{not json";
+    let reply = server.usage(
+        not_json,
+        Some(&report_signature(not_json, &ws.signing_key())),
+    );
+    assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
+    let empty_batch = serde_json::to_vec(&UsageReport::new("r", "", vec![])).unwrap();
+    let reply = server.usage(
+        &empty_batch,
+        Some(&report_signature(&empty_batch, &ws.signing_key())),
+    );
+    assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
+
+    // Nothing was applied by any of these.
+    let shown = server
+        .get(&format!("/v1/keys/{id}"), Some(&token), &[])
+        .json();
+    assert_eq!(shown["spent_microusd"], 0);
+    assert!(shown["last_seen_at"].is_null());
+
+    // A full batch is far over the admin API's 64 KiB: the usage endpoint takes it.
+    let entries: Vec<UsageEntry> = (0..2000)
+        .map(|n| usage_entry(&id, Some("proj_a"), 1, 1_790_000_000 + n))
+        .collect();
+    let (big, big_signature) = signed_report(&ws, &UsageReport::new("envoy-1", "big", entries));
+    assert!(big.len() > 64 * 1024);
+    let applied = ack(&server.usage(&big, Some(&big_signature)));
+    assert!(!applied.duplicate);
+    let shown = server
+        .get(&format!("/v1/keys/{id}"), Some(&token), &[])
+        .json();
+    assert_eq!(shown["spent_microusd"], 2000);
+    assert_eq!(shown["last_seen_at"], 1_790_001_999u64);
+    // Over 4 MiB: 413 in the error contract.
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
+    let reply = server.usage(&huge, Some(&report_signature(&huge, &ws.signing_key())));
+    assert_eq!(
+        reply.error(413, "invalid_request_error"),
+        "report_too_large"
+    );
+}
+
+#[test]
+fn concurrent_duplicate_reports_are_applied_once() {
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
+    let (id, _) = ws.create_key(&["--project", "proj_a"]);
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+    let report = UsageReport::new(
+        "envoy-1",
+        "envoy-1-race",
+        vec![usage_entry(&id, Some("proj_a"), 333_333, 1_790_000_000)],
+    );
+    let (body, signature) = signed_report(&ws, &report);
+    let posts = 16;
+    let barrier = std::sync::Barrier::new(posts);
+    let acks: Vec<UsageAck> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..posts)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    ack(&server.usage(&body, Some(&signature)))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    assert_eq!(acks.iter().filter(|ack| !ack.duplicate).count(), 1);
+    assert!(acks.iter().all(|ack| ack.version == acks[0].version));
+    let shown = server
+        .get(&format!("/v1/keys/{id}"), Some(&token), &[])
+        .json();
+    assert_eq!(shown["spent_microusd"], 333_333, "applied once");
+    let (policy, _, _) = server.snapshot(&ws);
+    assert_eq!(policy.version, acks[0].version);
+    assert_eq!(policy.key_by_id(&id).unwrap().spent_microusd, 333_333);
+
+    // One batch is recorded.
+    let batches = server.get("/v1/usage/batches", Some(&token), &[]).json();
+    assert_eq!(batches["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn prices_caps_and_rate_limits_over_the_admin_api() {
+    let ws = Workspace::new();
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+
+    // Prices: USD strings or numbers, converted exactly.
+    let reply = server.put(
+        "/v1/prices/gpt-4o*",
+        &token,
+        json!({"input_usd_per_mtok": "2.50", "output_usd_per_mtok": 10}),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let price = reply.json();
+    assert_eq!(price["model"], "gpt-4o*");
+    assert_eq!(price["input_microusd_per_mtok"], 2_500_000);
+    assert_eq!(price["output_microusd_per_mtok"], 10_000_000);
+    assert!(price["cached_input_microusd_per_mtok"].is_null());
+    let reply = server.put(
+        "/v1/prices/gpt-4o-mini",
+        &token,
+        json!({"input_usd_per_mtok": 0.15, "output_usd_per_mtok": "0.6",
+               "cached_input_usd_per_mtok": 0.075, "cache_write_microusd_per_mtok": 187_500}),
+    );
+    assert_eq!(reply.json()["cached_input_microusd_per_mtok"], 75_000);
+    assert_eq!(reply.json()["input_microusd_per_mtok"], 150_000);
+    assert_eq!(reply.json()["cache_write_microusd_per_mtok"], 187_500);
+    let listed = server.get("/v1/prices", Some(&token), &[]).json();
+    let models: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|price| price["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["gpt-4o*", "gpt-4o-mini"]);
+    let one = server.get("/v1/prices/gpt-4o-mini", Some(&token), &[]);
+    assert_eq!(one.json()["output_microusd_per_mtok"], 600_000);
+    let (policy, _, envelope) = server.snapshot(&ws);
+    assert_eq!(
+        policy
+            .prices()
+            .price_for("gpt-4o-2024-08-06")
+            .unwrap()
+            .input,
+        2_500_000
+    );
+    assert_eq!(
+        snapshot_json(&envelope)["prices"][1]["cached_input_microusd_per_mtok"],
+        75_000
+    );
+
+    for (path, body, code) in [
+        (
+            "/v1/prices/*",
+            json!({"input_usd_per_mtok": 1, "output_usd_per_mtok": 1}),
+            "invalid_field",
+        ),
+        (
+            "/v1/prices/m",
+            json!({"input_usd_per_mtok": 1}),
+            "invalid_field",
+        ),
+        (
+            "/v1/prices/m",
+            json!({"input_usd_per_mtok": "-1", "output_usd_per_mtok": 1}),
+            "invalid_amount",
+        ),
+        (
+            "/v1/prices/m",
+            json!({"input_usd_per_mtok": 0.0000001, "output_usd_per_mtok": 1}),
+            "invalid_amount",
+        ),
+        (
+            "/v1/prices/m",
+            json!({"input_usd_per_mtok": 1, "input_microusd_per_mtok": 1, "output_usd_per_mtok": 1}),
+            "invalid_field",
+        ),
+        (
+            "/v1/prices/m",
+            json!({"input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "colour": 1}),
+            "invalid_json",
+        ),
+    ] {
+        let reply = server.put(path, &token, body.clone());
+        assert_eq!(
+            reply.error(400, "invalid_request_error"),
+            code,
+            "{path} {body}"
+        );
+    }
+    let reply = server.delete("/v1/prices/gpt-4o*", &token);
+    assert_eq!(reply.json()["model"], "gpt-4o*");
+    let reply = server.delete("/v1/prices/gpt-4o*", &token);
+    assert_eq!(reply.error(404, "invalid_request_error"), "price_not_found");
+    server
+        .get("/v1/prices", None, &[])
+        .error(401, "authentication_error");
+
+    // Projects: a soft cap below the cap, changeable.
+    let reply = server.post(
+        "/v1/projects",
+        &token,
+        Some(
+            json!({"id": "proj_a", "org": "org_acme", "spend_cap_microusd": 10_000_000,
+                    "spend_soft_cap_microusd": 8_000_000}),
+        ),
+    );
+    assert_eq!(reply.json()["spend_soft_cap_microusd"], 8_000_000);
+    let reply = server.patch(
+        "/v1/projects/proj_a",
+        &token,
+        json!({"spend_soft_cap_microusd": 12_000_000}),
+    );
+    assert_eq!(reply.error(400, "invalid_request_error"), "invalid_field");
+    let reply = server.patch(
+        "/v1/projects/proj_a",
+        &token,
+        json!({"spend_cap_microusd": 20_000_000, "spend_soft_cap_microusd": 12_000_000}),
+    );
+    assert_eq!(reply.json()["spend_cap_microusd"], 20_000_000);
+    let shown = server.get("/v1/projects/proj_a", Some(&token), &[]).json();
+    assert_eq!(shown["spend_soft_cap_microusd"], 12_000_000);
+    assert_eq!(shown["spent_microusd"], 0);
+
+    // Keys: rate limits and a soft cap, changed one limit at a time.
+    let reply = server.post(
+        "/v1/keys",
+        &token,
+        Some(json!({"project": "proj_a", "spend_cap_microusd": 5_000_000,
+                    "spend_soft_cap_microusd": 4_000_000,
+                    "rate_limits": {"requests_per_minute": 60}})),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let created = reply.json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["rate_limits"], json!({"requests_per_minute": 60}));
+    assert_eq!(created["spend_soft_cap_microusd"], 4_000_000);
+    let path = format!("/v1/keys/{id}");
+    let reply = server.patch(
+        &path,
+        &token,
+        json!({"rate_limits": {"tokens_per_minute": 50_000}}),
+    );
+    assert_eq!(
+        reply.json()["rate_limits"],
+        json!({"requests_per_minute": 60, "tokens_per_minute": 50_000})
+    );
+    let (policy, _, _) = server.snapshot(&ws);
+    let key = policy.key_by_id(&id).unwrap();
+    assert_eq!(key.rate_limits.unwrap().tokens_per_minute, Some(50_000));
+    assert_eq!(key.spend_soft_cap_microusd, Some(4_000_000));
+    assert_eq!(
+        policy.project("proj_a").unwrap().spend_soft_cap_microusd,
+        Some(12_000_000)
+    );
+    let reply = server.patch(
+        &path,
+        &token,
+        json!({"rate_limits": {"requests_per_minute": null}}),
+    );
+    assert_eq!(
+        reply.json()["rate_limits"],
+        json!({"tokens_per_minute": 50_000})
+    );
+    let reply = server.patch(
+        &path,
+        &token,
+        json!({"rate_limits": null, "spend_soft_cap_microusd": null}),
+    );
+    assert!(reply.json()["rate_limits"].is_null());
+    assert!(reply.json()["spend_soft_cap_microusd"].is_null());
+    for body in [
+        json!({"rate_limits": {"requests_per_minute": 0}}),
+        json!({"spend_soft_cap_microusd": 5_000_000}),
+    ] {
+        let reply = server.patch(&path, &token, body.clone());
+        assert_eq!(
+            reply.error(400, "invalid_request_error"),
+            "invalid_field",
+            "{body}"
+        );
+    }
+    let reply = server.patch(&path, &token, json!({"rate_limits": {"per_hour": 1}}));
+    assert_eq!(reply.error(400, "invalid_request_error"), "invalid_json");
+
+    // Every change is audited.
+    let events = server.get("/v1/audit", Some(&token), &[]).json();
+    let actions: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "price.set",
+        "price.remove",
+        "project.create",
+        "project.update",
+        "key.update",
+    ] {
+        assert!(actions.contains(&expected), "{expected}: {actions:?}");
+    }
 }
