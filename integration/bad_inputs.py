@@ -311,11 +311,6 @@ SPOOF_IDENTITY = (
     ("x-keyward-shadow-denied", "none"),
 )
 SPOOF_OTHER = (("x-keyward-error", "none"), ("x-keyward-admin", "true"))
-SPOOF_OTHER_BUG = (
-    "the filter removes only the four identity headers and x-keyward-shadow-denied; other "
-    "client-sent x-keyward-* headers reach the upstream, although SECURITY.md says every "
-    "client-sent x-keyward-* header is removed"
-)
 
 CASES: list[Case] = [
     # ---- no credential, empty credential, schemes
@@ -413,8 +408,8 @@ CASES: list[Case] = [
     Case("spoof_identity_paused_key", BOTH, SPOOF_IDENTITY + (("x-api-key", "{paused}"),), deny(403, "key_paused")),
     Case("spoof_identity_exempt", BOTH, SPOOF_IDENTITY + (BEARER_ALPHA,), exempt(), path="/healthz",
          note="exempt: no identity is added, client copies are removed, the key too"),
-    Case("spoof_other_keyward_headers_allowed", BOTH, SPOOF_OTHER + (BEARER_ALPHA,), allow("alpha"), xfail=SPOOF_OTHER_BUG),
-    Case("spoof_other_keyward_headers_exempt", BOTH, SPOOF_OTHER, exempt(), path="/healthz", xfail=SPOOF_OTHER_BUG),
+    Case("spoof_other_keyward_headers_allowed", BOTH, SPOOF_OTHER + (BEARER_ALPHA,), allow("alpha")),
+    Case("spoof_other_keyward_headers_exempt", BOTH, SPOOF_OTHER, exempt(), path="/healthz"),
     # ---- HTTP/2 only
     Case("uppercase_header_name_h2", (H2,), _h(("Authorization", "Bearer {alpha}")), h2_close()),
     Case("uppercase_spoofed_identity_h2", (H2,), _h(("x-api-key", "{alpha}"), ("X-Keyward-Key-Id", "kAdmin")), h2_close()),

@@ -17,6 +17,9 @@ use crate::metering_flow::{admit, log_settle_failure, read_body, Admitted, BodyR
 use crate::metrics::Metrics;
 use crate::usage_activity::{Activity, Usage};
 
+/// Every client-sent header with this prefix is removed: the upstream trusts the prefix.
+const KEYWARD_HEADER_PREFIX: &str = "x-keyward-";
+
 /// Header telling the upstream what shadow mode would have refused.
 pub const SHADOW_HEADER: &str = "x-keyward-shadow-denied";
 
@@ -309,16 +312,20 @@ fn handle(
     };
     let outcome = decide(settings, route, &request, state.policy.as_deref(), now);
 
-    // Client-sent copies of keyward's own headers never reach the upstream, whatever the outcome.
-    for name in settings
-        .identity_headers
-        .all()
-        .into_iter()
-        .chain([SHADOW_HEADER])
-    {
-        if request.has_header(name) {
-            host.remove_request_header(name)?;
-        }
+    // Client-sent copies of keyward's own headers (every `x-keyward-*` and the configured
+    // identity header names) never reach the upstream, whatever the outcome.
+    let identity_names = settings.identity_headers.all();
+    let mut spoofed: Vec<&str> = request
+        .header_names()
+        .filter(|name| {
+            name.get(..KEYWARD_HEADER_PREFIX.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(KEYWARD_HEADER_PREFIX))
+                || identity_names.iter().any(|own| own.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    spoofed.dedup();
+    for name in spoofed {
+        host.remove_request_header(name)?;
     }
 
     let version = state.policy.as_ref().map_or(0, |policy| policy.version);
@@ -493,4 +500,4 @@ fn reply(
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]
-mod tests;
+pub(crate) mod tests;

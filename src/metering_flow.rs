@@ -492,3 +492,7 @@ pub fn log_settle_failure(host: &impl Host, error: HostError) {
         ),
     );
 }
+
+#[cfg(test)]
+#[path = "metering_flow_tests.rs"]
+mod tests;

@@ -38,6 +38,11 @@ impl<'r> Request<'r> {
         core::str::from_utf8(first).ok()
     }
 
+    /// Every header name, in arrival order (repeated names repeat).
+    pub fn header_names(&self) -> impl Iterator<Item = &'r str> {
+        self.headers.iter().map(|(name, _)| name.as_str())
+    }
+
     pub fn has_header(&self, name: &str) -> bool {
         self.header_values(name).next().is_some()
     }

@@ -1,0 +1,271 @@
+//! Metering and rate limits against the fake host: reservations, settlement, release, limits.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use keyward_engine::config::PluginConfig;
+use keyward_engine::hash::sha256;
+use keyward_engine::metering::{key_counter_entry, project_counter_entry, SpendCounter};
+
+use crate::handler::tests::FakeHost;
+use crate::handler::{
+    on_request_body, on_request_headers, on_response_body, on_response_headers, on_stream_end,
+    FilterState, Verdict,
+};
+use crate::host::MetricKind;
+use crate::metrics::Metrics;
+use crate::usage_activity::Activity;
+
+const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
+const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
+
+/// $2 per 1M input tokens, $10 per 1M output tokens; a key capped at $1.00 with a soft cap.
+fn state(key_extra: &str) -> FilterState {
+    let json = format!(
+        r#"{{ "metering": {{"reservation_ceiling_microusd": 200000}},
+          "routes": [{{"name": "chat", "match": {{"path_prefix": "/v1/"}}, "meter": true}}],
+          "policy": {{"version": 4, "issued_at": 1799999999,
+            "prices": [{{"model": "gpt-4o*", "input_microusd_per_mtok": 2000000, "output_microusd_per_mtok": 10000000}}],
+            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active", "spend_cap_microusd": 5000000}}],
+            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active",
+                       "spend_cap_microusd": 1000000, "spend_soft_cap_microusd": 900000 {key_extra}}}]}}}}"#,
+        hex::encode(sha256(SECRET.as_bytes())),
+    );
+    let config = PluginConfig::from_json(json.as_bytes()).expect("valid test configuration");
+    let mut next = 0;
+    let metrics = Metrics::define(|_kind: MetricKind, _name: &str| {
+        next += 1;
+        Ok(next)
+    })
+    .expect("metrics");
+    FilterState {
+        settings: Rc::new(config.settings),
+        policy: config.policy.map(Rc::new),
+        metrics: Rc::new(metrics),
+        activity: Some(Rc::new(RefCell::new(Activity::default()))),
+    }
+}
+
+fn chat_host(body: &str) -> FakeHost {
+    let host = FakeHost::with(&[
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("authorization", &format!("Bearer {KEY}")),
+        ("content-length", &body.len().to_string()),
+    ]);
+    *host.request_body.borrow_mut() = body.as_bytes().to_vec();
+    host.now_ms.set(1_800_000_000_000);
+    host
+}
+
+fn counter(host: &FakeHost, entry: &str) -> SpendCounter {
+    host.shared
+        .borrow()
+        .get(entry)
+        .and_then(|(bytes, _)| SpendCounter::decode(bytes))
+        .unwrap_or_default()
+}
+
+/// Runs one request through headers and body; returns the final verdict. The request headers
+/// are those of `chat_host` again (the previous request stripped the key).
+fn send(host: &FakeHost, state: &FilterState) -> Verdict {
+    let body = host.request_body.borrow().clone();
+    *host.headers.borrow_mut() = chat_host(&String::from_utf8_lossy(&body))
+        .headers
+        .borrow()
+        .clone();
+    match on_request_headers(host, state, false) {
+        Verdict::AwaitBody(ticket) => {
+            let size = host.request_body.borrow().len();
+            on_request_body(host, state, *ticket, size)
+        }
+        other => other,
+    }
+}
+
+fn respond(host: &FakeHost, state: &FilterState, verdict: Verdict, content_type: &str, body: &str, complete: bool) {
+    let Verdict::Forward(mut admitted) = verdict else {
+        panic!("expected a forwarded request, got {verdict:?}");
+    };
+    *host.response_headers.borrow_mut() = vec![
+        (":status".to_owned(), b"200".to_vec()),
+        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
+    ];
+    on_response_headers(host, &mut admitted);
+    // Split the body into small chunks, as Envoy may.
+    let bytes = body.as_bytes();
+    for (index, chunk) in bytes.chunks(7).enumerate() {
+        *host.response_chunk.borrow_mut() = chunk.to_vec();
+        let last = complete && (index + 1) * 7 >= bytes.len();
+        on_response_body(host, &mut admitted, chunk.len(), last);
+    }
+    on_stream_end(host, state, &mut admitted);
+}
+
+const BODY: &str = r#"{"model": "gpt-4o-mini", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}"#;
+
+#[test]
+fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
+    let state = state("");
+    let host = chat_host(BODY);
+    let verdict = send(&host, &state);
+    let reserved = counter(&host, &key_counter_entry("good1")).reserved;
+    // 24 input tokens (96 bytes / 4) at $2/M + 1000 output tokens at $10/M = 48 + 10000.
+    assert_eq!(reserved, 10_048);
+    assert_eq!(counter(&host, &project_counter_entry("proj_a")).reserved, 10_048);
+    respond(
+        &host,
+        &state,
+        verdict,
+        "application/json",
+        r#"{"id":"x","model":"gpt-4o-mini","usage":{"prompt_tokens":1000,"completion_tokens":200,"total_tokens":1200}}"#,
+        true,
+    );
+    let key = counter(&host, &key_counter_entry("good1"));
+    assert_eq!((key.reserved, key.settled), (0, 2000 + 2000));
+    assert_eq!(counter(&host, &project_counter_entry("proj_a")).settled, 4000);
+    let activity = state.activity.as_ref().expect("activity").borrow().clone();
+    let entries = activity.into_entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].cost_microusd, 4000);
+    assert_eq!(entries[0].project.as_deref(), Some("proj_a"));
+    assert_eq!(entries[0].requests, 1);
+}
+
+#[test]
+fn the_cap_counts_what_other_requests_hold_and_spent() {
+    let state = state("");
+    // Spent $0.99 in this Envoy already: a request reserving $0.01 more fits, a second not.
+    let host = chat_host(BODY);
+    host.shared.borrow_mut().insert(
+        key_counter_entry("good1"),
+        (SpendCounter { settled: 980_000, ..SpendCounter::default() }.encode(), 1),
+    );
+    let first = send(&host, &state);
+    assert!(matches!(first, Verdict::Forward(_)), "{first:?}");
+    assert!(
+        host.response_headers.borrow().is_empty(),
+        "nothing is sent to the response yet"
+    );
+    let second = send(&host, &state);
+    assert!(matches!(second, Verdict::Stop));
+    let reply = host.reply.borrow().clone().expect("a local reply");
+    assert_eq!(reply.0, 403);
+    assert!(reply.2.contains("spend_cap_exceeded"));
+    // The refused request left no reservation behind.
+    assert_eq!(counter(&host, &key_counter_entry("good1")).reserved, 10_048);
+}
+
+#[test]
+fn a_cut_stream_releases_its_reservation_and_pays_it_when_content_was_sent() {
+    let state = state("");
+    let host = chat_host(BODY);
+    let verdict = send(&host, &state);
+    respond(&host, &state, verdict, "text/event-stream", "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n", false);
+    let key = counter(&host, &key_counter_entry("good1"));
+    assert_eq!(key.reserved, 0, "released");
+    assert_eq!(key.settled, 10_048, "no usage seen: the reservation is charged");
+}
+
+#[test]
+fn a_request_that_never_got_a_response_is_not_charged() {
+    let state = state("");
+    let host = chat_host(BODY);
+    let Verdict::Forward(mut admitted) = send(&host, &state) else {
+        panic!("forwarded");
+    };
+    on_stream_end(&host, &state, &mut admitted);
+    let key = counter(&host, &key_counter_entry("good1"));
+    assert_eq!((key.reserved, key.settled), (0, 0));
+}
+
+#[test]
+fn openai_chat_streams_get_include_usage_added() {
+    let state = state("");
+    let host = chat_host(r#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
+    let verdict = send(&host, &state);
+    assert!(matches!(verdict, Verdict::Forward(_)));
+    let body: serde_json::Value =
+        serde_json::from_slice(&host.request_body.borrow()).expect("json body");
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        host.header("content-length"),
+        Some(host.request_body.borrow().len().to_string())
+    );
+}
+
+#[test]
+fn unpriced_models_are_refused_for_capped_keys() {
+    let state = state("");
+    let host = chat_host(r#"{"model":"llama-3","messages":[]}"#);
+    assert!(matches!(send(&host, &state), Verdict::Stop));
+    let reply = host.reply.borrow().clone().expect("reply");
+    assert_eq!(reply.0, 403);
+    assert!(reply.2.contains("model_not_allowed"));
+}
+
+#[test]
+fn bodies_that_are_not_json_or_too_large_are_refused() {
+    let state = state("");
+    let host = chat_host("not json");
+    assert!(matches!(send(&host, &state), Verdict::Stop));
+    assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(400));
+    let host = chat_host(&format!("{{\"model\":\"gpt-4o\",\"pad\":\"{}\"}}", "x".repeat(2 << 20)));
+    assert!(matches!(send(&host, &state), Verdict::Stop));
+    assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(413));
+}
+
+#[test]
+fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
+    let state = state(r#", "rate_limits": {"requests_per_minute": 2}"#);
+    let host = chat_host(BODY);
+    for remaining in ["1", "0"] {
+        let verdict = send(&host, &state);
+        let Verdict::Forward(mut admitted) = verdict else {
+            panic!("allowed");
+        };
+        host.response_headers.borrow_mut().clear();
+        on_response_headers(&host, &mut admitted);
+        let headers = host.response_headers.borrow().clone();
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(value("x-ratelimit-limit-requests").as_deref(), Some("2"));
+        assert_eq!(value("x-ratelimit-remaining-requests").as_deref(), Some(remaining));
+        on_stream_end(&host, &state, &mut admitted);
+    }
+    assert!(matches!(send(&host, &state), Verdict::Stop));
+    let reply = host.reply.borrow().clone().expect("reply");
+    assert_eq!(reply.0, 429);
+    assert!(reply.1.iter().any(|(n, v)| n == "retry-after" && v == "30"));
+    assert!(reply.2.contains("rate_limited"));
+    assert_eq!(
+        counter(&host, &key_counter_entry("good1")).reserved,
+        0,
+        "the refused request released its reservation"
+    );
+    host.now_ms.set(host.now_ms.get() + 30_000);
+    assert!(matches!(send(&host, &state), Verdict::Forward(_)));
+}
+
+#[test]
+fn passing_the_soft_cap_warns_without_refusing() {
+    let state = state("");
+    let host = chat_host(BODY);
+    host.shared.borrow_mut().insert(
+        key_counter_entry("good1"),
+        (SpendCounter { settled: 899_000, ..SpendCounter::default() }.encode(), 1),
+    );
+    let Verdict::Forward(mut admitted) = send(&host, &state) else {
+        panic!("allowed");
+    };
+    on_response_headers(&host, &mut admitted);
+    assert!(host
+        .response_headers
+        .borrow()
+        .iter()
+        .any(|(n, v)| n == "x-keyward-spend-warning" && v == b"key-soft-cap"));
+}
