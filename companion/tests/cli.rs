@@ -432,3 +432,215 @@ fn hashed_keys_can_be_imported_from_a_snapshot_file() {
     let audit = ws.ok(&["audit", "--json"]);
     assert_eq!(audit.matches("snapshot.import").count(), 1, "{audit}");
 }
+
+#[test]
+fn prices_caps_and_rate_limits_from_the_command_line() {
+    let ws = Workspace::new();
+    // Prices in USD per 1M tokens, converted exactly.
+    let price = ws.json(&[
+        "price", "set", "--model", "gpt-4o*", "--input", "2.50", "--output", "10", "--json",
+    ]);
+    assert_eq!(price["input_microusd_per_mtok"], 2_500_000);
+    assert_eq!(price["output_microusd_per_mtok"], 10_000_000);
+    let printed = ws.ok(&[
+        "price",
+        "set",
+        "--model",
+        "gpt-4o-mini",
+        "--input",
+        "$0.15",
+        "--output",
+        "0.60",
+        "--cached-input",
+        "0.075",
+        "--cache-write",
+        "0.1875",
+    ]);
+    assert!(printed.contains("cached input $0.075"), "{printed}");
+    let listed = ws.json(&["price", "list", "--json"]);
+    assert_eq!(listed[1]["model"], "gpt-4o-mini");
+    assert_eq!(listed[1]["cached_input_microusd_per_mtok"], 75_000);
+    assert_eq!(listed[1]["cache_write_microusd_per_mtok"], 187_500);
+    let table = ws.ok(&["price", "list"]);
+    assert!(table.contains("$2.50 (input)"), "{table}");
+    assert!(ws
+        .fails(&["price", "set", "--model", "*", "--input", "1", "--output", "1"])
+        .contains("model"));
+    assert!(ws
+        .fails(&[
+            "price",
+            "set",
+            "--model",
+            "m",
+            "--input",
+            "0.0000001",
+            "--output",
+            "1"
+        ])
+        .contains("--input"));
+    ws.ok(&["price", "remove", "--model", "gpt-4o*"]);
+    assert!(ws
+        .fails(&["price", "remove", "--model", "gpt-4o*"])
+        .contains("No price"));
+    let policy = policy_of(&ws, &ws.build_snapshot("priced.json"));
+    let mini = policy.prices().price_for("gpt-4o-mini-2024").is_none();
+    assert!(mini, "an exact name is not a prefix");
+    let mini = policy.prices().price_for("gpt-4o-mini").unwrap();
+    assert_eq!(
+        (mini.input, mini.cached_input, mini.cache_write),
+        (150_000, 75_000, 187_500)
+    );
+
+    // Soft caps and rate limits.
+    ws.ok(&[
+        "project",
+        "create",
+        "proj_a",
+        "--org",
+        "org_acme",
+        "--spend-cap-usd",
+        "100",
+        "--soft-cap",
+        "80",
+    ]);
+    let shown = ws.json(&["project", "show", "proj_a", "--json"]);
+    assert_eq!(shown["spend_soft_cap_microusd"], 80_000_000);
+    assert!(ws
+        .fails(&["project", "set", "proj_a", "--spend-cap-usd", "50"])
+        .contains("spend_soft_cap_microusd"));
+    ws.ok(&[
+        "project",
+        "set",
+        "proj_a",
+        "--no-soft-cap",
+        "--spend-cap-usd",
+        "50",
+    ]);
+    let shown = ws.json(&["project", "show", "proj_a", "--json"]);
+    assert!(shown["spend_soft_cap_microusd"].is_null());
+    assert_eq!(shown["spend_cap_microusd"], 50_000_000);
+
+    let (id, _) = ws.create_key(&[
+        "--project",
+        "proj_a",
+        "--spend-cap-usd",
+        "5",
+        "--spend-soft-cap-usd",
+        "4.5",
+        "--rpm",
+        "60",
+        "--tpm",
+        "100000",
+    ]);
+    let shown = ws.json(&["key", "show", &id, "--json"]);
+    assert_eq!(shown["spend_soft_cap_microusd"], 4_500_000);
+    assert_eq!(
+        shown["rate_limits"],
+        serde_json::json!({"requests_per_minute": 60, "tokens_per_minute": 100000})
+    );
+    let text = ws.ok(&["key", "show", &id]);
+    assert!(
+        text.contains("$0.00 of $5.00 cap (0%), soft cap $4.50"),
+        "{text}"
+    );
+    assert!(
+        text.contains("60 requests/min, 100000 tokens/min"),
+        "{text}"
+    );
+    let table = ws.ok(&["key", "list"]);
+    assert!(
+        table.contains("SOFT CAP") && table.contains("60rpm,100000tpm"),
+        "{table}"
+    );
+
+    ws.ok(&["key", "set", &id, "--no-rpm", "--soft-cap", "4"]);
+    let shown = ws.json(&["key", "show", &id, "--json"]);
+    assert_eq!(
+        shown["rate_limits"],
+        serde_json::json!({"tokens_per_minute": 100000})
+    );
+    assert_eq!(shown["spend_soft_cap_microusd"], 4_000_000);
+    assert!(ws
+        .fails(&["key", "set", &id, "--rpm", "0"])
+        .contains("rate_limits"));
+    assert!(ws
+        .fails(&["key", "set", &id, "--soft-cap", "5"])
+        .contains("spend_soft_cap_microusd"));
+    ws.ok(&["key", "set", &id, "--no-tpm", "--no-soft-cap"]);
+    let shown = ws.json(&["key", "show", &id, "--json"]);
+    assert!(shown["rate_limits"].is_null() && shown["spend_soft_cap_microusd"].is_null());
+
+    let policy = policy_of(&ws, &ws.build_snapshot("limited.json"));
+    assert_eq!(policy.key_by_id(&id).unwrap().rate_limits, None);
+    assert_eq!(
+        policy.project("proj_a").unwrap().spend_cap_microusd,
+        Some(50_000_000)
+    );
+    let spend = ws.ok(&["spend", "--project", "proj_a"]);
+    assert!(spend.contains("PROJECT") && spend.contains(&id), "{spend}");
+    let actions: Vec<String> = ws
+        .json(&["audit", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["action"].as_str().unwrap().to_owned())
+        .collect();
+    for expected in ["price.set", "price.remove", "project.update", "key.update"] {
+        assert!(actions.iter().any(|a| a == expected), "{expected}");
+    }
+}
+
+#[test]
+fn a_store_written_by_the_previous_schema_keeps_working() {
+    let ws = Workspace::new();
+    let conn = rusqlite::Connection::open(ws.db()).unwrap();
+    conn.execute_batch(
+        r#"
+CREATE TABLE policy_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT INTO policy_version (id, version) VALUES (1, 4);
+CREATE TABLE projects (id TEXT PRIMARY KEY, org TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
+    spend_cap_microusd INTEGER, spent_microusd INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL, archived_at INTEGER);
+CREATE TABLE keys (id TEXT PRIMARY KEY, format TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
+    secret_sha256 TEXT, key_sha256 TEXT UNIQUE, project TEXT REFERENCES projects (id), org TEXT,
+    environment TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
+    scopes TEXT NOT NULL, models TEXT, expires_at INTEGER, spend_cap_microusd INTEGER,
+    spent_microusd INTEGER NOT NULL DEFAULT 0, label TEXT, note TEXT,
+    created_at INTEGER NOT NULL, last_seen_at INTEGER, rotated_from TEXT REFERENCES keys (id),
+    revoke_at INTEGER, revoked_at INTEGER,
+    CHECK ((secret_sha256 IS NULL) <> (key_sha256 IS NULL)),
+    CHECK ((project IS NULL) <> (org IS NULL)));
+CREATE TABLE audit_events (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+    actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL,
+    policy_version INTEGER NOT NULL);
+INSERT INTO projects (id, org, status, spend_cap_microusd, spent_microusd, created_at)
+    VALUES ('proj_old', 'org_1', 'active', 9000000, 1500000, 50);
+INSERT INTO keys (id, format, secret_sha256, project, environment, status, scopes,
+                  spent_microusd, created_at)
+    VALUES ('kOldKey00001', 'ak',
+            'f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114',
+            'proj_old', 'live', 'active', '["chat:write"]', 1000000, 60);
+PRAGMA user_version = 1;
+"#,
+    )
+    .unwrap();
+    drop(conn);
+
+    let keys = ws.json(&["key", "list", "--json"]);
+    assert_eq!(keys[0]["id"], "kOldKey00001");
+    assert_eq!(keys[0]["spent_microusd"], 1_000_000);
+    assert!(keys[0]["rate_limits"].is_null());
+    ws.ok(&["key", "set", "kOldKey00001", "--rpm", "30"]);
+    let policy = policy_of(&ws, &ws.build_snapshot("migrated.json"));
+    assert_eq!(policy.version, 5);
+    let key = policy.key_by_id("kOldKey00001").unwrap();
+    assert_eq!(key.rate_limits.unwrap().requests_per_minute, Some(30));
+    assert_eq!(key.spent_microusd, 1_000_000);
+    let conn = rusqlite::Connection::open(ws.db()).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
