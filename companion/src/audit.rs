@@ -32,6 +32,11 @@ use crate::secrets;
 /// The name the report gives the route used when no configured route matches.
 pub const FALLBACK_ROUTE: &str = "(fallback)";
 
+/// `--unused-days` when not given.
+pub const DEFAULT_UNUSED_DAYS: u64 = 30;
+
+const SECONDS_PER_DAY: u64 = 86_400;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -80,9 +85,10 @@ pub struct PolicyAuditArgs {
     /// Exit 2 when a finding is at or above this severity.
     #[arg(long, value_enum, default_value_t = Severity::High)]
     pub fail_on: Severity,
-    /// Flag keys not seen for this many days (needs last-seen data: see the report's notes).
-    #[arg(long)]
-    pub unused_days: Option<u64>,
+    /// Flag active keys unused for this many days before the snapshot was issued (their last
+    /// reported use, or their creation when never used); 0 turns the check off.
+    #[arg(long, default_value_t = DEFAULT_UNUSED_DAYS)]
+    pub unused_days: u64,
 }
 
 impl PolicyAuditArgs {
@@ -549,7 +555,28 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-pub fn build_report(loaded: &Loaded, unused_days: Option<u64>) -> Report {
+/// The unused-key check (#6) for one key: `Some(message)` when the key's last use (or, never
+/// used, its creation) is more than `days` days before the snapshot's `issued_at`. Measured from
+/// `issued_at`, not the clock, so a report on a fixed snapshot never changes. `None` also when
+/// the snapshot carries neither time for the key (see `unused_data_missing`).
+fn unused_key_message(record: &KeyRecord, issued_at: u64, days: u64) -> Option<String> {
+    let window = days.saturating_mul(SECONDS_PER_DAY);
+    let (reference, what) = match (record.last_used_at, record.created_at) {
+        (Some(used), _) => (used, "last used"),
+        (None, Some(created)) => (created, "never used; created"),
+        (None, None) => return None,
+    };
+    let idle = issued_at.checked_sub(reference)?;
+    (idle > window).then(|| {
+        format!(
+            "{what} {} ({} days before the snapshot was issued; threshold {days})",
+            crate::units::format_time(reference),
+            idle / SECONDS_PER_DAY
+        )
+    })
+}
+
+pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
     let settings = &loaded.config.settings;
     let now = loaded.now;
     let routes = routes(settings);
@@ -623,12 +650,25 @@ pub fn build_report(loaded: &Loaded, unused_days: Option<u64>) -> Report {
         }
         _ => {}
     }
-    if unused_days.is_some() {
-        notes.push(
-            "unused keys: not checked; the snapshot carries no last-seen time, and the store \
-             records none yet (usage reports, #4)"
-                .to_owned(),
-        );
+    let issued_at = loaded.snapshot.issued_at;
+    let active = |record: &&KeyRecord| key_state(record, now) == "active";
+    if unused_days > 0 {
+        let without_times: Vec<&str> = loaded
+            .snapshot
+            .keys
+            .iter()
+            .filter(active)
+            .filter(|record| record.last_used_at.is_none() && record.created_at.is_none())
+            .map(|record| record.id.as_str())
+            .collect();
+        if !without_times.is_empty() {
+            notes.push(format!(
+                "unused keys: {} active key(s) carry neither last_used_at nor created_at in this \
+                 snapshot, so their use could not be checked: {}",
+                without_times.len(),
+                without_times.join(",")
+            ));
+        }
     }
 
     // Scopes some route needs.
@@ -651,6 +691,11 @@ pub fn build_report(loaded: &Loaded, unused_days: Option<u64>) -> Report {
             .collect();
         // Revoked and expired keys can do nothing: only keys that still work get findings.
         let usable = matches!(key_state(record, now), "active" | "paused");
+        if unused_days > 0 && active(&record) {
+            if let Some(message) = unused_key_message(record, issued_at, unused_days) {
+                finding(Severity::Medium, "key_unused", id, message);
+            }
+        }
         if usable && record.expires_at.is_none() {
             finding(
                 Severity::Low,
@@ -741,7 +786,11 @@ pub fn build_report(loaded: &Loaded, unused_days: Option<u64>) -> Report {
             "models": record.models,
             "expires_at": record.expires_at,
             "spend_cap_microusd": record.spend_cap_microusd,
+            "spend_soft_cap_microusd": record.spend_soft_cap_microusd,
             "spent_microusd": record.spent_microusd,
+            "rate_limits": record.rate_limits,
+            "created_at": record.created_at,
+            "last_used_at": record.last_used_at,
             "routes": decisions,
         }));
     }
@@ -852,7 +901,16 @@ fn print_report_table(report: &Report) {
         })
         .unwrap_or_default();
     let mut headers: Vec<String> = [
-        "KEY", "PROJECT", "ORG", "ENV", "STATUS", "SCOPES", "MODELS", "CAP", "EXPIRES",
+        "KEY",
+        "PROJECT",
+        "ORG",
+        "ENV",
+        "STATUS",
+        "SCOPES",
+        "MODELS",
+        "CAP",
+        "EXPIRES",
+        "LAST USED",
     ]
     .iter()
     .map(|header| (*header).to_owned())
@@ -882,6 +940,9 @@ fn print_report_table(report: &Report) {
                 at(key, "/expires_at")
                     .as_u64()
                     .map_or_else(|| "never".to_owned(), crate::units::format_time),
+                at(key, "/last_used_at")
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), crate::units::format_time),
             ];
             let decisions = at(key, "/routes").as_array().unwrap_or(&empty);
             row.extend(
@@ -946,5 +1007,39 @@ pub fn run(args: &PolicyAuditArgs, json: bool) -> Result<ExitCode, Error> {
         Ok(ExitCode::from(2))
     } else {
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(created_at: Option<u64>, last_used_at: Option<u64>) -> KeyRecord {
+        serde_json::from_value(json!({
+            "id": "k", "secret_sha256": "00", "project": "p", "status": "active",
+            "created_at": created_at, "last_used_at": last_used_at,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unused_means_older_than_the_window_before_issue() {
+        let day = SECONDS_PER_DAY;
+        let issued = 1_000 * day;
+        // Exactly 30 days is not over the line; one second more is.
+        assert!(unused_key_message(&record(None, Some(issued - 30 * day)), issued, 30).is_none());
+        let message =
+            unused_key_message(&record(None, Some(issued - 30 * day - 1)), issued, 30).unwrap();
+        assert!(message.starts_with("last used "), "{message}");
+        // The last use wins over the creation time; creation counts when never used.
+        assert!(unused_key_message(&record(Some(0), Some(issued)), issued, 30).is_none());
+        let message = unused_key_message(&record(Some(0), None), issued, 30).unwrap();
+        assert!(message.starts_with("never used; created "), "{message}");
+        assert!(message.contains("1000 days"), "{message}");
+        // No data, or a use after the snapshot was issued: no finding.
+        assert!(unused_key_message(&record(None, None), issued, 30).is_none());
+        assert!(unused_key_message(&record(None, Some(issued + 5)), issued, 0).is_none());
+        // An absurd threshold saturates instead of overflowing.
+        assert!(unused_key_message(&record(Some(0), None), issued, u64::MAX).is_none());
     }
 }

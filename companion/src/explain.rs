@@ -42,7 +42,8 @@ pub struct ExplainArgs {
 struct Step {
     step: &'static str,
     check: &'static str,
-    /// `pass`, `fail` or `skip` (not relevant for this key or route).
+    /// `pass`, `fail` or `skip` (not relevant for this key or route, or not decidable offline:
+    /// rate limits).
     result: &'static str,
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -367,19 +368,37 @@ fn walk(loaded: &Loaded, route: &Route, key_id: &str, shape: &RequestShape) -> W
         (_, None) => walk.skip("10", "model allowed", "the key allows every model"),
     }
     let over = |cap: Option<u64>, spent: u64| cap.is_some_and(|cap| spent >= cap);
-    let money = |cap: Option<u64>, spent: u64| match cap {
-        Some(cap) => format!(
-            "spent {} of {} USD",
-            crate::units::format_usd(spent),
-            crate::units::format_usd(cap)
-        ),
-        None => "no cap".to_owned(),
+    let money = |cap: Option<u64>, soft: Option<u64>, spent: u64| {
+        let mut text = match cap {
+            Some(cap) => format!(
+                "spent {} of {} USD",
+                crate::units::format_usd(spent),
+                crate::units::format_usd(cap)
+            ),
+            None => "no cap".to_owned(),
+        };
+        if let Some(soft) = soft {
+            text.push_str(&format!(
+                "; soft cap {} USD{}",
+                crate::units::format_usd(soft),
+                if spent >= soft {
+                    " reached: answers carry the soft-cap header"
+                } else {
+                    ""
+                }
+            ));
+        }
+        text
     };
     walk.push(
         "11",
         "key spend cap",
         !over(key.spend_cap_microusd, key.spent_microusd),
-        money(key.spend_cap_microusd, key.spent_microusd),
+        money(
+            key.spend_cap_microusd,
+            key.spend_soft_cap_microusd,
+            key.spent_microusd,
+        ),
         "spend_cap_exceeded",
     );
     match &acting_project {
@@ -391,13 +410,46 @@ fn walk(loaded: &Loaded, route: &Route, key_id: &str, shape: &RequestShape) -> W
                 format!(
                     "project {}: {}",
                     project.id,
-                    money(project.spend_cap_microusd, project.spent_microusd)
+                    money(
+                        project.spend_cap_microusd,
+                        project.spend_soft_cap_microusd,
+                        project.spent_microusd
+                    )
                 ),
                 "spend_cap_exceeded",
             );
         }
         None => walk.skip("11", "project spend cap", "no project to charge"),
     }
+    // The counters live in each Envoy instance: the limits are shown, never decided here.
+    let limits: Vec<String> = key
+        .rate_limits
+        .map(|limits| {
+            [
+                limits
+                    .requests_per_minute
+                    .map(|rpm| format!("{rpm} requests/min")),
+                limits
+                    .tokens_per_minute
+                    .map(|tpm| format!("{tpm} tokens/min")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        })
+        .unwrap_or_default();
+    walk.skip(
+        "12",
+        "rate limits",
+        &if limits.is_empty() {
+            "no rate limits".to_owned()
+        } else {
+            format!(
+                "{} per Envoy instance; counted by the filter, not checked here",
+                limits.join(", ")
+            )
+        },
+    );
     walk
 }
 

@@ -385,3 +385,80 @@ fn explain_walks_the_decision_table() {
     let output = explain("kNobody00001", "chat", &[]);
     assert!(stdout(&output).contains("decision: deny 401 invalid_api_key"));
 }
+
+/// The subjects of the `key_unused` findings, and the notes, of a strict-config report decided
+/// at `now`.
+fn unused_report(keys: &Keys, now: &str, extra: &[&str]) -> (Vec<String>, Vec<String>) {
+    let mut args = strings(&["audit", "--json", "--now", now, "--snapshot"]);
+    args.push(path_arg("snapshot.signed.json"));
+    args.push("--config".into());
+    args.push(path_arg("config.strict.json"));
+    args.extend(strings(extra));
+    args.extend(keys.signing_args());
+    let output = keyward(&args);
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let subjects = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["code"] == "key_unused")
+        .map(|finding| {
+            assert_eq!(finding["severity"], "medium");
+            finding["subject"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let notes = report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|note| note.as_str().unwrap().to_owned())
+        .collect();
+    (subjects, notes)
+}
+
+#[test]
+fn unused_keys_are_measured_from_the_snapshot_issue_time() {
+    let keys = Keys::new();
+    // The default is 30 days: a test key last used 115 days before issue, a live key created
+    // 173 days before issue and never used. The revoked and paused keys are not flagged.
+    let (subjects, notes) = unused_report(&keys, NOW, &[]);
+    assert_eq!(subjects, ["kAlphaTest01", "kBetaLive001"]);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("1 active key(s) carry neither") && notes[0].ends_with("kOldProj0001"),
+        "{notes:?}"
+    );
+    // The threshold moves the line: the org key was created 11.6 days before issue.
+    let (subjects, _) = unused_report(&keys, NOW, &["--unused-days", "10"]);
+    assert_eq!(subjects, ["kAlphaTest01", "kBetaLive001", "vpxSvcOps001"]);
+    let (subjects, _) = unused_report(&keys, NOW, &["--unused-days", "150"]);
+    assert_eq!(subjects, ["kBetaLive001"]);
+    // 0 turns the check off, note included.
+    let (subjects, notes) = unused_report(&keys, NOW, &["--unused-days", "0"]);
+    assert!(subjects.is_empty() && notes.is_empty(), "{notes:?}");
+    // Measured from issued_at, not from --now: a later evaluation time changes nothing.
+    let (later, _) = unused_report(&keys, "1810000000", &[]);
+    assert_eq!(later, ["kAlphaTest01", "kBetaLive001"]);
+
+    // The table shows the last use; explain shows soft caps and rate limits.
+    let mut args = audit_args("snapshot.signed.json", "config.strict.json", &[]);
+    args.extend(keys.signing_args());
+    let table = stdout(&keyward(&args));
+    assert!(table.contains("LAST USED"), "{table}");
+    assert!(table.contains("key_unused"), "{table}");
+    assert!(table.contains("2026-11-18T08:20:00Z"), "{table}");
+    let text = stdout(&explain(
+        "kAlphaLive01",
+        "chat",
+        &["--model", "gpt-4o-mini"],
+    ));
+    assert!(
+        text.contains("spent 1.00 of 5.00 USD; soft cap 4.00 USD"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SKIP   rate limits") && text.contains("60 requests/min, 100000 tokens/min"),
+        "{text}"
+    );
+    assert!(text.lines().last().unwrap().starts_with("decision: allow"));
+}
