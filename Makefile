@@ -35,7 +35,7 @@ ISTIO_MODELS       := $(TOOLS)/istio-models
 ISTIO_MODELS_STAMP := $(ISTIO_MODELS)/.installed-$(ISTIO_MODELS_VER)
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := credential_and_decision plugin_config snapshot
+FUZZ_TARGETS := credential_and_decision plugin_config snapshot usage_reader request_body
 CARGO_FUZZ   := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
 
 .PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean oci

@@ -8,9 +8,11 @@ use crate::denial::{Denial, DenyCode};
 use crate::hash::sha256;
 use crate::key_format::{parse_key, Charset, Checksum, KeyFormat, MalformedKey, PartShape};
 use crate::request::{Header, Request};
+use crate::request_body::{read_request_body, with_stream_usage, RequestBodyFacts};
 use crate::route::ErrorFormat;
 use crate::signed_snapshot::{verify_snapshot, SigningKey};
 use crate::snapshot::Policy;
+use crate::usage::{self, BodyShape, TokenUsage, UsageReader};
 
 /// Inputs larger than this are cut: the filter never sees more than Envoy's header limits, and
 /// an unbounded input would only measure the allocator.
@@ -164,6 +166,119 @@ fn unreachable_fixture(error: &str) -> ! {
     panic!("fuzz fixture is invalid: {error}")
 }
 
+/// The response-usage reader: the same body fed whole, in equal chunks and in uneven chunks must
+/// give the same usage, model and end, and memory must stay within its bounds throughout. The
+/// first byte picks the shape (low bit) and the chunk sizes.
+pub fn usage_reader(data: &[u8]) {
+    let data = bounded(data);
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let shape = if selector & 1 == 0 {
+        BodyShape::Json
+    } else {
+        BodyShape::EventStream
+    };
+    let whole = read_usage(shape, [body]);
+    let size = usize::from(selector >> 1).saturating_add(1);
+    assert_eq!(
+        read_usage(shape, body.chunks(size)),
+        whole,
+        "chunks of {size}"
+    );
+    let mut uneven = Vec::new();
+    let mut rest = body;
+    let mut state = u32::from(selector) | 0x100;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let take = usize::try_from(state % 300).unwrap_or(1).min(rest.len());
+        let (chunk, tail) = rest.split_at_checked(take).unwrap_or((rest, &[]));
+        uneven.push(chunk);
+        rest = tail;
+    }
+    assert_eq!(read_usage(shape, uneven), whole, "uneven chunks");
+    if body.len() <= 4096 {
+        assert_eq!(read_usage(shape, body.chunks(1)), whole, "byte by byte");
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct UsageOutcome {
+    usage: Option<TokenUsage>,
+    model: Option<String>,
+    saw_end: bool,
+    oversized: u64,
+    after_finish: (Option<TokenUsage>, bool),
+}
+
+fn read_usage<'a>(shape: BodyShape, chunks: impl IntoIterator<Item = &'a [u8]>) -> UsageOutcome {
+    let bound = usage::MAX_USAGE_BYTES + usage::MAX_MODEL_BYTES;
+    let mut reader = UsageReader::new(shape);
+    for chunk in chunks {
+        reader.feed(chunk);
+        assert!(
+            reader.buffered_bytes() <= bound,
+            "{} bytes held",
+            reader.buffered_bytes()
+        );
+    }
+    let model = reader.model().map(str::to_owned);
+    assert!(model
+        .as_ref()
+        .is_none_or(|m| m.len() <= usage::MAX_MODEL_BYTES));
+    let (usage, saw_end, oversized) = (reader.usage(), reader.saw_end(), reader.oversized_values());
+    reader.finish();
+    UsageOutcome {
+        usage,
+        model,
+        saw_end,
+        oversized,
+        after_finish: (reader.usage(), reader.saw_end()),
+    }
+}
+
+/// Request body facts and the `include_usage` rewrite: a rewritten body must parse, ask for
+/// usage, keep the model, limits and stream flag, need no second rewrite, and differ from the
+/// original in `stream_options` only.
+pub fn request_body(data: &[u8]) {
+    let data = bounded(data);
+    let facts = read_request_body(data, MAX_INPUT);
+    let Some(rewritten) = with_stream_usage(data) else {
+        return;
+    };
+    assert!(
+        facts.is_ok(),
+        "rewrote a body that does not read: {facts:?}"
+    );
+    let before = facts.unwrap_or_default();
+    assert!(
+        before.stream && !before.stream_usage_requested,
+        "{before:?}"
+    );
+    let after = read_request_body(&rewritten, usize::MAX);
+    assert_eq!(
+        after,
+        Ok(RequestBodyFacts {
+            stream_usage_requested: true,
+            ..before
+        })
+    );
+    assert_eq!(with_stream_usage(&rewritten), None, "second rewrite");
+    let parse = |bytes: &[u8]| match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(mut members)) => {
+            members.remove("stream_options");
+            Some(members)
+        }
+        _ => None,
+    };
+    let (old, new) = (parse(data), parse(&rewritten));
+    if old.is_some() || new.is_some() {
+        assert_eq!(old, new, "members other than stream_options changed");
+    }
+}
+
 /// Replays every committed corpus input (seeds and past crashes) through its entry point.
 #[cfg(all(test, not(target_arch = "wasm32")))]
 #[allow(clippy::panic, clippy::expect_used)]
@@ -204,5 +319,15 @@ mod corpus_replay {
     #[test]
     fn snapshot_corpus() {
         replay("snapshot", super::snapshot);
+    }
+
+    #[test]
+    fn usage_reader_corpus() {
+        replay("usage_reader", super::usage_reader);
+    }
+
+    #[test]
+    fn request_body_corpus() {
+        replay("request_body", super::request_body);
     }
 }

@@ -1,0 +1,519 @@
+//! What a JSON request body says about the spend it may cause: the model, the output-token
+//! limit, and whether the response streams (and reports usage when it does).
+//!
+//! The body is read with `serde_json`'s borrowed `RawValue`s: only the few top-level fields read
+//! here are decoded, and the rewrite in [`with_stream_usage`] splices into the original bytes, so
+//! every other byte (numbers such as `0.1`, `1e400` or 30-digit integers, key order, whitespace,
+//! duplicate keys) reaches the provider exactly as the client sent it.
+
+use core::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Model names longer than this are not read (see [`RequestBodyFacts::model`]).
+pub const MAX_MODEL_BYTES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestBodyFacts {
+    /// The top-level `model` string. `None` when it is absent, not a string, or longer than
+    /// [`MAX_MODEL_BYTES`]: no provider has model names that long, so such a body names no model
+    /// keyward can price or match. A caller that restricts models must therefore treat `None` as
+    /// "not an allowed model", never as "any model".
+    pub model: Option<String>,
+    /// The first of `max_completion_tokens`, `max_tokens`, `max_output_tokens` that holds a
+    /// non-negative integer (`null` and other values count as absent; an integer beyond `u64`
+    /// saturates).
+    pub max_output_tokens: Option<u64>,
+    /// `"stream": true` at the top level.
+    pub stream: bool,
+    /// `stream_options.include_usage` is `true`.
+    pub stream_usage_requested: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Invalid UTF-8, invalid JSON, or JSON that is not an object.
+    NotJsonObject,
+    /// Longer than the caller's limit; not parsed.
+    TooLarge,
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BodyError::NotJsonObject => "request body is not a JSON object",
+            BodyError::TooLarge => "request body is too large",
+        })
+    }
+}
+
+const OUTPUT_LIMIT_KEYS: [&str; 3] = ["max_completion_tokens", "max_tokens", "max_output_tokens"];
+
+pub fn read_request_body(body: &[u8], max_bytes: usize) -> Result<RequestBodyFacts, BodyError> {
+    if body.len() > max_bytes {
+        return Err(BodyError::TooLarge);
+    }
+    let text = core::str::from_utf8(body).map_err(|_| BodyError::NotJsonObject)?;
+    let entries = object_entries(text).ok_or(BodyError::NotJsonObject)?;
+    Ok(facts_of(&entries))
+}
+
+fn facts_of(entries: &[(String, &RawValue)]) -> RequestBodyFacts {
+    let mut facts = RequestBodyFacts {
+        model: last(entries, "model")
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .filter(|model| model.len() <= MAX_MODEL_BYTES),
+        stream: last(entries, "stream").is_some_and(|raw| raw.get() == "true"),
+        stream_usage_requested: last(entries, "stream_options").is_some_and(includes_usage),
+        ..RequestBodyFacts::default()
+    };
+    facts.max_output_tokens = OUTPUT_LIMIT_KEYS
+        .iter()
+        .find_map(|key| last(entries, key).and_then(json_u64));
+    facts
+}
+
+fn includes_usage(stream_options: &RawValue) -> bool {
+    object_entries(stream_options.get())
+        .and_then(|options| last(&options, "include_usage").map(|raw| raw.get() == "true"))
+        .unwrap_or(false)
+}
+
+/// The value of `key`; with duplicate keys the last one, as `serde_json::Value` and most
+/// providers' parsers read them.
+fn last<'a>(entries: &[(String, &'a RawValue)], key: &str) -> Option<&'a RawValue> {
+    entries
+        .iter()
+        .rev()
+        .find(|(name, _)| name == key)
+        .map(|(_, raw)| *raw)
+}
+
+/// For an OpenAI chat request with `"stream": true` whose `stream_options.include_usage` is not
+/// already true, the same body with `stream_options.include_usage = true` set (other
+/// `stream_options` fields and every other field kept); otherwise `None`.
+///
+/// Only for OpenAI Chat Completions routes: the body alone does not say which API it is for, and
+/// other APIs (Anthropic Messages, OpenAI Responses) reject or ignore `include_usage`.
+///
+/// The edit is a splice into the original bytes: a missing `stream_options` is added after the
+/// last top-level member, a `null` one is replaced, an object gets `include_usage` appended or its
+/// existing `include_usage` values replaced by `true`. A `stream_options` that is neither an
+/// object nor `null` is left alone (`None`): the provider rejects that body anyway.
+pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let text = core::str::from_utf8(body).ok()?;
+    let entries = object_entries(text)?;
+    let facts = facts_of(&entries);
+    if !facts.stream || facts.stream_usage_requested {
+        return None;
+    }
+    let mut edits: Vec<(usize, usize, &str)> = Vec::new();
+    let mut has_options = false;
+    for (name, raw) in &entries {
+        if name != "stream_options" {
+            continue;
+        }
+        has_options = true;
+        let (start, end) = span_in(text, raw.get())?;
+        if raw.get() == "null" {
+            edits.push((start, end, r#"{"include_usage":true}"#));
+            continue;
+        }
+        let options = object_entries(raw.get())?;
+        let mut replaced = false;
+        for (option, value) in &options {
+            if option == "include_usage" {
+                let (start, end) = span_in(text, value.get())?;
+                edits.push((start, end, "true"));
+                replaced = true;
+            }
+        }
+        if !replaced {
+            match options.last() {
+                Some((_, value)) => {
+                    let (_, end) = span_in(text, value.get())?;
+                    edits.push((end, end, r#","include_usage":true"#));
+                }
+                None => edits.push((start, end, r#"{"include_usage":true}"#)),
+            }
+        }
+    }
+    if !has_options {
+        let (_, value) = entries.last()?;
+        let (_, end) = span_in(text, value.get())?;
+        edits.push((end, end, r#","stream_options":{"include_usage":true}"#));
+    }
+    edits.sort_unstable_by_key(|&(start, end, _)| (start, end));
+    let extra: usize = edits.iter().map(|(_, _, insert)| insert.len()).sum();
+    let mut out = Vec::with_capacity(body.len().saturating_add(extra));
+    let mut copied = 0;
+    for (start, end, insert) in edits {
+        out.extend_from_slice(body.get(copied..start)?);
+        out.extend_from_slice(insert.as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(body.get(copied..)?);
+    // The splice is only correct if the result says what it was meant to; never send a body
+    // that does not.
+    let check = read_request_body(&out, usize::MAX).ok()?;
+    (check.stream_usage_requested
+        && check.model == facts.model
+        && check.max_output_tokens == facts.max_output_tokens)
+        .then_some(out)
+}
+
+/// Where `part`, a slice borrowed from `whole`, lies in it.
+fn span_in(whole: &str, part: &str) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some((start, end))
+}
+
+/// The members of the JSON object `json`, in document order, duplicates kept, values unparsed;
+/// `None` when `json` is not exactly one object.
+pub(crate) fn object_entries(json: &str) -> Option<Vec<(String, &RawValue)>> {
+    serde_json::from_str::<Entries<'_>>(json)
+        .ok()
+        .map(|entries| entries.0)
+}
+
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+struct EntriesVisitor;
+
+impl<'de> Visitor<'de> for EntriesVisitor {
+    type Value = Entries<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: &'de RawValue = map.next_value()?;
+            entries.push((key, value));
+        }
+        Ok(Entries(entries))
+    }
+}
+
+/// A JSON number written as a plain non-negative integer; beyond `u64` it saturates (token
+/// counts that large only come from a broken peer, and saturating errs toward more spend).
+/// Fractions, exponents, negatives and non-numbers are `None`.
+pub(crate) fn json_u64(raw: &RawValue) -> Option<u64> {
+    let text = raw.get();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn facts(body: &str) -> RequestBodyFacts {
+        read_request_body(body.as_bytes(), LIMIT).unwrap()
+    }
+
+    fn rewrite(body: &str) -> Option<String> {
+        with_stream_usage(body.as_bytes()).map(|out| String::from_utf8(out).unwrap())
+    }
+
+    const CHAT_STREAM: &str = r#"{
+  "model": "gpt-4o-mini",
+  "messages": [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say \"hi\" and count: 1, 2, 3"}
+  ],
+  "temperature": 0.1,
+  "top_p": 1e-7,
+  "logit_bias": {"50256": -100},
+  "seed": 123456789012345678901234567890,
+  "max_completion_tokens": 512,
+  "stream": true
+}"#;
+
+    #[test]
+    fn reads_an_openai_chat_request() {
+        assert_eq!(
+            facts(CHAT_STREAM),
+            RequestBodyFacts {
+                model: Some("gpt-4o-mini".to_owned()),
+                max_output_tokens: Some(512),
+                stream: true,
+                stream_usage_requested: false,
+            }
+        );
+    }
+
+    #[test]
+    fn reads_an_anthropic_messages_request() {
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,
+            "system":"Be brief.","messages":[{"role":"user","content":"Hello, Claude"}]}"#;
+        assert_eq!(
+            facts(body),
+            RequestBodyFacts {
+                model: Some("claude-sonnet-4-5".to_owned()),
+                max_output_tokens: Some(1024),
+                stream: true,
+                stream_usage_requested: false,
+            }
+        );
+    }
+
+    #[test]
+    fn reads_an_openai_responses_request() {
+        let body = r#"{"model":"gpt-4.1","input":"Tell me a story","max_output_tokens":2000}"#;
+        assert_eq!(
+            facts(body),
+            RequestBodyFacts {
+                model: Some("gpt-4.1".to_owned()),
+                max_output_tokens: Some(2000),
+                stream: false,
+                stream_usage_requested: false,
+            }
+        );
+    }
+
+    #[test]
+    fn output_limit_prefers_max_completion_tokens_and_skips_unusable_values() {
+        let cases = [
+            (r#"{"max_tokens":10,"max_completion_tokens":20}"#, Some(20)),
+            (
+                r#"{"max_completion_tokens":null,"max_tokens":10}"#,
+                Some(10),
+            ),
+            (r#"{"max_output_tokens":7,"max_tokens":"9"}"#, Some(7)),
+            (r#"{"max_tokens":-1}"#, None),
+            (r#"{"max_tokens":1.5}"#, None),
+            (r#"{"max_tokens":1e3}"#, None),
+            (r#"{"max_tokens":0}"#, Some(0)),
+            (r#"{"max_tokens":99999999999999999999999}"#, Some(u64::MAX)),
+            (r#"{"max_tokens":1,"max_tokens":2}"#, Some(2)),
+            (r#"{}"#, None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(facts(body).max_output_tokens, expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn model_must_be_a_short_string() {
+        assert_eq!(facts(r#"{"model":42}"#).model, None);
+        assert_eq!(facts(r#"{"model":null}"#).model, None);
+        assert_eq!(facts(r#"{"model":["gpt-4o"]}"#).model, None);
+        assert_eq!(
+            facts(r#"{"model":"gpt\u002d4o"}"#).model.as_deref(),
+            Some("gpt-4o")
+        );
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_BYTES + 1));
+        assert_eq!(facts(&long).model, None);
+        let longest = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_BYTES));
+        assert_eq!(
+            facts(&longest).model.map(|m| m.len()),
+            Some(MAX_MODEL_BYTES)
+        );
+        assert_eq!(
+            facts(r#"{"model":"a","model":"b"}"#).model.as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn stream_flags_need_literal_true() {
+        assert!(!facts(r#"{"stream":"true"}"#).stream);
+        assert!(!facts(r#"{"stream":1}"#).stream);
+        assert!(!facts(r#"{"stream":false}"#).stream);
+        assert!(facts(r#"{"stream" : true }"#).stream);
+        let requested = facts(r#"{"stream":true,"stream_options":{"include_usage":true}}"#);
+        assert!(requested.stream_usage_requested);
+        let not = facts(r#"{"stream":true,"stream_options":{"include_usage":"yes"}}"#);
+        assert!(!not.stream_usage_requested);
+        assert!(!facts(r#"{"stream_options":null}"#).stream_usage_requested);
+        assert!(!facts(r#"{"stream_options":[true]}"#).stream_usage_requested);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_json_object() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"[]",
+            b"\"model\"",
+            b"null",
+            b"{\"model\":\"x\"",
+            b"{\"model\":\"x\"} {}",
+            b"{\"model\":\"x\",}",
+            b"{\"model\":\"\xff\"}",
+            b"\xef\xbb\xbf{}",
+        ] {
+            assert_eq!(
+                read_request_body(body, LIMIT),
+                Err(BodyError::NotJsonObject),
+                "{body:?}"
+            );
+            assert_eq!(with_stream_usage(body), None);
+        }
+        assert!(read_request_body(b" \n{}\n ", LIMIT).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_in_unread_values_is_skipped_without_recursion() {
+        let body = format!(
+            r#"{{"a":{}{},"model":"m","stream":true}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let read = read_request_body(body.as_bytes(), usize::MAX).unwrap();
+        assert_eq!(read.model.as_deref(), Some("m"));
+        let out = with_stream_usage(body.as_bytes()).unwrap();
+        assert!(out.ends_with(br#""stream":true,"stream_options":{"include_usage":true}}"#));
+    }
+
+    #[test]
+    fn too_large_is_refused_before_parsing() {
+        assert_eq!(read_request_body(b"{}", 1), Err(BodyError::TooLarge));
+        assert_eq!(
+            read_request_body(b"not json at all", 3),
+            Err(BodyError::TooLarge)
+        );
+        assert!(read_request_body(b"{}", 2).is_ok());
+    }
+
+    #[test]
+    fn adds_stream_options_keeping_every_other_byte() {
+        let out = rewrite(CHAT_STREAM).unwrap();
+        let expected = CHAT_STREAM.replace(
+            "\"stream\": true\n",
+            "\"stream\": true,\"stream_options\":{\"include_usage\":true}\n",
+        );
+        assert_eq!(out, expected);
+        // The numbers a Value round trip would change are still there, byte for byte.
+        for number in ["0.1", "1e-7", "123456789012345678901234567890", "-100"] {
+            assert!(out.contains(number), "{number}");
+        }
+        let after = facts(&out);
+        assert!(after.stream_usage_requested);
+        assert_eq!(after.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(after.max_output_tokens, Some(512));
+        assert_eq!(with_stream_usage(out.as_bytes()), None);
+    }
+
+    #[test]
+    fn preserves_numbers_that_serde_json_cannot_represent() {
+        let body = r#"{"stream":true,"x":1e400,"y":-0.0,"z":18446744073709551616}"#;
+        assert_eq!(
+            rewrite(body).unwrap(),
+            r#"{"stream":true,"x":1e400,"y":-0.0,"z":18446744073709551616,"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn edits_existing_stream_options() {
+        let cases = [
+            (
+                r#"{"stream":true,"stream_options":{"include_obfuscation":false},"n":1}"#,
+                r#"{"stream":true,"stream_options":{"include_obfuscation":false,"include_usage":true},"n":1}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":false,"x":0.10}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true,"x":0.10}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{ "include_usage" : null }}"#,
+                r#"{"stream":true,"stream_options":{ "include_usage" : true }}"#,
+            ),
+            (
+                r#"{"stream_options": { } ,"stream":true}"#,
+                r#"{"stream_options": {"include_usage":true} ,"stream":true}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":null}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true,"include_usage":0}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true,"include_usage":true,"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"a":1},"stream_options":null}"#,
+                r#"{"stream":true,"stream_options":{"a":1,"include_usage":true},"stream_options":{"include_usage":true}}"#,
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(rewrite(body).as_deref(), Some(expected), "{body}");
+        }
+    }
+
+    #[test]
+    fn leaves_alone_what_needs_no_rewrite() {
+        for body in [
+            r#"{"model":"gpt-4o","stream":false}"#,
+            r#"{"model":"gpt-4o"}"#,
+            r#"{"stream":"true"}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"stream":true,"stream_options":"yes"}"#,
+            r#"{"stream":true,"stream_options":[]}"#,
+            r#"{"stream":true,"stream":false}"#,
+            "[true]",
+            "",
+        ] {
+            assert_eq!(rewrite(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn escaped_key_names_are_the_keys_they_spell() {
+        let body = r#"{"str\u0065am":true,"stream\u005foptions":{"x":"}"}}"#;
+        assert!(facts(body).stream);
+        assert_eq!(
+            rewrite(body).unwrap(),
+            r#"{"str\u0065am":true,"stream\u005foptions":{"x":"}","include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn strings_that_look_like_structure_do_not_confuse_the_splice() {
+        let body =
+            "{\"messages\":[{\"content\":\"\\\"stream_options\\\": {} }\"}],\"stream\":true\t}";
+        let out = rewrite(body).unwrap();
+        assert_eq!(
+            out,
+            "{\"messages\":[{\"content\":\"\\\"stream_options\\\": {} }\"}],\"stream\":true,\"stream_options\":{\"include_usage\":true}\t}"
+        );
+    }
+
+    #[test]
+    fn non_ascii_content_survives() {
+        let body = r#"{"messages":[{"role":"user","content":"héllo 世界 🎉 \ud83c\udf89"}],"stream":true}"#;
+        let out = rewrite(body).unwrap();
+        assert!(out.starts_with(
+            r#"{"messages":[{"role":"user","content":"héllo 世界 🎉 \ud83c\udf89"}],"stream":true,"#
+        ));
+    }
+
+    #[test]
+    fn json_u64_reads_plain_integers_only() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        assert_eq!(json_u64(&raw("0")), Some(0));
+        assert_eq!(json_u64(&raw("42")), Some(42));
+        assert_eq!(json_u64(&raw("18446744073709551615")), Some(u64::MAX));
+        assert_eq!(json_u64(&raw("18446744073709551616")), Some(u64::MAX));
+        for text in ["-1", "1.0", "1e2", "\"1\"", "null", "true", "[1]"] {
+            assert_eq!(json_u64(&raw(text)), None, "{text}");
+        }
+    }
+}
