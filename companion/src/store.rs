@@ -803,11 +803,7 @@ fn raw_batch(row: &Row<'_>) -> rusqlite::Result<UsageBatchView> {
 
 /// The reporter names the audit actor: printable, at most 64 characters, never empty.
 fn reporter_actor(reporter: &str) -> String {
-    let cleaned: String = reporter
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    let cleaned: String = printable(reporter).chars().take(64).collect();
     let trimmed = cleaned.trim();
     if trimmed.is_empty() {
         "data-plane".to_owned()
@@ -816,9 +812,14 @@ fn reporter_actor(reporter: &str) -> String {
     }
 }
 
-/// A batch id or key id from a report, shortened for a log line.
+/// Report text for terminals and the audit trail: control characters dropped.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// A batch id or key id from a report, shortened and quoted for a log line.
 fn shown(text: &str) -> String {
-    let cleaned: String = text.chars().filter(|c| !c.is_control()).take(80).collect();
+    let cleaned: String = printable(text).chars().take(80).collect();
     format!("{cleaned:?}")
 }
 
@@ -1664,7 +1665,7 @@ impl Store {
         }
         .audit(
             "usage.report",
-            &report.batch_id,
+            &printable(&report.batch_id),
             json!({"entries": entries, "applied": applied, "skipped": skipped,
                    "cost_microusd": cost, "requests": requests,
                    "input_tokens": input_tokens, "output_tokens": output_tokens,
