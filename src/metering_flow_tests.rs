@@ -83,7 +83,14 @@ fn send(host: &FakeHost, state: &FilterState) -> Verdict {
     }
 }
 
-fn respond(host: &FakeHost, state: &FilterState, verdict: Verdict, content_type: &str, body: &str, complete: bool) {
+fn respond(
+    host: &FakeHost,
+    state: &FilterState,
+    verdict: Verdict,
+    content_type: &str,
+    body: &str,
+    complete: bool,
+) {
     let Verdict::Forward(mut admitted) = verdict else {
         panic!("expected a forwarded request, got {verdict:?}");
     };
@@ -112,7 +119,10 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
     let reserved = counter(&host, &key_counter_entry("good1")).reserved;
     // 24 input tokens (96 bytes / 4) at $2/M + 1000 output tokens at $10/M = 48 + 10000.
     assert_eq!(reserved, 10_048);
-    assert_eq!(counter(&host, &project_counter_entry("proj_a")).reserved, 10_048);
+    assert_eq!(
+        counter(&host, &project_counter_entry("proj_a")).reserved,
+        10_048
+    );
     respond(
         &host,
         &state,
@@ -123,7 +133,10 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
     );
     let key = counter(&host, &key_counter_entry("good1"));
     assert_eq!((key.reserved, key.settled), (0, 2000 + 2000));
-    assert_eq!(counter(&host, &project_counter_entry("proj_a")).settled, 4000);
+    assert_eq!(
+        counter(&host, &project_counter_entry("proj_a")).settled,
+        4000
+    );
     let activity = state.activity.as_ref().expect("activity").borrow().clone();
     let entries = activity.into_entries();
     assert_eq!(entries.len(), 1);
@@ -139,7 +152,14 @@ fn the_cap_counts_what_other_requests_hold_and_spent() {
     let host = chat_host(BODY);
     host.shared.borrow_mut().insert(
         key_counter_entry("good1"),
-        (SpendCounter { settled: 980_000, ..SpendCounter::default() }.encode(), 1),
+        (
+            SpendCounter {
+                settled: 980_000,
+                ..SpendCounter::default()
+            }
+            .encode(),
+            1,
+        ),
     );
     let first = send(&host, &state);
     assert!(matches!(first, Verdict::Forward(_)), "{first:?}");
@@ -161,10 +181,20 @@ fn a_cut_stream_releases_its_reservation_and_pays_it_when_content_was_sent() {
     let state = state("");
     let host = chat_host(BODY);
     let verdict = send(&host, &state);
-    respond(&host, &state, verdict, "text/event-stream", "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n", false);
+    respond(
+        &host,
+        &state,
+        verdict,
+        "text/event-stream",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
+        false,
+    );
     let key = counter(&host, &key_counter_entry("good1"));
     assert_eq!(key.reserved, 0, "released");
-    assert_eq!(key.settled, 10_048, "no usage seen: the reservation is charged");
+    assert_eq!(
+        key.settled, 10_048,
+        "no usage seen: the reservation is charged"
+    );
 }
 
 #[test]
@@ -210,7 +240,10 @@ fn bodies_that_are_not_json_or_too_large_are_refused() {
     let host = chat_host("not json");
     assert!(matches!(send(&host, &state), Verdict::Stop));
     assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(400));
-    let host = chat_host(&format!("{{\"model\":\"gpt-4o\",\"pad\":\"{}\"}}", "x".repeat(2 << 20)));
+    let host = chat_host(&format!(
+        "{{\"model\":\"gpt-4o\",\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    ));
     assert!(matches!(send(&host, &state), Verdict::Stop));
     assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(413));
 }
@@ -234,7 +267,10 @@ fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
         assert_eq!(value("x-ratelimit-limit-requests").as_deref(), Some("2"));
-        assert_eq!(value("x-ratelimit-remaining-requests").as_deref(), Some(remaining));
+        assert_eq!(
+            value("x-ratelimit-remaining-requests").as_deref(),
+            Some(remaining)
+        );
         on_stream_end(&host, &state, &mut admitted);
     }
     assert!(matches!(send(&host, &state), Verdict::Stop));
@@ -257,7 +293,14 @@ fn passing_the_soft_cap_warns_without_refusing() {
     let host = chat_host(BODY);
     host.shared.borrow_mut().insert(
         key_counter_entry("good1"),
-        (SpendCounter { settled: 899_000, ..SpendCounter::default() }.encode(), 1),
+        (
+            SpendCounter {
+                settled: 899_000,
+                ..SpendCounter::default()
+            }
+            .encode(),
+            1,
+        ),
     );
     let Verdict::Forward(mut admitted) = send(&host, &state) else {
         panic!("allowed");

@@ -235,6 +235,9 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
             "config": {
                 "name": "keyward",
                 "root_id": "keyward",
+                // Lets a pause in the request headers hold them back while a metered route's
+                // body is read (metering.hold_headers); Envoy 1.35+.
+                "allow_on_headers_stop_iteration": true,
                 "vm_config": vm_config(&options.wasm),
                 "configuration": {"@type": STRING_VALUE, "value": plugin_text}
             }
@@ -489,6 +492,12 @@ fn istio_plugin_config(options: &IstioOptions, control_plane: &HostPort) -> Resu
                 format!("--plugin-config: `{field}` is set by render istio; remove it"),
             ));
         }
+    }
+    // A WasmPlugin cannot set Envoy's allow_on_headers_stop_iteration, without which holding
+    // the headers would also stop the body: metered routes let the headers go first.
+    let metering = object.entry("metering").or_insert_with(|| json!({}));
+    if let Some(metering) = metering.as_object_mut() {
+        metering.entry("hold_headers").or_insert(Value::Bool(false));
     }
     object.insert(
         "sync".into(),

@@ -87,6 +87,12 @@ pub(crate) struct MeteringDoc {
     report_interval_ms: u64,
     #[serde(default = "default_warning_header")]
     soft_cap_header: String,
+    #[serde(default = "default_hold_headers")]
+    hold_headers: bool,
+}
+
+fn default_hold_headers() -> bool {
+    true
 }
 
 /// The validated `metering` block.
@@ -101,6 +107,11 @@ pub struct MeteringSettings {
     pub report_path: String,
     pub report_interval_ms: u64,
     pub soft_cap_header: String,
+    /// Keep the request headers from the upstream until the body has been checked. Needs the
+    /// Wasm filter's `allow_on_headers_stop_iteration: true` (Envoy 1.35+). Off (Istio's
+    /// WasmPlugin cannot set that knob), the headers go upstream first and a refusal after the
+    /// body resets the upstream request before its body is sent.
+    pub hold_headers: bool,
 }
 
 impl MeteringSettings {
@@ -145,6 +156,7 @@ impl MeteringSettings {
             report_path: doc.report_path,
             report_interval_ms: doc.report_interval_ms,
             soft_cap_header: doc.soft_cap_header,
+            hold_headers: doc.hold_headers,
         })
     }
 }
