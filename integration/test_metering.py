@@ -8,6 +8,7 @@ Prices: $2 per 1M input tokens and $10 per 1M output tokens, so a request costs 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import math
@@ -359,3 +360,41 @@ def test_the_request_past_the_rpm_limit_gets_429_and_headers_are_right(metered):
     assert (resp.status, resp.header("x-keyward-error")) == (429, "rate_limited")
     assert 1 <= int(resp.header("retry-after")) <= 12
     assert resp.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_without_held_headers_a_refusal_still_never_delivers_a_request_body(envoy_workdir, wasm):
+    """`metering.hold_headers: false` (what Istio gets): the headers go upstream first, the body
+    is held until the checks pass; a refused request's body never reaches the provider, and an
+    OpenAI stream still gets `include_usage` with a body Envoy re-frames."""
+    secret = "s3cr3tS3cr3tS3cr3tXY"
+    config = {
+        "metering": {"hold_headers": False},
+        "routes": [{"name": "chat", "match": {"path_prefix": "/v1/chat/completions"}, "meter": True}],
+        "policy": {
+            "version": 1, "issued_at": int(time.time()) - 5,
+            "prices": [{"model": "gpt-4o*", "input_microusd_per_mtok": 2_000_000, "output_microusd_per_mtok": 10_000_000}],
+            "projects": [{"id": "p", "org": "o", "status": "active"}],
+            "keys": [{"id": "good1", "secret_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+                      "project": "p", "status": "active", "models": ["gpt-4o-mini"], "spend_cap_microusd": 1_000_000}],
+        },
+    }
+    provider = MockProvider().start()
+    env = harness.Envoy("metering-unheld", envoy_workdir, plugin_config=config, wasm=wasm, upstream=provider, concurrency=2)
+    env.start()
+    try:
+        key = f"ak_good1.{secret}"
+        allowed = post(env, key, "/v1/chat/completions", chat_body(stream=True))
+        assert allowed.status == 200, allowed
+        assert b"usage" in allowed.body, "the provider was asked for stream usage"
+        served = provider.served()
+        assert len(served) == 1 and served[0].body.get("stream_options") == {"include_usage": True}
+
+        refused = post(env, key, "/v1/chat/completions",
+                       json.dumps({"model": "gpt-4o", "max_tokens": 10, "messages": []}).encode())
+        assert (refused.status, refused.header("x-keyward-error")) == (403, "model_not_allowed"), refused
+        time.sleep(0.3)
+        assert len(provider.served()) == 1, "the refused request's body reached the provider"
+        assert env.metric("keyward.requests.denied.model_not_allowed") == 1
+    finally:
+        env.stop()
+        provider.stop()
