@@ -1,6 +1,7 @@
 //! keyward's policy engine: everything that decides a request, with no proxy-wasm types, so it
 //! is tested natively and, compiled to wasm32, under node.
 
+pub mod chunked;
 pub mod config;
 pub mod credential;
 pub mod decision;

@@ -1,7 +1,7 @@
 //! The policy snapshot pushed by the control plane (DESIGN §5): its JSON model, its validation,
 //! and the compiled, indexed form the data path reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -241,83 +241,18 @@ impl Policy {
     /// Validates a snapshot and builds its indexes. Every inconsistency is an error: a policy
     /// that cannot be read exactly is not used at all.
     pub fn compile(snapshot: Snapshot) -> Result<Policy, FieldError> {
-        if snapshot.version == 0 {
-            return Err(FieldError::new("version", "must be at least 1"));
+        let mut builder = PolicyBuilder::new(
+            snapshot.version,
+            snapshot.issued_at,
+            snapshot.expires_at,
+            snapshot.projects,
+            snapshot.prices,
+        )?;
+        builder.reserve(snapshot.keys.len());
+        for record in snapshot.keys {
+            builder.add_key(record)?;
         }
-        if let Some(expires_at) = snapshot.expires_at {
-            if expires_at <= snapshot.issued_at {
-                return Err(FieldError::new("expires_at", "must be after issued_at"));
-            }
-        }
-        let mut projects = Vec::with_capacity(snapshot.projects.len());
-        let mut project_index = HashMap::with_capacity(snapshot.projects.len());
-        for (position, record) in snapshot.projects.into_iter().enumerate() {
-            let path = format!("projects[{position}]");
-            require_identifier(&record.id).map_err(|m| FieldError::new(format!("{path}.id"), m))?;
-            require_identifier(&record.org)
-                .map_err(|m| FieldError::new(format!("{path}.org"), m))?;
-            if project_index.insert(record.id.clone(), position).is_some() {
-                return Err(FieldError::new(
-                    format!("{path}.id"),
-                    format!("duplicate project id {:?}", record.id),
-                ));
-            }
-            check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)
-                .map_err(|error| error.within(&path))?;
-            projects.push(Project {
-                position,
-                id: record.id,
-                org: record.org,
-                status: record.status,
-                spend_cap_microusd: record.spend_cap_microusd,
-                spent_microusd: record.spent_microusd,
-                spend_soft_cap_microusd: record.spend_soft_cap_microusd,
-            });
-        }
-        let mut keys = Vec::with_capacity(snapshot.keys.len());
-        let mut by_id = HashMap::new();
-        let mut by_hash = HashMap::new();
-        let mut seen_ids = HashMap::with_capacity(snapshot.keys.len());
-        for (position, record) in snapshot.keys.into_iter().enumerate() {
-            let path = format!("keys[{position}]");
-            let key = compile_key(record, position, &project_index)
-                .map_err(|error| error.within(&path))?;
-            if seen_ids.insert(key.id.clone(), position).is_some() {
-                return Err(FieldError::new(
-                    format!("{path}.id"),
-                    format!("duplicate key id {:?}", key.id),
-                ));
-            }
-            match key.lookup {
-                KeyLookup::ById { .. } => {
-                    by_id.insert(key.id.clone(), position);
-                }
-                KeyLookup::ByHash { key_digest } => {
-                    if by_hash.insert(key_digest, position).is_some() {
-                        return Err(FieldError::new(
-                            format!("{path}.key_sha256"),
-                            "duplicate key hash",
-                        ));
-                    }
-                }
-            }
-            keys.push(key);
-        }
-        let prices = PriceTable::compile(snapshot.prices).map_err(|e| e.within("prices"))?;
-        let time_dependent =
-            snapshot.expires_at.is_some() || keys.iter().any(|key| key.expires_at.is_some());
-        Ok(Policy {
-            time_dependent,
-            version: snapshot.version,
-            issued_at: snapshot.issued_at,
-            expires_at: snapshot.expires_at,
-            projects,
-            project_index,
-            keys,
-            by_id,
-            by_hash,
-            prices,
-        })
+        Ok(builder.finish())
     }
 
     /// Whether the snapshot may decide requests at `now`.
@@ -370,6 +305,150 @@ impl Policy {
 
     pub fn prices(&self) -> &PriceTable {
         &self.prices
+    }
+}
+
+/// Builds a [`Policy`] a few keys at a time, so a large snapshot can be compiled in slices
+/// (a bounded amount of work per tick) while the previous policy keeps serving. The result is
+/// the same as [`Policy::compile`] of a snapshot holding the keys in the order they were added.
+#[derive(Debug)]
+pub struct PolicyBuilder {
+    version: u64,
+    issued_at: u64,
+    expires_at: Option<u64>,
+    projects: Vec<Project>,
+    project_index: HashMap<String, usize>,
+    keys: Vec<Key>,
+    by_id: HashMap<String, usize>,
+    by_hash: HashMap<Sha256Digest, usize>,
+    /// Ids of the keys found by hash (those found by id are in `by_id`): ids are unique across
+    /// both kinds.
+    hash_key_ids: HashSet<String>,
+    prices: PriceTable,
+    time_dependent: bool,
+}
+
+impl PolicyBuilder {
+    /// Validates the snapshot's header, projects and prices; keys come next with `add_key`.
+    pub fn new(
+        version: u64,
+        issued_at: u64,
+        expires_at: Option<u64>,
+        project_records: Vec<ProjectRecord>,
+        price_records: Vec<PriceRecord>,
+    ) -> Result<PolicyBuilder, FieldError> {
+        if version == 0 {
+            return Err(FieldError::new("version", "must be at least 1"));
+        }
+        if let Some(expires_at) = expires_at {
+            if expires_at <= issued_at {
+                return Err(FieldError::new("expires_at", "must be after issued_at"));
+            }
+        }
+        let mut projects = Vec::with_capacity(project_records.len());
+        let mut project_index = HashMap::with_capacity(project_records.len());
+        for (position, record) in project_records.into_iter().enumerate() {
+            let path = format!("projects[{position}]");
+            require_identifier(&record.id).map_err(|m| FieldError::new(format!("{path}.id"), m))?;
+            require_identifier(&record.org)
+                .map_err(|m| FieldError::new(format!("{path}.org"), m))?;
+            if project_index.insert(record.id.clone(), position).is_some() {
+                return Err(FieldError::new(
+                    format!("{path}.id"),
+                    format!("duplicate project id {:?}", record.id),
+                ));
+            }
+            check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)
+                .map_err(|error| error.within(&path))?;
+            projects.push(Project {
+                position,
+                id: record.id,
+                org: record.org,
+                status: record.status,
+                spend_cap_microusd: record.spend_cap_microusd,
+                spent_microusd: record.spent_microusd,
+                spend_soft_cap_microusd: record.spend_soft_cap_microusd,
+            });
+        }
+        let prices = PriceTable::compile(price_records).map_err(|e| e.within("prices"))?;
+        Ok(PolicyBuilder {
+            version,
+            issued_at,
+            expires_at,
+            projects,
+            project_index,
+            keys: Vec::new(),
+            by_id: HashMap::new(),
+            by_hash: HashMap::new(),
+            hash_key_ids: HashSet::new(),
+            prices,
+            time_dependent: expires_at.is_some(),
+        })
+    }
+
+    /// Room for `additional` more keys (fewer reallocations of the big tables).
+    pub fn reserve(&mut self, additional: usize) {
+        self.keys.reserve(additional);
+        self.by_id.reserve(additional);
+    }
+
+    /// How many keys were added so far.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Validates and indexes the next key; errors name it `keys[<position>]`.
+    pub fn add_key(&mut self, record: KeyRecord) -> Result<(), FieldError> {
+        let position = self.keys.len();
+        let path = format!("keys[{position}]");
+        let key = compile_key(record, position, &self.project_index)
+            .map_err(|error| error.within(&path))?;
+        let duplicate_id = || {
+            FieldError::new(
+                format!("{path}.id"),
+                format!("duplicate key id {:?}", key.id),
+            )
+        };
+        match key.lookup {
+            KeyLookup::ById { .. } => {
+                if self.hash_key_ids.contains(&key.id) || self.by_id.contains_key(&key.id) {
+                    return Err(duplicate_id());
+                }
+                self.by_id.insert(key.id.clone(), position);
+            }
+            KeyLookup::ByHash { key_digest } => {
+                if self.by_id.contains_key(&key.id) || self.hash_key_ids.contains(&key.id) {
+                    return Err(duplicate_id());
+                }
+                if self.by_hash.contains_key(&key_digest) {
+                    return Err(FieldError::new(
+                        format!("{path}.key_sha256"),
+                        "duplicate key hash",
+                    ));
+                }
+                self.hash_key_ids.insert(key.id.clone());
+                self.by_hash.insert(key_digest, position);
+            }
+        }
+        self.time_dependent |= key.expires_at.is_some();
+        self.keys.push(key);
+        Ok(())
+    }
+
+    /// The compiled policy.
+    pub fn finish(self) -> Policy {
+        Policy {
+            time_dependent: self.time_dependent,
+            version: self.version,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            projects: self.projects,
+            project_index: self.project_index,
+            keys: self.keys,
+            by_id: self.by_id,
+            by_hash: self.by_hash,
+            prices: self.prices,
+        }
     }
 }
 

@@ -10,6 +10,9 @@ use crate::signed_snapshot::SigningKey;
 pub const SNAPSHOT_ENTRY: &str = "keyward/snapshot";
 /// Small entry that changes whenever the snapshot does: `<version>:<issued_at>`.
 pub const SNAPSHOT_STAMP_ENTRY: &str = "keyward/snapshot-stamp";
+/// The verified signed manifest of a chunked snapshot; its chunks are in `keyward/chunk/<sha256>`
+/// entries (see [`crate::chunked`]).
+pub const MANIFEST_ENTRY: &str = "keyward/manifest";
 /// The poller lease: `<holder>:<expires_at_ms>`.
 pub const LEASE_ENTRY: &str = "keyward/sync-lease";
 /// A counter that hands every VM sharing the vm_id its own number (lease holder ids).
@@ -26,6 +29,18 @@ pub enum Poller {
     Lease,
 }
 
+/// How the control plane serves snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// One signed envelope (`/v1/snapshot`): simple, for up to some 100k keys.
+    #[default]
+    Envelope,
+    /// A signed manifest plus content-addressed chunks (`/v1/snapshot/manifest`): millions of
+    /// keys, loaded a slice per tick, and only changed chunks fetched again.
+    Chunked,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SigningKeyDoc {
@@ -36,8 +51,8 @@ struct SigningKeyDoc {
 fn default_authority() -> String {
     "keyward-control-plane".to_owned()
 }
-fn default_path() -> String {
-    "/v1/snapshot".to_owned()
+fn default_chunk_path() -> String {
+    "/v1/snapshot/chunks/".to_owned()
 }
 fn default_interval_ms() -> u64 {
     1000
@@ -52,8 +67,12 @@ pub(crate) struct SyncDoc {
     cluster: String,
     #[serde(default = "default_authority")]
     authority: String,
-    #[serde(default = "default_path")]
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    layout: Layout,
+    #[serde(default = "default_chunk_path")]
+    chunk_path: String,
     #[serde(default = "default_interval_ms")]
     interval_ms: u64,
     #[serde(default)]
@@ -69,7 +88,11 @@ pub(crate) struct SyncDoc {
 pub struct SyncSettings {
     pub cluster: String,
     pub authority: String,
+    /// The envelope, or with `Layout::Chunked` the manifest.
     pub path: String,
+    pub layout: Layout,
+    /// Chunks are fetched at `<chunk_path><sha256>`.
+    pub chunk_path: String,
     pub interval_ms: u64,
     pub jitter_ms: u64,
     pub timeout_ms: u64,
@@ -85,8 +108,21 @@ impl SyncSettings {
         if doc.authority.is_empty() || doc.authority.contains(char::is_whitespace) {
             return Err(FieldError::new("authority", "must be a host name"));
         }
-        if !doc.path.starts_with('/') {
+        let path = doc.path.unwrap_or_else(|| {
+            match doc.layout {
+                Layout::Envelope => "/v1/snapshot",
+                Layout::Chunked => "/v1/snapshot/manifest",
+            }
+            .to_owned()
+        });
+        if !path.starts_with('/') {
             return Err(FieldError::new("path", "must start with /"));
+        }
+        if !doc.chunk_path.starts_with('/') || doc.chunk_path.contains(['?', '#']) {
+            return Err(FieldError::new(
+                "chunk_path",
+                "must start with / and hold no query",
+            ));
         }
         if !(100..=3_600_000).contains(&doc.interval_ms) {
             return Err(FieldError::new(
@@ -125,7 +161,9 @@ impl SyncSettings {
         Ok(SyncSettings {
             cluster: doc.cluster,
             authority: doc.authority,
-            path: doc.path,
+            path,
+            layout: doc.layout,
+            chunk_path: doc.chunk_path,
             interval_ms: doc.interval_ms,
             jitter_ms: doc.jitter_ms,
             timeout_ms: doc.timeout_ms,
@@ -171,6 +209,36 @@ impl SnapshotStamp {
     /// Whether `self` may replace `current`.
     pub fn replaces(self, current: Option<SnapshotStamp>) -> bool {
         current.is_none_or(|current| self > current)
+    }
+}
+
+/// What the stamp entry says: which snapshot is published, and in which layout. Encoded
+/// `<version>:<issued_at>` for an envelope, `<version>:<issued_at>:chunked` for a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedStamp {
+    pub stamp: SnapshotStamp,
+    pub layout: Layout,
+}
+
+impl PublishedStamp {
+    pub fn encode(self) -> String {
+        match self.layout {
+            Layout::Envelope => self.stamp.encode(),
+            Layout::Chunked => format!("{}:chunked", self.stamp.encode()),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<PublishedStamp> {
+        match bytes.strip_suffix(b":chunked") {
+            Some(stamp) => Some(PublishedStamp {
+                stamp: SnapshotStamp::decode(stamp)?,
+                layout: Layout::Chunked,
+            }),
+            None => Some(PublishedStamp {
+                stamp: SnapshotStamp::decode(bytes)?,
+                layout: Layout::Envelope,
+            }),
+        }
     }
 }
 
@@ -249,6 +317,17 @@ mod tests {
             Some(v1_later)
         );
         assert_eq!(SnapshotStamp::decode(b"x:1"), None);
+        let chunked = PublishedStamp {
+            stamp: v1_later,
+            layout: Layout::Chunked,
+        };
+        assert_eq!(chunked.encode(), "1:200:chunked");
+        assert_eq!(PublishedStamp::decode(b"1:200:chunked"), Some(chunked));
+        assert_eq!(
+            PublishedStamp::decode(b"1:200").map(|p| p.layout),
+            Some(Layout::Envelope)
+        );
+        assert_eq!(PublishedStamp::decode(b"1:x:chunked"), None);
     }
 
     #[test]
@@ -295,6 +374,8 @@ mod tests {
             cluster: "c".into(),
             authority: "a".into(),
             path: "/".into(),
+            layout: Layout::Envelope,
+            chunk_path: "/c/".into(),
             interval_ms: 1000,
             jitter_ms: 250,
             timeout_ms: 1000,
