@@ -121,6 +121,17 @@ def test_make_run_follows_the_control_plane(tmp_path, wasm):
             return harness.http_request(listen, alpha["method"], alpha["path"], headers, body=body).status
 
         assert alpha_status() == 200
+        # That call is metered: 5 prompt tokens (23 body bytes / 4) and 20 completion tokens of
+        # gpt-4o-mini at $0.15 / $0.60 per 1M = 12.75, rounded up to 13 micro-USD on top of the
+        # seeded 1.25 USD, reported by Envoy and applied by the control plane.
+        deadline = time.monotonic() + 10
+        while True:
+            shown = json.loads(subprocess.run([keyward, "key", "show", "demoAlpha1", "--json"], env=env,
+                                              capture_output=True, text=True, check=True).stdout)
+            if shown["spent_microusd"] == 1_250_013:
+                break
+            assert time.monotonic() < deadline, f"spend not reported: {shown['spent_microusd']}"
+            time.sleep(0.2)
         created = json.loads(subprocess.run(
             [keyward, "key", "create", "--project", "proj_demo", "--scopes", "chat:write", "--json"],
             env=env, capture_output=True, text=True, check=True).stdout)

@@ -24,16 +24,19 @@ class Echo(BaseHTTPRequestHandler):
     def _handle(self):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(min(length, 1 << 20)) if length else b""
-        payload = json.dumps(
-            {
-                "upstream": "keyward demo echo",
-                "method": self.command,
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "body": body.decode("utf-8", "replace"),
-            },
-            indent=2,
-        ).encode() + b"\n"
+        echo = {
+            "upstream": "keyward demo echo",
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+        }
+        if self.command == "POST" and self.path.split("?")[0].endswith("/chat/completions"):
+            # Like a provider: what the call used, which keyward meters and charges.
+            prompt_tokens = max(1, len(body) // 4)
+            echo["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": 20,
+                             "total_tokens": prompt_tokens + 20}
+        payload = json.dumps(echo, indent=2).encode() + b"\n"
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))

@@ -104,6 +104,9 @@ def live_lines(keyward: Path, work: Path, port: int, listen_port: int) -> str:
         "# revoke the allowed demo key; the first curl line above then answers 401 key_revoked:",
         f"{keyward} key revoke demoAlpha1",
         f"{keyward} key list",
+        "# the allowed chat completion above is metered: Envoy reports its usage, priced, and the",
+        "# control plane adds it to the key's and the project's spend within a second or two:",
+        f"{keyward} spend",
         "",
     ])
 
