@@ -237,6 +237,24 @@ impl UsageReporter {
             .find(|(name, _)| name == ":status")
             .and_then(|(_, value)| core::str::from_utf8(value).ok())
             .unwrap_or("");
+        if status == "400" || status == "413" {
+            // The control plane can never accept these bytes: resending them would block every
+            // later batch. The spend stays in this Envoy's counters (never acknowledged, so it
+            // keeps counting against caps here); it is missing from the fleet-wide figure.
+            host.increment_metric(metrics.metering.reports_failed, 1);
+            let dropped = host
+                .shared_get(INFLIGHT_ENTRY)?
+                .map(|(_, cas)| host.shared_set(INFLIGHT_ENTRY, b"", Some(cas)))
+                .transpose()?;
+            host.log(
+                LogLevel::Error,
+                &format!(
+                    "keyward usage: control plane refused the batch as invalid ({status}); dropped it ({})",
+                    if dropped.is_some() { "its spend still counts in this Envoy" } else { "already gone" }
+                ),
+            );
+            return Ok(());
+        }
         if status != "200" {
             host.increment_metric(metrics.metering.reports_failed, 1);
             host.log(
@@ -312,3 +330,7 @@ fn upsert(totals: &mut Vec<(String, u64)>, id: &str, total: u64) {
         None => totals.push((id.to_owned(), total)),
     }
 }
+
+#[cfg(test)]
+#[path = "usage_reporter_tests.rs"]
+mod tests;
