@@ -142,3 +142,4 @@ fuzz:
 			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048) || exit 1; \
 	done
 include bench/bench.mk
+include soak/soak.mk

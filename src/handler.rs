@@ -405,8 +405,11 @@ fn handle(
             let shadow = settings.mode == Mode::Shadow;
             let line = rejection_log(&rejection, shadow, log_base);
             host.log(LogLevel::Warn, &line.to_line());
+            // Refused requests lose their credential too: Envoy's access log reads the request
+            // headers and `:path` as the filters left them (a query-parameter key would be
+            // logged in plain text otherwise).
+            strip_credentials(host, settings, route, &request)?;
             if shadow {
-                strip_credentials(host, settings, route, &request)?;
                 host.replace_request_header(
                     SHADOW_HEADER,
                     rejection.denial.code.as_str().as_bytes(),

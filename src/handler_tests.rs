@@ -271,6 +271,19 @@ fn query_parameter_key_is_removed_from_the_path() {
 }
 
 #[test]
+fn a_refused_request_loses_its_query_parameter_key_too() {
+    // The revoked key: refused, and Envoy's access log must not see it in `:path`.
+    let state = state("");
+    let host = FakeHost::with(&[(":path", &format!("/q/x?api_key=ak_gone1.{SECRET}&b=2"))]);
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Stop
+    ));
+    assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(401));
+    assert_eq!(host.header(":path").as_deref(), Some("/q/x?b=2"));
+}
+
+#[test]
 fn exempt_route_still_drops_keys_and_spoofed_identity() {
     let state = state("");
     let host = FakeHost::with(&[
