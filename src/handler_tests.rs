@@ -9,6 +9,7 @@ use keyward_engine::request::Header;
 
 use super::*;
 use crate::host::{MetricKind, SetOutcome, SharedData, Telemetry};
+use crate::test_support::SharedMap;
 
 const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
@@ -25,8 +26,7 @@ pub(crate) struct FakeHost {
     pub metrics: RefCell<HashMap<u32, i64>>,
     pub logs: RefCell<Vec<String>>,
     pub fail_header_read: bool,
-    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    pub next_cas: Cell<u32>,
+    pub shared: SharedMap,
     pub now_ms: Cell<u64>,
     pub request_body: RefCell<Vec<u8>>,
     pub response_headers: RefCell<Vec<Header>>,
@@ -97,7 +97,7 @@ impl Host for FakeHost {
 
 impl SharedData for FakeHost {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        Ok(self.shared.borrow().get(key).cloned())
+        Ok(self.shared.get(key))
     }
     fn shared_set(
         &self,
@@ -105,15 +105,7 @@ impl SharedData for FakeHost {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<SetOutcome, HostError> {
-        let mut shared = self.shared.borrow_mut();
-        if let (Some(cas), Some((_, current))) = (cas, shared.get(key)) {
-            if cas != 0 && cas != *current {
-                return Ok(SetOutcome::CasMismatch);
-            }
-        }
-        self.next_cas.set(self.next_cas.get() + 1);
-        shared.insert(key.to_owned(), (value.to_vec(), self.next_cas.get()));
-        Ok(SetOutcome::Written)
+        Ok(self.shared.set(key, value, cas))
     }
     fn now_ms(&self) -> Result<u64, HostError> {
         Ok(self.now_ms.get())

@@ -13,6 +13,9 @@ pub mod sync_agent;
 pub mod usage_activity;
 pub mod usage_reporter;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;
 

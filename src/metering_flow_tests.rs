@@ -60,6 +60,7 @@ fn chat_host(body: &str) -> FakeHost {
 
 fn counter(host: &FakeHost, entry: &str) -> SpendCounter {
     host.shared
+        .entries
         .borrow()
         .get(entry)
         .and_then(|(bytes, _)| SpendCounter::decode(bytes))
@@ -150,7 +151,7 @@ fn the_cap_counts_what_other_requests_hold_and_spent() {
     let state = state("");
     // Spent $0.99 in this Envoy already: a request reserving $0.01 more fits, a second not.
     let host = chat_host(BODY);
-    host.shared.borrow_mut().insert(
+    host.shared.entries.borrow_mut().insert(
         key_counter_entry("good1"),
         (
             SpendCounter {
@@ -291,7 +292,7 @@ fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
 fn passing_the_soft_cap_warns_without_refusing() {
     let state = state("");
     let host = chat_host(BODY);
-    host.shared.borrow_mut().insert(
+    host.shared.entries.borrow_mut().insert(
         key_counter_entry("good1"),
         (
             SpendCounter {

@@ -10,14 +10,14 @@ use keyward_engine::usage_report::{verify_report, SIGNATURE_HEADER};
 
 use super::*;
 use crate::host::{LogLevel, MetricKind, SharedData, Telemetry};
+use crate::test_support::SharedMap;
 use crate::usage_activity::{flush, Activity, Usage};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
 
 #[derive(Default)]
 struct Fake {
-    shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    next_cas: Cell<u32>,
+    shared: SharedMap,
     now: Cell<u64>,
     posts: RefCell<Vec<(Vec<(String, String)>, Vec<u8>)>>,
     answer: RefCell<(String, Vec<u8>)>,
@@ -26,18 +26,15 @@ struct Fake {
 
 impl SharedData for Fake {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        Ok(self.shared.borrow().get(key).cloned())
+        Ok(self.shared.get(key))
     }
-    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<SetOutcome, HostError> {
-        let mut shared = self.shared.borrow_mut();
-        if let (Some(cas), Some((_, current))) = (cas, shared.get(key)) {
-            if cas != 0 && cas != *current {
-                return Ok(SetOutcome::CasMismatch);
-            }
-        }
-        self.next_cas.set(self.next_cas.get() + 1);
-        shared.insert(key.to_owned(), (value.to_vec(), self.next_cas.get()));
-        Ok(SetOutcome::Written)
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<SetOutcome, HostError> {
+        Ok(self.shared.set(key, value, cas))
     }
     fn now_ms(&self) -> Result<u64, HostError> {
         Ok(self.now.get())
@@ -63,12 +60,18 @@ impl SyncHost for Fake {
         body: &[u8],
         _timeout_ms: u64,
     ) -> Result<u32, HostError> {
-        let headers = headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
+        let headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
         self.posts.borrow_mut().push((headers, body.to_vec()));
         Ok(self.posts.borrow().len() as u32)
     }
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
-        Ok(vec![(":status".to_owned(), self.answer.borrow().0.as_bytes().to_vec())])
+        Ok(vec![(
+            ":status".to_owned(),
+            self.answer.borrow().0.as_bytes().to_vec(),
+        )])
     }
     fn call_response_body(&self, _size: usize) -> Result<Vec<u8>, HostError> {
         Ok(self.answer.borrow().1.clone())
@@ -98,6 +101,7 @@ fn reporter() -> UsageReporter {
 
 fn counter(host: &Fake, entry: &str) -> SpendCounter {
     host.shared
+        .entries
         .borrow()
         .get(entry)
         .and_then(|(bytes, _)| SpendCounter::decode(bytes))
@@ -109,13 +113,19 @@ fn spend(host: &Fake, cost: u64) {
     for entry in [key_counter_entry("k1"), project_counter_entry("p1")] {
         let mut counter = counter(host, &entry);
         counter.settle(0, cost);
-        host.shared_set(&entry, &counter.encode(), None).expect("set");
+        host.shared_set(&entry, &counter.encode(), None)
+            .expect("set");
     }
     let mut activity = Activity::default();
     activity.record(
         "k1",
         Some("p1"),
-        Usage { cost_microusd: cost, requests: 1, input_tokens: 10, output_tokens: 5 },
+        Usage {
+            cost_microusd: cost,
+            requests: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+        },
         1_800_000_000,
     );
     flush(host, &mut activity);
@@ -134,7 +144,10 @@ fn a_batch_is_signed_resent_with_the_same_id_and_acknowledged_once() {
     spend(&host, 700);
     reporter.on_tick(&host, &metrics).expect("tick");
     let (headers, body) = host.posts.borrow()[0].clone();
-    let signature = headers.iter().find(|(n, _)| n == SIGNATURE_HEADER).map(|(_, v)| v.clone());
+    let signature = headers
+        .iter()
+        .find(|(n, _)| n == SIGNATURE_HEADER)
+        .map(|(_, v)| v.clone());
     let key = SigningKey::from_base64("ops-1", SECRET).expect("key");
     let report = verify_report(&body, signature.as_deref(), &[key]).expect("signed report");
     assert_eq!(report.entries.len(), 1);
@@ -148,22 +161,49 @@ fn a_batch_is_signed_resent_with_the_same_id_and_acknowledged_once() {
     host.now.set(1000);
     reporter.on_tick(&host, &metrics).expect("tick");
     assert_eq!(host.posts.borrow().len(), 2);
-    assert_eq!(host.posts.borrow()[1].1, body, "a retry resends the same batch");
+    assert_eq!(
+        host.posts.borrow()[1].1,
+        body,
+        "a retry resends the same batch"
+    );
 
-    answer(&host, "200", &format!(r#"{{"batch_id":"{}","version":9,"duplicate":true}}"#, report.batch_id));
+    answer(
+        &host,
+        "200",
+        &format!(
+            r#"{{"batch_id":"{}","version":9,"duplicate":true}}"#,
+            report.batch_id
+        ),
+    );
     reporter.on_response(&host, &metrics, 2, 0);
     let key_counter = counter(&host, &key_counter_entry("k1"));
     assert_eq!(key_counter.acks, vec![(9, 700)]);
-    assert_eq!(key_counter.committed(9), 50, "version 9 includes the 700, not the later 50");
-    assert_eq!(counter(&host, &project_counter_entry("p1")).acks, vec![(9, 700)]);
-    assert_eq!(host.metrics.borrow().get(&metrics.metering.reports_duplicate), Some(&1));
+    assert_eq!(
+        key_counter.committed(9),
+        50,
+        "version 9 includes the 700, not the later 50"
+    );
+    assert_eq!(
+        counter(&host, &project_counter_entry("p1")).acks,
+        vec![(9, 700)]
+    );
+    assert_eq!(
+        host.metrics
+            .borrow()
+            .get(&metrics.metering.reports_duplicate),
+        Some(&1)
+    );
 
     // The next batch carries only the new spend, under a new id.
     host.now.set(2000);
     reporter.on_tick(&host, &metrics).expect("tick");
     let next = verify_report(
         &host.posts.borrow()[2].1,
-        host.posts.borrow()[2].0.iter().find(|(n, _)| n == SIGNATURE_HEADER).map(|(_, v)| v.as_str()),
+        host.posts.borrow()[2]
+            .0
+            .iter()
+            .find(|(n, _)| n == SIGNATURE_HEADER)
+            .map(|(_, v)| v.as_str()),
         &[SigningKey::from_base64("ops-1", SECRET).expect("key")],
     )
     .expect("signed");
@@ -183,7 +223,11 @@ fn a_batch_the_control_plane_refuses_as_invalid_is_dropped_not_resent_forever() 
     host.now.set(5000);
     reporter.on_tick(&host, &metrics).expect("tick");
     assert_eq!(host.posts.borrow().len(), 1, "nothing left to send");
-    assert_eq!(counter(&host, &key_counter_entry("k1")).committed(100), 700, "still counted here");
+    assert_eq!(
+        counter(&host, &key_counter_entry("k1")).committed(100),
+        700,
+        "still counted here"
+    );
 }
 
 #[test]
