@@ -15,11 +15,14 @@ use crate::usage_activity::{flush, Activity, Usage};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
 
+/// One POST as dispatched: headers and body.
+type Post = (Vec<(String, String)>, Vec<u8>);
+
 #[derive(Default)]
 struct Fake {
     shared: SharedMap,
     now: Cell<u64>,
-    posts: RefCell<Vec<(Vec<(String, String)>, Vec<u8>)>>,
+    posts: RefCell<Vec<Post>>,
     answer: RefCell<(String, Vec<u8>)>,
     metrics: RefCell<HashMap<u32, i64>>,
 }
