@@ -398,3 +398,17 @@ def test_without_held_headers_a_refusal_still_never_delivers_a_request_body(envo
     finally:
         env.stop()
         provider.stop()
+
+
+def test_past_the_soft_cap_answers_warn_and_still_pass(metered):
+    env, work, _provider, _dropper = metered
+    key, _key_id = new_key(work, "--spend-cap-usd", "1.00", "--soft-cap", "0.01", "--tpm", "100000")
+    wait_until_live(env, key)
+    body = chat_body(max_tokens=1000)  # reserves about 0.01 USD: at the soft cap
+    resp = post(env, key, "/v1/chat/completions", body, [("x-mock-output-tokens", "10")])
+    assert resp.status == 200, resp
+    assert resp.header("x-keyward-spend-warning") == "key-soft-cap"
+    assert resp.header("x-ratelimit-limit-tokens") == "100000"
+    remaining = int(resp.header("x-ratelimit-remaining-tokens"))
+    assert 100000 - 1100 <= remaining < 100000, "the estimate was taken from the token bucket"
+    assert env.metric("keyward.metering.soft_cap_warnings") >= 1
