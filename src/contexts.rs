@@ -18,12 +18,18 @@ use crate::handler::{
 use crate::host::{LogLevel, Telemetry};
 use crate::metering_flow::{Admitted, Ticket};
 use crate::metrics::Metrics;
-use crate::sync_agent::{claim_instance_number, PolicyFollower, SnapshotPoller};
+use crate::sync_agent::{
+    claim_instance_number, ChunkMetrics, Followed, PolicyFollower, SnapshotPoller,
+};
 use crate::usage_activity::{flush, Activity};
 use crate::usage_reporter::UsageReporter;
 
 /// How often filter VMs look for a newly published policy (one small shared-data read).
 const FOLLOW_TICK_MS: u32 = 250;
+/// While a chunked snapshot is being compiled: a tick this often, each spending at most
+/// `LOADING_BUDGET_MS` on it, so requests on this worker wait at most about that long.
+const LOADING_TICK_MS: u32 = 20;
+const LOADING_BUDGET_MS: u64 = 8;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(SdkLogLevel::Info);
@@ -41,6 +47,10 @@ struct KeywardRoot {
     poller: Option<SnapshotPoller>,
     reporter: Option<UsageReporter>,
     follower: PolicyFollower,
+    chunk_metrics: Option<ChunkMetrics>,
+    /// The tick period set now, and the one to return to after a load.
+    tick_ms: u32,
+    base_tick_ms: u32,
     /// This VM's usage since its last flush; survives policy updates and reconfiguration.
     activity: Rc<RefCell<Activity>>,
 }
@@ -74,6 +84,24 @@ impl KeywardRoot {
                 defined
             }
         };
+        let chunk_metrics = match self.chunk_metrics {
+            Some(defined) => defined,
+            None => {
+                let counter = |name: &str| {
+                    host.define_metric(crate::host::MetricKind::Counter, name)
+                        .map(Some)
+                        .map_err(|e| format!("cannot define metrics (host status {})", e.status))
+                };
+                let defined = ChunkMetrics {
+                    fetched: counter("keyward.sync.chunks_fetched")?,
+                    reused: counter("keyward.sync.chunks_reused")?,
+                    mismatched: counter("keyward.sync.rejected.chunk_mismatch")?,
+                    invalid: counter("keyward.sync.rejected.uncompilable_snapshot")?,
+                };
+                self.chunk_metrics = Some(defined);
+                defined
+            }
+        };
         self.role = config.role;
         self.sync = config.sync.clone();
         // A reconfigured VM starts over from the configuration's own policy, so it must look at
@@ -89,7 +117,9 @@ impl KeywardRoot {
                 };
                 self.instance_number = Some(number);
                 let me = format!("vm{number}");
-                Some(SnapshotPoller::new(sync.clone(), me))
+                let mut poller = SnapshotPoller::new(sync.clone(), me);
+                poller.chunk_metrics = chunk_metrics;
+                Some(poller)
             }
             _ => None,
         };
@@ -123,6 +153,8 @@ impl KeywardRoot {
             };
             host.set_tick_period_ms(period)
                 .map_err(|e| format!("cannot set the tick period (host status {})", e.status))?;
+            self.tick_ms = period;
+            self.base_tick_ms = period;
             // The first tick comes one period late: look and poll right away.
             self.on_tick();
         }
@@ -159,17 +191,18 @@ impl KeywardRoot {
             version: policy.version,
             issued_at: policy.issued_at,
         });
-        match self.follower.refresh(&EnvoyHost, sync, current) {
-            Ok(Some(policy)) => {
-                self.state = Some(Rc::new(FilterState {
-                    settings: Rc::clone(&state.settings),
-                    policy: Some(Rc::new(policy)),
-                    metrics: Rc::clone(&state.metrics),
-                    activity: state.activity.clone(),
-                }));
-                self.log_policy("policy updated");
+        let followed = self
+            .follower
+            .refresh(&EnvoyHost, sync, current, LOADING_BUDGET_MS);
+        let loading = matches!(followed, Ok(Followed::Loading));
+        match followed {
+            Ok(Followed::Updated(policy)) => self.install(*policy),
+            Ok(Followed::Rejected) => {
+                if let Some(id) = self.chunk_metrics.and_then(|m| m.invalid) {
+                    EnvoyHost.increment_metric(id, 1);
+                }
             }
-            Ok(None) => {}
+            Ok(Followed::Nothing | Followed::Loading) => {}
             Err(error) => EnvoyHost.log(
                 LogLevel::Warn,
                 &format!(
@@ -178,6 +211,41 @@ impl KeywardRoot {
                 ),
             ),
         }
+        // Tick fast while a snapshot is being compiled, a bounded slice each time.
+        let wanted = if loading {
+            LOADING_TICK_MS.min(self.base_tick_ms)
+        } else {
+            self.base_tick_ms
+        };
+        if wanted != self.tick_ms && EnvoyHost.set_tick_period_ms(wanted).is_ok() {
+            self.tick_ms = wanted;
+        }
+    }
+
+    /// Swaps in a newer policy: one step, requests already running keep the one they started
+    /// with.
+    fn install(&mut self, policy: keyward_engine::snapshot::Policy) {
+        let Some(state) = &self.state else { return };
+        let newer = state.policy.as_ref().is_none_or(|current| {
+            SnapshotStamp {
+                version: policy.version,
+                issued_at: policy.issued_at,
+            }
+            .replaces(Some(SnapshotStamp {
+                version: current.version,
+                issued_at: current.issued_at,
+            }))
+        });
+        if !newer {
+            return;
+        }
+        self.state = Some(Rc::new(FilterState {
+            settings: Rc::clone(&state.settings),
+            policy: Some(Rc::new(policy)),
+            metrics: Rc::clone(&state.metrics),
+            activity: state.activity.clone(),
+        }));
+        self.log_policy("policy updated");
     }
 }
 
@@ -195,10 +263,17 @@ impl Context for KeywardRoot {
                 return;
             }
         }
+        let mut fresh = None;
         if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {
             poller.on_response(&EnvoyHost, metrics, token_id, body_size);
+            fresh = poller.take_fresh();
         }
-        // A lease holder also serves requests: pick up what it just published without waiting.
+        // A lease holder also serves requests: use the policy its poller just verified and
+        // parsed (no second parse), or pick up what it just published without waiting.
+        if let (Some((stamp, policy)), Some(_)) = (fresh, &self.state) {
+            self.follower.mark_seen(stamp);
+            self.install(policy);
+        }
         self.follow_published_policy();
     }
 }

@@ -29,6 +29,8 @@ struct FakeHost<'s> {
     posted_bodies: RefCell<Vec<Vec<u8>>>,
     response: RefCell<Option<CannedResponse>>,
     metrics: RefCell<HashMap<u32, i64>>,
+    /// A fake control plane: answers by `:path` (used by `serve`).
+    routes: RefCell<HashMap<String, CannedResponse>>,
     logs: RefCell<Vec<String>>,
     cluster_missing: bool,
 }
@@ -136,6 +138,8 @@ fn settings(poller: Poller) -> SyncSettings {
         cluster: "cp".into(),
         authority: "cp".into(),
         path: "/v1/snapshot".into(),
+        layout: keyward_engine::sync::Layout::Envelope,
+        chunk_path: "/v1/snapshot/chunks/".into(),
         interval_ms: 1000,
         jitter_ms: 0,
         timeout_ms: 1000,
@@ -164,6 +168,23 @@ fn envelope(version: u64, issued_at: u64) -> String {
     .expect("signed")
 }
 
+/// Looks at the published snapshot until the follower is done (one slice per call).
+fn follow(
+    follower: &mut PolicyFollower,
+    host: &FakeHost<'_>,
+    settings: &SyncSettings,
+    current: Option<SnapshotStamp>,
+) -> Option<Policy> {
+    for _ in 0..100_000 {
+        match follower.refresh(host, settings, current, 0).expect("ok") {
+            Followed::Loading => continue,
+            Followed::Updated(policy) => return Some(*policy),
+            Followed::Nothing | Followed::Rejected => return None,
+        }
+    }
+    panic!("the follower never finished");
+}
+
 /// One poll: tick, then answer the call the tick made.
 fn poll(
     poller: &mut SnapshotPoller,
@@ -189,26 +210,24 @@ fn publishes_verified_snapshots_and_followers_pick_them_up() {
     let metrics = metrics();
     let mut poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     let mut follower = PolicyFollower::default();
-    assert!(follower
-        .refresh(&host, &settings(Poller::SyncService), None)
-        .expect("ok")
-        .is_none());
+    assert!(follow(&mut follower, &host, &settings(Poller::SyncService), None).is_none());
 
     poll(&mut poller, &host, &metrics, "200", &envelope(1, 100));
     assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
-    let policy = follower
-        .refresh(&host, &settings(Poller::SyncService), None)
-        .expect("ok")
-        .expect("new policy");
+    let policy =
+        follow(&mut follower, &host, &settings(Poller::SyncService), None).expect("new policy");
     assert_eq!(policy.version, 1);
     let current = Some(SnapshotStamp {
         version: 1,
         issued_at: 100,
     });
-    assert!(follower
-        .refresh(&host, &settings(Poller::SyncService), current)
-        .expect("ok")
-        .is_none());
+    assert!(follow(
+        &mut follower,
+        &host,
+        &settings(Poller::SyncService),
+        current
+    )
+    .is_none());
 
     // The next poll sends the ETag; a 304 changes nothing.
     poll(&mut poller, &host, &metrics, "304", "");
@@ -220,10 +239,13 @@ fn publishes_verified_snapshots_and_followers_pick_them_up() {
     assert_eq!(host.count(&metrics, SyncOutcome::NotModified), 1);
 
     poll(&mut poller, &host, &metrics, "200", &envelope(2, 90));
-    let policy = follower
-        .refresh(&host, &settings(Poller::SyncService), current)
-        .expect("ok")
-        .expect("v2");
+    let policy = follow(
+        &mut follower,
+        &host,
+        &settings(Poller::SyncService),
+        current,
+    )
+    .expect("v2");
     assert_eq!(policy.version, 2);
 }
 
@@ -347,4 +369,476 @@ fn every_vm_claims_a_different_instance_number() {
         .map(|_| claim_instance_number(&host).expect("claim"))
         .collect();
     assert_eq!(numbers, [1, 2, 3, 4, 5]);
+}
+
+// ---- chunked layout -------------------------------------------------------------------------
+
+use keyward_engine::chunked::{sign_manifest, split_snapshot, SplitSnapshot};
+use keyward_engine::snapshot::{KeyStatus, Snapshot};
+use keyward_engine::sync::Layout;
+
+const MANIFEST_PATH: &str = "/v1/snapshot/manifest";
+const CHUNK_PATH: &str = "/v1/snapshot/chunks/";
+
+fn chunked_settings(poller: Poller) -> SyncSettings {
+    SyncSettings {
+        path: MANIFEST_PATH.into(),
+        layout: Layout::Chunked,
+        ..settings(poller)
+    }
+}
+
+fn chunk_metrics() -> ChunkMetrics {
+    ChunkMetrics {
+        fetched: Some(9001),
+        reused: Some(9002),
+        mismatched: Some(9003),
+        invalid: Some(9004),
+    }
+}
+
+/// `keys` keys, ids k0000.., those in `revoked` revoked, split into chunks of about `per`.
+fn chunked(
+    version: u64,
+    issued_at: u64,
+    keys: usize,
+    revoked: &[usize],
+    per: usize,
+) -> SplitSnapshot {
+    let records: Vec<String> = (0..keys)
+        .map(|i| {
+            let status = if revoked.contains(&i) { "revoked" } else { "active" };
+            format!(
+                r#"{{"id": "k{i:05}", "secret_sha256": "{}", "project": "p", "status": "{status}"}}"#,
+                hex::encode(keyward_engine::hash::sha256(format!("s{i}").as_bytes()))
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"version": {version}, "issued_at": {issued_at}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": [{}]}}"#,
+        records.join(",")
+    );
+    let snapshot: Snapshot = serde_json::from_str(&json).expect("snapshot");
+    split_snapshot(snapshot, per).expect("split")
+}
+
+impl FakeHost<'_> {
+    fn route(&self, path: &str, status: &str, etag: &str, body: &[u8]) {
+        let headers = vec![
+            (":status".to_owned(), status.as_bytes().to_vec()),
+            ("etag".to_owned(), etag.as_bytes().to_vec()),
+        ];
+        self.routes
+            .borrow_mut()
+            .insert(path.to_owned(), (headers, body.to_vec()));
+    }
+
+    /// Serves `split` as the control plane would: its signed manifest and its chunks.
+    fn serve_chunked(&self, split: &SplitSnapshot) {
+        let json = serde_json::to_string(&split.manifest).expect("json");
+        let envelope = sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key"))
+            .expect("signed");
+        let etag = format!(
+            "\"{}-{}\"",
+            split.manifest.version, split.manifest.issued_at
+        );
+        self.route(MANIFEST_PATH, "200", &etag, envelope.as_bytes());
+        for (chunk, body) in split.manifest.chunks.iter().zip(&split.chunks) {
+            self.route(
+                &format!("{CHUNK_PATH}{}", chunk.sha256),
+                "200",
+                "",
+                body.as_bytes(),
+            );
+        }
+    }
+
+    fn metric(&self, id: Option<u32>) -> i64 {
+        id.and_then(|id| self.metrics.borrow().get(&id).copied())
+            .unwrap_or(0)
+    }
+
+    fn stamp(&self) -> Option<String> {
+        self.shared
+            .and_then(|shared| shared.entries.borrow().get(SNAPSHOT_STAMP_ENTRY).cloned())
+            .map(|(value, _)| String::from_utf8(value).expect("utf-8"))
+    }
+
+    fn entry_len(&self, entry: &str) -> Option<usize> {
+        self.shared
+            .and_then(|shared| shared.entries.borrow().get(entry).map(|(v, _)| v.len()))
+    }
+}
+
+/// Answers the poller's call in flight from the routes (honouring If-None-Match); false when
+/// nothing was in flight.
+fn serve_one(poller: &mut SnapshotPoller, host: &FakeHost<'_>, metrics: &Metrics) -> bool {
+    let Some((token, _)) = poller.in_flight else {
+        return false;
+    };
+    let call = host.calls.borrow()[token as usize - 1].clone();
+    let header = |name: &str| call.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let path = header(":path").expect("a path");
+    let answer = host.routes.borrow().get(&path).cloned();
+    let (headers, body) = match answer {
+        None => (
+            vec![(":status".to_owned(), b"404".to_vec())],
+            b"{}".to_vec(),
+        ),
+        Some((headers, body)) => {
+            let etag = headers
+                .iter()
+                .find(|(n, _)| n == "etag")
+                .map(|(_, v)| String::from_utf8(v.clone()).expect("utf-8"));
+            if etag.is_some() && header("if-none-match") == etag {
+                (vec![(":status".to_owned(), b"304".to_vec())], vec![])
+            } else {
+                (headers, body)
+            }
+        }
+    };
+    let size = body.len();
+    *host.response.borrow_mut() = Some((headers, body));
+    poller.on_response(host, metrics, token, size);
+    true
+}
+
+/// A poll: time moves past the interval, a tick, then every call answered until none is left.
+fn poll_all(poller: &mut SnapshotPoller, host: &FakeHost<'_>, metrics: &Metrics) {
+    host.now.set(host.now.get() + 5_000);
+    poller.on_tick(host, metrics).expect("tick");
+    for _ in 0..10_000 {
+        if !serve_one(poller, host, metrics) {
+            return;
+        }
+    }
+    panic!("the poller never stopped calling");
+}
+
+#[test]
+fn chunked_snapshots_publish_only_when_complete_and_fetch_only_changed_chunks() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let settings = chunked_settings(Poller::SyncService);
+    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    poller.chunk_metrics = chunk_metrics();
+    let v1 = chunked(1, 100, 2000, &[], 250);
+    assert_eq!(v1.manifest.chunks.len(), 8);
+    host.serve_chunked(&v1);
+
+    // Manifest and three chunks: nothing is published yet, followers see nothing.
+    host.now.set(5_000);
+    poller.on_tick(&host, &metrics).expect("tick");
+    for _ in 0..4 {
+        assert!(serve_one(&mut poller, &host, &metrics));
+    }
+    assert_eq!(host.stamp(), None);
+    let mut follower = PolicyFollower::default();
+    assert!(follow(&mut follower, &host, &settings, None).is_none());
+    assert_eq!(host.metric(chunk_metrics().fetched), 3);
+
+    while serve_one(&mut poller, &host, &metrics) {}
+    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
+    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+
+    // The follower builds it a slice at a time (budget 0: one slice per look).
+    let mut slices = 0;
+    let policy = loop {
+        slices += 1;
+        match follower.refresh(&host, &settings, None, 0).expect("ok") {
+            Followed::Loading => continue,
+            Followed::Updated(policy) => break *policy,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(slices > 8, "{slices} slices");
+    assert_eq!(policy.keys().len(), 2000);
+    assert_eq!(
+        policy.key_by_id("k00005").map(|k| k.status),
+        Some(KeyStatus::Active)
+    );
+    let current = Some(SnapshotStamp {
+        version: 1,
+        issued_at: 100,
+    });
+    assert!(follow(&mut follower, &host, &settings, current).is_none());
+
+    // Unchanged: a conditional poll, nothing fetched.
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.count(&metrics, SyncOutcome::NotModified), 1);
+    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+
+    // One key revoked: one chunk changes, only it is fetched; the replaced one is emptied.
+    let v2 = chunked(2, 200, 2000, &[5], 250);
+    let replaced: Vec<_> = v1
+        .manifest
+        .chunks
+        .iter()
+        .filter(|c| !v2.manifest.chunks.contains(c))
+        .collect();
+    assert_eq!(replaced.len(), 1);
+    host.serve_chunked(&v2);
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
+    assert_eq!(host.metric(chunk_metrics().fetched), 9);
+    assert_eq!(host.metric(chunk_metrics().reused), 7);
+    assert_eq!(host.entry_len(&replaced[0].entry()), Some(0));
+    let policy = follow(&mut follower, &host, &settings, current).expect("v2");
+    assert_eq!(policy.version, 2);
+    assert_eq!(
+        policy.key_by_id("k00005").map(|k| k.status),
+        Some(KeyStatus::Revoked)
+    );
+}
+
+#[test]
+fn tampered_or_missing_chunks_never_replace_the_last_good_policy() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let settings = chunked_settings(Poller::SyncService);
+    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    poller.chunk_metrics = chunk_metrics();
+    host.serve_chunked(&chunked(1, 100, 600, &[], 100));
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+
+    // v2 with one chunk's bytes altered in transit.
+    let v2 = chunked(2, 200, 600, &[1, 2, 3], 100);
+    host.serve_chunked(&v2);
+    let victim = &v2.manifest.chunks[v2.manifest.chunks.len() - 1];
+    let path = format!("{CHUNK_PATH}{}", victim.sha256);
+    let tampered = v2.chunks[v2.chunks.len() - 1].replace("revoked", "active ");
+    host.route(&path, "200", "", tampered.as_bytes());
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.metric(chunk_metrics().mismatched), 1);
+    assert_eq!(
+        host.count(&metrics, SyncOutcome::Rejected("bad_signature")),
+        1
+    );
+    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+
+    // The chunk is gone from the control plane: counted, nothing changes.
+    host.routes.borrow_mut().remove(&path);
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.count(&metrics, SyncOutcome::HttpError), 1);
+    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+
+    // A tampered manifest is refused outright.
+    let json = serde_json::to_string(&v2.manifest).expect("json");
+    let envelope = sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key"))
+        .expect("signed")
+        .replace("\"version\":2", "\"version\":3");
+    host.route(MANIFEST_PATH, "200", "\"x\"", envelope.as_bytes());
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(
+        host.count(&metrics, SyncOutcome::Rejected("bad_signature")),
+        2
+    );
+
+    // Repaired: v2 goes through, reusing the chunks fetched by the failed attempts.
+    host.serve_chunked(&v2);
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
+    let mut follower = PolicyFollower::default();
+    let policy = follow(&mut follower, &host, &settings, None).expect("v2");
+    assert_eq!(policy.version, 2);
+}
+
+#[test]
+fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let settings = chunked_settings(Poller::SyncService);
+    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    let v1 = chunked(1, 100, 1000, &[], 200);
+    host.serve_chunked(&v1);
+    poll_all(&mut poller, &host, &metrics);
+
+    // A chunk entry goes missing under a follower: it waits, and never yields a policy.
+    let mut follower = PolicyFollower::default();
+    for _ in 0..3 {
+        assert!(matches!(
+            follower.refresh(&host, &settings, None, 0).expect("ok"),
+            Followed::Loading
+        ));
+    }
+    let last = v1.manifest.chunks.last().expect("a chunk").entry();
+    let saved = shared.entries.borrow().get(&last).cloned().expect("stored");
+    host.shared_set(&last, b"", None).expect("set");
+    assert!(follow(&mut follower, &host, &settings, None).is_none());
+    assert!(
+        follower.is_building(),
+        "keeps what it has, waits for the chunk"
+    );
+    // A different (wrong) chunk under that name: still nothing.
+    host.shared_set(&last, b"{\"id\":\"x\"}\n", None)
+        .expect("set");
+    assert!(follow(&mut follower, &host, &settings, None).is_none());
+    shared.entries.borrow_mut().insert(last, saved);
+    assert_eq!(
+        follow(&mut follower, &host, &settings, None).map(|p| p.keys().len()),
+        Some(1000)
+    );
+
+    // Mid-build, a newer snapshot is published: the follower drops its half-built one.
+    let mut second = PolicyFollower::default();
+    for _ in 0..3 {
+        second.refresh(&host, &settings, None, 0).expect("ok");
+    }
+    host.serve_chunked(&chunked(2, 200, 1000, &[7], 200));
+    poll_all(&mut poller, &host, &metrics);
+    let policy = follow(&mut second, &host, &settings, None).expect("v2");
+    assert_eq!(policy.version, 2);
+    assert_eq!(
+        policy.key_by_id("k00007").map(|k| k.status),
+        Some(KeyStatus::Revoked)
+    );
+}
+
+#[test]
+fn a_newer_manifest_mid_load_replaces_the_one_being_loaded() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let settings = chunked_settings(Poller::SyncService);
+    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    poller.chunk_metrics = chunk_metrics();
+    let v1 = chunked(1, 100, 1600, &[], 200);
+    host.serve_chunked(&v1);
+    host.now.set(5_000);
+    poller.on_tick(&host, &metrics).expect("tick");
+    for _ in 0..3 {
+        assert!(serve_one(&mut poller, &host, &metrics));
+    }
+    assert!(poller.is_loading());
+
+    // The control plane moves on to v2 (different keys in every chunk); it still serves v1's
+    // chunks for a while, as `keyward serve` does.
+    let v2 = chunked(2, 200, 900, &[], 200);
+    host.serve_chunked(&v2);
+    host.now.set(host.now.get() + 5_000);
+    for _ in 0..1000 {
+        if !serve_one(&mut poller, &host, &metrics) {
+            break;
+        }
+    }
+    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
+    assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
+    // The v1 chunks fetched before were emptied when v2 was published.
+    for chunk in &v1.manifest.chunks[..3] {
+        assert_ne!(host.entry_len(&chunk.entry()), Some(chunk.bytes as usize));
+    }
+    let mut follower = PolicyFollower::default();
+    let policy = follow(&mut follower, &host, &settings, None).expect("v2");
+    assert_eq!((policy.version, policy.keys().len()), (2, 900));
+}
+
+#[test]
+fn lease_handover_mid_load_keeps_the_fetched_chunks() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let settings = chunked_settings(Poller::Lease);
+    let mut first = SnapshotPoller::new(settings.clone(), "vm1".into());
+    let mut second = SnapshotPoller::new(settings.clone(), "vm2".into());
+    first.chunk_metrics = chunk_metrics();
+    second.chunk_metrics = chunk_metrics();
+    let v1 = chunked(1, 100, 1600, &[], 200);
+    host.serve_chunked(&v1);
+    host.now.set(10_000);
+    first.on_tick(&host, &metrics).expect("tick");
+    second.on_tick(&host, &metrics).expect("tick");
+    assert!(first.holds_lease() && !second.holds_lease());
+    // The manifest and three chunks, then the holder's worker stops.
+    for _ in 0..4 {
+        assert!(serve_one(&mut first, &host, &metrics));
+    }
+    assert_eq!(host.stamp(), None);
+
+    host.now.set(10_000 + settings.lease_ttl_ms() + 1);
+    second.on_tick(&host, &metrics).expect("tick");
+    assert!(second.holds_lease());
+    while serve_one(&mut second, &host, &metrics) {}
+    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    // Three chunks were found in shared data and checked, the rest fetched.
+    assert_eq!(host.metric(chunk_metrics().reused), 3);
+    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+
+    // The old holder comes back: it waits, and its late answers change nothing.
+    first.on_tick(&host, &metrics).expect("tick");
+    assert!(!first.holds_lease());
+    let mut follower = PolicyFollower::default();
+    let policy = follow(&mut follower, &host, &settings, None).expect("v1");
+    assert_eq!(policy.keys().len(), 1600);
+}
+
+#[test]
+fn switching_layouts_frees_the_other_layouts_entries() {
+    let shared = SharedMap::default();
+    let host = FakeHost {
+        shared: Some(&shared),
+        ..FakeHost::default()
+    };
+    let metrics = metrics();
+    let mut envelope_poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
+    poll(
+        &mut envelope_poller,
+        &host,
+        &metrics,
+        "200",
+        &envelope(1, 100),
+    );
+    // The envelope poller hands its parsed policy over instead of a second parse.
+    let (stamp, policy) = envelope_poller.take_fresh().expect("fresh");
+    assert_eq!((stamp.as_slice(), policy.version), (&b"1:100"[..], 1));
+
+    let settings = chunked_settings(Poller::SyncService);
+    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    let v2 = chunked(2, 100, 300, &[], 100);
+    host.serve_chunked(&v2);
+    poll_all(&mut poller, &host, &metrics);
+    assert_eq!(host.stamp().as_deref(), Some("2:100:chunked"));
+    assert_eq!(host.entry_len(SNAPSHOT_ENTRY), Some(0));
+    let mut follower = PolicyFollower::default();
+    let current = Some(SnapshotStamp {
+        version: 1,
+        issued_at: 100,
+    });
+    assert_eq!(
+        follow(&mut follower, &host, &settings, current).map(|p| p.version),
+        Some(2)
+    );
+
+    // And back: the manifest and its chunks are emptied.
+    poll(
+        &mut envelope_poller,
+        &host,
+        &metrics,
+        "200",
+        &envelope(3, 100),
+    );
+    assert_eq!(host.stamp().as_deref(), Some("3:100"));
+    assert_eq!(host.entry_len(MANIFEST_ENTRY), Some(0));
+    for chunk in &v2.manifest.chunks {
+        assert_eq!(host.entry_len(&chunk.entry()), Some(0));
+    }
 }
