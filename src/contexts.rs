@@ -15,7 +15,7 @@ use crate::handler::{
     on_request_body, on_request_headers, on_response_body, on_response_headers, on_stream_end,
     FilterState, Verdict,
 };
-use crate::host::{LogLevel, Telemetry};
+use crate::host::{LogLevel, SharedData, Telemetry};
 use crate::metering_flow::{Admitted, Ticket};
 use crate::metrics::Metrics;
 use crate::sync_agent::{
@@ -292,6 +292,9 @@ impl RootContext for KeywardRoot {
 
     fn on_tick(&mut self) {
         if let Ok(mut activity) = self.activity.try_borrow_mut() {
+            if let Ok(now_ms) = EnvoyHost.now_ms() {
+                activity.set_clock_s(now_ms / 1000);
+            }
             flush(&EnvoyHost, &mut activity);
         }
         if let (Some(poller), Some(metrics)) = (&mut self.poller, &self.metrics) {

@@ -230,9 +230,12 @@ pub fn record_activity(state: &FilterState, admitted: &Admitted, usage: Usage, h
     let Some((key_id, project_id)) = admitted.key_and_project() else {
         return;
     };
-    // The clock is read only when there is a report to feed.
-    let now_s = host.now_ms().map(|ms| ms / 1000).unwrap_or(0);
     if let Ok(mut activity) = activity.try_borrow_mut() {
+        // The VM's tick keeps a clock for last-use times; before the first tick, ask the host.
+        let now_s = match activity.clock_s() {
+            0 => host.now_ms().map(|ms| ms / 1000).unwrap_or(0),
+            seconds => seconds,
+        };
         activity.record(key_id, project_id, usage, now_s);
     }
 }

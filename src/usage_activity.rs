@@ -18,9 +18,19 @@ const MAX_PENDING_ENTRIES: usize = 20_000;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Activity {
     entries: HashMap<(String, Option<String>), UsageEntry>,
+    /// Unix seconds at the VM's last tick: last-use times need no clock read per request.
+    clock_s: u64,
 }
 
 impl Activity {
+    pub fn clock_s(&self) -> u64 {
+        self.clock_s
+    }
+
+    pub fn set_clock_s(&mut self, now_s: u64) {
+        self.clock_s = now_s;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -104,7 +114,10 @@ pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
     if activity.is_empty() {
         return;
     }
-    let mine = std::mem::take(activity);
+    let clock_s = activity.clock_s;
+    let mut mine = std::mem::take(activity);
+    activity.clock_s = clock_s;
+    mine.clock_s = clock_s;
     let outcome = update(host, PENDING_ENTRY, |pending: &mut PendingUsage| {
         if pending.0.len().saturating_add(mine.len()) > MAX_PENDING_ENTRIES {
             return (false, false);
@@ -117,7 +130,7 @@ pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
     });
     match outcome {
         Ok(true) => {}
-        Ok(false) => *activity = mine,
+        Ok(false) => activity.merge(mine.into_entries()),
         Err(error) => {
             host.log(
                 LogLevel::Warn,
@@ -126,7 +139,7 @@ pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
                     error.status
                 ),
             );
-            *activity = mine;
+            activity.merge(mine.into_entries());
         }
     }
 }
