@@ -1,7 +1,12 @@
 """A stand-in control plane for the filter's sync tests: serves signed snapshot envelopes with
 ETag / If-None-Match, and can be told to fail, tamper, or serve old versions. The envelope format
 and the HMAC are those of engine/src/signed_snapshot.rs; the real control plane (`keyward serve`)
-is exercised in test_control_plane.py."""
+is exercised in test_control_plane.py.
+
+It also serves the chunked layout (engine/src/chunked.rs): a signed manifest at
+GET /v1/snapshot/manifest and content-addressed chunks (one key record per line) at
+GET /v1/snapshot/chunks/<sha256>. Chunks of earlier publications stay available, as a poller
+may be fetching them when a newer manifest appears."""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from typing import Optional
 
 LOOPBACK = "127.0.0.1"
 FORMAT = "keyward.signed-snapshot.v1"
+MANIFEST_FORMAT = "keyward.signed-manifest.v1"
+MANIFEST_PATH = "/v1/snapshot/manifest"
+CHUNK_PATH = "/v1/snapshot/chunks/"
 SIGNING_KEY_ID = "test-signing-key"
 SIGNING_SECRET = b"integration-test-signing-secret-0123456789"
 SIGNING_SECRET_B64 = base64.b64encode(SIGNING_SECRET).decode()
@@ -26,16 +34,44 @@ def sign(snapshot: dict, key_id: str = SIGNING_KEY_ID, secret: bytes = SIGNING_S
     return ('{"format":"%s","key_id":"%s","signature":"%s","snapshot":%s}' % (FORMAT, key_id, signature, body)).encode()
 
 
-def sync_block(cluster: str = "keyward_control_plane", poller: str = "sync_service", interval_ms: int = 500) -> dict:
-    return {
+def sync_block(
+    cluster: str = "keyward_control_plane", poller: str = "sync_service", interval_ms: int = 500, layout: str = "envelope"
+) -> dict:
+    block = {
         "cluster": cluster,
         "authority": "keyward-control-plane",
-        "path": "/v1/snapshot",
+        "path": "/v1/snapshot" if layout == "envelope" else MANIFEST_PATH,
         "interval_ms": interval_ms,
-        "timeout_ms": 1000,
+        "timeout_ms": 1000 if layout == "envelope" else 5000,
         "signing_keys": [{"id": SIGNING_KEY_ID, "secret_base64": SIGNING_SECRET_B64}],
         "poller": poller,
     }
+    if layout != "envelope":
+        block["layout"] = layout
+    return block
+
+
+def split_chunked(
+    snapshot: dict, keys_per_chunk: int = 8192, key_id: str = SIGNING_KEY_ID, secret: bytes = SIGNING_SECRET
+) -> tuple[bytes, dict[str, bytes]]:
+    """(signed manifest envelope, {sha256: chunk bytes}) for a snapshot: keys in consecutive
+    slices, one JSON record a line."""
+    keys = snapshot.get("keys", [])
+    chunks: dict[str, bytes] = {}
+    refs = []
+    for start in range(0, len(keys), keys_per_chunk):
+        part = keys[start : start + keys_per_chunk]
+        body = "".join(json.dumps(k, separators=(",", ":")) + "\n" for k in part).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        chunks[digest] = body
+        refs.append({"sha256": digest, "keys": len(part), "bytes": len(body)})
+    manifest = {k: v for k, v in snapshot.items() if k != "keys"}
+    manifest["keys"] = len(keys)
+    manifest["chunks"] = refs
+    text = json.dumps(manifest, separators=(",", ":"))
+    signature = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+    envelope = '{"format":"%s","key_id":"%s","signature":"%s","manifest":%s}' % (MANIFEST_FORMAT, key_id, signature, text)
+    return envelope.encode(), chunks
 
 
 class SnapshotServer:
@@ -48,6 +84,10 @@ class SnapshotServer:
         self.status = 200
         self.requests = 0
         self.conditional_hits = 0
+        self.manifest: Optional[bytes] = None
+        self.manifest_etag = ""
+        self.chunks: dict[str, bytes] = {}
+        self.chunk_requests = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +97,9 @@ class SnapshotServer:
                 pass
 
             def do_GET(self):  # noqa: N802 - http.server API
+                path = self.path.split("?", 1)[0]
+                if path == MANIFEST_PATH or path.startswith(CHUNK_PATH):
+                    return self.chunked(path)
                 with server.lock:
                     server.requests += 1
                     body, etag, status = server.body, server.etag, server.status
@@ -82,6 +125,38 @@ class SnapshotServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def chunked(self, path: str) -> None:
+                with server.lock:
+                    status = server.status
+                    if path == MANIFEST_PATH:
+                        server.requests += 1
+                        body, etag = server.manifest, server.manifest_etag
+                    else:
+                        server.chunk_requests += 1
+                        body, etag = server.chunks.get(path[len(CHUNK_PATH) :]), ""
+                if status != 200 or body is None:
+                    payload = b'{"error":"unavailable"}'
+                    self.send_response(status if status != 200 else 404)
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if etag and self.headers.get("if-none-match") == etag:
+                    with server.lock:
+                        server.conditional_hits += 1
+                    self.send_response(304)
+                    self.send_header("etag", etag)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/json" if etag else "application/x-ndjson")
+                if etag:
+                    self.send_header("etag", etag)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
         self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -100,6 +175,21 @@ class SnapshotServer:
             self.body = envelope
             self.etag = '"%s"' % hashlib.sha256(envelope).hexdigest()[:16]
             self.status = 200
+
+    def publish_chunked(self, manifest: bytes, chunks: dict[str, bytes], tamper: Optional[str] = None) -> None:
+        """Serve this manifest and its chunks (earlier chunks stay); `tamper` names a chunk whose
+        served bytes differ from what the manifest says."""
+        with self.lock:
+            self.manifest = manifest
+            self.manifest_etag = '"%s"' % hashlib.sha256(manifest).hexdigest()[:16]
+            self.chunks.update(chunks)
+            if tamper is not None:
+                self.chunks[tamper] = chunks[tamper].replace(b'"active"', b'"paused"', 1)
+            self.status = 200
+
+    def drop_chunks_except(self, keep: dict[str, bytes]) -> None:
+        with self.lock:
+            self.chunks = {k: v for k, v in self.chunks.items() if k in keep}
 
     def fail_with(self, status: int) -> None:
         with self.lock:

@@ -48,8 +48,8 @@ def control_plane_cluster(port: int) -> dict:
     }
 
 
-def sync_envoy(workdir, wasm, name: str, cp_port: int, poller: str) -> harness.Envoy:
-    sync = sync_block(poller=poller, interval_ms=INTERVAL_MS)
+def sync_envoy(workdir, wasm, name: str, cp_port: int, poller: str, layout: str = "envelope") -> harness.Envoy:
+    sync = sync_block(poller=poller, interval_ms=INTERVAL_MS, layout=layout)
 
     def render(listen_port, admin_port, upstream_port):
         cfg = harness.render_bootstrap(listen_port, admin_port, upstream_port, {"sync": sync}, wasm)
