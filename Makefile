@@ -29,7 +29,10 @@ WASM         := target/keyward.wasm
 BINARYEN_VER := 132.0.0
 WASM_OPT     := $(TOOLS)/binaryen/node_modules/.bin/wasm-opt
 WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
-WASM_MAX     := 400000
+# A budget, not a target: ~370 KB before metering; the usage and request-body parsers, spend
+# counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
+# serde code for the configuration, snapshot and report types.
+WASM_MAX     := 640000
 DEMO_DIR     := $(TOOLS)/demo
 # Validators generated from Istio's CRD schemas (npm, pinned), for integration/test_istio.py.
 ISTIO_MODELS_VER   := 3.0.1
