@@ -46,6 +46,32 @@ DEFAULT_NOOP = BENCH / "target" / "wasm32-unknown-unknown" / "release" / "keywar
 
 PROJECT = {"id": "proj_a", "org": "org_1", "status": "active"}
 
+# The streamed variants: an OpenAI chat-completions request as SDKs send it (already asking for
+# the usage chunk, so keyward does not rewrite the body), answered by bench-upstream with a short
+# event stream that ends in a usage chunk. Prices make the metered route reserve and settle money.
+STREAM_PATH = "/v1/chat/completions"
+STREAM_MODEL = "gpt-4o-mini"
+STREAM_BODY = json.dumps(
+    {"model": STREAM_MODEL, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 64,
+     "messages": [{"role": "user", "content": "Say hello to the benchmark."}]},
+    separators=(",", ":"),
+)
+STREAM_PRICES = [{"model": "gpt-4o-mini*", "input_microusd_per_mtok": 150000, "output_microusd_per_mtok": 600000}]
+
+
+class Traffic:
+    """What the load generator sends to a variant."""
+
+    def __init__(self, method: str = "GET", path: str = "/v1/bench", body: Optional[str] = None):
+        self.method, self.path, self.body = method, path, body
+
+    def describe(self) -> str:
+        return f"{self.method} {self.path}" + (f" ({len(self.body)}-byte JSON body)" if self.body else "")
+
+
+GET_BENCH = Traffic()
+STREAM = Traffic("POST", STREAM_PATH, STREAM_BODY)
+
 # --------------------------------------------------------------------------------------------
 # child processes: always cleaned up
 # --------------------------------------------------------------------------------------------
@@ -236,12 +262,14 @@ def router_filter() -> dict:
     }
 
 
-def wasm_filter(name: str, wasm: Path, configuration: Optional[str]) -> dict:
+def wasm_filter(name: str, wasm: Path, configuration: Optional[str], hold_headers: bool = False) -> dict:
     config: dict = {
         "name": name,
         "root_id": name,
         "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
     }
+    if hold_headers:  # metering reads the body while the headers wait (Envoy >= 1.35)
+        config["allow_on_headers_stop_iteration"] = True
     if configuration is not None:
         config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration}
     return {
@@ -412,6 +440,24 @@ class Envoy:
             return False
 
 
+def admin_counters(admin_port: int, contains: str) -> dict[str, int]:
+    """Counters from Envoy's admin /stats whose name contains `contains` (empty on failure)."""
+    c = http.client.HTTPConnection(LOOPBACK, admin_port, timeout=5)
+    try:
+        c.request("GET", "/stats?usedonly&filter=" + contains)
+        text = c.getresponse().read().decode(errors="replace")
+    except OSError:
+        return {}
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
 def log_tail(path: Path, lines: int = 6) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -420,13 +466,16 @@ def log_tail(path: Path, lines: int = 6) -> str:
     return " | ".join(text[-lines:])[-1500:]
 
 
-def probe(port: int, auth: str, path: str = "/v1/bench") -> tuple[int, dict]:
+def probe(port: int, auth: str, traffic: Traffic = GET_BENCH) -> tuple[int, dict, bytes]:
     c = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
     try:
-        c.request("GET", path, headers={"Authorization": auth, "Host": "bench.local"})
+        headers = {"Authorization": auth, "Host": "bench.local"}
+        if traffic.body is not None:
+            headers["Content-Type"] = "application/json"
+        c.request(traffic.method, traffic.path, body=traffic.body, headers=headers)
         r = c.getresponse()
-        r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
     finally:
         c.close()
 
@@ -437,9 +486,12 @@ def probe(port: int, auth: str, path: str = "/v1/bench") -> tuple[int, dict]:
 
 
 class Variant:
-    def __init__(self, key: str, label: str, envoy: Envoy, auth_file: Path, expect: int, service=None):
+    def __init__(self, key: str, label: str, envoy: Envoy, auth_file: Path, expect: int, service=None,
+                 traffic: Traffic = GET_BENCH, base_key: str = "baseline"):
         self.key = key
         self.label = label
+        self.traffic = traffic
+        self.base_key = base_key  # the no-filter variant with the same traffic
         self.envoy = envoy
         self.auth_file = auth_file
         self.expect = expect
@@ -453,13 +505,16 @@ def run_load(args, v: Variant, rate: float, duration: float, rnd: int) -> dict:
     cmd = [
         str(args.tools / "loadgen"),
         "--addr", f"{LOOPBACK}:{v.envoy.port}",
-        "--path", "/v1/bench",
+        "--method", v.traffic.method,
+        "--path", v.traffic.path,
         "--auth-file", str(v.auth_file),
         "--connections", str(args.connections),
         "--duration", str(duration),
         "--rate", str(rate),
         "--expect", str(v.expect),
     ]  # fmt: skip
+    if v.traffic.body is not None:
+        cmd += ["--body", v.traffic.body]
     load = loadavg1()
     svc0 = cpu_seconds(v.service.pid) if v.service else 0.0
     c0 = cpu_seconds(pid)
@@ -498,9 +553,8 @@ def med(xs: list) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
-def summarize(variants: list[Variant], base_key: str, large: list[int]) -> dict:
+def summarize(variants: list[Variant], large: list[int]) -> dict:
     by_key = {v.key: v for v in variants}
-    base = by_key.get(base_key)
 
     def series(v: Variant, mode: str, field: str) -> dict[int, float]:
         return {r["round"]: r[field] for r in v.runs if r["mode"] == mode and r.get(field) is not None}
@@ -531,6 +585,8 @@ def summarize(variants: list[Variant], base_key: str, large: list[int]) -> dict:
         svc = med([r["service_cpu_us_per_req"] for r in closed]) if v.service else None
         s = {
             "label": v.label,
+            "traffic": v.traffic.describe(),
+            "base": v.base_key,
             "rounds": len(closed),
             "envoy_cpu_us_per_req": cpu,
             "envoy_cpu_us_per_req_min": min((r["envoy_cpu_us_per_req"] for r in closed), default=None),
@@ -549,6 +605,7 @@ def summarize(variants: list[Variant], base_key: str, large: list[int]) -> dict:
             "errors": sum(r["errors"] for r in v.runs),
             "loadavg_1m": med([r["loadavg_1m"] for r in v.runs]),
         }
+        base = by_key.get(v.base_key)
         if base is not None and v is not base:
             s["x_base_cpu"] = ratio_to(v, base, "closed_loop", "envoy_cpu_us_per_req", total=bool(v.service))
             s["x_base_rps"] = ratio_to(v, base, "closed_loop", "rps")
@@ -586,7 +643,14 @@ def summarize(variants: list[Variant], base_key: str, large: list[int]) -> dict:
                 target=1.05 if n == 1_000_000 else None)
             for n in large
         ],
+        *[
+            cmp(f"{v.label} vs no-op Wasm floor", v.key, "noop_wasm", target=1.15)
+            for v in variants
+            if v.key.startswith("keyward_1k_")
+        ],
         cmp("keyward reject (401) vs accept", "keyward_reject", "keyward_1k"),
+        cmp("keyward metered stream vs no-op Wasm stream floor", "keyward_metered_stream", "noop_wasm_stream"),
+        cmp("no-op Wasm stream vs no filter, same stream", "noop_wasm_stream", "baseline_stream"),
         cmp("ext_authz (Envoy + service) vs keyward accept", "ext_authz", "keyward_1k", total_a=True),
     ]
     return {"variants": out, "comparisons": comparisons}
@@ -631,14 +695,14 @@ def markdown(result: dict) -> str:
             "| {label} | {cpu} | {xc} | {add} | {cf} | {rps} | {xr} | {p50} | {p99} | {x99} | {rss} | {ld} |".format(
                 label=v["label"],
                 cpu=cpu,
-                xc=fmt(v.get("x_base_cpu"), ".2f", "1.00" if key == "baseline" else "–"),
-                add=fmt(v.get("added_cpu_us_vs_base"), "+.0f", "0" if key == "baseline" else "–"),
+                xc=fmt(v.get("x_base_cpu"), ".2f", "1.00" if key == v.get("base") else "–"),
+                add=fmt(v.get("added_cpu_us_vs_base"), "+.0f", "0" if key == v.get("base") else "–"),
                 cf=fmt(v["envoy_cpu_us_per_req_fixed_rate"]),
                 rps=fmt(v["rps"]),
-                xr=fmt(v.get("x_base_rps"), ".2f", "1.00" if key == "baseline" else "–"),
+                xr=fmt(v.get("x_base_rps"), ".2f", "1.00" if key == v.get("base") else "–"),
                 p50=fmt(v["p50_ms"], ".3f"),
                 p99=fmt(v["p99_ms"], ".3f"),
-                x99=fmt(v.get("x_base_p99"), ".2f", "1.00" if key == "baseline" else "–"),
+                x99=fmt(v.get("x_base_p99"), ".2f", "1.00" if key == v.get("base") else "–"),
                 rss=fmt(v["rss_mb"], ".0f"),
                 ld=fmt(v["load_s"], ".1f"),
             )
@@ -722,6 +786,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated variant keys (baseline is always run)")
     ap.add_argument("--wasm", type=Path, default=Path(os.environ.get("KEYWARD_WASM", DEFAULT_WASM)))
     ap.add_argument("--noop-wasm", type=Path, default=DEFAULT_NOOP)
+    ap.add_argument("--ab-wasm", action="append", default=[], metavar="LABEL=PATH",
+                    help="another keyward build, accept path with 1k keys, as variant keyward_1k_LABEL in "
+                         "the same interleaved run (repeatable; for A/B comparisons of builds)")
     ap.add_argument("--tools", type=Path, default=DEFAULT_TOOLS, help="dir with loadgen, bench-upstream, extauthz")
     ap.add_argument("--workdir", type=Path, default=BENCH / ".work")
     ap.add_argument("--out", type=Path, default=BENCH / "results")
@@ -764,10 +831,23 @@ def run(args) -> int:
     noop_copy = work / "noop_filter.wasm"
     noop_copy.write_bytes(args.noop_wasm.read_bytes())
     keyward_wasm = {"path": str(args.wasm), "size": len(wasm_bytes), "sha256": hashlib.sha256(wasm_bytes).hexdigest()}
+    ab_builds: list[tuple[str, Path]] = []
+    for spec in args.ab_wasm:
+        label, sep, path = spec.partition("=")
+        if not sep or not label.isidentifier() or not Path(path).is_file():
+            raise SystemExit(f"--ab-wasm {spec}: expected LABEL=PATH of an existing .wasm (LABEL a plain word)")
+        copy = work / f"keyward_filter_{label}.wasm"
+        copy.write_bytes(Path(path).read_bytes())
+        ab_builds.append((label, copy))
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     large = [int(x) for x in args.large_keys.split(",") if x.strip()]
-    want = lambda key: not only or key in only or key == "baseline"  # noqa: E731
+    streamed = {"noop_wasm_stream", "keyward_metered_stream"}
+
+    def want(key: str) -> bool:
+        if not only or key in only or key == "baseline" or key.startswith("keyward_1k_"):
+            return True
+        return key == "baseline_stream" and bool(only & streamed)  # the floor of the streamed rows
 
     # traffic: the same accepted keys for every variant that uses the 1k key set
     auth_1k = write_auth_file(work / "auth-1k.txt", 1000, args.sample_keys)
@@ -788,20 +868,34 @@ def run(args) -> int:
     def simple(filters_fn, extra_clusters=()):
         return lambda lp, ap_: json.dumps(bootstrap(lp, ap_, filters_fn(), [up, *extra_clusters]))
 
-    def keyward_cfg(n: int):
+    def keyward_cfg(n: int, wasm: Path = wasm_copy):
         def render(lp, ap_):
-            text = json.dumps(bootstrap(lp, ap_, [wasm_filter("keyward", wasm_copy, "@PLUGIN@")], [up]))
+            text = json.dumps(bootstrap(lp, ap_, [wasm_filter("keyward", wasm, "@PLUGIN@")], [up]))
             return text.replace('"@PLUGIN@"', json.dumps(plugin_config_text(n)))
 
         return render
 
-    # (variant key, label, envoy name, config renderer, auth file, expected status, service)
+    def keyward_metered_cfg(lp, ap_):
+        plugin = json.loads(plugin_config_text(1000))
+        plugin["policy"]["prices"] = STREAM_PRICES
+        plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
+        plugin["metering"] = {}
+        filt = wasm_filter("keyward", wasm_copy, json.dumps(plugin, separators=(",", ":")), hold_headers=True)
+        return json.dumps(bootstrap(lp, ap_, [filt], [up]))
+
+    # (variant key, label, envoy name, config renderer, auth file, expected status, service
+    #  [, traffic, key of the no-filter variant with the same traffic])
     specs = [
         ("baseline", "no auth filter (baseline)", "baseline", simple(lambda: []), auth_1k, 200, None),
         ("native", "native api_key_auth, 1k keys", "native", simple(lambda: [native_filter(1000)]), auth_1k, 200, None),
         ("noop_wasm", "no-op Rust Wasm filter", "noop", simple(lambda: [wasm_filter("noop", noop_copy, None)]), auth_1k, 200, None),
         ("keyward_1k", "keyward accept, 1k keys", "keyward-1k", keyward_cfg(1000), auth_1k, 200, None),
     ]
+    for ab_label, ab_path in ab_builds:
+        specs.append(
+            (f"keyward_1k_{ab_label}", f"keyward accept, 1k keys, build {ab_label}", f"keyward-1k-{ab_label}",
+             keyward_cfg(1000, ab_path), auth_1k, 200, None)
+        )  # fmt: skip
     for n in large:
         label = label_of(n)
         specs.append(
@@ -813,14 +907,27 @@ def run(args) -> int:
         ("ext_authz", "ext_authz HTTP service, 1k keys", "extauthz",
          simple(lambda: [extauthz_filter(ext_port)], [cluster("extauthz", ext_port)]), auth_1k, 200, ext_proc)
     )  # fmt: skip
+    # streamed chat completions, next to each other: no filter, no-op filter, keyward metering
+    specs += [
+        ("baseline_stream", "no auth filter, streamed chat", "baseline", None, auth_1k, 200, None,
+         STREAM, "baseline_stream"),
+        ("noop_wasm_stream", "no-op Rust Wasm filter, streamed chat", "noop", None, auth_1k, 200, None,
+         STREAM, "baseline_stream"),
+        ("keyward_metered_stream", "keyward metered, streamed chat, 1k keys", "keyward-metered",
+         keyward_metered_cfg, auth_1k, 200, None, STREAM, "baseline_stream"),
+    ]  # fmt: skip
 
     envoys: dict[str, Envoy] = {}
     variants: list[Variant] = []
-    for i, (key, label, ename, render, auth, expect, service) in enumerate(specs):
+    for key, label, ename, render, auth, expect, service, *rest in specs:
+        traffic = rest[0] if rest else GET_BENCH
+        base_key = rest[1] if len(rest) > 1 else "baseline"
         if not want(key):
             continue
         if ename not in envoys:
-            assert render is not None
+            if render is None:  # a streamed row on an Envoy whose GET row was left out
+                render = {"baseline": simple(lambda: []),
+                          "noop": simple(lambda: [wasm_filter("noop", noop_copy, None)])}[ename]
             e = Envoy(ename, BASE_ID_FIRST + len(envoys), work)
             log(f"starting Envoy {ename} (base id {e.base_id})")
             t0 = time.monotonic()
@@ -832,15 +939,17 @@ def run(args) -> int:
                 log(f"  FAILED after {time.monotonic() - t0:.1f} s: {e.error}")
             envoys[ename] = e
         e = envoys[ename]
-        v = Variant(key, label, e, auth, expect, service)
+        v = Variant(key, label, e, auth, expect, service, traffic, base_key)
         if e.error:
             v.error = f"Envoy {e.name}: {e.error}"
         else:
             first = auth.read_text().splitlines()[0]
             try:
-                status, headers = probe(e.port, first)
+                status, headers, body = probe(e.port, first, traffic)
                 if status != expect:
                     v.error = f"probe answered {status}, expected {expect} (headers {headers})"
+                elif traffic.body is not None and b'"usage"' not in body:
+                    v.error = f"probe: the streamed answer carries no usage chunk ({body[:200]!r})"
             except OSError as ex:
                 v.error = f"probe failed: {ex}"
         if v.error:
@@ -926,7 +1035,17 @@ def run(args) -> int:
             f"on {machine['nproc']} CPUs (this benchmark itself accounts for about 1.5)"
         )
 
-    summary = summarize(variants, "baseline", large)
+    metered = next((v for v in variants if v.key == "keyward_metered_stream" and not v.error), None)
+    if metered is not None:
+        counters = admin_counters(metered.envoy.admin_port, "keyward.metering")
+        short = {k.rsplit("keyward.", 1)[-1]: n for k, n in counters.items()}
+        answered = sum(r["requests"] for r in metered.runs)
+        notes.append(
+            f"keyward_metered_stream: {answered} requests answered in the measured runs; metering counters at the "
+            f"end (warm-up and probe included): "
+            + (", ".join(f"{k} {n}" for k, n in sorted(short.items())) or "unavailable")
+        )
+    summary = summarize(variants, large)
     startup = []
     for e in list(envoys.values()) + ([control] if control else []):
         alive = e.proc is not None and e.proc.poll() is None

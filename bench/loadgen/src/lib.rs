@@ -14,6 +14,8 @@ pub struct Head {
     pub status: u16,
     /// The peer asked to close the connection after this message.
     pub close: bool,
+    /// A request whose method is POST (false for responses).
+    pub post: bool,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -63,6 +65,7 @@ pub fn read_message<R: Read>(
     let head = std::str::from_utf8(&buf[..header_end]).map_err(|_| invalid("non-UTF-8 head"))?;
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or_default();
+    let post = !response && first.starts_with("POST ");
     let (status, http10) = if response {
         // HTTP/1.1 200 OK
         let mut parts = first.splitn(3, ' ');
@@ -110,7 +113,11 @@ pub fn read_message<R: Read>(
         }
         buf.drain(..len);
     }
-    Ok(Some(Head { status, close }))
+    Ok(Some(Head {
+        status,
+        close,
+        post,
+    }))
 }
 
 fn read_chunked_body<R: Read>(r: &mut R, buf: &mut Vec<u8>, chunk: &mut [u8]) -> io::Result<()> {
@@ -172,14 +179,16 @@ mod tests {
             read_message(&mut r, &mut buf, true).unwrap(),
             Some(Head {
                 status: 200,
-                close: false
+                close: false,
+                post: false
             })
         );
         assert_eq!(
             read_message(&mut r, &mut buf, true).unwrap(),
             Some(Head {
                 status: 401,
-                close: true
+                close: true,
+                post: false
             })
         );
         assert_eq!(read_message(&mut r, &mut buf, true).unwrap(), None);
@@ -194,7 +203,8 @@ mod tests {
             read_message(&mut r, &mut buf, true).unwrap(),
             Some(Head {
                 status: 200,
-                close: false
+                close: false,
+                post: false
             })
         );
         assert!(buf.is_empty());
@@ -209,9 +219,21 @@ mod tests {
             read_message(&mut r, &mut buf, false).unwrap(),
             Some(Head {
                 status: 0,
-                close: false
+                close: false,
+                post: false
             })
         );
+    }
+
+    #[test]
+    fn post_request_with_body() {
+        let data = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}GET / HTTP/1.1\r\n\r\n";
+        let mut r = &data[..];
+        let mut buf = Vec::new();
+        let head = read_message(&mut r, &mut buf, false).unwrap().unwrap();
+        assert!(head.post);
+        let head = read_message(&mut r, &mut buf, false).unwrap().unwrap();
+        assert!(!head.post);
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //! Usage:
 //!   loadgen --addr 127.0.0.1:PORT [--path /x] [--auth-file F] [--connections 8]
 //!           [--duration 5] [--rate 0] [--expect 200] [--timeout 2]
+//!           [--method GET] [--body TEXT]
 //! `--auth-file`: one `Authorization` header value per line; requests cycle through them (each
-//! connection starts at a different offset). Prints one JSON object on stdout.
+//! connection starts at a different offset). `--body`: sent with `content-type:
+//! application/json` and its `content-length` (e.g. `--method POST --body '{"model":…}'`).
+//! Prints one JSON object on stdout.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +27,9 @@ use keyward_bench_loadgen::read_message;
 
 struct Args {
     addr: SocketAddr,
+    method: String,
     path: String,
+    body: Option<String>,
     auth: Vec<String>,
     connections: usize,
     duration: Duration,
@@ -97,6 +102,8 @@ fn main() {
 fn parse_args() -> Result<Args, String> {
     let mut addr = None;
     let mut path = "/".to_string();
+    let mut method = "GET".to_string();
+    let mut body = None;
     let mut auth_file = None;
     let mut connections = 8usize;
     let mut duration = 5.0f64;
@@ -119,6 +126,8 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--path" => path = value,
+            "--method" => method = value,
+            "--body" => body = Some(value),
             "--auth-file" => auth_file = Some(value),
             "--connections" => connections = num(&value)? as usize,
             "--duration" => duration = num(&value)?,
@@ -129,6 +138,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let addr = addr.ok_or("--addr is required")?;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("--method must be an upper-case token such as GET or POST".into());
+    }
     if !addr.ip().is_loopback() {
         return Err("--addr: loopback addresses only".into());
     }
@@ -156,7 +168,9 @@ fn parse_args() -> Result<Args, String> {
     };
     Ok(Args {
         addr,
+        method,
         path,
+        body,
         auth,
         connections,
         duration: Duration::from_secs_f64(duration),
@@ -169,15 +183,22 @@ fn parse_args() -> Result<Args, String> {
 fn build_requests(args: &Args) -> Vec<Vec<u8>> {
     let base = |auth: Option<&str>| {
         let mut r = format!(
-            "GET {} HTTP/1.1\r\nhost: bench.local\r\nuser-agent: keyward-bench\r\n",
-            args.path
+            "{} {} HTTP/1.1\r\nhost: bench.local\r\nuser-agent: keyward-bench\r\n",
+            args.method, args.path
         );
         if let Some(a) = auth {
             r.push_str("authorization: ");
             r.push_str(a);
             r.push_str("\r\n");
         }
+        if let Some(body) = &args.body {
+            r.push_str("content-type: application/json\r\n");
+            r.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
         r.push_str("\r\n");
+        if let Some(body) = &args.body {
+            r.push_str(body);
+        }
         r.into_bytes()
     };
     if args.auth.is_empty() {
