@@ -1,6 +1,9 @@
 //! Signed snapshots built from the store: what `keyward snapshot build` writes and what
 //! `GET /v1/snapshot` serves.
 
+use std::collections::HashMap;
+
+use keyward_engine::chunked::{sign_manifest, split_snapshot, TARGET_KEYS_PER_CHUNK};
 use keyward_engine::signed_snapshot::{sign_snapshot, SigningKey};
 
 use crate::error::Error;
@@ -46,6 +49,52 @@ pub fn build_signed(
     })
 }
 
+/// A snapshot in the chunked layout: a signed manifest and its chunks by SHA-256 (hex).
+#[derive(Debug, Clone)]
+pub struct ChunkedSnapshot {
+    pub version: u64,
+    pub issued_at: u64,
+    /// `{"format":"keyward.signed-manifest.v1","key_id":..,"signature":..,"manifest":{..}}`
+    pub manifest: String,
+    pub chunks: HashMap<String, String>,
+}
+
+impl ChunkedSnapshot {
+    pub fn etag(&self) -> String {
+        format!("\"m{}-{}\"", self.version, self.issued_at)
+    }
+}
+
+/// Like [`build_signed`], split for `GET /v1/snapshot/manifest` and `/v1/snapshot/chunks/…`:
+/// keys go to chunks by a hash of their id, so a change re-sends only the chunks it touches.
+pub fn build_chunked(
+    store: &mut Store,
+    key: &SigningKey,
+    now: u64,
+    keys_per_chunk: Option<usize>,
+) -> Result<ChunkedSnapshot, Error> {
+    store.revoke_rotated_keys(now)?;
+    let snapshot = store.snapshot(now)?;
+    let (version, issued_at) = (snapshot.version, snapshot.issued_at);
+    let split = split_snapshot(snapshot, keys_per_chunk.unwrap_or(TARGET_KEYS_PER_CHUNK))?;
+    let json = serde_json::to_string(&split.manifest)?;
+    let manifest = sign_manifest(&json, key)
+        .map_err(|error| Error::internal(format!("cannot sign the manifest: {error}")))?;
+    let chunks = split
+        .manifest
+        .chunks
+        .iter()
+        .map(|chunk| chunk.sha256.clone())
+        .zip(split.chunks)
+        .collect();
+    Ok(ChunkedSnapshot {
+        version,
+        issued_at,
+        manifest,
+        chunks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,10 +125,29 @@ mod tests {
         assert_eq!((signed.version, signed.keys, signed.projects), (3, 1, 1));
         assert_eq!(signed.etag(), "\"3-1000\"");
         assert!(!signed.envelope.contains(created.plaintext.expose()));
-        let policy = verify_snapshot(signed.envelope.as_bytes(), &[key]).unwrap();
+        let policy =
+            verify_snapshot(signed.envelope.as_bytes(), std::slice::from_ref(&key)).unwrap();
         assert_eq!(policy.version, 3);
         assert_eq!(policy.issued_at, 1000);
         let stored = policy.key_by_id(&created.key.id).unwrap();
         assert_eq!(stored.status, KeyStatus::Active);
+
+        let chunked = build_chunked(&mut store, &key, 1000, None).unwrap();
+        assert_eq!(chunked.version, 3);
+        let manifest = keyward_engine::chunked::verify_manifest(
+            chunked.manifest.as_bytes(),
+            std::slice::from_ref(&key),
+        )
+        .unwrap();
+        assert_eq!(manifest.chunks.len(), 1);
+        let mut build = keyward_engine::chunked::ChunkedBuild::new(&manifest).unwrap();
+        let body = &chunked.chunks[&manifest.chunks[0].sha256];
+        assert!(!body.contains(created.plaintext.expose()));
+        assert_eq!(build.work(body.as_bytes(), || false), Ok(true));
+        let policy = build.finish().unwrap();
+        assert_eq!(
+            policy.key_by_id(&created.key.id).map(|k| k.status),
+            Some(KeyStatus::Active)
+        );
     }
 }

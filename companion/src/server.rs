@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::Error;
 use crate::keygen::{Environment, Format};
-use crate::publish::{build_signed, SignedSnapshot};
+use crate::publish::{build_chunked, build_signed, ChunkedSnapshot, SignedSnapshot};
 use crate::secrets::AdminTokens;
 use crate::store::{
     KeySettings, KeyUpdate, KeyView, NewKey, Owner, ProjectUpdate, StatusChange, Store,
@@ -97,6 +97,15 @@ struct AppState {
     reissue_seconds: u64,
     /// Held while a snapshot is built, so concurrent polls wait for one build and share it.
     published: tokio::sync::Mutex<Option<Arc<Published>>>,
+    /// The chunked layout: the current manifest and chunks, and the previous ones (a poller may
+    /// still be fetching their chunks when a newer manifest appears).
+    chunked: tokio::sync::Mutex<ChunkedSlots>,
+}
+
+#[derive(Default)]
+struct ChunkedSlots {
+    current: Option<Arc<ChunkedSnapshot>>,
+    previous: Option<Arc<ChunkedSnapshot>>,
 }
 
 type Shared = Arc<AppState>;
@@ -173,6 +182,7 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             signing_key: options.signing_key,
             reissue_seconds: options.reissue_seconds.max(1),
             published: tokio::sync::Mutex::new(None),
+            chunked: tokio::sync::Mutex::new(ChunkedSlots::default()),
         });
         tokio::spawn(sweep_rotations(Arc::clone(&state.store)));
         // Tests and scripts read the bound address (with --listen 127.0.0.1:0) from this line.
@@ -251,6 +261,8 @@ fn router(state: Shared) -> Router {
         ));
     Router::new()
         .route("/v1/snapshot", get(snapshot))
+        .route("/v1/snapshot/manifest", get(snapshot_manifest))
+        .route("/v1/snapshot/chunks/{sha256}", get(snapshot_chunk))
         .route(
             "/v1/usage",
             post(usage_report).layer(DefaultBodyLimit::max(MAX_USAGE_REPORT_BYTES)),
@@ -993,6 +1005,96 @@ async fn snapshot(State(state): State<Shared>, headers: HeaderMap) -> Result<Res
     let headers = response.headers_mut();
     headers.insert(ETAG, etag);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// The current chunked snapshot, rebuilt under the same rules as [`current_snapshot`].
+async fn current_chunked(state: &Shared) -> Result<Arc<ChunkedSnapshot>, Error> {
+    let mut slots = state.chunked.lock().await;
+    let cached = slots
+        .current
+        .as_ref()
+        .map(|published| (published.version, published.issued_at));
+    let reissue_seconds = state.reissue_seconds;
+    let key = state.signing_key.clone();
+    let rebuilt = with_store(&state.store, move |store| {
+        let now = now();
+        store.revoke_rotated_keys(now)?;
+        let version = store.policy_version()?;
+        let still_good = cached.is_some_and(|(cached_version, issued_at)| {
+            cached_version == version && now < issued_at.saturating_add(reissue_seconds)
+        });
+        if still_good {
+            return Ok(None);
+        }
+        build_chunked(store, &key, now, None).map(Some)
+    })
+    .await?;
+    if let Some(built) = rebuilt {
+        slots.previous = slots.current.take();
+        slots.current = Some(Arc::new(built));
+    }
+    slots
+        .current
+        .clone()
+        .ok_or_else(|| Error::internal("no snapshot could be built"))
+}
+
+/// `GET /v1/snapshot/manifest`: the signed manifest of the chunked layout, with ETag.
+async fn snapshot_manifest(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let published = current_chunked(&state).await?;
+    let tag = published.etag();
+    let not_modified = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| etag_matches(value, &tag));
+    let etag = HeaderValue::from_str(&tag)
+        .map_err(|_| Error::internal("the manifest ETag is not a header value"))?;
+    let mut response = if not_modified {
+        (StatusCode::NOT_MODIFIED, Body::empty()).into_response()
+    } else {
+        let mut response = (StatusCode::OK, published.manifest.clone()).into_response();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(ETAG, etag);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// `GET /v1/snapshot/chunks/{sha256}`: a chunk of the current or the previous manifest. Its
+/// name is its hash, so it never changes: cacheable for good.
+async fn snapshot_chunk(
+    State(state): State<Shared>,
+    Path(sha256): Path<String>,
+) -> Result<Response, Error> {
+    let body = {
+        let slots = state.chunked.lock().await;
+        let found = [&slots.current, &slots.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|published| published.chunks.get(&sha256).cloned());
+        found
+    };
+    let Some(body) = body else {
+        return Err(not_found().await);
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
     Ok(response)
 }
 
