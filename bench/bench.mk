@@ -31,3 +31,14 @@ bench-tools:
 		--target wasm32-unknown-unknown --target-dir $(BENCH_TARGET_DIR)
 	cargo build --release --locked --manifest-path bench/loadgen/Cargo.toml --target-dir $(BENCH_TARGET_DIR)
 	cargo build --release --locked --manifest-path bench/extauthz/Cargo.toml --target-dir $(BENCH_TARGET_DIR)
+
+# `make scale` (issue #3): 1k, 100k and 1M keys pushed through the chunked policy sync into Envoy
+# (--concurrency 2): time to apply, memory per key, request latency during the load, CPU per
+# request after it. About 2-3 minutes; not part of `make test`. See docs/scale.md.
+SCALE_ARGS ?=
+
+.PHONY: scale
+
+## scale: measure the chunked policy sync at 1k/100k/1M keys; results in bench/results/scale.{json,md}
+scale: $(VENV_STAMP) wasm bench-tools
+	$(BENCH_PYTHON) bench/scale.py --wasm $(CURDIR)/$(WASM) --tools $(BENCH_TARGET_DIR)/release $(SCALE_ARGS)
