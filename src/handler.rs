@@ -321,15 +321,16 @@ fn handle(
     let outcome = decide(settings, route, &request, state.policy.as_deref(), now);
 
     // Client-sent copies of keyward's own headers (every `x-keyward-*` and the configured
-    // identity header names) never reach the upstream, whatever the outcome.
-    let identity_names = settings.identity_headers.all();
+    // identity header names) never reach the upstream, whatever the outcome. One host call per
+    // copy present; none when the client sent none (no allocation either).
+    let identity_names = &settings.identity_headers;
     let mut spoofed: Vec<&str> = request
         .header_names()
         .filter(|name| {
             name.get(..KEYWARD_HEADER_PREFIX.len())
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case(KEYWARD_HEADER_PREFIX))
                 || identity_names
-                    .iter()
+                    .all()
                     .any(|own| own.eq_ignore_ascii_case(name))
         })
         .collect();
@@ -382,13 +383,14 @@ fn handle(
             let Some(policy) = state.policy.as_ref() else {
                 return Ok(Verdict::Continue);
             };
+            let request_id = request.request_id();
             let ticket = Ticket {
                 policy: Rc::clone(policy),
                 key: identity.key.position,
                 project: identity.project.map(|project| project.position),
                 route: route_position,
                 chat_completions: request.path_without_query().ends_with("/chat/completions"),
-                request_id: request.request_id().to_owned(),
+                request_id: request_id.to_owned(),
             };
             if route.reads_body() && !end_of_stream {
                 let may_rewrite = route.meter && route.add_stream_usage && ticket.chat_completions;
@@ -401,8 +403,7 @@ fn handle(
                 }
                 return Ok(Verdict::AwaitBody(Box::new(ticket)));
             }
-            let request_id = ticket.request_id.clone();
-            admitted(host, state, ticket, None, &request_id)
+            admitted(host, state, ticket, None, request_id)
         }
         Outcome::Deny(rejection) => {
             let shadow = settings.mode == Mode::Shadow;
@@ -471,17 +472,27 @@ fn strip_credentials(
     Ok(())
 }
 
+/// One header write per identity header that is configured and has a value. Client copies are
+/// already gone (spoof removal above), so a skipped header is absent upstream, never forged.
 fn add_identity(
     host: &impl Host,
     settings: &Settings,
     identity: &Identity<'_>,
 ) -> Result<(), HostError> {
     let names = &settings.identity_headers;
-    host.replace_request_header(&names.key_id, identity.key.id.as_bytes())?;
-    host.replace_request_header(&names.org, identity.org.as_bytes())?;
-    host.replace_request_header(&names.environment, identity.environment.as_bytes())?;
-    if let Some(project) = identity.project {
-        host.replace_request_header(&names.project, project.id.as_bytes())?;
+    let project = identity.project.map(|project| project.id.as_str());
+    let headers = [
+        (Some(names.key_id.as_str()), Some(identity.key.id.as_str())),
+        (names.org.as_deref(), Some(identity.org)),
+        (names.environment.as_deref(), Some(identity.environment)),
+        (Some(names.project.as_str()), project),
+    ];
+    for (name, value) in headers {
+        if let (Some(name), Some(value)) = (name, value) {
+            if !value.is_empty() {
+                host.replace_request_header(name, value.as_bytes())?;
+            }
+        }
     }
     Ok(())
 }

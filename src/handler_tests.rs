@@ -199,6 +199,27 @@ fn allowed_request_loses_its_key_and_gains_trusted_identity() {
 }
 
 #[test]
+fn identity_headers_turned_off_are_not_written_and_client_copies_still_go() {
+    let state = state(r#""identity_headers": {"org": null, "environment": null},"#);
+    let host = FakeHost::with(&[
+        (":path", "/v1/chat"),
+        ("authorization", &format!("Bearer {KEY}")),
+        ("x-keyward-org", "spoofed"),
+        ("x-keyward-environment", "spoofed"),
+    ]);
+    assert!(matches!(
+        on_request_headers(&host, &state, true),
+        Verdict::Continue
+    ));
+    assert_eq!(host.header("authorization"), None);
+    assert_eq!(host.header("x-keyward-key-id").as_deref(), Some("good1"));
+    assert_eq!(host.header("x-keyward-project").as_deref(), Some("proj_a"));
+    assert_eq!(host.header("x-keyward-org"), None);
+    assert_eq!(host.header("x-keyward-environment"), None);
+    assert_eq!(host.count(state.metrics.allowed), 1);
+}
+
+#[test]
 fn denied_request_gets_a_local_json_reply_and_a_log_line() {
     let state = state("");
     let host = FakeHost::with(&[

@@ -40,14 +40,16 @@ pub enum PolicyUnavailable {
     FailOpen,
 }
 
-/// Names of the trusted headers keyward adds upstream.
+/// Names of the trusted headers keyward adds upstream. `org` and `environment` can be turned
+/// off with `null` (one header write less per allowed request); client-sent copies of every
+/// `x-keyward-*` header are removed whatever is configured.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityHeaders {
     pub key_id: String,
     pub project: String,
-    pub org: String,
-    pub environment: String,
+    pub org: Option<String>,
+    pub environment: Option<String>,
 }
 
 impl Default for IdentityHeaders {
@@ -55,15 +57,23 @@ impl Default for IdentityHeaders {
         Self {
             key_id: "x-keyward-key-id".to_owned(),
             project: "x-keyward-project".to_owned(),
-            org: "x-keyward-org".to_owned(),
-            environment: "x-keyward-environment".to_owned(),
+            org: Some("x-keyward-org".to_owned()),
+            environment: Some("x-keyward-environment".to_owned()),
         }
     }
 }
 
 impl IdentityHeaders {
-    pub fn all(&self) -> [&str; 4] {
-        [&self.key_id, &self.project, &self.org, &self.environment]
+    /// The configured names (the ones turned off are absent).
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(self.key_id.as_str()),
+            Some(self.project.as_str()),
+            self.org.as_deref(),
+            self.environment.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -289,16 +299,19 @@ fn validate_key_formats(formats: &[KeyFormat]) -> Result<(), FieldError> {
 }
 
 fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<(), FieldError> {
-    let named = [
-        ("identity_headers.key_id", identity.key_id.as_str()),
-        ("identity_headers.project", identity.project.as_str()),
-        ("identity_headers.org", identity.org.as_str()),
+    let named: Vec<(&str, &str)> = [
+        ("identity_headers.key_id", Some(identity.key_id.as_str())),
+        ("identity_headers.project", Some(identity.project.as_str())),
+        ("identity_headers.org", identity.org.as_deref()),
         (
             "identity_headers.environment",
-            identity.environment.as_str(),
+            identity.environment.as_deref(),
         ),
-        ("error_header", error_header),
-    ];
+        ("error_header", Some(error_header)),
+    ]
+    .into_iter()
+    .filter_map(|(path, name)| name.map(|name| (path, name)))
+    .collect();
     for (position, (path, name)) in named.iter().enumerate() {
         if !is_header_name(name) {
             return Err(FieldError::new(*path, "must be a lower-case header name"));
@@ -364,6 +377,14 @@ mod tests {
                 "identity_headers.project",
             ),
             (
+                r#"{"identity_headers": {"key_id": null}}"#,
+                "identity_headers.key_id",
+            ),
+            (
+                r#"{"identity_headers": {"org": "X-Org"}}"#,
+                "identity_headers.org",
+            ),
+            (
                 r#"{"routes": [{"name": "a"}, {"name": "b", "match": {"path_prefix": "x"}}]}"#,
                 "routes[1].match.path_prefix",
             ),
@@ -388,5 +409,30 @@ mod tests {
             let error = PluginConfig::from_json(json.as_bytes()).expect_err(json);
             assert!(error.path.starts_with(path), "{json}: got {error}");
         }
+    }
+
+    #[test]
+    fn org_and_environment_headers_can_be_turned_off() {
+        let config = PluginConfig::from_json(
+            br#"{"identity_headers": {"org": null, "environment": null, "key_id": "x-key"}}"#,
+        )
+        .expect("valid");
+        let names = &config.settings.identity_headers;
+        assert_eq!(names.org, None);
+        assert_eq!(names.environment, None);
+        assert_eq!(
+            names.all().collect::<Vec<_>>(),
+            ["x-key", "x-keyward-project"]
+        );
+        let defaults = PluginConfig::from_json(b"{}").expect("valid");
+        assert_eq!(
+            defaults.settings.identity_headers.all().collect::<Vec<_>>(),
+            [
+                "x-keyward-key-id",
+                "x-keyward-project",
+                "x-keyward-org",
+                "x-keyward-environment"
+            ]
+        );
     }
 }
