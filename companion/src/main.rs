@@ -424,6 +424,11 @@ struct ServeArgs {
     /// Re-issue an unchanged snapshot (new issued_at) this often, for filters with a max age.
     #[arg(long, default_value_t = 300)]
     reissue_seconds: u64,
+    /// Fold reported spend into a new snapshot version at most this often (milliseconds; 0:
+    /// with every usage batch). Every version makes every Envoy recompile its policy: with a
+    /// million keys, set it above the time they take to apply one (see docs/scale.md).
+    #[arg(long, default_value_t = 1000)]
+    spend_publish_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -700,6 +705,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     &args.signing.signing_key_file,
                 )?,
                 reissue_seconds: args.reissue_seconds,
+                spend_publish_ms: args.spend_publish_ms,
             };
             server::serve(options)?;
             Ok(ExitCode::SUCCESS)

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub tokens: AdminTokens,
     pub signing_key: SigningKey,
     pub reissue_seconds: u64,
+    /// How often reported spend becomes a new snapshot version; 0: with every usage batch.
+    pub spend_publish_ms: u64,
 }
 
 impl IntoResponse for Error {
@@ -95,6 +97,7 @@ struct AppState {
     tokens: AdminTokens,
     signing_key: SigningKey,
     reissue_seconds: u64,
+    spend_publish_ms: u64,
     /// Held while a snapshot is built, so concurrent polls wait for one build and share it.
     published: tokio::sync::Mutex<Option<Arc<Published>>>,
     /// The chunked layout: the current manifest and chunks, and the previous ones (a poller may
@@ -181,10 +184,17 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             tokens: options.tokens,
             signing_key: options.signing_key,
             reissue_seconds: options.reissue_seconds.max(1),
+            spend_publish_ms: options.spend_publish_ms,
             published: tokio::sync::Mutex::new(None),
             chunked: tokio::sync::Mutex::new(ChunkedSlots::default()),
         });
         tokio::spawn(sweep_rotations(Arc::clone(&state.store)));
+        if options.spend_publish_ms > 0 {
+            tokio::spawn(publish_spend(
+                Arc::clone(&state.store),
+                Duration::from_millis(options.spend_publish_ms),
+            ));
+        }
         // Tests and scripts read the bound address (with --listen 127.0.0.1:0) from this line.
         println!("keyward: listening on http://{bound}");
         axum::serve(listener, router(state))
@@ -219,6 +229,19 @@ async fn shutdown_signal() {
 
 /// Revokes keys whose rotation grace has ended, once a second, so the next snapshot carries
 /// the revocation under a new version even when nobody changes anything.
+/// Reported spend waits in the store until a new version carries it: at most one version per
+/// interval from usage, however many Envoys report, since every data plane recompiles its
+/// policy for each version.
+async fn publish_spend(store: Arc<Mutex<Store>>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = with_store(&store, |store| store.publish_pending_spend()).await {
+            eprintln!("keyward: publishing reported spend failed: {error}");
+        }
+    }
+}
+
 async fn sweep_rotations(store: Arc<Mutex<Store>>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -918,8 +941,9 @@ async fn usage_report(
                 Error::invalid("invalid_report", format!("Invalid usage report: {error}"))
             }
         })?;
+    let publish_now = state.spend_publish_ms == 0;
     let applied = with_store(&state.store, move |store| {
-        store.apply_usage_report(&report, now())
+        store.apply_usage_report(&report, now(), publish_now)
     })
     .await?;
     for warning in applied.warnings.iter().take(MAX_LOGGED_WARNINGS) {

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS projects (
     spent_microusd          INTEGER NOT NULL DEFAULT 0,
     created_at              INTEGER NOT NULL,
     archived_at             INTEGER,
-    spend_soft_cap_microusd INTEGER
+    spend_soft_cap_microusd INTEGER,
+    pending_spend_microusd  INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS keys (
@@ -116,6 +117,16 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("keys", "spend_soft_cap_microusd", "INTEGER"),
     ("keys", "rate_limit_rpm", "INTEGER"),
     ("keys", "rate_limit_tpm", "INTEGER"),
+    (
+        "projects",
+        "pending_spend_microusd",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "keys",
+        "pending_spend_microusd",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// How long an applied usage batch id is remembered: a retry within this window is answered as
@@ -650,8 +661,22 @@ fn validate_settings(settings: &KeySettings) -> Result<(), Error> {
     Ok(())
 }
 
-/// Bumps the policy version; returns the new one.
+/// Bumps the policy version; returns the new one. Reported spend waiting for a version is
+/// folded in at the same time: usage reports were acknowledged with "the next version", and this
+/// is it, whatever change makes it.
 fn bump_version(tx: &Transaction<'_>) -> Result<u64, Error> {
+    for table in ["keys", "projects"] {
+        // Held at i64::MAX: SQLite would turn an overflowing sum into a float.
+        tx.execute(
+            &format!(
+                "UPDATE {table} SET spent_microusd = CASE \
+                   WHEN spent_microusd > 9223372036854775807 - pending_spend_microusd \
+                   THEN 9223372036854775807 ELSE spent_microusd + pending_spend_microusd END, \
+                 pending_spend_microusd = 0 WHERE pending_spend_microusd > 0"
+            ),
+            [],
+        )?;
+    }
     let version: i64 = tx.query_row(
         "UPDATE policy_version SET version = version + 1 WHERE id = 1 RETURNING version",
         [],
@@ -1525,6 +1550,7 @@ impl Store {
         &mut self,
         report: &UsageReport,
         now: u64,
+        publish_now: bool,
     ) -> Result<UsageApplied, Error> {
         let tx = self
             .conn
@@ -1570,7 +1596,7 @@ impl Store {
             output_tokens = output_tokens.saturating_add(entry.output_tokens);
             keys.entry(key.view.id.clone())
                 .or_insert(Charge {
-                    spent: key.view.spent_microusd,
+                    spent: 0,
                     last_seen_at: key.view.last_seen_at,
                 })
                 .add(entry.cost_microusd, entry.last_used_at);
@@ -1588,7 +1614,7 @@ impl Store {
                 projects
                     .entry(project.id.clone())
                     .or_insert(Charge {
-                        spent: project.spent_microusd,
+                        spent: 0,
                         last_seen_at: None,
                     })
                     .add(entry.cost_microusd, None);
@@ -1602,21 +1628,27 @@ impl Store {
                 ));
             }
         }
+        let current: i64 = tx.query_row(
+            "SELECT version FROM policy_version WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        // The spend waits as pending until the next version folds it in (`bump_version`): at
+        // once when `publish_now`, else by `publish_pending_spend` on the server's interval, so a
+        // fleet reporting every second does not make a new snapshot every second.
         let version = if applied > 0 {
-            bump_version(&tx)?
+            from_sql_int(current).saturating_add(1)
         } else {
-            let current: i64 = tx.query_row(
-                "SELECT version FROM policy_version WHERE id = 1",
-                [],
-                |row| row.get(0),
-            )?;
             from_sql_int(current)
         };
         // Sums are exact integers, held at i64::MAX rather than wrapped (SQLite would turn an
         // overflowing sum into a float): computed here, within this transaction's lock.
         for (id, charge) in &keys {
             tx.execute(
-                "UPDATE keys SET spent_microusd = ?2, last_seen_at = ?3 WHERE id = ?1",
+                "UPDATE keys SET pending_spend_microusd = CASE \
+                   WHEN pending_spend_microusd > 9223372036854775807 - ?2 \
+                   THEN 9223372036854775807 ELSE pending_spend_microusd + ?2 END, \
+                 last_seen_at = ?3 WHERE id = ?1",
                 params![
                     id,
                     saturating_sql_int(charge.spent),
@@ -1626,9 +1658,14 @@ impl Store {
         }
         for (id, charge) in &projects {
             tx.execute(
-                "UPDATE projects SET spent_microusd = ?2 WHERE id = ?1",
+                "UPDATE projects SET pending_spend_microusd = CASE \
+                   WHEN pending_spend_microusd > 9223372036854775807 - ?2 \
+                   THEN 9223372036854775807 ELSE pending_spend_microusd + ?2 END WHERE id = ?1",
                 params![id, saturating_sql_int(charge.spent)],
             )?;
+        }
+        if applied > 0 && publish_now {
+            bump_version(&tx)?;
         }
         let entries = u64::try_from(report.entries.len()).unwrap_or(u64::MAX);
         tx.execute(
@@ -1680,6 +1717,25 @@ impl Store {
             },
             warnings,
         })
+    }
+
+    /// Makes the next version if reported spend is waiting for one; returns it.
+    pub fn publish_pending_spend(&mut self) -> Result<Option<u64>, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let waiting: i64 = tx.query_row(
+            "SELECT (SELECT COUNT(*) FROM keys WHERE pending_spend_microusd > 0) + \
+                    (SELECT COUNT(*) FROM projects WHERE pending_spend_microusd > 0)",
+            [],
+            |row| row.get(0),
+        )?;
+        if waiting == 0 {
+            return Ok(None);
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(Some(version))
     }
 
     /// The most recent usage batches, newest first.
@@ -2173,7 +2229,7 @@ mod tests {
                 entry(&k2, Some("proj_a"), 75_000, 450),
             ],
         );
-        let applied = store.apply_usage_report(&report, 1000).unwrap();
+        let applied = store.apply_usage_report(&report, 1000, true).unwrap();
         assert!(applied.warnings.is_empty(), "{:?}", applied.warnings);
         assert_eq!(
             applied.ack,
@@ -2192,7 +2248,7 @@ mod tests {
 
         // A retry: the same acknowledgement, nothing added, no new version or event.
         let events = store.audit_events(None).unwrap().len();
-        let again = store.apply_usage_report(&report, 1005).unwrap();
+        let again = store.apply_usage_report(&report, 1005, true).unwrap();
         assert_eq!(again.ack.version, before + 1);
         assert!(again.ack.duplicate);
         assert_eq!(store.key(&k1).unwrap().spent_microusd, 1_250_004);
@@ -2223,7 +2279,7 @@ mod tests {
 
         // An older last use never moves last_seen_at back.
         let later = UsageReport::new("envoy-2", "envoy-2-1", vec![entry(&k1, None, 1, 100)]);
-        store.apply_usage_report(&later, 3000).unwrap();
+        store.apply_usage_report(&later, 3000, true).unwrap();
         let first = store.key(&k1).unwrap();
         assert_eq!(
             (first.spent_microusd, first.last_seen_at),
@@ -2266,7 +2322,7 @@ mod tests {
                 entry(&org_key, Some("proj_gone"), 80, 10),
             ],
         );
-        let applied = store.apply_usage_report(&report, 100).unwrap();
+        let applied = store.apply_usage_report(&report, 100, true).unwrap();
         assert_eq!(applied.warnings.len(), 4, "{:?}", applied.warnings);
         assert!(applied.warnings[0].contains("unknown key"));
         assert_eq!(store.key(&own).unwrap().spent_microusd, 10);
@@ -2281,13 +2337,13 @@ mod tests {
         // A batch of unknown keys only: remembered and audited, but no new version.
         let version = store.policy_version().unwrap();
         let report = UsageReport::new("envoy-1", "b2", vec![entry("nobody000001", None, 5, 1)]);
-        let applied = store.apply_usage_report(&report, 101).unwrap();
+        let applied = store.apply_usage_report(&report, 101, true).unwrap();
         assert_eq!(applied.ack.version, version);
         assert!(!applied.ack.duplicate);
         assert_eq!(store.policy_version().unwrap(), version);
         assert!(
             store
-                .apply_usage_report(&report, 102)
+                .apply_usage_report(&report, 102, true)
                 .unwrap()
                 .ack
                 .duplicate
@@ -2306,11 +2362,12 @@ mod tests {
                 entry(&id, Some("proj_a"), u64::MAX, 2),
             ],
         );
-        store.apply_usage_report(&huge, 10).unwrap();
+        store.apply_usage_report(&huge, 10, true).unwrap();
         store
             .apply_usage_report(
                 &UsageReport::new("r", "b2", vec![entry(&id, None, 7, 3)]),
                 11,
+                true,
             )
             .unwrap();
         let max = i64::MAX.unsigned_abs();
@@ -2321,14 +2378,59 @@ mod tests {
     }
 
     #[test]
+    fn deferred_spend_is_acknowledged_with_the_next_version_and_folded_by_any_bump() {
+        let mut store = store_with_project();
+        let id = key_in(&mut store, Owner::Project("proj_a".into()));
+        let before = store.policy_version().unwrap();
+        let report = UsageReport::new("r", "d1", vec![entry(&id, Some("proj_a"), 500, 1)]);
+        let ack = store.apply_usage_report(&report, 100, false).unwrap().ack;
+        assert_eq!(ack.version, before + 1, "the next version will carry it");
+        assert_eq!(store.policy_version().unwrap(), before, "no version yet");
+        assert_eq!(
+            store.key(&id).unwrap().spent_microusd,
+            0,
+            "not in any snapshot yet"
+        );
+        let again = store.apply_usage_report(&report, 101, false).unwrap().ack;
+        assert_eq!((again.version, again.duplicate), (before + 1, true));
+        store
+            .apply_usage_report(
+                &UsageReport::new("r", "d2", vec![entry(&id, Some("proj_a"), 20, 1)]),
+                102,
+                false,
+            )
+            .unwrap();
+        assert_eq!(store.publish_pending_spend().unwrap(), Some(before + 1));
+        assert_eq!(store.key(&id).unwrap().spent_microusd, 520);
+        assert_eq!(store.project("proj_a").unwrap().spent_microusd, 520);
+        assert_eq!(
+            store.publish_pending_spend().unwrap(),
+            None,
+            "nothing waiting"
+        );
+        // Any other change that makes a version folds waiting spend in too.
+        store
+            .apply_usage_report(
+                &UsageReport::new("r", "d3", vec![entry(&id, None, 5, 1)]),
+                103,
+                false,
+            )
+            .unwrap();
+        store
+            .create_project("t", 104, "proj_b", "org_1", None, None)
+            .unwrap();
+        assert_eq!(store.key(&id).unwrap().spent_microusd, 525);
+    }
+
+    #[test]
     fn old_batch_ids_are_pruned_after_the_retention() {
         let mut store = store_with_project();
         let id = key_in(&mut store, Owner::Project("proj_a".into()));
         let report = UsageReport::new("r", "old", vec![entry(&id, None, 1, 1)]);
-        store.apply_usage_report(&report, 1000).unwrap();
+        store.apply_usage_report(&report, 1000, true).unwrap();
         let later = 1000 + USAGE_BATCH_RETENTION_SECONDS + 1;
         store
-            .apply_usage_report(&UsageReport::new("r", "new", vec![]), later)
+            .apply_usage_report(&UsageReport::new("r", "new", vec![]), later, true)
             .unwrap();
         let ids: Vec<String> = store
             .usage_batches(10)
@@ -2675,7 +2777,11 @@ PRAGMA user_version = 1;
             vec![entry("kOldKey00001", Some("proj_old"), 500_000, 200)],
         );
         assert_eq!(
-            store.apply_usage_report(&report, 300).unwrap().ack.version,
+            store
+                .apply_usage_report(&report, 300, true)
+                .unwrap()
+                .ack
+                .version,
             5
         );
         let policy = Policy::compile(store.snapshot(400).unwrap()).unwrap();

@@ -85,6 +85,10 @@ fn start(ws: &Workspace, extra: &[&str]) -> Server {
         "127.0.0.1:0".into(),
         "--admin-token-file".into(),
         ws.path("admin.tokens").to_string_lossy().into_owned(),
+        // Each usage batch makes its version at once, so a test can read it back directly;
+        // the interval mode is covered by the store's tests and the Envoy tests.
+        "--spend-publish-ms".into(),
+        "0".into(),
     ];
     args.extend(ws.signing_args());
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
