@@ -380,6 +380,12 @@ impl SnapshotPoller {
             Some("304") => Ok(false),
             Some("200") => Ok(true),
             None => Err(SyncOutcome::Unreachable),
+            // Envoy answers a call it could not complete (connection refused, reset, timed out,
+            // no healthy host) with its own plain-text 503; the control plane's errors are JSON.
+            Some("503") if !is_json(&headers) => {
+                host.log(LogLevel::Warn, "keyward sync: control plane unreachable");
+                Err(SyncOutcome::Unreachable)
+            }
             Some(status) => {
                 host.log(
                     LogLevel::Warn,
@@ -929,6 +935,15 @@ impl PolicyFollower {
             }
         }
     }
+}
+
+fn is_json(headers: &[Header]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name == "content-type"
+            && value
+                .get(..16)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"application/json"))
+    })
 }
 
 #[cfg(test)]

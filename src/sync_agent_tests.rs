@@ -278,8 +278,21 @@ fn bad_pushes_never_replace_the_last_good_snapshot() {
         host.count(&metrics, SyncOutcome::Rejected("stale_version")),
         1
     );
-    poll(&mut poller, &host, &metrics, "503", "oops");
+    poll(&mut poller, &host, &metrics, "500", "oops");
     assert_eq!(host.count(&metrics, SyncOutcome::HttpError), 1);
+    // Envoy's own answer when the control plane does not answer: plain text, not JSON.
+    let unreachable_before = host.count(&metrics, SyncOutcome::Unreachable);
+    poll(
+        &mut poller,
+        &host,
+        &metrics,
+        "503",
+        "upstream connect error or disconnect/reset before headers",
+    );
+    assert_eq!(
+        host.count(&metrics, SyncOutcome::Unreachable),
+        unreachable_before + 1
+    );
     assert_eq!(
         shared.entries.borrow().get(SNAPSHOT_ENTRY).cloned(),
         published
