@@ -106,6 +106,7 @@ class SnapshotServer:
                 if status != 200 or body is None:
                     payload = b'{"error":"unavailable"}'
                     self.send_response(status if status != 200 else 503)
+                    self.send_header("content-type", "application/json")  # like keyward serve
                     self.send_header("content-length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

@@ -193,5 +193,8 @@ def test_fresh_envoy_without_control_plane_fails_closed(envoy_workdir, wasm):
         assert resp.status == 503, resp
         assert resp.header("x-keyward-error") == "policy_unavailable"
         assert ALICE.secret not in resp.raw_text()
+        # Nothing listens: Envoy answers the poll itself, and that counts as unreachable.
+        assert (env.metric("keyward.sync.unreachable") or 0) > 0
+        assert (env.metric("keyward.sync.http_error") or 0) == 0
     finally:
         env.stop()
