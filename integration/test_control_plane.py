@@ -153,3 +153,32 @@ def test_rendered_routes_exemptions_and_per_route_off_switch(plane, envoy_workdi
         assert env.upstream.one(health.request_id).header("x-keyward-key-id") == "spoofed"
     finally:
         env.stop()
+
+
+def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
+    """`render envoy --chunked-sync`: the manifest and chunks come from the real `keyward serve`,
+    and a revocation still reaches every worker within interval + 1 s."""
+    _env, work, _created, address = plane
+    created = json.loads(keyward(work, "key", "create", "--project", "proj_e2e", "--json").stdout)
+    key, key_id = created["key"], created["id"]
+
+    def render(listen_port, admin_port, upstream_port):
+        rendered = keyward(
+            work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
+            "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+            "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
+            "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS), "--chunked-sync",
+        ).stdout
+        assert '\\"layout\\":\\"chunked\\"' in rendered
+        return rendered
+
+    env = harness.Envoy("control-plane-chunked", envoy_workdir, render=render, concurrency=2)
+    env.start()
+    try:
+        wait_for(env, key, (200, None), 10)
+        assert (env.metric("keyward.sync.chunks_fetched") or 0) >= 1
+        keyward(work, "key", "revoke", key_id)
+        took = wait_for(env, key, (401, "key_revoked"), PROPAGATION_S)
+        print(f"chunked sync: revocation on every worker after {took:.2f}s")
+    finally:
+        env.stop()

@@ -458,6 +458,10 @@ enum RenderCommand {
         interval_ms: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Sync with the chunked layout: a signed manifest and content-addressed chunks, for
+        /// large key counts (docs/scale.md). Default: one signed envelope.
+        #[arg(long)]
+        chunked_sync: bool,
         /// A named Envoy route, NAME=PATH_PREFIX (repeatable), placed before the catch-all
         /// `default` route; plugin routes match it with `match.route_name`.
         #[arg(long = "route", value_name = "NAME=PREFIX")]
@@ -520,6 +524,9 @@ struct RenderIstioArgs {
     interval_ms: u64,
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    /// Sync with the chunked layout (large key counts, docs/scale.md).
+    #[arg(long)]
+    chunked_sync: bool,
 }
 
 #[derive(Subcommand)]
@@ -619,6 +626,7 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
         service_entry: !args.no_service_entry,
         interval_ms: args.interval_ms,
         timeout_ms: args.timeout_ms,
+        chunked: args.chunked_sync,
     };
     print!(
         "{}",
@@ -720,6 +728,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             upstream_tls,
             interval_ms,
             timeout_ms,
+            chunked_sync,
             routes,
             disabled_on,
             plugin_config,
@@ -749,6 +758,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 upstream_tls,
                 interval_ms,
                 timeout_ms,
+                chunked: chunked_sync,
                 routes,
                 disabled_on,
                 plugin_config,

@@ -21,6 +21,8 @@ const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
 pub struct EnvoyOptions {
+    /// Sync in the chunked layout (large key counts, see docs/scale.md).
+    pub chunked: bool,
     pub wasm: String,
     pub control_plane: String,
     pub signing_key_id: String,
@@ -113,7 +115,7 @@ fn cluster(name: &str, address: &HostPort) -> Value {
 
 /// The `sync` block shared by the filter and the sync service.
 fn sync_block(options: &EnvoyOptions) -> Value {
-    json!({
+    let mut sync = json!({
         "cluster": CONTROL_PLANE_CLUSTER,
         "authority": CONTROL_PLANE_AUTHORITY,
         "path": "/v1/snapshot",
@@ -121,7 +123,18 @@ fn sync_block(options: &EnvoyOptions) -> Value {
         "timeout_ms": options.timeout_ms,
         "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
         "poller": "sync_service"
-    })
+    });
+    with_layout(&mut sync, options.chunked);
+    sync
+}
+
+/// The chunked layout (a signed manifest and content-addressed chunks, for large key counts)
+/// uses the filter's default paths, which `keyward serve` serves.
+fn with_layout(sync: &mut Value, chunked: bool) {
+    if let (true, Some(fields)) = (chunked, sync.as_object_mut()) {
+        fields.remove("path");
+        fields.insert("layout".into(), Value::String("chunked".into()));
+    }
 }
 
 fn string_value(document: &Value) -> Value {
@@ -306,6 +319,8 @@ pub enum IstioTarget {
 }
 
 pub struct IstioOptions {
+    /// Sync in the chunked layout (large key counts, see docs/scale.md).
+    pub chunked: bool,
     pub name: String,
     pub namespace: Option<String>,
     /// `oci://…`, `file://…`, `http(s)://…`: where istio-agent fetches the module.
@@ -499,18 +514,17 @@ fn istio_plugin_config(options: &IstioOptions, control_plane: &HostPort) -> Resu
     if let Some(metering) = metering.as_object_mut() {
         metering.entry("hold_headers").or_insert(Value::Bool(false));
     }
-    object.insert(
-        "sync".into(),
-        json!({
-            "cluster": istio_outbound_cluster(&control_plane.host, control_plane.port),
-            "authority": control_plane.host,
-            "path": ISTIO_SNAPSHOT_PATH,
-            "interval_ms": options.interval_ms,
-            "timeout_ms": options.timeout_ms,
-            "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
-            "poller": "lease"
-        }),
-    );
+    let mut sync = json!({
+        "cluster": istio_outbound_cluster(&control_plane.host, control_plane.port),
+        "authority": control_plane.host,
+        "path": ISTIO_SNAPSHOT_PATH,
+        "interval_ms": options.interval_ms,
+        "timeout_ms": options.timeout_ms,
+        "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
+        "poller": "lease"
+    });
+    with_layout(&mut sync, options.chunked);
+    object.insert("sync".into(), sync);
     // The filter would refuse it in on_configure: refuse it here, with the same field path.
     keyward_engine::config::PluginConfig::from_json(config.to_string().as_bytes()).map_err(
         |error| {
@@ -672,6 +686,7 @@ mod tests {
             upstream: "api.example.com:443".into(),
             upstream_tls: true,
             interval_ms: 1000,
+            chunked: false,
             timeout_ms: 2000,
             routes: vec![],
             disabled_on: vec![],
@@ -788,6 +803,7 @@ mod tests {
             base_config: None,
             service_entry: true,
             interval_ms: 1000,
+            chunked: false,
             timeout_ms: 2000,
         }
     }
