@@ -1,6 +1,7 @@
 # `make bench` (issue 7): Envoy CPU per request, throughput, fixed-rate latency and memory of
 # keyward against no filter, Envoy's native api_key_auth, a no-op Rust Wasm filter and an
-# ext_authz service, interleaved in one run. See bench/README.md.
+# ext_authz service, plus a metered streamed chat completion against the same stream through no
+# filter and the no-op filter, interleaved in one run. See bench/README.md.
 #
 # Included from the top Makefile, which defines TOOLS, VENV, VENV_STAMP, WASM and `wasm`.
 # Nothing is installed system-wide: the load generator is bench/loadgen (std-only Rust, builds in
@@ -8,7 +9,7 @@
 # about 7 minutes here; a 300-line client does closed-loop and coordinated-omission-corrected
 # fixed-rate runs and reports JSON.
 #
-#   make bench                                 # about 6-8 minutes on 2 cores
+#   make bench                                 # about 9 minutes on 2 cores
 #   make bench BENCH_ARGS="--rounds 3 --large-keys 100000"
 #   make bench BENCH_ARGS="--update-readme"    # also put the table into bench/README.md
 
