@@ -222,6 +222,17 @@ fn admitted(
     }
 }
 
+/// Whether the key or its project has a cap, soft cap or rate limit (steps 11 and 12).
+fn has_budget_or_limit(identity: &Identity<'_>) -> bool {
+    let key = identity.key;
+    key.spend_cap_microusd.is_some()
+        || key.spend_soft_cap_microusd.is_some()
+        || key.rate_limits.is_some()
+        || identity.project.is_some_and(|project| {
+            project.spend_cap_microusd.is_some() || project.spend_soft_cap_microusd.is_some()
+        })
+}
+
 /// Adds a finished (or unmetered) request to the VM's usage activity for the next report.
 pub fn record_activity(state: &FilterState, admitted: &Admitted, usage: Usage, host: &impl Host) {
     let Some(activity) = &state.activity else {
@@ -383,6 +394,11 @@ fn handle(
             let Some(policy) = state.policy.as_ref() else {
                 return Ok(Verdict::Continue);
             };
+            if !route.reads_body() && state.activity.is_none() && !has_budget_or_limit(&identity) {
+                // Nothing to read, reserve, limit or report: steps 11 and 12 cannot refuse.
+                host.increment_metric(state.metrics.allowed, 1);
+                return Ok(Verdict::Continue);
+            }
             let request_id = request.request_id();
             let ticket = Ticket {
                 policy: Rc::clone(policy),
