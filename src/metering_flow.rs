@@ -64,6 +64,51 @@ pub struct Admitted {
     pub meter: Option<Meter>,
     /// Tokens taken from the key's per-minute token bucket at admission.
     pub tokens_taken: u64,
+    /// Which spend counters hold this request's reservation.
+    holds: Holds,
+}
+
+/// The spend counters a metered request reserved on: those of budgets with a cap or soft cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holds {
+    key: bool,
+    project: bool,
+}
+
+impl Holds {
+    /// Releases the reservation without charging anything (a refusal after reserving).
+    fn release(
+        self,
+        host: &impl Host,
+        key: &Key,
+        project: Option<&Project>,
+        reservation: u64,
+    ) -> Result<(), HostError> {
+        self.settle(
+            host,
+            &key.id,
+            project.map(|project| project.id.as_str()),
+            reservation,
+            0,
+        )
+    }
+
+    fn settle(
+        self,
+        host: &impl Host,
+        key_id: &str,
+        project_id: Option<&str>,
+        reservation: u64,
+        cost: u64,
+    ) -> Result<(), HostError> {
+        if self.key {
+            release(host, &key_counter_entry(key_id), reservation, cost)?;
+        }
+        if let (true, Some(project_id)) = (self.project, project_id) {
+            release(host, &project_counter_entry(project_id), reservation, cost)?;
+        }
+        Ok(())
+    }
 }
 
 /// The metering of one request.
@@ -147,10 +192,6 @@ pub fn admit(
         }
     }
 
-    let capped = key.spend_cap_microusd.is_some()
-        || key.spend_soft_cap_microusd.is_some()
-        || project
-            .is_some_and(|p| p.spend_cap_microusd.is_some() || p.spend_soft_cap_microusd.is_some());
     let metering = &settings.metering;
     let meter = if route.meter {
         let price = body_model.and_then(|model| ticket.policy.prices().price_for(model));
@@ -184,23 +225,25 @@ pub fn admit(
     };
     let reservation = meter.as_ref().map_or(0, |meter| meter.reservation);
 
-    // 11. Spend caps: key first, then project. Metered requests reserve on both counters even
-    // without a cap, so that a cap added later sees this Envoy's spend.
+    // 11. Spend caps: key first, then project. Only budgets with a cap or soft cap are counted
+    // here; the usage report carries every budget's spend to the control plane regardless, and
+    // a cap added later starts from the snapshot's figure.
     let mut past_soft_caps = (false, false);
-    let mut reserved_on_key = false;
-    if capped || meter.is_some() {
-        let key_budget = Budget {
-            cap_microusd: key.spend_cap_microusd,
-            soft_cap_microusd: key.spend_soft_cap_microusd,
-            snapshot_spent_microusd: key.spent_microusd,
-        };
+    let metered = meter.is_some();
+    let key_budget = Budget {
+        cap_microusd: key.spend_cap_microusd,
+        soft_cap_microusd: key.spend_soft_cap_microusd,
+        snapshot_spent_microusd: key.spent_microusd,
+    };
+    let mut holds = Holds::default();
+    if key_budget.is_limited() {
         let admission = reserve(
             host,
             &key_counter_entry(&key.id),
             key_budget,
             policy_version,
             reservation,
-            meter.is_some(),
+            metered,
         )?;
         match admission {
             Admission::OverCap => {
@@ -212,26 +255,26 @@ pub fn admit(
             }
             Admission::Admit { past_soft_cap } => past_soft_caps.0 = past_soft_cap,
         }
-        reserved_on_key = meter.is_some();
-        if let Some(project) = project {
-            let project_budget = Budget {
-                cap_microusd: project.spend_cap_microusd,
-                soft_cap_microusd: project.spend_soft_cap_microusd,
-                snapshot_spent_microusd: project.spent_microusd,
-            };
+        holds.key = metered;
+    }
+    if let Some(project) = project {
+        let project_budget = Budget {
+            cap_microusd: project.spend_cap_microusd,
+            soft_cap_microusd: project.spend_soft_cap_microusd,
+            snapshot_spent_microusd: project.spent_microusd,
+        };
+        if project_budget.is_limited() {
             let admission = reserve(
                 host,
                 &project_counter_entry(&project.id),
                 project_budget,
                 policy_version,
                 reservation,
-                meter.is_some(),
+                metered,
             )?;
             match admission {
                 Admission::OverCap => {
-                    if reserved_on_key {
-                        release(host, &key_counter_entry(&key.id), reservation, 0)?;
-                    }
+                    holds.release(host, key, None, reservation)?;
                     return Ok(Err(refuse(
                         state,
                         DenyCode::SpendCapExceeded,
@@ -240,6 +283,7 @@ pub fn admit(
                 }
                 Admission::Admit { past_soft_cap } => past_soft_caps.1 = past_soft_cap,
             }
+            holds.project = metered;
         }
     }
 
@@ -264,12 +308,7 @@ pub fn admit(
                 report,
                 retry_after_ms,
             } => {
-                if reserved_on_key {
-                    release(host, &key_counter_entry(&key.id), reservation, 0)?;
-                    if let Some(project) = project {
-                        release(host, &project_counter_entry(&project.id), reservation, 0)?;
-                    }
-                }
+                holds.release(host, key, project, reservation)?;
                 let mut headers = rate_headers(&report);
                 headers.push((
                     "retry-after".to_owned(),
@@ -295,6 +334,7 @@ pub fn admit(
         response_headers,
         meter,
         tokens_taken,
+        holds,
     }))
 }
 
@@ -443,15 +483,13 @@ impl Admitted {
         if !meter.response_complete {
             host.increment_metric(metrics.incomplete, 1);
         }
-        release(host, &key_counter_entry(&key_id), meter.reservation, cost)?;
-        if let Some(project_id) = &project_id {
-            release(
-                host,
-                &project_counter_entry(project_id),
-                meter.reservation,
-                cost,
-            )?;
-        }
+        self.holds.settle(
+            host,
+            &key_id,
+            project_id.as_deref(),
+            meter.reservation,
+            cost,
+        )?;
         host.increment_metric(
             metrics.settled_microusd,
             i64::try_from(cost).unwrap_or(i64::MAX),

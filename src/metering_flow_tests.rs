@@ -313,3 +313,43 @@ fn passing_the_soft_cap_warns_without_refusing() {
         .iter()
         .any(|(n, v)| n == "x-keyward-spend-warning" && v == b"key-soft-cap"));
 }
+
+#[test]
+fn budgets_without_a_cap_are_not_counted_per_request() {
+    // No cap on the key, none on the project: nothing to enforce, so no shared-data write per
+    // request; the spend still goes to the usage report.
+    let json = format!(
+        r#"{{ "routes": [{{"name": "chat", "match": {{"path_prefix": "/v1/"}}, "meter": true}}],
+          "policy": {{"version": 4, "issued_at": 1799999999,
+            "prices": [{{"model": "gpt-4o*", "input_microusd_per_mtok": 2000000, "output_microusd_per_mtok": 10000000}}],
+            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active"}}],
+            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active"}}]}}}}"#,
+        hex::encode(sha256(SECRET.as_bytes())),
+    );
+    let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
+    let mut next = 0;
+    let metrics = Metrics::define(|_kind: MetricKind, _name: &str| {
+        next += 1;
+        Ok(next)
+    })
+    .expect("metrics");
+    let state = FilterState {
+        settings: Rc::new(config.settings),
+        policy: config.policy.map(Rc::new),
+        metrics: Rc::new(metrics),
+        activity: Some(Rc::new(RefCell::new(Activity::default()))),
+    };
+    let host = chat_host(BODY);
+    let verdict = send(&host, &state);
+    respond(
+        &host,
+        &state,
+        verdict,
+        "application/json",
+        r#"{"usage":{"prompt_tokens":10,"completion_tokens":20}}"#,
+        true,
+    );
+    assert!(host.shared.entries.borrow().is_empty(), "no counter was touched");
+    let entries = state.activity.as_ref().expect("activity").borrow().clone().into_entries();
+    assert_eq!(entries[0].cost_microusd, 20 + 200, "the spend is still reported");
+}

@@ -216,6 +216,11 @@ pub enum Admission {
 }
 
 impl Budget {
+    /// Whether admission can refuse or warn on this budget at all.
+    pub fn is_limited(&self) -> bool {
+        self.cap_microusd.is_some() || self.soft_cap_microusd.is_some()
+    }
+
     /// Spent (snapshot plus local) plus reserved plus this request's reservation must stay
     /// within the cap. At the cap exactly, a request with a zero reservation is still refused:
     /// a spent budget is spent.
