@@ -349,7 +349,20 @@ fn budgets_without_a_cap_are_not_counted_per_request() {
         r#"{"usage":{"prompt_tokens":10,"completion_tokens":20}}"#,
         true,
     );
-    assert!(host.shared.entries.borrow().is_empty(), "no counter was touched");
-    let entries = state.activity.as_ref().expect("activity").borrow().clone().into_entries();
-    assert_eq!(entries[0].cost_microusd, 20 + 200, "the spend is still reported");
+    assert!(
+        host.shared.entries.borrow().is_empty(),
+        "no counter was touched"
+    );
+    let entries = state
+        .activity
+        .as_ref()
+        .expect("activity")
+        .borrow()
+        .clone()
+        .into_entries();
+    assert_eq!(
+        entries[0].cost_microusd,
+        20 + 200,
+        "the spend is still reported"
+    );
 }
