@@ -228,64 +228,68 @@ pub fn admit(
     // 11. Spend caps: key first, then project. Only budgets with a cap or soft cap are counted
     // here; the usage report carries every budget's spend to the control plane regardless, and
     // a cap added later starts from the snapshot's figure.
-    let mut past_soft_caps = (false, false);
     let metered = meter.is_some();
     let key_budget = Budget {
         cap_microusd: key.spend_cap_microusd,
         soft_cap_microusd: key.spend_soft_cap_microusd,
         snapshot_spent_microusd: key.spent_microusd,
     };
-    let mut holds = Holds::default();
-    if key_budget.is_limited() {
-        let admission = reserve(
-            host,
-            &key_counter_entry(&key.id),
-            key_budget,
-            policy_version,
-            reservation,
-            metered,
-        )?;
-        match admission {
-            Admission::OverCap => {
-                return Ok(Err(refuse(
-                    state,
-                    DenyCode::SpendCapExceeded,
-                    Some("key cap"),
-                )));
-            }
-            Admission::Admit { past_soft_cap } => past_soft_caps.0 = past_soft_cap,
-        }
-        holds.key = metered;
+    let key_admission = reserve(
+        host,
+        &key_counter_entry(&key.id),
+        key_budget,
+        policy_version,
+        reservation,
+        metered,
+    )?;
+    if key_admission == Some(Admission::OverCap) {
+        return Ok(Err(refuse(
+            state,
+            DenyCode::SpendCapExceeded,
+            Some("key cap"),
+        )));
     }
-    if let Some(project) = project {
-        let project_budget = Budget {
-            cap_microusd: project.spend_cap_microusd,
-            soft_cap_microusd: project.spend_soft_cap_microusd,
-            snapshot_spent_microusd: project.spent_microusd,
-        };
-        if project_budget.is_limited() {
-            let admission = reserve(
+    let mut holds = Holds {
+        key: metered && key_admission.is_some(),
+        project: false,
+    };
+    let project_admission = match project {
+        Some(project) => {
+            let project_budget = Budget {
+                cap_microusd: project.spend_cap_microusd,
+                soft_cap_microusd: project.spend_soft_cap_microusd,
+                snapshot_spent_microusd: project.spent_microusd,
+            };
+            reserve(
                 host,
                 &project_counter_entry(&project.id),
                 project_budget,
                 policy_version,
                 reservation,
                 metered,
-            )?;
-            match admission {
-                Admission::OverCap => {
-                    holds.release(host, key, None, reservation)?;
-                    return Ok(Err(refuse(
-                        state,
-                        DenyCode::SpendCapExceeded,
-                        Some("project cap"),
-                    )));
-                }
-                Admission::Admit { past_soft_cap } => past_soft_caps.1 = past_soft_cap,
-            }
-            holds.project = metered;
+            )?
         }
+        None => None,
+    };
+    if project_admission == Some(Admission::OverCap) {
+        holds.release(host, key, None, reservation)?;
+        return Ok(Err(refuse(
+            state,
+            DenyCode::SpendCapExceeded,
+            Some("project cap"),
+        )));
     }
+    holds.project = metered && project_admission.is_some();
+    let past_soft_cap = |admission: Option<Admission>| {
+        admission
+            == Some(Admission::Admit {
+                past_soft_cap: true,
+            })
+    };
+    let past_soft_caps = (
+        past_soft_cap(key_admission),
+        past_soft_cap(project_admission),
+    );
 
     // 12. Rate limits.
     let mut response_headers = Vec::new();
@@ -338,7 +342,8 @@ pub fn admit(
     }))
 }
 
-/// Checks a budget against its live counter and, for metered requests, reserves on it.
+/// Checks a budget against its live counter and, for metered requests, reserves on it. `None`
+/// for a budget without a cap or soft cap: nothing to check, no counter touched.
 fn reserve(
     host: &impl Host,
     entry: &str,
@@ -346,14 +351,17 @@ fn reserve(
     policy_version: u64,
     reservation: u64,
     metered: bool,
-) -> Result<Admission, HostError> {
+) -> Result<Option<Admission>, HostError> {
+    if !budget.is_limited() {
+        return Ok(None);
+    }
     update(host, entry, |counter: &mut SpendCounter| {
         let admission = budget.admit(counter, policy_version, reservation);
         let write = metered && matches!(admission, Admission::Admit { .. });
         if write {
             counter.reserve(reservation);
         }
-        (write, admission)
+        (write, Some(admission))
     })
 }
 

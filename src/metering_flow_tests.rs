@@ -21,14 +21,31 @@ const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
 
 /// $2 per 1M input tokens, $10 per 1M output tokens; a key capped at $1.00 with a soft cap.
 fn state(key_extra: &str) -> FilterState {
+    state_with(
+        r#""spend_cap_microusd": 5000000"#,
+        &format!(r#""spend_cap_microusd": 1000000, "spend_soft_cap_microusd": 900000 {key_extra}"#),
+    )
+}
+
+/// The metered route and prices above, with these fields on the project and on key `good1`.
+fn state_with(project_fields: &str, key_fields: &str) -> FilterState {
+    let project_fields = if project_fields.is_empty() {
+        String::new()
+    } else {
+        format!(", {project_fields}")
+    };
+    let key_fields = if key_fields.is_empty() {
+        String::new()
+    } else {
+        format!(", {key_fields}")
+    };
     let json = format!(
         r#"{{ "metering": {{"reservation_ceiling_microusd": 200000}},
           "routes": [{{"name": "chat", "match": {{"path_prefix": "/v1/"}}, "meter": true}}],
           "policy": {{"version": 4, "issued_at": 1799999999,
             "prices": [{{"model": "gpt-4o*", "input_microusd_per_mtok": 2000000, "output_microusd_per_mtok": 10000000}}],
-            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active", "spend_cap_microusd": 5000000}}],
-            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active",
-                       "spend_cap_microusd": 1000000, "spend_soft_cap_microusd": 900000 {key_extra}}}]}}}}"#,
+            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active" {project_fields}}}],
+            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active" {key_fields}}}]}}}}"#,
         hex::encode(sha256(SECRET.as_bytes())),
     );
     let config = PluginConfig::from_json(json.as_bytes()).expect("valid test configuration");
@@ -318,27 +335,7 @@ fn passing_the_soft_cap_warns_without_refusing() {
 fn budgets_without_a_cap_are_not_counted_per_request() {
     // No cap on the key, none on the project: nothing to enforce, so no shared-data write per
     // request; the spend still goes to the usage report.
-    let json = format!(
-        r#"{{ "routes": [{{"name": "chat", "match": {{"path_prefix": "/v1/"}}, "meter": true}}],
-          "policy": {{"version": 4, "issued_at": 1799999999,
-            "prices": [{{"model": "gpt-4o*", "input_microusd_per_mtok": 2000000, "output_microusd_per_mtok": 10000000}}],
-            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active"}}],
-            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active"}}]}}}}"#,
-        hex::encode(sha256(SECRET.as_bytes())),
-    );
-    let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
-    let mut next = 0;
-    let metrics = Metrics::define(|_kind: MetricKind, _name: &str| {
-        next += 1;
-        Ok(next)
-    })
-    .expect("metrics");
-    let state = FilterState {
-        settings: Rc::new(config.settings),
-        policy: config.policy.map(Rc::new),
-        metrics: Rc::new(metrics),
-        activity: Some(Rc::new(RefCell::new(Activity::default()))),
-    };
+    let state = state_with("", "");
     let host = chat_host(BODY);
     let verdict = send(&host, &state);
     respond(
