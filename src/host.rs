@@ -38,6 +38,10 @@ pub enum SetOutcome {
     CasMismatch,
 }
 
+/// CAS value that only succeeds while the entry is missing. A get that returned nothing must not
+/// be followed by a set with cas 0, which overwrites unconditionally (see FACTS.md).
+pub const CREATE_ONLY: u32 = u32::MAX;
+
 /// Envoy's process-wide shared data (per vm_id) and the clock.
 pub trait SharedData {
     /// The value and its CAS token, `None` when the entry does not exist.

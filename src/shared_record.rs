@@ -1,15 +1,13 @@
 //! Read-modify-write of one small shared-data record with compare-and-swap, so the workers of
 //! one Envoy never lose each other's updates.
 
-use crate::host::{HostError, SetOutcome, SharedData};
+use crate::host::{HostError, SetOutcome, SharedData, CREATE_ONLY};
 
 /// Retries before giving up: each failed attempt means another worker just wrote the record.
 const CAS_ATTEMPTS: usize = 32;
 /// Status reported when the record stayed contended or could not be read.
 const STATUS_CONTENDED: u32 = 8;
 const STATUS_CORRUPT: u32 = 3;
-/// CAS value that only succeeds while the entry is missing (see FACTS: cas 0 would overwrite).
-const CREATE_ONLY: u32 = u32::MAX;
 
 /// A record type stored in shared data.
 pub trait Record: Default {

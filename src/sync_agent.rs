@@ -14,7 +14,7 @@ use keyward_engine::sync::{
 };
 
 pub use crate::host::SetOutcome;
-use crate::host::{HostError, LogLevel, SharedData, Telemetry};
+use crate::host::{HostError, LogLevel, SharedData, Telemetry, CREATE_ONLY};
 use crate::metrics::{Metrics, SyncOutcome};
 
 /// What the sync needs from the host, besides metrics and logs.
@@ -46,9 +46,6 @@ fn count_sync(host: &impl SyncHost, metrics: &Metrics, outcome: SyncOutcome) {
 
 /// How long one step of a load may spend checking chunks already in shared data.
 const PROBE_BUDGET_MS: u64 = 10;
-
-/// CAS value that only succeeds while the entry is missing (see FACTS: cas 0 would overwrite).
-const CREATE_ONLY: u32 = u32::MAX;
 
 /// A number no other VM sharing this vm_id has been given: the lease needs holder ids that
 /// differ between VMs, and worker VMs are clones that start in the same millisecond with the
