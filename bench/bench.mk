@@ -25,11 +25,13 @@ bench: $(VENV_STAMP) wasm bench-tools
 	$(BENCH_PYTHON) bench/run_bench.py --wasm $(CURDIR)/$(WASM) --noop-wasm $(BENCH_NOOP_WASM) \
 		--tools $(BENCH_TARGET_DIR)/release $(BENCH_ARGS)
 
-## bench-tools: build the no-op filter, the load generator + upstream and the ext_authz service
+## bench-tools: build the no-op filter (plain and with keyward's host calls), the load generator + upstream and the ext_authz service
 bench-tools:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	cargo build --release --locked --manifest-path bench/noop-filter/Cargo.toml \
 		--target wasm32-unknown-unknown --target-dir $(BENCH_TARGET_DIR)
+	cargo build --release --locked --manifest-path bench/noop-filter/Cargo.toml --features host-calls \
+		--target wasm32-unknown-unknown --target-dir $(BENCH_TARGET_DIR)/host-calls
 	cargo build --release --locked --manifest-path bench/loadgen/Cargo.toml --target-dir $(BENCH_TARGET_DIR)
 	cargo build --release --locked --manifest-path bench/extauthz/Cargo.toml --target-dir $(BENCH_TARGET_DIR)
 

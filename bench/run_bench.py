@@ -43,6 +43,8 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 DEFAULT_WASM = REPO / "target" / "wasm32-unknown-unknown" / "release" / "keyward_filter.wasm"
 DEFAULT_TOOLS = BENCH / "target" / "release"
 DEFAULT_NOOP = BENCH / "target" / "wasm32-unknown-unknown" / "release" / "keyward_bench_noop.wasm"
+# the no-op filter built with `--features host-calls` (bench.mk builds it into its own target dir)
+DEFAULT_HOST_CALLS = BENCH / "target" / "host-calls" / "wasm32-unknown-unknown" / "release" / "keyward_bench_noop.wasm"
 
 PROJECT = {"id": "proj_a", "org": "org_1", "status": "active"}
 
@@ -486,13 +488,17 @@ def probe(port: int, auth: str, traffic: Traffic = GET_BENCH) -> tuple[int, dict
 
 
 class Variant:
-    def __init__(self, key: str, label: str, envoy: Envoy, auth_file: Path, expect: int, service=None,
+    def __init__(self, key: str, label: str, envoys: list[Envoy], auth_file: Path, expect: int, service=None,
                  traffic: Traffic = GET_BENCH, base_key: str = "baseline"):
         self.key = key
         self.label = label
         self.traffic = traffic
         self.base_key = base_key  # the no-filter variant with the same traffic
-        self.envoy = envoy
+        # Identical Envoy processes, taking turns round by round: one process's luck (where ASLR
+        # put its heap and V8 its code) differs from the next by a few percent, as much as the
+        # effects being measured, and would otherwise stick to the variant for the whole run.
+        self.envoys = envoys
+        self.envoy = envoys[0]
         self.auth_file = auth_file
         self.expect = expect
         self.service: Optional[subprocess.Popen] = service
@@ -500,11 +506,12 @@ class Variant:
         self.runs: list[dict] = []
 
 
-def run_load(args, v: Variant, rate: float, duration: float, rnd: int) -> dict:
-    pid = v.envoy.pid
+def run_load(args, v: Variant, rate: float, duration: float, rnd: int, instance: Optional[int] = None) -> dict:
+    envoy = v.envoys[(rnd if instance is None else instance) % len(v.envoys)]
+    pid = envoy.pid
     cmd = [
         str(args.tools / "loadgen"),
-        "--addr", f"{LOOPBACK}:{v.envoy.port}",
+        "--addr", f"{LOOPBACK}:{envoy.port}",
         "--method", v.traffic.method,
         "--path", v.traffic.path,
         "--auth-file", str(v.auth_file),
@@ -527,6 +534,7 @@ def run_load(args, v: Variant, rate: float, duration: float, rnd: int) -> dict:
     n = res["requests"]
     rec = {
         "round": rnd,
+        "instance": envoy.name,
         "mode": res["mode"],
         "requests": n,
         "expected": res["expected"],
@@ -637,6 +645,8 @@ def summarize(variants: list[Variant], large: list[int]) -> dict:
 
     comparisons = [
         cmp("keyward accept vs no-op Wasm floor", "keyward_1k", "noop_wasm", target=1.15),
+        cmp("no-op + keyward's host calls vs no-op Wasm floor", "noop_host_calls", "noop_wasm"),
+        cmp("keyward accept vs no-op + keyward's host calls", "keyward_1k", "noop_host_calls"),
         cmp("keyward accept vs native api_key_auth", "keyward_1k", "native"),
         *[
             cmp(f"keyward {label_of(n)} keys vs 1k keys", f"keyward_{label_of(n).lower()}", "keyward_1k",
@@ -674,7 +684,9 @@ def markdown(result: dict) -> str:
         f"load average at start {' '.join(m['loadavg_start'])}; Envoy {m['envoy_version']}; "
         f"keyward {result['keyward_wasm']['size']} bytes (git {m['git_commit']}).",
         "",
-        f"{p['rounds_done']} interleaved rounds (order A→Z, then Z→A, alternating) × {len(s['variants'])} variants; "
+        f"{p['rounds_done']} interleaved rounds (order A→Z, then Z→A, alternating) × {len(s['variants'])} variants, "
+        f"each on {p.get('instances', 1)} identical Envoy processes taking turns round by round (one for the "
+        f"100k and 1M-key variants); "
         f"per slot {p['duration_s']} s "
         f"closed loop ({p['connections']} connections) then {p['rate_duration_s']} s at a fixed "
         f"{p['rate']:.0f} req/s; medians over rounds, ratios are medians of per-round ratios; "
@@ -778,6 +790,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate-duration", type=float, default=2.0, help="fixed-rate seconds per slot")
     ap.add_argument("--rate", type=float, default=1000.0, help="fixed request rate (req/s) for latency")
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--instances", type=int, default=3,
+                    help="Envoy processes per variant (not for the 100k/1M-key ones), taking turns round by round")
     ap.add_argument("--warmup", type=float, default=1.5, help="closed-loop warm-up seconds per variant")
     ap.add_argument("--sample-keys", type=int, default=1000, help="distinct keys the traffic cycles through")
     ap.add_argument("--large-keys", default="100000,1000000", help="key counts of the large keyward variants")
@@ -786,6 +800,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated variant keys (baseline is always run)")
     ap.add_argument("--wasm", type=Path, default=Path(os.environ.get("KEYWARD_WASM", DEFAULT_WASM)))
     ap.add_argument("--noop-wasm", type=Path, default=DEFAULT_NOOP)
+    ap.add_argument("--host-calls-wasm", type=Path, default=DEFAULT_HOST_CALLS,
+                    help="the no-op filter built with --features host-calls: keyward's accept-path host calls, no logic")
     ap.add_argument("--ab-wasm", action="append", default=[], metavar="LABEL=PATH",
                     help="another keyward build, accept path with 1k keys, as variant keyward_1k_LABEL in "
                          "the same interleaved run (repeatable; for A/B comparisons of builds)")
@@ -798,6 +814,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not (1 <= args.rounds <= 50 and 0 < args.duration <= 60 and 0 < args.rate_duration <= 60):
         ap.error("rounds 1..50, durations (0, 60]")
+    if not 1 <= args.instances <= 5:
+        ap.error("instances 1..5")
 
     # also when started in the background, where SIGINT may arrive ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -816,7 +834,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     t_start = time.monotonic()
     envoy_bin = find_envoy()
-    for f in (args.wasm, args.noop_wasm, args.tools / "loadgen", args.tools / "bench-upstream", args.tools / "keyward-bench-extauthz"):
+    for f in (args.wasm, args.noop_wasm, args.host_calls_wasm, args.tools / "loadgen", args.tools / "bench-upstream", args.tools / "keyward-bench-extauthz"):
         if not f.exists():
             raise SystemExit(f"missing {f}: run `make bench` (it builds everything)")
     work = args.workdir
@@ -830,6 +848,8 @@ def run(args) -> int:
     wasm_copy.write_bytes(wasm_bytes)
     noop_copy = work / "noop_filter.wasm"
     noop_copy.write_bytes(args.noop_wasm.read_bytes())
+    host_calls_copy = work / "noop_host_calls_filter.wasm"
+    host_calls_copy.write_bytes(args.host_calls_wasm.read_bytes())
     keyward_wasm = {"path": str(args.wasm), "size": len(wasm_bytes), "sha256": hashlib.sha256(wasm_bytes).hexdigest()}
     ab_builds: list[tuple[str, Path]] = []
     for spec in args.ab_wasm:
@@ -889,8 +909,10 @@ def run(args) -> int:
         ("baseline", "no auth filter (baseline)", "baseline", simple(lambda: []), auth_1k, 200, None),
         ("native", "native api_key_auth, 1k keys", "native", simple(lambda: [native_filter(1000)]), auth_1k, 200, None),
         ("noop_wasm", "no-op Rust Wasm filter", "noop", simple(lambda: [wasm_filter("noop", noop_copy, None)]), auth_1k, 200, None),
+        ("noop_host_calls", "no-op Wasm filter + keyward's host calls", "noop-host-calls",
+         simple(lambda: [wasm_filter("noop_host_calls", host_calls_copy, None)]), auth_1k, 200, None),
         ("keyward_1k", "keyward accept, 1k keys", "keyward-1k", keyward_cfg(1000), auth_1k, 200, None),
-    ]
+    ]  # fmt: skip
     for ab_label, ab_path in ab_builds:
         specs.append(
             (f"keyward_1k_{ab_label}", f"keyward accept, 1k keys, build {ab_label}", f"keyward-1k-{ab_label}",
@@ -917,8 +939,14 @@ def run(args) -> int:
          keyward_metered_cfg, auth_1k, 200, None, STREAM, "baseline_stream"),
     ]  # fmt: skip
 
-    envoys: dict[str, Envoy] = {}
+    envoys: dict[str, list[Envoy]] = {}
     variants: list[Variant] = []
+    large_keys = {f"keyward_{label_of(n).lower()}" for n in large}
+    base_ids = iter(range(BASE_ID_FIRST, BASE_ID_FIRST + 1000))
+
+    def next_base_id() -> int:
+        return next(base_ids)
+
     for key, label, ename, render, auth, expect, service, *rest in specs:
         traffic = rest[0] if rest else GET_BENCH
         base_key = rest[1] if len(rest) > 1 else "baseline"
@@ -928,30 +956,38 @@ def run(args) -> int:
             if render is None:  # a streamed row on an Envoy whose GET row was left out
                 render = {"baseline": simple(lambda: []),
                           "noop": simple(lambda: [wasm_filter("noop", noop_copy, None)])}[ename]
-            e = Envoy(ename, BASE_ID_FIRST + len(envoys), work)
-            log(f"starting Envoy {ename} (base id {e.base_id})")
-            t0 = time.monotonic()
-            ok = e.start(envoy_bin, render, args.load_timeout)
-            if ok:
-                rss = (proc_status_kb(e.pid, "VmRSS") or 0) / 1024
-                log(f"  ready in {e.load_s:.1f} s (config {e.config_bytes / 1e6:.1f} MB, RSS {rss:.0f} MB)")
-            else:
-                log(f"  FAILED after {time.monotonic() - t0:.1f} s: {e.error}")
-            envoys[ename] = e
-        e = envoys[ename]
-        v = Variant(key, label, e, auth, expect, service, traffic, base_key)
-        if e.error:
-            v.error = f"Envoy {e.name}: {e.error}"
+            # the large key sets take seconds and gigabytes to load: one process each
+            count = 1 if key in large_keys else args.instances
+            envoys[ename] = []
+            for i in range(count):
+                e = Envoy(ename if i == 0 else f"{ename}-{i + 1}", next_base_id(), work)
+                log(f"starting Envoy {e.name} (base id {e.base_id})")
+                t0 = time.monotonic()
+                ok = e.start(envoy_bin, render, args.load_timeout)
+                if ok:
+                    rss = (proc_status_kb(e.pid, "VmRSS") or 0) / 1024
+                    log(f"  ready in {e.load_s:.1f} s (config {e.config_bytes / 1e6:.1f} MB, RSS {rss:.0f} MB)")
+                else:
+                    log(f"  FAILED after {time.monotonic() - t0:.1f} s: {e.error}")
+                envoys[ename].append(e)
+        group = envoys[ename]
+        v = Variant(key, label, group, auth, expect, service, traffic, base_key)
+        failed = next((e for e in group if e.error), None)
+        if failed is not None:
+            v.error = f"Envoy {failed.name}: {failed.error}"
         else:
             first = auth.read_text().splitlines()[0]
-            try:
-                status, headers, body = probe(e.port, first, traffic)
-                if status != expect:
-                    v.error = f"probe answered {status}, expected {expect} (headers {headers})"
-                elif traffic.body is not None and b'"usage"' not in body:
-                    v.error = f"probe: the streamed answer carries no usage chunk ({body[:200]!r})"
-            except OSError as ex:
-                v.error = f"probe failed: {ex}"
+            for e in group:
+                try:
+                    status, headers, body = probe(e.port, first, traffic)
+                    if status != expect:
+                        v.error = f"{e.name}: probe answered {status}, expected {expect} (headers {headers})"
+                    elif traffic.body is not None and b'"usage"' not in body:
+                        v.error = f"{e.name}: probe: the streamed answer carries no usage chunk ({body[:200]!r})"
+                except OSError as ex:
+                    v.error = f"{e.name}: probe failed: {ex}"
+                if v.error:
+                    break
         if v.error:
             log(f"  variant {key}: {v.error}")
         variants.append(v)
@@ -961,7 +997,7 @@ def run(args) -> int:
         # the same plugin configuration given to the no-op filter (which ignores it): how much of
         # the large variant's start-up time and memory is Envoy carrying the configuration string
         n = max(large)
-        control = Envoy(f"noop-config-{label_of(n).lower()}", BASE_ID_FIRST + len(envoys), work)
+        control = Envoy(f"noop-config-{label_of(n).lower()}", next_base_id(), work)
         log(f"memory control: no-op filter with the {label_of(n)}-key configuration (base id {control.base_id})")
 
         def render_control(lp, ap_, n=n):
@@ -985,7 +1021,8 @@ def run(args) -> int:
     log(f"warm-up {args.warmup} s per variant")
     for v in live:
         try:
-            run_load(args, v, 0, args.warmup, 0)
+            for instance in range(len(v.envoys)):
+                run_load(args, v, 0, args.warmup, 0, instance)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as ex:
             v.error = f"warm-up failed: {ex}"
     live = [v for v in live if not v.error]
@@ -1005,8 +1042,9 @@ def run(args) -> int:
         for v in order:
             if v.error:
                 continue
-            if v.envoy.proc is None or v.envoy.proc.poll() is not None:
-                v.error = f"Envoy {v.envoy.name} died (see {work}/envoy-{v.envoy.name}.log)"
+            dead = next((e for e in v.envoys if e.proc is None or e.proc.poll() is not None), None)
+            if dead is not None:
+                v.error = f"Envoy {dead.name} died (see {work}/envoy-{dead.name}.log)"
                 continue
             try:
                 closed = run_load(args, v, 0, args.duration, rnd)
@@ -1037,8 +1075,11 @@ def run(args) -> int:
 
     metered = next((v for v in variants if v.key == "keyward_metered_stream" and not v.error), None)
     if metered is not None:
-        counters = admin_counters(metered.envoy.admin_port, "keyward.metering")
-        short = {k.rsplit("keyward.", 1)[-1]: n for k, n in counters.items()}
+        short: dict[str, int] = {}
+        for e in metered.envoys:
+            for k, n in admin_counters(e.admin_port, "keyward.metering").items():
+                name = k.rsplit("keyward.", 1)[-1]
+                short[name] = short.get(name, 0) + n
         answered = sum(r["requests"] for r in metered.runs)
         notes.append(
             f"keyward_metered_stream: {answered} requests answered in the measured runs; metering counters at the "
@@ -1047,7 +1088,7 @@ def run(args) -> int:
         )
     summary = summarize(variants, large)
     startup = []
-    for e in list(envoys.values()) + ([control] if control else []):
+    for e in [e for group in envoys.values() for e in group] + ([control] if control else []):
         alive = e.proc is not None and e.proc.poll() is None
         startup.append(
             {
@@ -1066,6 +1107,7 @@ def run(args) -> int:
         "parameters": {
             "rounds": args.rounds,
             "rounds_done": rounds_done,
+            "instances": args.instances,
             "duration_s": args.duration,
             "rate_duration_s": args.rate_duration,
             "rate": args.rate,
