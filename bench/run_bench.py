@@ -792,11 +792,11 @@ def main(argv=None) -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--instances", type=int, default=3,
                     help="Envoy processes per variant (not for the 100k/1M-key ones), taking turns round by round")
-    ap.add_argument("--warmup", type=float, default=1.5, help="closed-loop warm-up seconds per variant")
+    ap.add_argument("--warmup", type=float, default=1.0, help="closed-loop warm-up seconds per Envoy process")
     ap.add_argument("--sample-keys", type=int, default=1000, help="distinct keys the traffic cycles through")
     ap.add_argument("--large-keys", default="100000,1000000", help="key counts of the large keyward variants")
     ap.add_argument("--load-timeout", type=float, default=120.0, help="max seconds for one Envoy to become ready")
-    ap.add_argument("--budget", type=float, default=540.0, help="stop starting rounds after this many seconds")
+    ap.add_argument("--budget", type=float, default=480.0, help="stop starting rounds after this many seconds")
     ap.add_argument("--only", default="", help="comma-separated variant keys (baseline is always run)")
     ap.add_argument("--wasm", type=Path, default=Path(os.environ.get("KEYWARD_WASM", DEFAULT_WASM)))
     ap.add_argument("--noop-wasm", type=Path, default=DEFAULT_NOOP)
@@ -1018,7 +1018,7 @@ def run(args) -> int:
     if not any(v.key == "baseline" for v in live):
         raise SystemExit("the baseline variant failed: nothing to compare against")
 
-    log(f"warm-up {args.warmup} s per variant")
+    log(f"warm-up {args.warmup} s per Envoy process")
     for v in live:
         try:
             for instance in range(len(v.envoys)):
