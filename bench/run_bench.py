@@ -20,6 +20,7 @@ import ctypes
 import datetime as dt
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -942,10 +943,7 @@ def run(args) -> int:
     envoys: dict[str, list[Envoy]] = {}
     variants: list[Variant] = []
     large_keys = {f"keyward_{label_of(n).lower()}" for n in large}
-    base_ids = iter(range(BASE_ID_FIRST, BASE_ID_FIRST + 1000))
-
-    def next_base_id() -> int:
-        return next(base_ids)
+    base_ids = itertools.count(BASE_ID_FIRST)  # one --base-id per Envoy process
 
     for key, label, ename, render, auth, expect, service, *rest in specs:
         traffic = rest[0] if rest else GET_BENCH
@@ -960,7 +958,7 @@ def run(args) -> int:
             count = 1 if key in large_keys else args.instances
             envoys[ename] = []
             for i in range(count):
-                e = Envoy(ename if i == 0 else f"{ename}-{i + 1}", next_base_id(), work)
+                e = Envoy(ename if i == 0 else f"{ename}-{i + 1}", next(base_ids), work)
                 log(f"starting Envoy {e.name} (base id {e.base_id})")
                 t0 = time.monotonic()
                 ok = e.start(envoy_bin, render, args.load_timeout)
@@ -997,7 +995,7 @@ def run(args) -> int:
         # the same plugin configuration given to the no-op filter (which ignores it): how much of
         # the large variant's start-up time and memory is Envoy carrying the configuration string
         n = max(large)
-        control = Envoy(f"noop-config-{label_of(n).lower()}", next_base_id(), work)
+        control = Envoy(f"noop-config-{label_of(n).lower()}", next(base_ids), work)
         log(f"memory control: no-op filter with the {label_of(n)}-key configuration (base id {control.base_id})")
 
         def render_control(lp, ap_, n=n):
