@@ -11,12 +11,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
-use crate::handler::{
-    on_request_body, on_request_headers, on_response_body, on_response_headers, on_stream_end,
-    FilterState, Verdict,
-};
+use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow};
 use crate::host::{LogLevel, SharedData, Telemetry};
-use crate::metering_flow::{Admitted, Ticket};
 use crate::metrics::Metrics;
 use crate::sync_agent::{
     claim_instance_number, ChunkMetrics, Followed, PolicyFollower, SnapshotPoller,
@@ -60,12 +56,7 @@ impl KeywardRoot {
         let host = EnvoyHost;
         let bytes = host
             .plugin_configuration()
-            .map_err(|e| {
-                format!(
-                    "cannot read the plugin configuration (host status {})",
-                    e.status
-                )
-            })?
+            .map_err(|e| format!("cannot read the plugin configuration ({})", e))?
             .unwrap_or_default();
         let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}".to_vec()
@@ -78,7 +69,7 @@ impl KeywardRoot {
             Some(metrics) => Rc::clone(metrics),
             None => {
                 let defined = Metrics::define(|kind, name| host.define_metric(kind, name))
-                    .map_err(|e| format!("cannot define metrics (host status {})", e.status))?;
+                    .map_err(|e| format!("cannot define metrics ({})", e))?;
                 let defined = Rc::new(defined);
                 self.metrics = Some(Rc::clone(&defined));
                 defined
@@ -90,7 +81,7 @@ impl KeywardRoot {
                 let counter = |name: &str| {
                     host.define_metric(crate::host::MetricKind::Counter, name)
                         .map(Some)
-                        .map_err(|e| format!("cannot define metrics (host status {})", e.status))
+                        .map_err(|e| format!("cannot define metrics ({})", e))
                 };
                 let defined = ChunkMetrics {
                     fetched: counter("keyward.sync.chunks_fetched")?,
@@ -111,9 +102,8 @@ impl KeywardRoot {
             Some(sync) if config.role == Role::SyncService || sync.poller == Poller::Lease => {
                 let number = match self.instance_number {
                     Some(number) => number,
-                    None => claim_instance_number(&host).map_err(|e| {
-                        format!("cannot claim a sync instance id (host status {})", e.status)
-                    })?,
+                    None => claim_instance_number(&host)
+                        .map_err(|e| format!("cannot claim a sync instance id ({})", e))?,
                 };
                 self.instance_number = Some(number);
                 let me = format!("vm{number}");
@@ -152,7 +142,7 @@ impl KeywardRoot {
                 _ => FOLLOW_TICK_MS,
             };
             host.set_tick_period_ms(period)
-                .map_err(|e| format!("cannot set the tick period (host status {})", e.status))?;
+                .map_err(|e| format!("cannot set the tick period ({})", e))?;
             self.tick_ms = period;
             self.base_tick_ms = period;
             // The first tick comes one period late: look and poll right away.
@@ -205,10 +195,7 @@ impl KeywardRoot {
             Ok(Followed::Nothing | Followed::Loading) => {}
             Err(error) => EnvoyHost.log(
                 LogLevel::Warn,
-                &format!(
-                    "keyward: cannot read the published policy (host status {})",
-                    error.status
-                ),
+                &format!("keyward: cannot read the published policy ({})", error),
             ),
         }
         // Tick fast while a snapshot is being compiled, a bounded slice each time.
@@ -301,7 +288,7 @@ impl RootContext for KeywardRoot {
             if let Err(error) = poller.on_tick(&EnvoyHost, metrics) {
                 EnvoyHost.log(
                     LogLevel::Warn,
-                    &format!("keyward sync: tick failed (host status {})", error.status),
+                    &format!("keyward sync: tick failed ({})", error),
                 );
             }
             let polls = self.role == Role::SyncService || poller.holds_lease();
@@ -309,7 +296,7 @@ impl RootContext for KeywardRoot {
                 if let Err(error) = reporter.on_tick(&EnvoyHost, metrics) {
                     EnvoyHost.log(
                         LogLevel::Warn,
-                        &format!("keyward usage: tick failed (host status {})", error.status),
+                        &format!("keyward usage: tick failed ({})", error),
                     );
                 }
             }
@@ -318,12 +305,14 @@ impl RootContext for KeywardRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Only reached after a successful on_configure of the filter role.
-        let state = Rc::clone(self.state.as_ref()?);
-        Some(Box::new(KeywardRequest {
-            state,
-            stage: Stage::Deciding,
-        }))
+        // Always a context: the SDK's dispatcher panics on `None`, which kills the worker's VM.
+        // Without a filter state (a `sync_service` configuration used as an HTTP filter, or a
+        // configuration that failed), every request is refused.
+        let flow = self
+            .state
+            .as_ref()
+            .map(|state| RequestFlow::new(Rc::clone(state)));
+        Some(Box::new(KeywardRequest { flow }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -331,47 +320,15 @@ impl RootContext for KeywardRoot {
     }
 }
 
-/// Where a request is in its life.
-enum Stage {
-    Deciding,
-    /// Allowed so far; the buffered body decides the rest.
-    AwaitingBody(Box<Ticket>),
-    /// Upstream; the response is watched and settled at the end.
-    Forwarded(Box<Admitted>),
-    Done,
-}
-
+/// One HTTP stream: its glue, or nothing when this VM has no filter state.
 struct KeywardRequest {
-    state: Rc<FilterState>,
-    stage: Stage,
+    flow: Option<RequestFlow>,
 }
 
-impl KeywardRequest {
-    fn apply(&mut self, verdict: Verdict) -> Action {
-        match verdict {
-            Verdict::Continue => {
-                self.stage = Stage::Done;
-                Action::Continue
-            }
-            Verdict::Forward(admitted) => {
-                self.stage = Stage::Forwarded(admitted);
-                Action::Continue
-            }
-            Verdict::AwaitBody(ticket) => {
-                self.stage = Stage::AwaitingBody(ticket);
-                // Holding the headers needs Envoy's allow_on_headers_stop_iteration; without
-                // it, a pause here would also stop the body (see metering.hold_headers).
-                if self.state.settings.metering.hold_headers {
-                    Action::Pause
-                } else {
-                    Action::Continue
-                }
-            }
-            Verdict::Stop => {
-                self.stage = Stage::Done;
-                Action::Pause
-            }
-        }
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
     }
 }
 
@@ -379,46 +336,36 @@ impl Context for KeywardRequest {}
 
 impl HttpContext for KeywardRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let verdict = on_request_headers(&EnvoyHost, &self.state, end_of_stream);
-        self.apply(verdict)
+        match self.flow.as_mut() {
+            Some(flow) => action(flow.on_request_headers(&EnvoyHost, end_of_stream)),
+            None => action(refuse_unconfigured(&EnvoyHost)),
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !matches!(self.stage, Stage::AwaitingBody(_)) {
-            return Action::Continue;
+        match self.flow.as_mut() {
+            Some(flow) => action(flow.on_request_body(&EnvoyHost, body_size, end_of_stream)),
+            None => Action::Pause,
         }
-        let too_large = body_size > self.state.settings.metering.max_request_body_bytes;
-        if !end_of_stream && !too_large {
-            // Envoy keeps buffering; the request stays here until the body is complete.
-            return Action::Pause;
-        }
-        let Stage::AwaitingBody(ticket) = std::mem::replace(&mut self.stage, Stage::Done) else {
-            return Action::Continue;
-        };
-        let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, body_size);
-        self.apply(verdict)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_response_headers(&EnvoyHost, admitted);
-            if end_of_stream {
-                on_response_body(&EnvoyHost, admitted, 0, true);
-            }
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_response_headers(&EnvoyHost, end_of_stream);
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_response_body(&EnvoyHost, admitted, body_size, end_of_stream);
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_response_body(&EnvoyHost, body_size, end_of_stream);
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_stream_end(&EnvoyHost, &self.state, admitted);
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_log(&EnvoyHost);
         }
     }
 }

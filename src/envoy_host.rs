@@ -97,7 +97,7 @@ fn check(status: u32) -> Result<(), HostError> {
     if status == STATUS_OK {
         Ok(())
     } else {
-        Err(HostError { status })
+        Err(HostError::Status(status))
     }
 }
 
@@ -149,7 +149,7 @@ fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
     let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
     check(status)?;
     let bytes = unsafe { take_host_buffer(data, size) };
-    parse_header_map(&bytes).ok_or(HostError { status: 3 })
+    parse_header_map(&bytes).ok_or(HostError::Malformed)
 }
 
 fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostError> {
@@ -160,7 +160,7 @@ fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostErro
     match status {
         STATUS_OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
         STATUS_NOT_FOUND => Ok(None),
-        status => Err(HostError { status }),
+        status => Err(HostError::Status(status)),
     }
 }
 
@@ -178,7 +178,7 @@ impl SharedData for EnvoyHost {
             STATUS_OK if data.is_null() => Ok(Some((Vec::new(), cas))),
             STATUS_OK => Ok(Some((unsafe { take_host_buffer(data, size) }, cas))),
             STATUS_NOT_FOUND => Ok(None),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 
@@ -201,7 +201,7 @@ impl SharedData for EnvoyHost {
         match status {
             STATUS_OK => Ok(SetOutcome::Written),
             STATUS_CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 
@@ -230,9 +230,7 @@ impl SyncHost for EnvoyHost {
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
         )
-        .map_err(|status| HostError {
-            status: status as u32,
-        })
+        .map_err(|status| HostError::Status(status as u32))
     }
 
     fn dispatch_post(
@@ -249,9 +247,7 @@ impl SyncHost for EnvoyHost {
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
         )
-        .map_err(|status| HostError {
-            status: status as u32,
-        })
+        .map_err(|status| HostError::Status(status as u32))
     }
 
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
@@ -282,7 +278,7 @@ impl Host for EnvoyHost {
                 Ok((!value.is_empty()).then_some(value))
             }
             STATUS_NOT_FOUND => Ok(None),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 

@@ -4,6 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use keyward_engine::config::PluginConfig;
+use keyward_engine::denial::DenyCode;
+use keyward_engine::gate::SHADOW_HEADER;
 use keyward_engine::hash::sha256;
 use keyward_engine::request::Header;
 
@@ -36,7 +38,7 @@ pub(crate) struct FakeHost {
 impl Host for FakeHost {
     fn request_headers(&self) -> Result<Vec<Header>, HostError> {
         if self.fail_header_read {
-            return Err(HostError { status: 10 });
+            return Err(HostError::Status(10));
         }
         Ok(self.headers.borrow().clone())
     }
@@ -147,7 +149,12 @@ impl FakeHost {
     }
 }
 
-fn state(extra: &str) -> FilterState {
+/// Runs the headers step of one request.
+fn headers_step(host: &FakeHost, state: &Rc<FilterState>) -> Flow {
+    RequestFlow::new(Rc::clone(state)).on_request_headers(host, true)
+}
+
+fn state(extra: &str) -> Rc<FilterState> {
     let json = format!(
         r#"{{ {extra} "routes": [{{"name": "q", "match": {{"path_prefix": "/q"}}, "query_parameter": "api_key"}},
                                 {{"name": "health", "match": {{"path_prefix": "/healthz"}}, "exempt": true}}],
@@ -165,12 +172,12 @@ fn state(extra: &str) -> FilterState {
         Ok(next)
     })
     .expect("metrics");
-    FilterState {
+    Rc::new(FilterState {
         settings: Rc::new(config.settings),
         policy: config.policy.map(Rc::new),
         metrics: Rc::new(metrics),
         activity: None,
-    }
+    })
 }
 
 #[test]
@@ -182,10 +189,7 @@ fn allowed_request_loses_its_key_and_gains_trusted_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("x-keyward-project", "spoofed"),
     ]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Continue
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Continue);
     assert_eq!(host.header("authorization"), None);
     assert_eq!(host.header("x-keyward-key-id").as_deref(), Some("good1"));
     assert_eq!(host.header("x-keyward-project").as_deref(), Some("proj_a"));
@@ -207,10 +211,7 @@ fn identity_headers_turned_off_are_not_written_and_client_copies_still_go() {
         ("x-keyward-org", "spoofed"),
         ("x-keyward-environment", "spoofed"),
     ]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Continue
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Continue);
     assert_eq!(host.header("authorization"), None);
     assert_eq!(host.header("x-keyward-key-id").as_deref(), Some("good1"));
     assert_eq!(host.header("x-keyward-project").as_deref(), Some("proj_a"));
@@ -227,10 +228,7 @@ fn denied_request_gets_a_local_json_reply_and_a_log_line() {
         ("x-request-id", "req-9"),
         ("authorization", &format!("Bearer ak_gone1.{SECRET}")),
     ]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Stop
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Pause);
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 401);
     assert!(reply
@@ -258,10 +256,7 @@ fn shadow_mode_lets_denials_through_without_identity() {
         (":path", "/v1/chat"),
         ("x-api-key", "ak_nobody.wrongwrongwrongwrong"),
     ]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Continue
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Continue);
     assert_eq!(host.header("x-api-key"), None);
     assert_eq!(
         host.header(SHADOW_HEADER).as_deref(),
@@ -276,10 +271,7 @@ fn shadow_mode_lets_denials_through_without_identity() {
 fn query_parameter_key_is_removed_from_the_path() {
     let state = state("");
     let host = FakeHost::with(&[(":path", &format!("/q/x?a=1&api_key={KEY}&b=2"))]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Continue
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Continue);
     assert_eq!(host.header(":path").as_deref(), Some("/q/x?a=1&b=2"));
 }
 
@@ -288,10 +280,7 @@ fn a_refused_request_loses_its_query_parameter_key_too() {
     // The revoked key: refused, and Envoy's access log must not see it in `:path`.
     let state = state("");
     let host = FakeHost::with(&[(":path", &format!("/q/x?api_key=ak_gone1.{SECRET}&b=2"))]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Stop
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Pause);
     assert_eq!(host.reply.borrow().as_ref().map(|r| r.0), Some(401));
     assert_eq!(host.header(":path").as_deref(), Some("/q/x?b=2"));
 }
@@ -304,10 +293,7 @@ fn exempt_route_still_drops_keys_and_spoofed_identity() {
         ("x-keyward-key-id", "spoofed"),
         ("authorization", &format!("Bearer {KEY}")),
     ]);
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Continue
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Continue);
     assert_eq!(host.header("x-keyward-key-id"), None);
     assert_eq!(
         host.header("authorization"),
@@ -324,10 +310,7 @@ fn host_failure_fails_closed() {
         fail_header_read: true,
         ..FakeHost::default()
     };
-    assert!(matches!(
-        on_request_headers(&host, &state, true),
-        Verdict::Stop
-    ));
+    assert_eq!(headers_step(&host, &state), Flow::Pause);
     let reply = host.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 500);
 }

@@ -3,10 +3,39 @@
 
 use keyward_engine::request::Header;
 
-/// A host call that did not succeed; carries the proxy-wasm status code.
+use core::fmt;
+
+/// A host operation that did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError {
-    pub status: u32,
+pub enum HostError {
+    /// The host call returned this proxy-wasm status (not `Ok`).
+    Status(u32),
+    /// What the host returned, or a shared-data record, cannot be decoded (never read as
+    /// empty or zero).
+    Malformed,
+    /// A shared-data record kept changing under compare-and-swap.
+    Contended,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Status(status) => write!(f, "host status {status}"),
+            HostError::Malformed => f.write_str("unreadable host data"),
+            HostError::Contended => f.write_str("shared record stayed contended"),
+        }
+    }
+}
+
+impl From<HostError> for keyward_engine::ledger::LedgerError {
+    fn from(error: HostError) -> Self {
+        use keyward_engine::ledger::LedgerError;
+        match error {
+            HostError::Status(status) => LedgerError::Host(status),
+            HostError::Malformed => LedgerError::Corrupt,
+            HostError::Contended => LedgerError::Contended,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,6 @@
 
 pub mod handler;
 pub mod host;
-pub mod metering_flow;
 pub mod metrics;
 pub mod shared_record;
 pub mod sync_agent;

@@ -1,6 +1,7 @@
 //! Envoy stats for keyward, defined once per root context.
 
 use keyward_engine::denial::DenyCode;
+use keyward_engine::effects::Count;
 
 use crate::host::{HostError, MetricKind};
 
@@ -27,6 +28,10 @@ pub struct MeteringMetrics {
     pub settled_microusd: u32,
     /// Responses that reached the client without usage numbers.
     pub usage_missing: u32,
+    /// Usage with negative, fractional or implausible counts (charged the reservation).
+    pub usage_invalid: u32,
+    /// Encoded (compressed) responses whose usage could not be read (charged the reservation).
+    pub usage_unreadable: u32,
     /// Responses that ended before their last byte (upstream reset, client gone).
     pub incomplete: u32,
     /// Metered requests for a model without a price.
@@ -112,6 +117,8 @@ impl Metrics {
             reservations: counter("keyward.metering.reservations")?,
             settled_microusd: counter("keyward.metering.settled_microusd")?,
             usage_missing: counter("keyward.metering.usage_missing")?,
+            usage_invalid: counter("keyward.metering.usage_invalid")?,
+            usage_unreadable: counter("keyward.metering.usage_unreadable")?,
             incomplete: counter("keyward.metering.incomplete")?,
             unpriced: counter("keyward.metering.unpriced_model")?,
             soft_cap_warnings: counter("keyward.metering.soft_cap_warnings")?,
@@ -145,6 +152,31 @@ impl Metrics {
             .iter()
             .find(|(defined, _)| *defined == outcome)
             .map(|(_, id)| *id)
+    }
+
+    /// The metric a counted event goes to, and by how much.
+    pub fn counter_for(&self, count: Count) -> Option<(u32, i64)> {
+        let metering = &self.metering;
+        let one = |id: u32| Some((id, 1));
+        match count {
+            Count::Allowed => one(self.allowed),
+            Count::Denied(code) => self.denied(code).map(|id| (id, 1)),
+            Count::ShadowDenied => one(self.shadow_denied),
+            Count::Exempt => one(self.exempt),
+            Count::FailOpen => one(self.fail_open),
+            Count::Reservation => one(metering.reservations),
+            Count::Unpriced => one(metering.unpriced),
+            Count::SoftCapWarning => one(metering.soft_cap_warnings),
+            Count::UsageMissing => one(metering.usage_missing),
+            Count::UsageInvalid => one(metering.usage_invalid),
+            Count::UsageUnreadable => one(metering.usage_unreadable),
+            Count::Incomplete => one(metering.incomplete),
+            Count::SettledMicrousd(amount) => Some((
+                metering.settled_microusd,
+                i64::try_from(amount).unwrap_or(i64::MAX),
+            )),
+            Count::SettleFailure => one(metering.settle_failures),
+        }
     }
 
     pub fn denied(&self, code: DenyCode) -> Option<u32> {

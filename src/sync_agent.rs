@@ -70,7 +70,7 @@ pub fn claim_instance_number(host: &impl SyncHost) -> Result<u64, HostError> {
             return Ok(next);
         }
     }
-    Err(HostError { status: 8 })
+    Err(HostError::Contended)
 }
 
 /// Counters of the chunked layout, defined by the root context (ids `None` in tests that do not
@@ -222,10 +222,7 @@ impl SnapshotPoller {
                 let outcome = self.publish_if_complete(host).unwrap_or_else(|error| {
                     host.log(
                         LogLevel::Warn,
-                        &format!(
-                            "keyward sync: cannot publish (host status {})",
-                            error.status
-                        ),
+                        &format!("keyward sync: cannot publish ({})", error),
                     );
                     Some(SyncOutcome::Unreachable)
                 });
@@ -260,8 +257,7 @@ impl SnapshotPoller {
                     host.log(
                         LogLevel::Warn,
                         &format!(
-                            "keyward sync: cannot read shared data (host status {}); load abandoned",
-                            error.status
+                            "keyward sync: cannot read shared data ({error}); load abandoned",
                         ),
                     );
                     self.load = None;
@@ -299,8 +295,8 @@ impl SnapshotPoller {
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "keyward sync: cannot call cluster {:?} (host status {})",
-                        self.settings.cluster, error.status
+                        "keyward sync: cannot call cluster {:?} ({error})",
+                        self.settings.cluster
                     ),
                 );
             }
@@ -344,7 +340,7 @@ impl SnapshotPoller {
         let outcome = outcome.unwrap_or_else(|error| {
             host.log(
                 LogLevel::Warn,
-                &format!("keyward sync: host call failed (status {})", error.status),
+                &format!("keyward sync: host call failed ({error})"),
             );
             if kind != CallKind::Envelope {
                 self.load = None;

@@ -47,7 +47,7 @@ impl Telemetry for FakeHost<'_> {
 
 impl crate::host::SharedData for FakeHost<'_> {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        let shared = self.shared.ok_or(HostError { status: 10 })?;
+        let shared = self.shared.ok_or(HostError::Status(10))?;
         Ok(shared.entries.borrow().get(key).cloned())
     }
     fn shared_set(
@@ -56,7 +56,7 @@ impl crate::host::SharedData for FakeHost<'_> {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<SetOutcome, HostError> {
-        let shared = self.shared.ok_or(HostError { status: 10 })?;
+        let shared = self.shared.ok_or(HostError::Status(10))?;
         let mut entries = shared.entries.borrow_mut();
         if let (Some((_, current)), Some(cas)) = (entries.get(key), cas) {
             if cas != 0 && *current != cas {
@@ -80,7 +80,7 @@ impl SyncHost for FakeHost<'_> {
         _timeout_ms: u64,
     ) -> Result<u32, HostError> {
         if self.cluster_missing {
-            return Err(HostError { status: 2 });
+            return Err(HostError::Status(2));
         }
         let mut calls = self.calls.borrow_mut();
         calls.push(

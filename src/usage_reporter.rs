@@ -131,8 +131,8 @@ impl UsageReporter {
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "keyward usage: cannot call cluster {:?} (host status {}); batch {} kept",
-                        self.cluster, error.status, batch.batch_id
+                        "keyward usage: cannot call cluster {:?} ({error}); batch {} kept",
+                        self.cluster, batch.batch_id
                     ),
                 );
             }
@@ -187,7 +187,7 @@ impl UsageReporter {
             }
         }
         let report = UsageReport::new(&sequence.0, &batch_id, entries);
-        let body = serde_json::to_string(&report).map_err(|_| HostError { status: 3 })?;
+        let body = serde_json::to_string(&report).map_err(|_| HostError::Malformed)?;
         let batch = InflightBatch {
             batch_id,
             body,
@@ -217,10 +217,7 @@ impl UsageReporter {
             host.increment_metric(metrics.metering.reports_failed, 1);
             host.log(
                 LogLevel::Warn,
-                &format!(
-                    "keyward usage: report failed (host status {}); will retry",
-                    error.status
-                ),
+                &format!("keyward usage: report failed ({error}); will retry",),
             );
         }
     }

@@ -54,7 +54,7 @@ impl Telemetry for Fake {
 
 impl SyncHost for Fake {
     fn dispatch_get(&self, _: &str, _: &[(&str, &str)], _: u64) -> Result<u32, HostError> {
-        Err(HostError { status: 2 })
+        Err(HostError::Status(2))
     }
     fn dispatch_post(
         &self,

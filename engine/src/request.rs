@@ -1,22 +1,131 @@
-//! What the engine knows about a request: its headers (read once from the host) and the name of
-//! the Envoy route it matched.
+//! What the engine knows about a request: its headers (read once from the host), the name of the
+//! Envoy route it matched, and its canonical view (`canonical`), on which every check decides.
+
+use std::borrow::Cow;
+
+use crate::canonical::{
+    canonical_host, canonical_path, decoded_query_name, HostProblem, PathProblem,
+};
 
 /// One header as the host gives it: lower-case name, raw value bytes (not necessarily UTF-8).
 pub type Header = (String, Vec<u8>);
 
-/// A request as the engine sees it. Borrowed: building one copies nothing.
-#[derive(Debug, Clone, Copy)]
+/// Whether two header names are the same to a server that folds case and reads `_` as `-`
+/// (CGI, WSGI and Rack all turn both into `HTTP_X_NAME`).
+pub fn same_header_name(name: &str, other: &str) -> bool {
+    name.len() == other.len()
+        && name.bytes().zip(other.bytes()).all(|(a, b)| {
+            let fold = |byte: u8| match byte {
+                b'_' => b'-',
+                _ => byte.to_ascii_lowercase(),
+            };
+            fold(a) == fold(b)
+        })
+}
+
+/// Whether `name` starts with `prefix` as [`same_header_name`] compares names.
+pub fn header_name_has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|head| same_header_name(head, prefix))
+}
+
+/// Why a request has no canonical view: its path or host means different things to different
+/// servers. Such a request is refused before any route is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProblem {
+    Path(PathProblem),
+    Host(HostProblem),
+    /// `x-http-method-override` and its kin: some frameworks act on the method they name, which
+    /// is not the one the route was chosen by.
+    MethodOverride,
+}
+
+/// Headers with which some frameworks replace the request's method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+impl RequestProblem {
+    pub fn description(self) -> &'static str {
+        match self {
+            RequestProblem::Path(problem) => problem.description(),
+            RequestProblem::Host(problem) => problem.description(),
+            RequestProblem::MethodOverride => "method override headers are not accepted",
+        }
+    }
+}
+
+/// The one spelling of the request's path and host that every check uses.
+#[derive(Debug, Clone)]
+struct View<'r> {
+    path: Cow<'r, str>,
+    host: Cow<'r, str>,
+}
+
+/// A request as the engine sees it: the headers as sent, and their canonical view. Building one
+/// copies nothing unless the path or host needs rewriting.
+#[derive(Debug, Clone)]
 pub struct Request<'r> {
     headers: &'r [Header],
     route_name: Option<&'r str>,
+    view: Result<View<'r>, RequestProblem>,
 }
 
 impl<'r> Request<'r> {
     pub fn new(headers: &'r [Header], route_name: Option<&'r str>) -> Self {
-        Self {
+        let mut request = Self {
             headers,
             route_name,
+            view: Err(RequestProblem::Path(PathProblem::NotAbsolute)),
+        };
+        request.view = request.canonical_view();
+        request
+    }
+
+    fn canonical_view(&self) -> Result<View<'r>, RequestProblem> {
+        let raw = self.raw_path();
+        let without_query = raw.split_once('?').map_or(raw, |(before, _)| before);
+        let path = canonical_path(without_query).map_err(RequestProblem::Path)?;
+        let host = self.canonical_authority().map_err(RequestProblem::Host)?;
+        let overridden = self.headers.iter().any(|(name, _)| {
+            METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|wanted| same_header_name(name, wanted))
+        });
+        if overridden {
+            return Err(RequestProblem::MethodOverride);
         }
+        Ok(View { path, host })
+    }
+
+    /// `:authority` and `host` must agree: an HTTP/2 client can send both, and the upstream may
+    /// read either. A repeated `host` is refused for the same reason.
+    fn canonical_authority(&self) -> Result<Cow<'r, str>, HostProblem> {
+        let single = |name: &str| -> Result<Option<&'r str>, HostProblem> {
+            let mut values = self.header_values(name);
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(value), None) => core::str::from_utf8(value)
+                    .map(Some)
+                    .map_err(|_| HostProblem::InvalidHost),
+                (Some(_), Some(_)) => Err(HostProblem::Conflicting),
+            }
+        };
+        let authority = single(":authority")?.map(canonical_host).transpose()?;
+        let host = single("host")?.map(canonical_host).transpose()?;
+        match (authority, host) {
+            (Some(authority), Some(host)) if authority != host => Err(HostProblem::Conflicting),
+            (Some(authority), _) => Ok(authority),
+            (None, Some(host)) => Ok(host),
+            (None, None) => Ok(Cow::Borrowed("")),
+        }
+    }
+
+    /// Why the request has no canonical view, if it has none.
+    pub fn problem(&self) -> Option<RequestProblem> {
+        self.view.as_ref().err().copied()
     }
 
     /// Every value of header `name` (given in lower case), in arrival order.
@@ -51,24 +160,35 @@ impl<'r> Request<'r> {
         self.single_header(":method").unwrap_or_default()
     }
 
-    /// `:path` including the query string.
-    pub fn path(&self) -> &'r str {
+    /// `:path` as sent, query included.
+    pub fn raw_path(&self) -> &'r str {
         self.single_header(":path").unwrap_or_default()
     }
 
-    /// `:path` without the query string.
-    pub fn path_without_query(&self) -> &'r str {
-        let path = self.path();
-        path.split_once('?').map_or(path, |(before, _)| before)
+    /// The canonical path, without the query; empty when the request has no canonical view.
+    pub fn path_without_query(&self) -> &str {
+        self.view.as_ref().map_or("", |view| view.path.as_ref())
     }
 
-    /// `:authority` (or `host`) without the port.
-    pub fn host(&self) -> &'r str {
-        let authority = self
-            .single_header(":authority")
-            .or_else(|| self.single_header("host"))
-            .unwrap_or_default();
-        strip_port(authority)
+    /// Whether the canonical path differs from the one sent (it is then forwarded instead).
+    pub fn path_was_rewritten(&self) -> bool {
+        matches!(
+            &self.view,
+            Ok(View {
+                path: Cow::Owned(_),
+                ..
+            })
+        )
+    }
+
+    /// The query string as sent (after `?`), if any.
+    pub fn query(&self) -> Option<&'r str> {
+        self.raw_path().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The canonical host (`:authority`, else `host`): lower case, no port, no trailing dot.
+    pub fn host(&self) -> &str {
+        self.view.as_ref().map_or("", |view| view.host.as_ref())
     }
 
     pub fn route_name(&self) -> Option<&'r str> {
@@ -79,49 +199,45 @@ impl<'r> Request<'r> {
         self.single_header("x-request-id").unwrap_or_default()
     }
 
-    /// Values of query parameter `name` in `:path`, undecoded.
+    /// Values of query parameter `name`, undecoded; names compare as servers read them
+    /// (percent-decoded).
     pub fn query_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'r str> + use<'r, 'n> {
-        let query = self.path().split_once('?').map_or("", |(_, query)| query);
+        let query = self.query().unwrap_or_default();
         query.split('&').filter_map(move |pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (key == name).then_some(value)
+            (decoded_query_name(key) == name).then_some(value)
         })
     }
-}
 
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        // "[::1]:8080" keeps its brackets off: "::1".
-        return rest.split_once(']').map_or(rest, |(address, _)| address);
-    }
-    authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(authority, |(host, _)| host)
-}
-
-/// `path` with every `name=...` query parameter removed; `None` when there was none.
-pub fn path_without_query_parameter(path: &str, name: &str) -> Option<String> {
-    let (before, query) = path.split_once('?')?;
-    let mut removed = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
+    /// The `:path` to forward: the canonical path, with the query minus every parameter whose
+    /// decoded name is one of `credential_names` (compared without case, as some servers read
+    /// them). `None` when that is exactly what was sent.
+    pub fn forwarded_path(&self, credential_names: &[String]) -> Option<String> {
+        let query = self.query();
+        let is_credential = |pair: &&str| {
             let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
-            let drop = key == name;
-            removed |= drop;
-            !drop
-        })
-        .collect();
-    if !removed {
-        return None;
+            let key = decoded_query_name(key);
+            credential_names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(&key))
+        };
+        let drops = query.is_some_and(|query| query.split('&').any(|pair| is_credential(&pair)));
+        if !drops && !self.path_was_rewritten() {
+            return None;
+        }
+        let mut path = self.path_without_query().to_owned();
+        if let Some(query) = query {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| !pair.is_empty() && !is_credential(pair))
+                .collect();
+            if !kept.is_empty() || !drops {
+                path.push('?');
+                path.push_str(&kept.join("&"));
+            }
+        }
+        Some(path)
     }
-    let kept: Vec<&str> = kept.into_iter().filter(|pair| !pair.is_empty()).collect();
-    Some(if kept.is_empty() {
-        before.to_owned()
-    } else {
-        format!("{before}?{}", kept.join("&"))
-    })
 }
 
 #[cfg(test)]
@@ -137,20 +253,64 @@ mod tests {
             .collect()
     }
 
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| (*name).to_owned()).collect()
+    }
+
     #[test]
     fn reads_pseudo_headers_and_strips_port() {
         let list = headers(&[
             (":method", b"POST"),
             (":path", b"/v1/chat?x=1"),
-            (":authority", b"api.example.com:8443"),
+            (":authority", b"API.example.com.:8443"),
         ]);
         let request = Request::new(&list, Some("chat"));
         assert_eq!(request.method(), "POST");
         assert_eq!(request.path_without_query(), "/v1/chat");
         assert_eq!(request.host(), "api.example.com");
         assert_eq!(request.route_name(), Some("chat"));
-        assert_eq!(strip_port("[::1]:10000"), "::1");
-        assert_eq!(strip_port("localhost"), "localhost");
+        assert_eq!(request.problem(), None);
+        assert!(!request.path_was_rewritten());
+    }
+
+    #[test]
+    fn the_canonical_path_is_what_is_checked_and_forwarded() {
+        let list = headers(&[(":path", b"//v1/./chat/%63ompletions?stream=1")]);
+        let request = Request::new(&list, None);
+        assert_eq!(request.path_without_query(), "/v1/chat/completions");
+        assert_eq!(
+            request.forwarded_path(&[]).as_deref(),
+            Some("/v1/chat/completions?stream=1")
+        );
+    }
+
+    #[test]
+    fn authority_and_host_must_agree() {
+        let agree = headers(&[
+            (":path", b"/"),
+            (":authority", b"secure.local"),
+            ("host", b"Secure.Local.:443"),
+        ]);
+        assert_eq!(Request::new(&agree, None).host(), "secure.local");
+        let disagree = headers(&[
+            (":path", b"/"),
+            (":authority", b"open.local"),
+            ("host", b"secure.local"),
+        ]);
+        assert_eq!(
+            Request::new(&disagree, None).problem(),
+            Some(RequestProblem::Host(HostProblem::Conflicting))
+        );
+        let repeated = headers(&[(":path", b"/"), ("host", b"a"), ("host", b"b")]);
+        assert_eq!(
+            Request::new(&repeated, None).problem(),
+            Some(RequestProblem::Host(HostProblem::Conflicting))
+        );
+        let userinfo = headers(&[(":path", b"/"), (":authority", b"u@secure.local")]);
+        assert_eq!(
+            Request::new(&userinfo, None).problem(),
+            Some(RequestProblem::Host(HostProblem::UserInfo))
+        );
     }
 
     #[test]
@@ -163,16 +323,35 @@ mod tests {
     }
 
     #[test]
-    fn removes_query_parameter() {
+    fn credential_parameters_are_removed_however_spelled() {
+        let credentials = names(&["api_key", "key"]);
+        let forwarded = |path: &str| {
+            let list = headers(&[(":path", path.as_bytes())]);
+            Request::new(&list, None).forwarded_path(&credentials)
+        };
         assert_eq!(
-            path_without_query_parameter("/v1/x?api_key=k&a=1", "api_key").as_deref(),
+            forwarded("/v1/x?api_key=k&a=1").as_deref(),
             Some("/v1/x?a=1")
         );
         assert_eq!(
-            path_without_query_parameter("/v1/x?api_key=k&api_key=j", "api_key").as_deref(),
+            forwarded("/v1/x?api_key=k&API_KEY=j").as_deref(),
             Some("/v1/x")
         );
-        assert_eq!(path_without_query_parameter("/v1/x?a=1", "api_key"), None);
-        assert_eq!(path_without_query_parameter("/v1/x", "api_key"), None);
+        assert_eq!(forwarded("/v1/x?api%5Fkey=k&b").as_deref(), Some("/v1/x?b"));
+        assert_eq!(
+            forwarded("/v1/x?a=1&key=AIza").as_deref(),
+            Some("/v1/x?a=1")
+        );
+        assert_eq!(forwarded("/v1/x?a=1"), None);
+        assert_eq!(forwarded("/v1/x"), None);
+        assert_eq!(forwarded("/v1/x?"), None);
+        assert_eq!(forwarded("//v1/x?").as_deref(), Some("/v1/x?"));
+    }
+
+    #[test]
+    fn query_values_compare_decoded_names() {
+        let list = headers(&[(":path", b"/x?api%5Fkey=one&other=2")]);
+        let request = Request::new(&list, None);
+        assert_eq!(request.query_values("api_key").collect::<Vec<_>>(), ["one"]);
     }
 }

@@ -78,6 +78,8 @@ pub struct UsageReader {
     scanner: Scanner,
     sse: EventStream,
     usage: Option<TokenUsage>,
+    /// Some usage read had a count that is not a non-negative integer.
+    invalid_counts: bool,
     model: Option<String>,
     saw_end: bool,
 }
@@ -89,9 +91,16 @@ impl UsageReader {
             scanner: Scanner::new(shape == BodyShape::EventStream),
             sse: EventStream::default(),
             usage: None,
+            invalid_counts: false,
             model: None,
             saw_end: false,
         }
+    }
+
+    /// Whether any usage object read gave a count as something other than a non-negative
+    /// integer (negative, fractional, a string): such usage is not billed as reported.
+    pub fn has_invalid_counts(&self) -> bool {
+        self.invalid_counts
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -148,6 +157,7 @@ impl UsageReader {
     fn absorb_json(&mut self) {
         let found = &mut self.scanner.found;
         if let Some(fields) = found.usage.take() {
+            self.invalid_counts |= fields.invalid;
             self.usage = Some(fields.normalize());
         }
         if self.model.is_none() {
@@ -307,6 +317,8 @@ impl UsageReader {
         if self.model.is_none() {
             self.model = found.model.or(found.nested_model);
         }
+        let read = [found.usage, found.nested_usage];
+        self.invalid_counts |= read.iter().flatten().any(|fields| fields.invalid);
         match (kind, found.usage, found.nested_usage) {
             // Anthropic's message_delta counts are cumulative and may name only output_tokens.
             (EventType::MessageDelta, Some(delta), _) => {
@@ -439,55 +451,58 @@ struct UsageFields {
     chat_keys: bool,
     input_details_key: bool,
     cache_keys: bool,
+    /// A count this module knows was given as something other than a non-negative integer
+    /// (negative, fractional, a string): the usage cannot be billed as reported.
+    invalid: bool,
 }
 
 impl UsageFields {
-    /// `None` unless `json` is an object with at least one count this module knows.
+    /// `None` unless `json` is an object with at least one count this module knows (valid or
+    /// not: an invalid count is usage that cannot be billed, never usage that is missing).
     fn parse(json: &[u8]) -> Option<Self> {
         let entries = object_entries(core::str::from_utf8(json).ok()?)?;
         let mut fields = UsageFields::default();
+        let mut known = false;
         for (key, raw) in &entries {
+            let mut count = || {
+                known = true;
+                let value = json_u64(raw);
+                fields.invalid |= value.is_none() && raw.get() != "null";
+                value
+            };
             match key.as_str() {
                 "prompt_tokens" => {
+                    fields.prompt = count();
                     fields.chat_keys = true;
-                    fields.prompt = json_u64(raw);
                 }
                 "completion_tokens" => {
+                    fields.completion = count();
                     fields.chat_keys = true;
-                    fields.completion = json_u64(raw);
                 }
                 "prompt_tokens_details" => {
+                    known = true;
                     fields.chat_keys = true;
-                    fields.prompt_cached = cached_tokens(raw);
+                    fields.prompt_cached = cached_tokens(raw, &mut fields.invalid);
                 }
-                "input_tokens" => fields.input = json_u64(raw),
-                "output_tokens" => fields.output = json_u64(raw),
+                "input_tokens" => fields.input = count(),
+                "output_tokens" => fields.output = count(),
                 "input_tokens_details" => {
+                    known = true;
                     fields.input_details_key = true;
-                    fields.input_cached = cached_tokens(raw);
+                    fields.input_cached = cached_tokens(raw, &mut fields.invalid);
                 }
                 "cache_read_input_tokens" => {
+                    fields.cache_read = count();
                     fields.cache_keys = true;
-                    fields.cache_read = json_u64(raw);
                 }
                 "cache_creation_input_tokens" => {
+                    fields.cache_write = count();
                     fields.cache_keys = true;
-                    fields.cache_write = json_u64(raw);
                 }
                 _ => {}
             }
         }
-        let counts = [
-            fields.prompt,
-            fields.completion,
-            fields.input,
-            fields.output,
-            fields.prompt_cached,
-            fields.input_cached,
-            fields.cache_read,
-            fields.cache_write,
-        ];
-        counts.iter().any(Option::is_some).then_some(fields)
+        known.then_some(fields)
     }
 
     fn normalize(&self) -> TokenUsage {
@@ -541,13 +556,15 @@ impl UsageFields {
     }
 }
 
-fn cached_tokens(details: &RawValue) -> Option<u64> {
+fn cached_tokens(details: &RawValue, invalid: &mut bool) -> Option<u64> {
     let entries = object_entries(details.get())?;
-    entries
+    let (_, raw) = entries
         .iter()
         .rev()
-        .find(|(key, _)| key == "cached_tokens")
-        .and_then(|(_, raw)| json_u64(raw))
+        .find(|(key, _)| key == "cached_tokens")?;
+    let value = json_u64(raw);
+    *invalid |= value.is_none() && raw.get() != "null";
+    value
 }
 
 /// What one JSON value (a body, or one event's data) held at the places read.
@@ -1156,7 +1173,6 @@ mod tests {
             r#"{"usage":[1,2,3]}"#,
             r#"{"usage":{}}"#,
             r#"{"usage":{"tokens":5}}"#,
-            r#"{"usage":{"prompt_tokens":-3,"completion_tokens":1.5}}"#,
             r#"["usage",{"prompt_tokens":1}]"#,
             "not json at all",
             "",
@@ -1165,6 +1181,28 @@ mod tests {
         ] {
             assert_eq!(read(BodyShape::Json, body).usage, None, "{body}");
         }
+    }
+
+    #[test]
+    fn invalid_counts_are_usage_that_cannot_be_billed() {
+        for body in [
+            r#"{"usage":{"prompt_tokens":-3,"completion_tokens":1.5}}"#,
+            r#"{"usage":{"prompt_tokens":"10","completion_tokens":5}}"#,
+            r#"{"usage":{"input_tokens":5,"input_tokens_details":{"cached_tokens":-1}}}"#,
+        ] {
+            let mut reader = UsageReader::new(BodyShape::Json);
+            reader.feed(body.as_bytes());
+            assert!(reader.usage().is_some(), "{body}");
+            assert!(reader.has_invalid_counts(), "{body}");
+        }
+        let mut stream = UsageReader::new(BodyShape::EventStream);
+        stream.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":2}}\n\n",
+        );
+        assert!(stream.has_invalid_counts());
+        let mut fine = UsageReader::new(BodyShape::Json);
+        fine.feed(br#"{"usage":{"prompt_tokens":3,"completion_tokens":null}}"#);
+        assert!(!fine.has_invalid_counts());
     }
 
     #[test]
