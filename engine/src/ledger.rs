@@ -50,22 +50,22 @@ pub trait Ledger {
 }
 
 /// A ledger in plain memory: one Envoy's counters as `explain` assumes them (fresh), and the
-/// engine's tests. `fail_after` makes every operation after the first N fail, to test that a
-/// failure part-way gives back what was taken.
+/// engine's tests. `fail_on` makes the Nth operation (from 1) fail, to test that a failure
+/// part-way gives back what was taken.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLedger {
     pub spend: HashMap<String, SpendCounter>,
     pub rates: HashMap<String, RateState>,
     pub now_ms: u64,
-    pub fail_after: Option<usize>,
+    pub fail_on: Option<usize>,
     pub operations: usize,
 }
 
 impl MemoryLedger {
     fn allow_operation(&mut self) -> Result<(), LedgerError> {
         self.operations += 1;
-        match self.fail_after {
-            Some(limit) if self.operations > limit => Err(LedgerError::Host(10)),
+        match self.fail_on {
+            Some(failing) if self.operations == failing => Err(LedgerError::Host(10)),
             _ => Ok(()),
         }
     }

@@ -122,16 +122,70 @@ pub fn lenient_count(raw: &RawValue) -> Option<u64> {
         Ok(inner) => inner.trim(),
         Err(_) => text,
     };
-    if let Some(exact) = json_u64_text(text) {
-        return Some(exact);
-    }
-    let number: f64 = text.parse().ok()?;
-    if !number.is_finite() || number < 0.0 || text.starts_with(['+', '.']) {
+    ceil_decimal(text)
+}
+
+/// The smallest integer at or above the non-negative decimal `text` (JSON number grammar),
+/// saturated at `u64::MAX`; `None` for anything else. Integer arithmetic only: no float
+/// rounding, and no float parser in the module.
+fn ceil_decimal(text: &str) -> Option<u64> {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (text.get(..at)?, text.get(at + 1..)?),
+        None => (text, "0"),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_ok = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits_ok(whole) || !digits_ok(fraction) {
         return None;
     }
-    let rounded = number.ceil();
-    // `as` saturates for floats beyond u64, which is what a bound wants.
-    Some(rounded as u64)
+    if mantissa.contains('.') && fraction.is_empty() {
+        return None;
+    }
+    let (negative_exponent, exponent_digits) = match exponent.as_bytes().first() {
+        Some(b'-') => (true, exponent.get(1..)?),
+        Some(b'+') => (false, exponent.get(1..)?),
+        _ => (false, exponent),
+    };
+    if exponent_digits.is_empty() || !digits_ok(exponent_digits) {
+        return None;
+    }
+    // All significant digits, and where the decimal point sits among them.
+    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
+    let first = digits.iter().position(|&d| d != b'0');
+    let Some(first) = first else {
+        return Some(0);
+    };
+    let exponent: i64 = exponent_digits
+        .parse()
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4);
+    let exponent = if negative_exponent {
+        -exponent
+    } else {
+        exponent
+    };
+    let significant = digits.get(first..)?;
+    let point = i64::try_from(whole.len()).ok()? - i64::try_from(first).ok()? + exponent;
+    if point > 20 {
+        return Some(u64::MAX);
+    }
+    let integer_len = usize::try_from(point.max(0)).ok()?;
+    let mut value: u64 = 0;
+    for position in 0..integer_len {
+        let digit = significant.get(position).map_or(0, |d| u64::from(d - b'0'));
+        value = match value.checked_mul(10).and_then(|v| v.checked_add(digit)) {
+            Some(next) => next,
+            None => return Some(u64::MAX),
+        };
+    }
+    let rest_nonzero = significant
+        .get(integer_len.min(significant.len())..)
+        .is_some_and(|rest| rest.iter().any(|&d| d != b'0'));
+    Some(if rest_nonzero {
+        value.saturating_add(1)
+    } else {
+        value
+    })
 }
 
 fn includes_usage(stream_options: &RawValue) -> bool {
@@ -372,7 +426,14 @@ mod tests {
             (r#"{"max_tokens":1.5}"#, Some(2)),
             (r#"{"max_tokens":1e3}"#, Some(1000)),
             (r#"{"max_tokens":"4e3"}"#, Some(4000)),
-            (r#"{"max_tokens":1e400}"#, None),
+            (r#"{"max_tokens":1e400}"#, Some(u64::MAX)),
+            (r#"{"max_tokens":1e-400}"#, Some(1)),
+            (r#"{"max_tokens":0.0}"#, Some(0)),
+            (r#"{"max_tokens":12.30e1}"#, Some(123)),
+            (r#"{"max_tokens":12.31e1}"#, Some(124)),
+            (r#"{"max_tokens":"1."}"#, None),
+            (r#"{"max_tokens":"+5"}"#, None),
+            (r#"{"max_tokens":"0x10"}"#, None),
             (r#"{"max_tokens":0}"#, Some(0)),
             (r#"{"max_tokens":99999999999999999999999}"#, Some(u64::MAX)),
             (r#"{"max_tokens":2,"max_tokens":1}"#, Some(2)),
