@@ -1392,7 +1392,7 @@ fn price_row(price: &PriceView) -> Vec<String> {
 }
 
 fn spend_command(db: &Path, project: Option<&str>, json: bool) -> Result<ExitCode, Error> {
-    let store = open_store(db)?;
+    let mut store = open_store(db)?;
     let projects: Vec<ProjectView> = match project {
         Some(id) => vec![store.project(id)?],
         None => store.projects()?,
@@ -1502,7 +1502,7 @@ fn spend_command(db: &Path, project: Option<&str>, json: bool) -> Result<ExitCod
 }
 
 fn usage_command(db: &Path, command: UsageCommand) -> Result<ExitCode, Error> {
-    let store = open_store(db)?;
+    let mut store = open_store(db)?;
     match command {
         UsageCommand::Batches { limit, json } => {
             let batches = store.usage_batches(limit)?;

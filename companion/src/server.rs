@@ -859,14 +859,7 @@ async fn get_price(
     State(state): State<Shared>,
     Path(model): Path<String>,
 ) -> Result<Response, Error> {
-    let price = with_store(&state.store, move |store| {
-        store
-            .prices()?
-            .into_iter()
-            .find(|price| price.model == model)
-            .ok_or_else(|| Error::not_found("price_not_found", format!("No price for {model:?}.")))
-    })
-    .await?;
+    let price = with_store(&state.store, move |store| store.price(&model)).await?;
     Ok(Json(price).into_response())
 }
 
