@@ -34,6 +34,37 @@ impl Change<'_> {
     }
 }
 
+/// The audit details of a partial update: each field it names, with its new value.
+pub(super) type Details = serde_json::Map<String, serde_json::Value>;
+
+/// Applies one field of a partial update (`None`: left alone) and records it in `details`.
+pub(super) fn apply_field<T: Clone + serde::Serialize>(
+    details: &mut Details,
+    name: &str,
+    field: &mut T,
+    update: Option<&T>,
+) {
+    if let Some(value) = update {
+        field.clone_from(value);
+        details.insert(name.to_owned(), serde_json::json!(value));
+    }
+}
+
+/// Applies a partial update of the spend cap and soft cap (`Some(None)` removes one).
+pub(super) fn apply_spend_caps(
+    details: &mut Details,
+    [cap, soft]: [&mut Option<u64>; 2],
+    [cap_update, soft_update]: [Option<Option<u64>>; 2],
+) {
+    apply_field(details, "spend_cap_microusd", cap, cap_update.as_ref());
+    apply_field(
+        details,
+        "spend_soft_cap_microusd",
+        soft,
+        soft_update.as_ref(),
+    );
+}
+
 /// Appends one event to the audit trail.
 pub(super) fn record_event(
     sql: &mut dyn Sql,

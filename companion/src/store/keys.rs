@@ -3,10 +3,10 @@
 use keyward_engine::snapshot::{KeyRecord, KeyStatus, ProjectStatus, RateLimits};
 use serde_json::json;
 
-use super::change::Change;
+use super::change::{apply_field, apply_spend_caps, Change, Details};
 use super::model::{CreatedKey, KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange};
 use super::sql::{args, Row, Sql, Value};
-use super::validate::{validate_settings, validate_with_engine};
+use super::validate::{nothing_to_change, validate_settings, validate_with_engine};
 use super::Store;
 use crate::error::Error;
 use crate::keygen::{self, Environment, Format};
@@ -337,31 +337,34 @@ pub(super) fn insert_key(
 }
 
 /// `update` applied to a key's view; returns the audit details of what it names.
-fn apply_update(
-    view: &mut KeyView,
-    update: &KeyUpdate,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut details = serde_json::Map::new();
-    if let Some(scopes) = &update.scopes {
-        view.scopes.clone_from(scopes);
-        details.insert("scopes".into(), json!(scopes));
-    }
-    if let Some(models) = &update.models {
-        view.models.clone_from(models);
-        details.insert("models".into(), json!(models));
-    }
-    if let Some(expires_at) = update.expires_at {
-        view.expires_at = expires_at;
-        details.insert("expires_at".into(), json!(expires_at));
-    }
-    if let Some(cap) = update.spend_cap_microusd {
-        view.spend_cap_microusd = cap;
-        details.insert("spend_cap_microusd".into(), json!(cap));
-    }
-    if let Some(soft) = update.spend_soft_cap_microusd {
-        view.spend_soft_cap_microusd = soft;
-        details.insert("spend_soft_cap_microusd".into(), json!(soft));
-    }
+fn apply_update(view: &mut KeyView, update: &KeyUpdate) -> Details {
+    let mut details = Details::new();
+    apply_field(
+        &mut details,
+        "scopes",
+        &mut view.scopes,
+        update.scopes.as_ref(),
+    );
+    apply_field(
+        &mut details,
+        "models",
+        &mut view.models,
+        update.models.as_ref(),
+    );
+    apply_field(
+        &mut details,
+        "expires_at",
+        &mut view.expires_at,
+        update.expires_at.as_ref(),
+    );
+    apply_spend_caps(
+        &mut details,
+        [
+            &mut view.spend_cap_microusd,
+            &mut view.spend_soft_cap_microusd,
+        ],
+        [update.spend_cap_microusd, update.spend_soft_cap_microusd],
+    );
     if update.requests_per_minute.is_some() || update.tokens_per_minute.is_some() {
         let current = view.rate_limits.unwrap_or(RateLimits {
             requests_per_minute: None,
@@ -380,14 +383,13 @@ fn apply_update(
         .then_some(limits);
         details.insert("rate_limits".into(), json!(view.rate_limits));
     }
-    if let Some(label) = &update.label {
-        view.label.clone_from(label);
-        details.insert("label".into(), json!(label));
-    }
-    if let Some(note) = &update.note {
-        view.note.clone_from(note);
-        details.insert("note".into(), json!(note));
-    }
+    apply_field(
+        &mut details,
+        "label",
+        &mut view.label,
+        update.label.as_ref(),
+    );
+    apply_field(&mut details, "note", &mut view.note, update.note.as_ref());
     details
 }
 
@@ -464,10 +466,7 @@ impl Store {
         update: &KeyUpdate,
     ) -> Result<KeyView, Error> {
         if update.is_empty() {
-            return Err(Error::invalid(
-                "nothing_to_change",
-                "Name at least one setting to change.",
-            ));
+            return Err(nothing_to_change());
         }
         self.change(actor, now, |change| {
             let row = change.key(id)?;

@@ -3,10 +3,10 @@
 use keyward_engine::snapshot::ProjectStatus;
 use serde_json::json;
 
-use super::change::Change;
+use super::change::{apply_spend_caps, Change, Details};
 use super::model::{ProjectUpdate, ProjectView};
 use super::sql::{args, Row, Sql, Value};
-use super::validate::validate_with_engine;
+use super::validate::{nothing_to_change, validate_with_engine};
 use super::Store;
 use crate::error::Error;
 
@@ -138,22 +138,19 @@ impl Store {
         update: &ProjectUpdate,
     ) -> Result<ProjectView, Error> {
         if update.spend_cap_microusd.is_none() && update.spend_soft_cap_microusd.is_none() {
-            return Err(Error::invalid(
-                "nothing_to_change",
-                "Name at least one setting to change.",
-            ));
+            return Err(nothing_to_change());
         }
         self.change(actor, now, |change| {
             let mut view = change.project(id)?;
-            let mut details = serde_json::Map::new();
-            if let Some(cap) = update.spend_cap_microusd {
-                view.spend_cap_microusd = cap;
-                details.insert("spend_cap_microusd".into(), json!(cap));
-            }
-            if let Some(soft) = update.spend_soft_cap_microusd {
-                view.spend_soft_cap_microusd = soft;
-                details.insert("spend_soft_cap_microusd".into(), json!(soft));
-            }
+            let mut details = Details::new();
+            apply_spend_caps(
+                &mut details,
+                [
+                    &mut view.spend_cap_microusd,
+                    &mut view.spend_soft_cap_microusd,
+                ],
+                [update.spend_cap_microusd, update.spend_soft_cap_microusd],
+            );
             validate_with_engine(vec![view.record()], vec![], vec![])?;
             change.sql.execute(
                 "UPDATE projects SET spend_cap_microusd = ?2, spend_soft_cap_microusd = ?3 \

@@ -200,55 +200,12 @@ mod tests {
     use keyward_engine::snapshot::Policy;
     use keyward_engine::usage_report::UsageReport;
 
-    /// The schema of keyward's first store, verbatim: a store it wrote must keep working.
-    const SCHEMA_V1: &str = r#"
-CREATE TABLE policy_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
-INSERT INTO policy_version (id, version) VALUES (1, 1);
-CREATE TABLE projects (
-    id                 TEXT PRIMARY KEY,
-    org                TEXT NOT NULL,
-    status             TEXT NOT NULL CHECK (status IN ('active', 'archived', 'suspended')),
-    spend_cap_microusd INTEGER,
-    spent_microusd     INTEGER NOT NULL DEFAULT 0,
-    created_at         INTEGER NOT NULL,
-    archived_at        INTEGER
-);
-CREATE TABLE keys (
-    id                 TEXT PRIMARY KEY,
-    format             TEXT NOT NULL CHECK (format IN ('ak', 'vpx')),
-    secret_sha256      TEXT,
-    key_sha256         TEXT UNIQUE,
-    project            TEXT REFERENCES projects (id),
-    org                TEXT,
-    environment        TEXT NOT NULL,
-    status             TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
-    scopes             TEXT NOT NULL,
-    models             TEXT,
-    expires_at         INTEGER,
-    spend_cap_microusd INTEGER,
-    spent_microusd     INTEGER NOT NULL DEFAULT 0,
-    label              TEXT,
-    note               TEXT,
-    created_at         INTEGER NOT NULL,
-    last_seen_at       INTEGER,
-    rotated_from       TEXT REFERENCES keys (id),
-    revoke_at          INTEGER,
-    revoked_at         INTEGER,
-    CHECK ((secret_sha256 IS NULL) <> (key_sha256 IS NULL)),
-    CHECK ((project IS NULL) <> (org IS NULL))
-);
-CREATE INDEX keys_by_project ON keys (project);
-CREATE INDEX keys_pending_revocation ON keys (revoke_at)
-    WHERE revoke_at IS NOT NULL AND status <> 'revoked';
-CREATE TABLE audit_events (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    at             INTEGER NOT NULL,
-    actor          TEXT NOT NULL,
-    action         TEXT NOT NULL,
-    target         TEXT NOT NULL,
-    details        TEXT NOT NULL,
-    policy_version INTEGER NOT NULL
-);
+    /// A store of keyward's first schema (migration 1 is that schema, verbatim), with data.
+    fn schema_v1() -> String {
+        format!(
+            "{}{}",
+            include_str!("../../migrations/sqlite/V1__initial.sql"),
+            r#"
 INSERT INTO projects (id, org, status, spend_cap_microusd, spent_microusd, created_at)
     VALUES ('proj_old', 'org_1', 'active', 9000000, 1500000, 50);
 INSERT INTO keys (id, format, secret_sha256, project, environment, status, scopes,
@@ -260,7 +217,9 @@ INSERT INTO audit_events (at, actor, action, target, details, policy_version)
     VALUES (60, 'cli', 'key.create', 'kOldKey00001', '{}', 1);
 UPDATE policy_version SET version = 3;
 PRAGMA user_version = 1;
-"#;
+"#
+        )
+    }
 
     fn history(store: &mut Store) -> Vec<(i64, String)> {
         store
@@ -289,7 +248,7 @@ PRAGMA user_version = 1;
         let path = dir.path().join("v1.db");
         Connection::open(&path)
             .unwrap()
-            .execute_batch(SCHEMA_V1)
+            .execute_batch(&schema_v1())
             .unwrap();
 
         let mut store = Store::open(&path).unwrap();
@@ -404,7 +363,7 @@ PRAGMA user_version = 1;
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("v2.db");
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(&schema_v1()).unwrap();
             conn.execute_batch(include_str!(
                 "../../migrations/sqlite/V2__soft_caps_rate_limits_prices_usage.sql"
             ))

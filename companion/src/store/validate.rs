@@ -70,3 +70,8 @@ pub(super) fn validate_settings(settings: &KeySettings) -> Result<(), Error> {
     validate_text("note", settings.note.as_deref(), 1000)?;
     Ok(())
 }
+
+/// An update that names nothing to change.
+pub(super) fn nothing_to_change() -> Error {
+    Error::invalid("nothing_to_change", "Name at least one setting to change.")
+}
