@@ -7,11 +7,8 @@
 //! printed here is a hash or a secret.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use keyward_engine::config::{Mode, PluginConfig, PolicyUnavailable, Settings};
@@ -26,6 +23,7 @@ use keyward_engine::snapshot::{KeyRecord, KeyStatus, Policy, ProjectStatus, Snap
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::client::ControlPlane;
 use crate::error::Error;
 use crate::secrets;
 
@@ -61,7 +59,7 @@ pub struct SnapshotSource {
     /// A snapshot file: a signed envelope (`keyward snapshot build`) or a plain snapshot.
     #[arg(long, conflicts_with = "control_plane")]
     pub snapshot: Option<PathBuf>,
-    /// Fetch the snapshot from a control plane: GET URL/v1/snapshot (plain http only).
+    /// Fetch the snapshot from a control plane: GET URL/v1/snapshot (http or https).
     #[arg(long)]
     pub control_plane: Option<String>,
     /// The plugin configuration (JSON) the filter runs with.
@@ -129,60 +127,6 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// GET `base/v1/snapshot` over plain HTTP/1.0 (no chunked bodies), std only.
-fn fetch_snapshot(base: &str) -> Result<Vec<u8>, Error> {
-    let fail = |message: String| Error::invalid("unreachable_control_plane", message);
-    let rest = base.strip_prefix("http://").ok_or_else(|| {
-        Error::invalid(
-            "invalid_url",
-            "--control-plane must be an http:// URL (https is not supported here)",
-        )
-    })?;
-    let (authority, base_path) = rest.split_once('/').unwrap_or((rest, ""));
-    let base_path = base_path.trim_end_matches('/');
-    let path = if base_path.is_empty() {
-        "/v1/snapshot".to_owned()
-    } else {
-        format!("/{base_path}/v1/snapshot")
-    };
-    let address = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = TcpStream::connect(&address)
-        .map_err(|error| fail(format!("cannot connect to {address}: {error}")))?;
-    let timeout = Some(Duration::from_secs(10));
-    stream
-        .set_read_timeout(timeout)
-        .and_then(|()| stream.set_write_timeout(timeout))
-        .map_err(|error| fail(format!("cannot set timeouts: {error}")))?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|error| fail(format!("cannot send the request: {error}")))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|error| fail(format!("cannot read the answer: {error}")))?;
-    let split = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or_else(|| fail("the answer is not HTTP".to_owned()))?;
-    let (head, body) = response.split_at(split);
-    let head = String::from_utf8_lossy(head);
-    let status_line = head.lines().next().unwrap_or_default();
-    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if status != "200" {
-        return Err(fail(format!(
-            "GET {path} answered {status_line:?}, expected 200"
-        )));
-    }
-    Ok(body.get(4..).unwrap_or_default().to_vec())
-}
-
 /// Reads the configuration and the snapshot (file, control plane, or the configuration's inline
 /// policy) and validates both with the engine.
 pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
@@ -198,7 +142,7 @@ pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
     })?;
     let bytes = match (&source.snapshot, &source.control_plane) {
         (Some(path), _) => Some(read_file(path, "snapshot")?),
-        (None, Some(url)) => Some(fetch_snapshot(url)?),
+        (None, Some(url)) => Some(ControlPlane::new(url)?.get_bytes("/v1/snapshot")?),
         (None, None) => None,
     };
     let signing_key = match (&source.signing_key_id, &source.signing_key_file) {
@@ -956,7 +900,7 @@ fn print_report_table(report: &Report) {
             row
         })
         .collect();
-    crate::print_table(
+    crate::cli::output::print_table(
         &headers.iter().map(String::as_str).collect::<Vec<_>>(),
         rows,
     );
@@ -976,7 +920,7 @@ fn print_report_table(report: &Report) {
                 ]
             })
             .collect();
-        crate::print_table(&["SEVERITY", "FINDING", "SUBJECT", "DETAIL"], rows);
+        crate::cli::output::print_table(&["SEVERITY", "FINDING", "SUBJECT", "DETAIL"], rows);
     }
     if let Some(notes) = at(json, "/notes").as_array() {
         for note in notes {
