@@ -113,6 +113,11 @@ pub struct RenderIstioArgs {
     /// Leave out the ServiceEntry (the control plane is already a Service in the mesh).
     #[arg(long)]
     no_service_entry: bool,
+    /// Leave out the EnvoyFilter that turns on Envoy's own path normalization and refuses
+    /// escaped slashes and header names with underscores (keyward still refuses ambiguous
+    /// requests itself; see docs/deploy-istio.md).
+    #[arg(long)]
+    no_hardening: bool,
     #[command(flatten)]
     sync: SyncArgs,
 }
@@ -179,6 +184,7 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
         match_mode: args.match_mode,
         base_config,
         service_entry: !args.no_service_entry,
+        hardening: !args.no_hardening,
         interval_ms: args.sync.interval_ms,
         timeout_ms: args.sync.timeout_ms,
         chunked: args.sync.chunked_sync,
