@@ -13,6 +13,7 @@ mod render;
 mod secrets;
 mod server;
 mod store;
+mod synthetic;
 mod units;
 
 use std::process::ExitCode;

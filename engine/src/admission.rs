@@ -162,17 +162,17 @@ fn admit_steps(
     // 10. The model named in the body, on routes that read it there.
     if route.model_from_body() {
         if key.models.is_none() {
-            trace.skip("10", "model allow-list (body)", || {
+            trace.skip("10", "model allowed (body)", || {
                 "the key has no model allow-list".to_owned()
             });
         } else if body_model.is_some_and(|model| key.allows_model(model)) {
-            trace.pass("10", "model allow-list (body)", || {
+            trace.pass("10", "model allowed (body)", || {
                 format!("{} is allowed", body_model.unwrap_or_default())
             });
         } else {
             trace.fail(
                 "10",
-                "model allow-list (body)",
+                "model allowed (body)",
                 DenyCode::ModelNotAllowed.as_str(),
                 || match body_model {
                     Some(model) => format!("{model} is not on the key's allow-list"),
@@ -458,13 +458,27 @@ fn trace_budget(trace: &mut impl Trace, check: &'static str, budget: Budget, res
     }
 }
 
+/// Micro-USD as dollars with cents (rounded down to the cent, like a statement).
+pub fn usd(microusd: u64) -> String {
+    format!(
+        "{}.{:02}",
+        microusd / 1_000_000,
+        (microusd % 1_000_000) / 10_000
+    )
+}
+
 fn cap_detail(budget: Budget, reservation: u64) -> String {
     let cap = budget
         .cap_microusd
-        .map_or("none".to_owned(), |cap| cap.to_string());
+        .map_or("no cap".to_owned(), usd);
+    let soft = budget
+        .soft_cap_microusd
+        .map(|soft| format!("; soft cap {} USD", usd(soft)))
+        .unwrap_or_default();
     format!(
-        "spent {} µUSD (snapshot) + this request's reservation {reservation} µUSD against cap {cap} µUSD",
-        budget.snapshot_spent_microusd
+        "spent {} of {cap} USD{soft}; this request reserves {} USD",
+        usd(budget.snapshot_spent_microusd),
+        usd(reservation)
     )
 }
 

@@ -244,6 +244,10 @@ fn decide_checks<'p>(
             format!("the key expired at {expires_at}"),
         ));
     }
+    trace.pass("5", "key not revoked or expired", || match key.expires_at {
+        Some(at) => format!("active, expires at {at}"),
+        None => "active, no expiry".to_owned(),
+    });
     if key.status == KeyStatus::Paused {
         return Err(reject.at(
             trace,
@@ -254,6 +258,7 @@ fn decide_checks<'p>(
             "the key is paused".to_owned(),
         ));
     }
+    trace.pass("6", "key not paused", String::new);
 
     // 7. The key's own project is live.
     if key_project.is_some_and(|project| project.status != ProjectStatus::Active) {
@@ -266,6 +271,10 @@ fn decide_checks<'p>(
             "the key's project is archived or suspended".to_owned(),
         ));
     }
+    trace.pass("7", "key's project active", || match key_project {
+        Some(project) => format!("project {} is active", project.id),
+        None => "an org key: no project of its own".to_owned(),
+    });
 
     // 8. Environment.
     let environment = key.environment.as_str();
@@ -282,6 +291,14 @@ fn decide_checks<'p>(
             ),
         ));
     }
+
+    trace.pass("8", "environment allowed", || {
+        if route.environments.is_empty() {
+            format!("key environment {environment}; the route allows any")
+        } else {
+            format!("key environment {environment} is allowed")
+        }
+    });
 
     // 9, 9a, 9b. The project the request acts on.
     let (project, org) = match &key.scope {
@@ -380,6 +397,13 @@ fn decide_checks<'p>(
             "the request carries Origin or Sec-Fetch-Mode: cors".to_owned(),
         ));
     }
+    trace.pass("9c", "not from a browser", || {
+        if route.deny_browser_requests {
+            "no Origin, no Sec-Fetch-Mode: cors".to_owned()
+        } else {
+            "the route allows browser requests".to_owned()
+        }
+    });
 
     // 10. Scopes and model allow-list.
     if let Some(missing) = route.scopes.iter().find(|scope| !key.has_scope(scope)) {
@@ -389,10 +413,7 @@ fn decide_checks<'p>(
             "scopes",
             DenyCode::InsufficientScope,
             project_id,
-            format!(
-                "the route requires {missing}; the key has {}",
-                key.scopes.join(",")
-            ),
+            format!("missing {missing} (the key has {})", key.scopes.join(",")),
         );
         rejection.denial = rejection.denial.with_detail(&format!("requires {missing}"));
         return Err(rejection);
@@ -411,7 +432,7 @@ fn decide_checks<'p>(
             return Err(reject.at(
                 trace,
                 "10",
-                "model allow-list",
+                "model allowed",
                 DenyCode::ModelNotAllowed,
                 project_id,
                 match requested {
@@ -420,6 +441,20 @@ fn decide_checks<'p>(
                 },
             ));
         }
+        trace.pass("10", "model allowed", || {
+            format!(
+                "{} is on the key's allow-list",
+                requested.unwrap_or_default()
+            )
+        });
+    } else if !route.model_from_body() {
+        trace.skip("10", "model allowed", || {
+            if route.model.is_none() {
+                "the route does not read a model".to_owned()
+            } else {
+                "the key has no model allow-list".to_owned()
+            }
+        });
     }
 
     // 10b. A body the route must read, announced larger than keyward reads.

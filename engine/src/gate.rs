@@ -169,6 +169,10 @@ impl<'a> Gate<'a> {
         }
         if !route.reads_body() && !self.reports_usage && !has_budget_or_limit(&identity) {
             // Nothing to read, reserve, limit or report: rows 11 and 12 cannot refuse.
+            trace.skip("11", "spend caps", || "no cap or soft cap".to_owned());
+            trace.skip("12", "rate limit", || {
+                "the key has no rate limit".to_owned()
+            });
             effects.count(Count::Allowed);
             return done(effects);
         }

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod decision;
 pub mod denial;
 pub mod effects;
+pub mod explain;
 pub mod field_error;
 /// Entry points for fuzzing and property tests; never called by the filter (LTO drops them).
 #[doc(hidden)]

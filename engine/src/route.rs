@@ -278,6 +278,24 @@ impl Route {
         self.route_name.is_some()
     }
 
+    /// The Envoy route name this route matches, if it matches on one.
+    pub fn envoy_route_name(&self) -> Option<&str> {
+        self.route_name.as_deref()
+    }
+
+    /// The host this route matches, if it matches on one (canonical: lower case).
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    pub fn path_prefix(&self) -> Option<&str> {
+        self.path_prefix.as_deref()
+    }
+
+    pub fn methods(&self) -> &[String] {
+        &self.methods
+    }
+
     pub fn matches(&self, request: &Request<'_>) -> bool {
         let route_name_ok = self
             .route_name
