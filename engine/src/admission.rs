@@ -468,9 +468,7 @@ pub fn usd(microusd: u64) -> String {
 }
 
 fn cap_detail(budget: Budget, reservation: u64) -> String {
-    let cap = budget
-        .cap_microusd
-        .map_or("no cap".to_owned(), usd);
+    let cap = budget.cap_microusd.map_or("no cap".to_owned(), usd);
     let soft = budget
         .soft_cap_microusd
         .map(|soft| format!("; soft cap {} USD", usd(soft)))

@@ -380,7 +380,7 @@ fn a_metered_request_reserves_the_largest_possible_output() {
 
 #[test]
 fn every_late_refusal_row_answers_with_its_code() {
-    let cases: [(&str, &str, &str, Option<&str>, u16, &str); 6] = [
+    let cases: [(&str, &str, &str, u16, &str); 6] = [
         ("", "", r#"{"model":"o3"}"#, None, 403, "model_not_allowed"),
         ("", "", r#"{"messages":[]}"#, None, 403, "model_not_allowed"),
         (
@@ -396,7 +396,6 @@ fn every_late_refusal_row_answers_with_its_code() {
             r#", "spent_microusd": 999000"#,
             "",
             BODY,
-            None,
             403,
             "spend_cap_exceeded",
         ),
@@ -404,12 +403,11 @@ fn every_late_refusal_row_answers_with_its_code() {
             "",
             r#", "spend_cap_microusd": 5000"#,
             BODY,
-            None,
             403,
             "spend_cap_exceeded",
         ),
     ];
-    for (key_extra, project_extra, body, _, status, code) in cases {
+    for (key_extra, project_extra, body, status, code) in cases {
         let config = config_of("", key_extra, project_extra);
         let mut run = Run::new(&config);
         let list = headers("/v1/chat/completions", &[]);
