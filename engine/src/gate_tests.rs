@@ -381,17 +381,16 @@ fn a_metered_request_reserves_the_largest_possible_output() {
 #[test]
 fn every_late_refusal_row_answers_with_its_code() {
     let cases: [(&str, &str, &str, u16, &str); 6] = [
-        ("", "", r#"{"model":"o3"}"#, None, 403, "model_not_allowed"),
-        ("", "", r#"{"messages":[]}"#, None, 403, "model_not_allowed"),
+        ("", "", r#"{"model":"o3"}"#, 403, "model_not_allowed"),
+        ("", "", r#"{"messages":[]}"#, 403, "model_not_allowed"),
         (
             "",
             "",
             r#"{"model":"gpt-4o","model":"o3"}"#,
-            None,
             400,
             "invalid_request_body",
         ),
-        ("", "", "not json", None, 400, "invalid_request_body"),
+        ("", "", "not json", 400, "invalid_request_body"),
         (
             r#", "spent_microusd": 999000"#,
             "",
