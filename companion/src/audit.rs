@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use keyward_engine::config::{Mode, PluginConfig, PolicyUnavailable, Settings};
+use keyward_engine::config::{Mode, PluginConfig, PolicyUnavailable, Settings, UnmatchedPaths};
 use keyward_engine::route::{ModelSource, Route};
 use keyward_engine::signed_snapshot::{verify_snapshot, SigningKey, ENVELOPE_FORMAT};
 use keyward_engine::snapshot::{KeyRecord, KeyStatus, Policy, ProjectStatus, Snapshot};
@@ -340,6 +340,21 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
             "shadow_mode",
             "config",
             "mode is shadow: denials are logged but every request is let through".to_owned(),
+        );
+    }
+    let guarded = settings
+        .routes
+        .iter()
+        .any(|route| !route.scopes.is_empty() || route.meter || route.model.is_some());
+    if guarded && settings.unmatched_paths == UnmatchedPaths::Authenticate {
+        finding(
+            Severity::Medium,
+            "unmatched_paths_authenticate",
+            "config",
+            "routes require scopes, models or metering, but a path no route names only needs a \
+             valid key (unmatched_paths: authenticate); set unmatched_paths: deny so that only \
+             the paths the routes name are served"
+                .to_owned(),
         );
     }
     match (&loaded.signature, &loaded.config.sync) {
