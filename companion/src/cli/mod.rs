@@ -12,13 +12,12 @@ mod shared;
 mod snapshot;
 mod spend;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Location, Store};
 use crate::units::{format_time, now};
 use crate::{audit, explain};
 use output::{print_json, print_table};
@@ -39,14 +38,11 @@ pub fn valid_actor(name: &str) -> bool {
     propagate_version = true
 )]
 struct Cli {
-    /// The SQLite store; created on first use.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYWARD_DB",
-        default_value = "./keyward.db"
-    )]
-    db: PathBuf,
+    /// The store: a SQLite file path, or a PostgreSQL URL (postgres://user@host:5432/db). A
+    /// store named here is created when missing; without --db (or KEYWARD_DB) it is
+    /// ./keyward.db, which must exist (`keyward init` makes it).
+    #[arg(long, global = true, env = "KEYWARD_DB", value_name = "PATH|URL")]
+    db: Option<String>,
     /// Who the audit trail records for changes made with this command.
     #[arg(long, global = true, env = "KEYWARD_ACTOR", default_value = "cli")]
     actor: String,
@@ -92,6 +88,8 @@ enum Command {
     /// Generate the control plane's own secrets into new files (mode 0600).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Create the store (./keyward.db, or --db) and bring its schema up to date.
+    Init,
 }
 
 #[derive(Args)]
@@ -117,11 +115,59 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The store when no --db (or KEYWARD_DB) names one.
+const DEFAULT_DB: &str = "./keyward.db";
+
+/// Where the store is, and whether the operator named it (a named store may be created).
+pub struct StoreArg {
+    pub location: Location,
+    explicit: bool,
+}
+
+impl StoreArg {
+    fn new(db: Option<&str>) -> StoreArg {
+        StoreArg {
+            location: Location::parse(db.unwrap_or(DEFAULT_DB)),
+            explicit: db.is_some(),
+        }
+    }
+
+    /// Opens the store; an unnamed store that does not exist is an error, not a new empty file.
+    pub fn open(&self) -> Result<Store, Error> {
+        if let Location::Sqlite(path) = &self.location {
+            if !self.explicit && !path.exists() {
+                return Err(Error::invalid(
+                    "no_store",
+                    format!(
+                        "no store at {}: create one with `keyward init`, name one with --db \
+                         (or KEYWARD_DB), or manage a running control plane with --server",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Store::open_location(&self.location)
+    }
+}
+
 /// The store, with rotation deadlines that passed since the last run recorded.
-fn open_store(db: &Path) -> Result<Store, Error> {
-    let mut store = Store::open(db)?;
+fn open_store(db: &StoreArg) -> Result<Store, Error> {
+    let mut store = db.open()?;
     store.revoke_rotated_keys(now())?;
     Ok(store)
+}
+
+/// `keyward init`: creates the store (or migrates an existing one).
+fn init(db: &StoreArg) -> Result<ExitCode, Error> {
+    let mut store = Store::open_location(&db.location)?;
+    let version = store.policy_version()?;
+    match &db.location {
+        Location::Sqlite(path) => {
+            println!("store ready: {} (policy version {version})", path.display())
+        }
+        Location::Postgres(_) => println!("store ready: PostgreSQL (policy version {version})"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -132,21 +178,23 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         ));
     }
     let actor = cli.actor.as_str();
+    let db = StoreArg::new(cli.db.as_deref());
     match cli.command {
-        Command::Project(command) => project::run(&mut open_store(&cli.db)?, actor, command),
-        Command::Key(command) => key::run(&mut open_store(&cli.db)?, actor, command),
-        Command::Price(command) => price::run(&mut open_store(&cli.db)?, actor, command),
+        Command::Project(command) => project::run(&mut open_store(&db)?, actor, command),
+        Command::Key(command) => key::run(&mut open_store(&db)?, actor, command),
+        Command::Price(command) => price::run(&mut open_store(&db)?, actor, command),
         Command::Spend { project, json } => {
-            spend::spend(&mut open_store(&cli.db)?, project.as_deref(), json)
+            spend::spend(&mut open_store(&db)?, project.as_deref(), json)
         }
-        Command::Usage(command) => spend::usage(&mut open_store(&cli.db)?, command),
+        Command::Usage(command) => spend::usage(&mut open_store(&db)?, command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
-        Command::Audit(args) => audit_trail(&mut open_store(&cli.db)?, args.limit, args.json),
-        Command::Snapshot(command) => snapshot::run(&cli.db, actor, command),
-        Command::Serve(args) => serve::run(&cli.db, args),
+        Command::Audit(args) => audit_trail(&mut open_store(&db)?, args.limit, args.json),
+        Command::Snapshot(command) => snapshot::run(&db, actor, command),
+        Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),
+        Command::Init => init(&db),
     }
 }
 
