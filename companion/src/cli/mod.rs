@@ -1,6 +1,7 @@
 //! The `keyward` command line: global options, the command groups (one module each), and the
 //! dispatch.
 
+mod admin;
 mod key;
 pub mod output;
 mod price;
@@ -20,7 +21,9 @@ use crate::error::Error;
 use crate::store::{Location, Store};
 use crate::units::{format_time, now};
 use crate::{audit, explain};
+use admin::{Admin, Local, Remote};
 use output::{print_json, print_table};
+use std::path::PathBuf;
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
 pub fn valid_actor(name: &str) -> bool {
@@ -43,9 +46,27 @@ struct Cli {
     /// ./keyward.db, which must exist (`keyward init` makes it).
     #[arg(long, global = true, env = "KEYWARD_DB", value_name = "PATH|URL")]
     db: Option<String>,
-    /// Who the audit trail records for changes made with this command.
+    /// Who the audit trail records for changes made with this command (local mode; remotely,
+    /// the admin token's name).
     #[arg(long, global = true, env = "KEYWARD_ACTOR", default_value = "cli")]
     actor: String,
+    /// Manage a running control plane through its admin API instead of a store (remote mode):
+    /// its base URL, http:// or https://.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_SERVER",
+        value_name = "URL",
+        conflicts_with = "db"
+    )]
+    server: Option<String>,
+    /// With --server: the file holding the admin token (`NAME:TOKEN` or `TOKEN`; mode 0600).
+    #[arg(long, global = true, env = "KEYWARD_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// With an https:// --server (or --control-plane): the CA certificates (PEM) to verify it
+    /// with, instead of the web PKI.
+    #[arg(long, global = true, env = "KEYWARD_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,6 +178,47 @@ fn open_store(db: &StoreArg) -> Result<Store, Error> {
     Ok(store)
 }
 
+/// How to reach a running control plane (remote mode).
+struct RemoteArgs {
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
+/// The target of the admin commands: the control plane of --server, or the store.
+fn admin(remote: &RemoteArgs, actor: &str, db: &StoreArg) -> Result<Box<dyn Admin>, Error> {
+    match &remote.server {
+        Some(server) => {
+            let token_file = remote.token_file.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "missing_token_file",
+                    "--server needs --token-file (or KEYWARD_TOKEN_FILE): the admin token",
+                )
+            })?;
+            Ok(Box::new(Remote::new(
+                server,
+                token_file,
+                remote.ca_file.as_deref(),
+            )?))
+        }
+        None => Ok(Box::new(Local {
+            store: open_store(db)?,
+            actor: actor.to_owned(),
+        })),
+    }
+}
+
+/// Commands that work on the store itself refuse --server.
+fn local_only(remote: &RemoteArgs, command: &str) -> Result<(), Error> {
+    match remote.server {
+        Some(_) => Err(Error::invalid(
+            "local_only",
+            format!("`keyward {command}` works on a store (--db), not through --server"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `keyward init`: creates the store (or migrates an existing one).
 fn init(db: &StoreArg) -> Result<ExitCode, Error> {
     let mut store = Store::open_location(&db.location)?;
@@ -177,20 +239,45 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             "--actor must be 1 to 64 characters of A-Z a-z 0-9 _ - . @",
         ));
     }
-    let actor = cli.actor.as_str();
-    let db = StoreArg::new(cli.db.as_deref());
-    match cli.command {
-        Command::Project(command) => project::run(&mut open_store(&db)?, actor, command),
-        Command::Key(command) => key::run(&mut open_store(&db)?, actor, command),
-        Command::Price(command) => price::run(&mut open_store(&db)?, actor, command),
+    let Cli {
+        db,
+        actor,
+        server,
+        token_file,
+        ca_file,
+        command,
+    } = cli;
+    let db = StoreArg::new(db.as_deref());
+    let remote = RemoteArgs {
+        server,
+        token_file,
+        ca_file,
+    };
+    match &command {
+        Command::Project(_)
+        | Command::Key(_)
+        | Command::Price(_)
+        | Command::Spend { .. }
+        | Command::Usage(_) => {}
+        Command::Audit(args) if !args.policy.requested() => {}
+        Command::Snapshot(_) => local_only(&remote, "snapshot")?,
+        Command::Serve(_) => local_only(&remote, "serve")?,
+        Command::Init => local_only(&remote, "init")?,
+        Command::Audit(_) | Command::Explain(_) | Command::Render(_) | Command::Secret(_) => {}
+    }
+    let target = || admin(&remote, &actor, &db);
+    match command {
+        Command::Project(command) => project::run(target()?.as_mut(), command),
+        Command::Key(command) => key::run(target()?.as_mut(), command),
+        Command::Price(command) => price::run(target()?.as_mut(), command),
         Command::Spend { project, json } => {
-            spend::spend(&mut open_store(&db)?, project.as_deref(), json)
+            spend::spend(target()?.as_mut(), project.as_deref(), json)
         }
-        Command::Usage(command) => spend::usage(&mut open_store(&db)?, command),
+        Command::Usage(command) => spend::usage(target()?.as_mut(), command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
-        Command::Audit(args) => audit_trail(&mut open_store(&db)?, args.limit, args.json),
-        Command::Snapshot(command) => snapshot::run(&db, actor, command),
+        Command::Audit(args) => audit_trail(target()?.as_mut(), args.limit, args.json),
+        Command::Snapshot(command) => snapshot::run(&db, &actor, command),
         Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),
@@ -199,8 +286,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
 }
 
 /// `keyward audit`: the store's audit trail.
-fn audit_trail(store: &mut Store, limit: Option<u64>, json: bool) -> Result<ExitCode, Error> {
-    let events = store.audit_events(limit)?;
+fn audit_trail(admin: &mut dyn Admin, limit: Option<u64>, json: bool) -> Result<ExitCode, Error> {
+    let events = admin.audit_events(limit)?;
     if json {
         print_json(&events)?;
     } else {
