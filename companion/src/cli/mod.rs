@@ -51,14 +51,8 @@ struct Cli {
     #[arg(long, global = true, env = "KEYWARD_ACTOR", default_value = "cli")]
     actor: String,
     /// Manage a running control plane through its admin API instead of a store (remote mode):
-    /// its base URL, http:// or https://.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYWARD_SERVER",
-        value_name = "URL",
-        conflicts_with = "db"
-    )]
+    /// its base URL, http:// or https://. Takes precedence over --db for the admin commands.
+    #[arg(long, global = true, env = "KEYWARD_SERVER", value_name = "URL")]
     server: Option<String>,
     /// With --server: the file holding the admin token (`NAME:TOKEN` or `TOKEN`; mode 0600).
     #[arg(long, global = true, env = "KEYWARD_TOKEN_FILE", value_name = "FILE")]

@@ -59,7 +59,7 @@ fn expiry(expires_at: Option<u64>, expires_in: Option<&str>) -> Result<Option<u6
     }
 }
 
-#[utoipa::path(post, path = "/v1/keys", tag = "keys", summary = "Create a key (its plaintext is in this answer only)", request_body = CreateKeyBody, responses((status = 201, description = "The new key, with its plaintext", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_create", post, path = "/v1/keys", tag = "keys", summary = "Create a key (its plaintext is in this answer only)", request_body = CreateKeyBody, responses((status = 201, description = "The new key, with its plaintext", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn create(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -99,7 +99,7 @@ pub(super) async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/keys", tag = "keys", summary = "All keys, or a project's", params(("project" = Option<String>, Query, description = "Only this project's keys")), responses((status = 200, description = "The keys (never a secret or a hash)", body = List<KeyView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_list", get, path = "/v1/keys", tag = "keys", summary = "All keys, or a project's", params(("project" = Option<String>, Query, description = "Only this project's keys")), responses((status = 200, description = "The keys (never a secret or a hash)", body = List<KeyView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn list(
     State(state): State<Shared>,
     params: Result<Query<ListKeysQuery>, QueryRejection>,
@@ -109,7 +109,7 @@ pub(super) async fn list(
     Ok(Json(List { data: keys }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", summary = "One key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_get", get, path = "/v1/keys/{id}", tag = "keys", summary = "One key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn get(
     State(state): State<Shared>,
     Path(id): Path<String>,
@@ -118,7 +118,7 @@ pub(super) async fn get(
     Ok(Json(key).into_response())
 }
 
-#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings", params(("id" = String, Path, description = "The key id")), request_body = UpdateKeyBody, responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_update", patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings", params(("id" = String, Path, description = "The key id")), request_body = UpdateKeyBody, responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn update(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -172,7 +172,7 @@ async fn change_status(
     Ok(Json(key).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", summary = "Revoke a key for good", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_revoke", post, path = "/v1/keys/{id}/revoke", tag = "keys", summary = "Revoke a key for good", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn revoke(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -181,7 +181,7 @@ pub(super) async fn revoke(
     change_status(&state, actor, id, StatusChange::Revoke).await
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/pause", tag = "keys", summary = "Pause a key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_pause", post, path = "/v1/keys/{id}/pause", tag = "keys", summary = "Pause a key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn pause(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -190,7 +190,7 @@ pub(super) async fn pause(
     change_status(&state, actor, id, StatusChange::Pause).await
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/resume", tag = "keys", summary = "Resume a paused key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_resume", post, path = "/v1/keys/{id}/resume", tag = "keys", summary = "Resume a paused key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn resume(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -199,7 +199,7 @@ pub(super) async fn resume(
     change_status(&state, actor, id, StatusChange::Resume).await
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", summary = "A new key with the same settings; the old one works until the grace ends", params(("id" = String, Path, description = "The key id")), request_body = RotateKeyBody, responses((status = 201, description = "The new key (plaintext, this once) and the old one in `previous`", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_rotate", post, path = "/v1/keys/{id}/rotate", tag = "keys", summary = "A new key with the same settings; the old one works until the grace ends", params(("id" = String, Path, description = "The key id")), request_body = RotateKeyBody, responses((status = 201, description = "The new key (plaintext, this once) and the old one in `previous`", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn rotate(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -219,7 +219,7 @@ pub(super) async fn rotate(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", summary = "The audit trail, oldest first", params(("limit" = Option<u64>, Query, description = "Only the last N events")), responses((status = 200, description = "The events", body = List<AuditEvent>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "keys_audit", get, path = "/v1/audit", tag = "audit", summary = "The audit trail, oldest first", params(("limit" = Option<u64>, Query, description = "Only the last N events")), responses((status = 200, description = "The events", body = List<AuditEvent>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn audit(
     State(state): State<Shared>,
     params: Result<Query<AuditQuery>, QueryRejection>,

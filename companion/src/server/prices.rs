@@ -12,13 +12,13 @@ use crate::error::{Error, ErrorBody};
 use crate::store::PriceView;
 use crate::units::now;
 
-#[utoipa::path(get, path = "/v1/prices", tag = "prices", summary = "The price table, by model", responses((status = 200, description = "The prices", body = List<PriceView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "prices_list", get, path = "/v1/prices", tag = "prices", summary = "The price table, by model", responses((status = 200, description = "The prices", body = List<PriceView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn list(State(state): State<Shared>) -> Result<Response, Error> {
     let prices = with_store(&state, |store| store.prices()).await?;
     Ok(Json(List { data: prices }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/prices/{model}", tag = "prices", summary = "One price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), responses((status = 200, description = "The price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "prices_get", get, path = "/v1/prices/{model}", tag = "prices", summary = "One price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), responses((status = 200, description = "The price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn get(
     State(state): State<Shared>,
     Path(model): Path<String>,
@@ -27,7 +27,7 @@ pub(super) async fn get(
     Ok(Json(price).into_response())
 }
 
-#[utoipa::path(put, path = "/v1/prices/{model}", tag = "prices", summary = "Set (create or replace) a price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), request_body = PriceBody, responses((status = 200, description = "The price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "prices_set", put, path = "/v1/prices/{model}", tag = "prices", summary = "Set (create or replace) a price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), request_body = PriceBody, responses((status = 200, description = "The price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn set(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -40,7 +40,7 @@ pub(super) async fn set(
     Ok(Json(price).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/prices/{model}", tag = "prices", summary = "Remove a price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), responses((status = 200, description = "The removed price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "prices_remove", delete, path = "/v1/prices/{model}", tag = "prices", summary = "Remove a price", params(("model" = String, Path, description = "A model name, or a prefix ending in `*`")), responses((status = 200, description = "The removed price", body = PriceView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn remove(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,

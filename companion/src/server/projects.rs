@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorBody};
 use crate::store::{ProjectUpdate, ProjectView};
 use crate::units::now;
 
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", summary = "Create a project", request_body = CreateProjectBody, responses((status = 201, description = "The new project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "projects_create", post, path = "/v1/projects", tag = "projects", summary = "Create a project", request_body = CreateProjectBody, responses((status = 201, description = "The new project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn create(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -34,7 +34,7 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(project)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", summary = "One project", params(("id" = String, Path, description = "The project id")), responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "projects_get", get, path = "/v1/projects/{id}", tag = "projects", summary = "One project", params(("id" = String, Path, description = "The project id")), responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn get(
     State(state): State<Shared>,
     Path(id): Path<String>,
@@ -43,7 +43,7 @@ pub(super) async fn get(
     Ok(Json(project).into_response())
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{id}", tag = "projects", summary = "Change a project's caps", params(("id" = String, Path, description = "The project id")), request_body = UpdateProjectBody, responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "projects_update", patch, path = "/v1/projects/{id}", tag = "projects", summary = "Change a project's caps", params(("id" = String, Path, description = "The project id")), request_body = UpdateProjectBody, responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn update(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -62,7 +62,7 @@ pub(super) async fn update(
     Ok(Json(project).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{id}/archive", tag = "projects", summary = "Archive a project", params(("id" = String, Path, description = "The project id")), responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "projects_archive", post, path = "/v1/projects/{id}/archive", tag = "projects", summary = "Archive a project", params(("id" = String, Path, description = "The project id")), responses((status = 200, description = "The project", body = ProjectView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn archive(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -75,7 +75,7 @@ pub(super) async fn archive(
     Ok(Json(project).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", summary = "All projects", responses((status = 200, description = "The projects", body = List<ProjectView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "projects_list", get, path = "/v1/projects", tag = "projects", summary = "All projects", responses((status = 200, description = "The projects", body = List<ProjectView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn list(State(state): State<Shared>) -> Result<Response, Error> {
     let projects = with_store(&state, |store| store.projects()).await?;
     Ok(Json(List { data: projects }).into_response())

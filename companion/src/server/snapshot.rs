@@ -159,7 +159,7 @@ fn conditional(headers: &HeaderMap, etag: &str, body: Bytes) -> Result<Response,
 }
 
 /// `GET /v1/snapshot`: the signed envelope, with ETag.
-#[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot", summary = "The signed policy snapshot (no token: hashes only, and signed)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed envelope", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
+#[utoipa::path(operation_id = "snapshot", get, path = "/v1/snapshot", tag = "snapshot", summary = "The signed policy snapshot (no token: hashes only, and signed)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed envelope", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
 pub(super) async fn snapshot(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -169,7 +169,7 @@ pub(super) async fn snapshot(
 }
 
 /// `GET /v1/snapshot/manifest`: the signed manifest of the chunked layout, with ETag.
-#[utoipa::path(get, path = "/v1/snapshot/manifest", tag = "snapshot", summary = "The signed manifest of the chunked layout", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed manifest", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
+#[utoipa::path(operation_id = "snapshot_manifest", get, path = "/v1/snapshot/manifest", tag = "snapshot", summary = "The signed manifest of the chunked layout", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed manifest", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
 pub(super) async fn snapshot_manifest(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -184,7 +184,7 @@ pub(super) async fn snapshot_manifest(
 
 /// `GET /v1/snapshot/chunks/{sha256}`: a chunk of the current or the previous manifest. Its
 /// name is its hash, so it never changes: cacheable for good.
-#[utoipa::path(get, path = "/v1/snapshot/chunks/{sha256}", tag = "snapshot", summary = "A chunk of the current or previous manifest, by its SHA-256", params(("sha256" = String, Path, description = "The chunk's hex SHA-256")), responses((status = 200, description = "The chunk (NDJSON)", body = String, content_type = "application/x-ndjson"), (status = 404, description = "No such chunk", body = ErrorBody)))]
+#[utoipa::path(operation_id = "snapshot_chunk", get, path = "/v1/snapshot/chunks/{sha256}", tag = "snapshot", summary = "A chunk of the current or previous manifest, by its SHA-256", params(("sha256" = String, Path, description = "The chunk's hex SHA-256")), responses((status = 200, description = "The chunk (NDJSON)", body = String, content_type = "application/x-ndjson"), (status = 404, description = "No such chunk", body = ErrorBody)))]
 pub(super) async fn snapshot_chunk(
     State(state): State<Shared>,
     Path(sha256): Path<String>,

@@ -35,7 +35,7 @@ pub(super) struct BatchesQuery {
 
 /// `POST /v1/usage`: a signed usage report from the data plane. The signature (HMAC-SHA256 of
 /// the exact body with the snapshot signing key) is checked before the body is parsed.
-#[utoipa::path(post, path = "/v1/usage", tag = "usage", summary = "A signed usage report from the data plane (no token: the x-keyward-signature header is the credential)", request_body(content = Object, description = "A usage report (keyward.usage-report.v1), signed with the snapshot signing key"), responses((status = 200, description = "Applied, or a duplicate of a batch applied before", body = UsageAckBody), (status = 400, description = "Invalid report", body = ErrorBody), (status = 401, description = "Bad or missing signature", body = ErrorBody), (status = 413, description = "Report too large", body = ErrorBody)))]
+#[utoipa::path(operation_id = "usage_report", post, path = "/v1/usage", tag = "usage", summary = "A signed usage report from the data plane (no token: the x-keyward-signature header is the credential)", request_body(content = Object, description = "A usage report (keyward.usage-report.v1), signed with the snapshot signing key"), responses((status = 200, description = "Applied, or a duplicate of a batch applied before", body = UsageAckBody), (status = 400, description = "Invalid report", body = ErrorBody), (status = 401, description = "Bad or missing signature", body = ErrorBody), (status = 413, description = "Report too large", body = ErrorBody)))]
 pub(super) async fn report(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -117,7 +117,7 @@ fn verified(
     })
 }
 
-#[utoipa::path(get, path = "/v1/usage/batches", tag = "usage", summary = "The most recent usage batches applied, newest first", params(("limit" = Option<u64>, Query, description = "At most this many (default 100)")), responses((status = 200, description = "The batches", body = List<UsageBatchView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(operation_id = "usage_batches", get, path = "/v1/usage/batches", tag = "usage", summary = "The most recent usage batches applied, newest first", params(("limit" = Option<u64>, Query, description = "At most this many (default 100)")), responses((status = 200, description = "The batches", body = List<UsageBatchView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn batches(
     State(state): State<Shared>,
     params: Result<Query<BatchesQuery>, QueryRejection>,

@@ -22,7 +22,12 @@ const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(7310582541285437300)";
 pub struct PostgresBackend {
     url: String,
     client: Client,
+    /// Set when a failed transaction found the connection unusable: the next use reconnects.
+    broken: bool,
 }
+
+/// How long a failed transaction's connection gets to prove it still works.
+const VALIDITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The URL without its password, for error messages.
 fn redacted(url: &str) -> String {
@@ -61,6 +66,7 @@ impl PostgresBackend {
         let mut backend = PostgresBackend {
             url: url.to_owned(),
             client: connect(url)?,
+            broken: false,
         };
         // Under the write lock: replicas starting together migrate the database once.
         backend.write(|sql| migrate::run(sql, migrate::POSTGRES, Adoption::None))?;
@@ -70,10 +76,19 @@ impl PostgresBackend {
     /// A connection that dropped (a database restart, a network cut) is replaced on next use;
     /// the transaction that saw it fail was rolled back by the server and reported as an error.
     fn client(&mut self) -> Result<&mut Client, Error> {
-        if self.client.is_closed() {
+        if self.broken || self.client.is_closed() {
             self.client = connect(&self.url)?;
+            self.broken = false;
         }
         Ok(&mut self.client)
+    }
+
+    /// After a failure: is the connection still good? If not, the next use reconnects.
+    fn check<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() && self.client.is_valid(VALIDITY_TIMEOUT).is_err() {
+            self.broken = true;
+        }
+        result
     }
 
     /// Runs `work` in one transaction holding keyward's write lock; commits on success.
@@ -81,11 +96,14 @@ impl PostgresBackend {
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut tx = self.client()?.transaction()?;
-        tx.batch_execute(WRITE_LOCK)?;
-        let result = work(&mut PostgresTx(&mut tx))?;
-        tx.commit()?;
-        Ok(result)
+        let result = (|| {
+            let mut tx = self.client()?.transaction()?;
+            tx.batch_execute(WRITE_LOCK)?;
+            let result = work(&mut PostgresTx(&mut tx))?;
+            tx.commit()?;
+            Ok(result)
+        })();
+        self.check(result)
     }
 
     /// Runs `work` in one read-only `REPEATABLE READ` transaction: one moment of the store.
@@ -93,15 +111,18 @@ impl PostgresBackend {
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut tx = self
-            .client()?
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let result = work(&mut PostgresTx(&mut tx))?;
-        tx.commit()?;
-        Ok(result)
+        let result = (|| {
+            let mut tx = self
+                .client()?
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let result = work(&mut PostgresTx(&mut tx))?;
+            tx.commit()?;
+            Ok(result)
+        })();
+        self.check(result)
     }
 }
 
@@ -199,6 +220,112 @@ impl Sql for PostgresTx<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_support::{entry, fresh_postgres_location, key_in};
+    use crate::store::{Owner, Store};
+    use keyward_engine::usage_report::UsageReport;
+
+    const BATCHES: u64 = 40;
+
+    /// Two replicas (two stores, two connections) opening one new database at once, then both
+    /// receiving every usage batch (a data plane retrying through the other replica) while both
+    /// fold pending spend on their own timers: each batch applies once, the spend is folded once.
+    #[test]
+    #[ignore = "needs PostgreSQL: `make test` runs it with KEYWARD_TEST_PG_URL"]
+    fn postgres_replicas_apply_each_batch_once_and_fold_spend_once() {
+        let location = fresh_postgres_location();
+        let opening: Vec<_> = (0..2)
+            .map(|_| {
+                let location = location.clone();
+                std::thread::spawn(move || Store::open_location(&location).unwrap())
+            })
+            .collect();
+        let mut replicas: Vec<Store> = opening.into_iter().map(|t| t.join().unwrap()).collect();
+        let first = replicas.first_mut().unwrap();
+        first
+            .create_project("a", 1, "proj_a", "org_1", None, None)
+            .unwrap();
+        let id = key_in(first, Owner::Project("proj_a".into()));
+        let before = first.policy_version().unwrap();
+
+        let workers: Vec<_> = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(replica, mut store)| {
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    for batch in 0..BATCHES {
+                        // The two replicas take the batches in opposite orders.
+                        let batch = if replica == 0 {
+                            batch
+                        } else {
+                            BATCHES - 1 - batch
+                        };
+                        let report = UsageReport::new(
+                            "envoy-1",
+                            &format!("batch-{batch}"),
+                            vec![entry(&id, Some("proj_a"), batch + 1, batch)],
+                        );
+                        store.apply_usage_report(&report, 100, false).unwrap();
+                        if batch % 3 == 0 {
+                            store.publish_pending_spend().unwrap();
+                        }
+                    }
+                    store.publish_pending_spend().unwrap();
+                    store
+                })
+            })
+            .collect();
+        let mut replicas: Vec<Store> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+        let store = replicas.first_mut().unwrap();
+        let expected: u64 = (1..=BATCHES).sum();
+        assert_eq!(store.key(&id).unwrap().spent_microusd, expected);
+        assert_eq!(store.project("proj_a").unwrap().spent_microusd, expected);
+        assert_eq!(store.usage_batches(1000).unwrap().len(), 40);
+        let reports = store
+            .audit_events(None)
+            .unwrap()
+            .into_iter()
+            .filter(|event| event.action == "usage.report")
+            .count();
+        assert_eq!(reports, 40, "one audit event per batch, not per delivery");
+        // Versions moved one at a time, and no faster than the folds asked.
+        let after = store.policy_version().unwrap();
+        assert!(
+            after > before && after <= before + BATCHES,
+            "{before} -> {after}"
+        );
+        // Both replicas agree on the snapshot they serve.
+        let issues: Vec<_> = replicas
+            .iter_mut()
+            .map(|store| store.snapshot_issue(500, 300).unwrap())
+            .collect();
+        assert_eq!(issues[0], issues[1]);
+        assert_eq!(issues[0].0, after);
+    }
+
+    #[test]
+    #[ignore = "needs PostgreSQL: `make test` runs it with KEYWARD_TEST_PG_URL"]
+    fn postgres_connection_loss_is_an_error_then_a_reconnect() {
+        let crate::store::Location::Postgres(url) = fresh_postgres_location() else {
+            panic!("a PostgreSQL location")
+        };
+        // Named, so that only this store's session is cut (tests share the server).
+        let name = format!("kw_cut_{}", std::process::id());
+        let location = crate::store::Location::Postgres(format!("{url}&application_name={name}"));
+        let mut store = Store::open_location(&location).unwrap();
+        // Another session ends this one, as a database restart would.
+        let mut admin = Client::connect(&url, NoTls).unwrap();
+        let cut = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .unwrap();
+        assert_eq!(cut, 1);
+        // The first use after the cut may fail (the server closed it); the next reconnects.
+        let _ = store.policy_version();
+        assert_eq!(store.policy_version().unwrap(), 1);
+    }
 
     #[test]
     fn passwords_stay_out_of_messages() {
