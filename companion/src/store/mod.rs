@@ -60,7 +60,8 @@ impl Location {
 
 enum Backend {
     Sqlite(SqliteBackend),
-    Postgres(PostgresBackend),
+    // Boxed: a client holds much more state than a SQLite connection.
+    Postgres(Box<PostgresBackend>),
 }
 
 pub struct Store {
@@ -73,7 +74,7 @@ impl Store {
     pub fn open_location(location: &Location) -> Result<Store, Error> {
         let backend = match location {
             Location::Sqlite(path) => Backend::Sqlite(SqliteBackend::open(path)?),
-            Location::Postgres(url) => Backend::Postgres(PostgresBackend::open(url)?),
+            Location::Postgres(url) => Backend::Postgres(Box::new(PostgresBackend::open(url)?)),
         };
         Ok(Store { backend })
     }
