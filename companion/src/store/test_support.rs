@@ -62,7 +62,10 @@ pub(super) fn price(model: &str, input: u64, output: u64) -> PriceRecord {
 
 /// The PostgreSQL server the tests use (`make test` starts one and sets this).
 pub(super) fn postgres_url() -> String {
-    std::env::var("KEYWARD_TEST_PG_URL").unwrap_or_else(|_| {
+    std::env::var("KEYWARD_TEST_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| {
         panic!(
             "KEYWARD_TEST_PG_URL is not set: the PostgreSQL tests need a server. `make test` \
              starts one (scripts/postgres.sh) and sets it"
