@@ -62,132 +62,80 @@ pub struct CreateProjectBody {
     pub spend_soft_cap_microusd: Option<u64>,
 }
 
+/// Fields left out are left alone (`None`, not serialized); `null` clears one.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpdateProjectBody {
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub spend_cap_microusd: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub spend_soft_cap_microusd: Option<Option<u64>>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateKeyBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
-    #[serde(default)]
     pub format: Format,
-    #[serde(default)]
     pub environment: Environment,
-    #[serde(default)]
     pub scopes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
     /// A duration from now, like `30d`; instead of `expires_at`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend_cap_microusd: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend_soft_cap_microusd: Option<u64>,
     /// `{"requests_per_minute"?, "tokens_per_minute"?}`, per Envoy instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub rate_limits: Option<RateLimits>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 /// A PATCH of the rate limits: a named limit is set (or removed with `null`), the other kept.
+/// Fields left out are left alone (`None`, not serialized); `null` clears one.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitsPatch {
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub requests_per_minute: Option<Option<u32>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub tokens_per_minute: Option<Option<u64>>,
 }
 
+/// Fields left out are left alone (`None`, not serialized); `null` clears one.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpdateKeyBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub models: Option<Option<Vec<String>>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub expires_at: Option<Option<u64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub spend_cap_microusd: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub spend_soft_cap_microusd: Option<Option<u64>>,
     /// `null` removes both limits.
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub rate_limits: Option<Option<RateLimitsPatch>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub label: Option<Option<String>>,
-    #[serde(
-        default,
-        deserialize_with = "explicit_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "explicit_null")]
     pub note: Option<Option<String>>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RotateKeyBody {
     /// How long the old key keeps working, like `24h` (default) or `0s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<String>,
 }
 
@@ -217,24 +165,17 @@ impl Usd {
 
 /// `PUT /v1/prices/{model}`: each price in USD per 1M tokens (`*_usd_per_mtok`) or in integer
 /// micro-USD per 1M tokens (`*_microusd_per_mtok`, as `GET` shows them); not both.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PriceBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_usd_per_mtok: Option<Usd>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_microusd_per_mtok: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_usd_per_mtok: Option<Usd>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_microusd_per_mtok: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_usd_per_mtok: Option<Usd>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_microusd_per_mtok: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write_usd_per_mtok: Option<Usd>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write_microusd_per_mtok: Option<u64>,
 }
 

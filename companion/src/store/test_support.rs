@@ -66,11 +66,11 @@ pub(super) fn postgres_url() -> String {
         .ok()
         .filter(|url| !url.is_empty())
         .unwrap_or_else(|| {
-        panic!(
-            "KEYWARD_TEST_PG_URL is not set: the PostgreSQL tests need a server. `make test` \
+            panic!(
+                "KEYWARD_TEST_PG_URL is not set: the PostgreSQL tests need a server. `make test` \
              starts one (scripts/postgres.sh) and sets it"
-        )
-    })
+            )
+        })
 }
 
 /// A PostgreSQL location of its own (a new schema) on the test server: tests run in parallel.
