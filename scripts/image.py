@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 from datetime import datetime, timezone
@@ -134,13 +133,17 @@ def write(files: dict, out_dir: Path, tar_path: Path, mtime: int) -> None:
 
 
 def check_static(binary: Path) -> None:
-    """A binary on an empty base must need no dynamic loader."""
-    header = binary.read_bytes()[:4]
-    if header != b"\x7fELF":
-        sys.exit(f"{binary} is not an ELF binary")
-    result = subprocess.run(["readelf", "-l", str(binary)], capture_output=True, text=True)
-    if result.returncode == 0 and "INTERP" in result.stdout:
-        sys.exit(f"{binary} is dynamically linked: build it for x86_64-unknown-linux-musl")
+    """A binary on an empty base must need no dynamic loader: no PT_INTERP program header."""
+    data = binary.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        sys.exit(f"{binary} is not a 64-bit little-endian ELF binary")
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    phentsize = int.from_bytes(data[0x36:0x38], "little")
+    phnum = int.from_bytes(data[0x38:0x3A], "little")
+    for index in range(phnum):
+        start = phoff + index * phentsize
+        if int.from_bytes(data[start:start + 4], "little") == 3:  # PT_INTERP
+            sys.exit(f"{binary} is dynamically linked: build it for x86_64-unknown-linux-musl")
 
 
 def main() -> None:
