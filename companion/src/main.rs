@@ -2,6 +2,7 @@
 //! key lifecycle, signed policy snapshots for the filter's sync, the admin API, and a renderer
 //! for a ready Envoy configuration. Native only: never built for wasm32.
 
+mod api;
 mod audit;
 mod cli;
 mod client;

@@ -6,16 +6,18 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use keyward_engine::snapshot::{KeyStatus, RateLimits};
 
+use super::admin::Admin;
 use super::output::{
     describe_limits, describe_spend, describe_status, dollars, list_or_dash, optional_time,
     optional_usd, owner_of, print_fields, print_json, print_table, short_limits,
 };
 use super::shared::{clearable, list_arg, ExpiryArgs, SpendCapArgs, SpendCapChangeArgs};
+use crate::api::CreatedKeyBody;
 use crate::error::Error;
 use crate::keygen::{Environment, Format};
 use crate::server;
-use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange, Store};
-use crate::units::{format_time, now, parse_duration_seconds};
+use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange};
+use crate::units::{format_time, parse_duration_seconds};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("owner").required(true).args(["project", "org"])))]
@@ -149,16 +151,12 @@ pub enum KeyCommand {
 }
 
 /// Prints a new key's plaintext (this once) on stdout, with the warning on stderr.
-fn print_new_key(
-    plaintext: &str,
-    view: &KeyView,
-    previous: Option<&KeyView>,
-    json: bool,
-) -> Result<(), Error> {
+fn print_new_key(created: &CreatedKeyBody, json: bool) -> Result<(), Error> {
+    let (plaintext, view, previous) = (&created.key, &created.view, created.previous.as_ref());
     if json {
         let mut body = serde_json::to_value(view)?;
         if let Some(object) = body.as_object_mut() {
-            object.insert("key".into(), plaintext.into());
+            object.insert("key".into(), plaintext.as_str().into());
             if let Some(previous) = previous {
                 object.insert("previous".into(), serde_json::to_value(previous)?);
             }
@@ -284,7 +282,7 @@ fn print_key_table(keys: &[KeyView]) {
     );
 }
 
-pub fn run(store: &mut Store, actor: &str, command: KeyCommand) -> Result<ExitCode, Error> {
+pub fn run(admin: &mut dyn Admin, command: KeyCommand) -> Result<ExitCode, Error> {
     match command {
         KeyCommand::Create(args) => {
             let owner = match (args.project, args.org) {
@@ -316,11 +314,11 @@ pub fn run(store: &mut Store, actor: &str, command: KeyCommand) -> Result<ExitCo
                     note: args.note,
                 },
             };
-            let created = store.create_key(actor, now(), &new)?;
-            print_new_key(created.plaintext.expose(), &created.key, None, args.json)?;
+            let created = admin.create_key(&new)?;
+            print_new_key(&created, args.json)?;
         }
         KeyCommand::List { project, json } => {
-            let keys = store.keys(project.as_deref())?;
+            let keys = admin.keys(project.as_deref())?;
             if json {
                 print_json(&keys)?;
             } else {
@@ -328,7 +326,7 @@ pub fn run(store: &mut Store, actor: &str, command: KeyCommand) -> Result<ExitCo
             }
         }
         KeyCommand::Show { id, json } => {
-            let view = store.key(&id)?;
+            let view = admin.key(&id)?;
             if json {
                 print_json(&view)?;
             } else {
@@ -336,22 +334,13 @@ pub fn run(store: &mut Store, actor: &str, command: KeyCommand) -> Result<ExitCo
             }
         }
         KeyCommand::Revoke { id, json } => {
-            print_key(
-                &store.change_status(actor, now(), &id, StatusChange::Revoke)?,
-                json,
-            )?;
+            print_key(&admin.change_status(&id, StatusChange::Revoke)?, json)?;
         }
         KeyCommand::Pause { id, json } => {
-            print_key(
-                &store.change_status(actor, now(), &id, StatusChange::Pause)?,
-                json,
-            )?;
+            print_key(&admin.change_status(&id, StatusChange::Pause)?, json)?;
         }
         KeyCommand::Resume { id, json } => {
-            print_key(
-                &store.change_status(actor, now(), &id, StatusChange::Resume)?,
-                json,
-            )?;
+            print_key(&admin.change_status(&id, StatusChange::Resume)?, json)?;
         }
         KeyCommand::Set(args) => {
             let expires_at = if args.no_expiry {
@@ -380,20 +369,12 @@ pub fn run(store: &mut Store, actor: &str, command: KeyCommand) -> Result<ExitCo
                 label: args.label.map(Some),
                 note: args.note.map(Some),
             };
-            print_key(
-                &store.update_key(actor, now(), &args.id, &update)?,
-                args.json,
-            )?;
+            print_key(&admin.update_key(&args.id, &update)?, args.json)?;
         }
         KeyCommand::Rotate { id, grace, json } => {
-            let grace = parse_duration_seconds(&grace)?;
-            let rotation = store.rotate_key(actor, now(), &id, grace)?;
-            print_new_key(
-                rotation.new.plaintext.expose(),
-                &rotation.new.key,
-                Some(&rotation.old),
-                json,
-            )?;
+            // Checked here too, so a bad duration never reaches a server.
+            parse_duration_seconds(&grace)?;
+            print_new_key(&admin.rotate_key(&id, &grace)?, json)?;
         }
     }
     Ok(ExitCode::SUCCESS)

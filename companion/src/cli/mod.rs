@@ -1,6 +1,7 @@
 //! The `keyward` command line: global options, the command groups (one module each), and the
 //! dispatch.
 
+mod admin;
 mod key;
 pub mod output;
 mod price;
@@ -12,16 +13,17 @@ mod shared;
 mod snapshot;
 mod spend;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Location, Store};
 use crate::units::{format_time, now};
 use crate::{audit, explain};
+use admin::{Admin, Local, Remote};
 use output::{print_json, print_table};
+use std::path::PathBuf;
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
 pub fn valid_actor(name: &str) -> bool {
@@ -39,17 +41,26 @@ pub fn valid_actor(name: &str) -> bool {
     propagate_version = true
 )]
 struct Cli {
-    /// The SQLite store; created on first use.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYWARD_DB",
-        default_value = "./keyward.db"
-    )]
-    db: PathBuf,
-    /// Who the audit trail records for changes made with this command.
+    /// The store: a SQLite file path, or a PostgreSQL URL (postgres://user@host:5432/db). A
+    /// store named here is created when missing; without --db (or KEYWARD_DB) it is
+    /// ./keyward.db, which must exist (`keyward init` makes it).
+    #[arg(long, global = true, env = "KEYWARD_DB", value_name = "PATH|URL")]
+    db: Option<String>,
+    /// Who the audit trail records for changes made with this command (local mode; remotely,
+    /// the admin token's name).
     #[arg(long, global = true, env = "KEYWARD_ACTOR", default_value = "cli")]
     actor: String,
+    /// Manage a running control plane through its admin API instead of a store (remote mode):
+    /// its base URL, http:// or https://. Takes precedence over --db for the admin commands.
+    #[arg(long, global = true, env = "KEYWARD_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// With --server: the file holding the admin token (`NAME:TOKEN` or `TOKEN`; mode 0600).
+    #[arg(long, global = true, env = "KEYWARD_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// With an https:// --server (or --control-plane): the CA certificates (PEM) to verify it
+    /// with, instead of the web PKI.
+    #[arg(long, global = true, env = "KEYWARD_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +103,8 @@ enum Command {
     /// Generate the control plane's own secrets into new files (mode 0600).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Create the store (./keyward.db, or --db) and bring its schema up to date.
+    Init,
 }
 
 #[derive(Args)]
@@ -117,11 +130,100 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The store when no --db (or KEYWARD_DB) names one.
+const DEFAULT_DB: &str = "./keyward.db";
+
+/// Where the store is, and whether the operator named it (a named store may be created).
+pub struct StoreArg {
+    pub location: Location,
+    explicit: bool,
+}
+
+impl StoreArg {
+    fn new(db: Option<&str>) -> StoreArg {
+        StoreArg {
+            location: Location::parse(db.unwrap_or(DEFAULT_DB)),
+            explicit: db.is_some(),
+        }
+    }
+
+    /// Opens the store; an unnamed store that does not exist is an error, not a new empty file.
+    pub fn open(&self) -> Result<Store, Error> {
+        if let Location::Sqlite(path) = &self.location {
+            if !self.explicit && !path.exists() {
+                return Err(Error::invalid(
+                    "no_store",
+                    format!(
+                        "no store at {}: create one with `keyward init`, name one with --db \
+                         (or KEYWARD_DB), or manage a running control plane with --server",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Store::open_location(&self.location)
+    }
+}
+
 /// The store, with rotation deadlines that passed since the last run recorded.
-fn open_store(db: &Path) -> Result<Store, Error> {
-    let mut store = Store::open(db)?;
+fn open_store(db: &StoreArg) -> Result<Store, Error> {
+    let mut store = db.open()?;
     store.revoke_rotated_keys(now())?;
     Ok(store)
+}
+
+/// How to reach a running control plane (remote mode).
+struct RemoteArgs {
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
+/// The target of the admin commands: the control plane of --server, or the store.
+fn admin(remote: &RemoteArgs, actor: &str, db: &StoreArg) -> Result<Box<dyn Admin>, Error> {
+    match &remote.server {
+        Some(server) => {
+            let token_file = remote.token_file.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "missing_token_file",
+                    "--server needs --token-file (or KEYWARD_TOKEN_FILE): the admin token",
+                )
+            })?;
+            Ok(Box::new(Remote::new(
+                server,
+                token_file,
+                remote.ca_file.as_deref(),
+            )?))
+        }
+        None => Ok(Box::new(Local {
+            store: open_store(db)?,
+            actor: actor.to_owned(),
+        })),
+    }
+}
+
+/// Commands that work on the store itself refuse --server.
+fn local_only(remote: &RemoteArgs, command: &str) -> Result<(), Error> {
+    match remote.server {
+        Some(_) => Err(Error::invalid(
+            "local_only",
+            format!("`keyward {command}` works on a store (--db), not through --server"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `keyward init`: creates the store (or migrates an existing one).
+fn init(db: &StoreArg) -> Result<ExitCode, Error> {
+    let mut store = Store::open_location(&db.location)?;
+    let version = store.policy_version()?;
+    match &db.location {
+        Location::Sqlite(path) => {
+            println!("store ready: {} (policy version {version})", path.display())
+        }
+        Location::Postgres(_) => println!("store ready: PostgreSQL (policy version {version})"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -131,28 +233,55 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             "--actor must be 1 to 64 characters of A-Z a-z 0-9 _ - . @",
         ));
     }
-    let actor = cli.actor.as_str();
-    match cli.command {
-        Command::Project(command) => project::run(&mut open_store(&cli.db)?, actor, command),
-        Command::Key(command) => key::run(&mut open_store(&cli.db)?, actor, command),
-        Command::Price(command) => price::run(&mut open_store(&cli.db)?, actor, command),
+    let Cli {
+        db,
+        actor,
+        server,
+        token_file,
+        ca_file,
+        command,
+    } = cli;
+    let db = StoreArg::new(db.as_deref());
+    let remote = RemoteArgs {
+        server,
+        token_file,
+        ca_file,
+    };
+    match &command {
+        Command::Project(_)
+        | Command::Key(_)
+        | Command::Price(_)
+        | Command::Spend { .. }
+        | Command::Usage(_) => {}
+        Command::Audit(args) if !args.policy.requested() => {}
+        Command::Snapshot(_) => local_only(&remote, "snapshot")?,
+        Command::Serve(_) => local_only(&remote, "serve")?,
+        Command::Init => local_only(&remote, "init")?,
+        Command::Audit(_) | Command::Explain(_) | Command::Render(_) | Command::Secret(_) => {}
+    }
+    let target = || admin(&remote, &actor, &db);
+    match command {
+        Command::Project(command) => project::run(target()?.as_mut(), command),
+        Command::Key(command) => key::run(target()?.as_mut(), command),
+        Command::Price(command) => price::run(target()?.as_mut(), command),
         Command::Spend { project, json } => {
-            spend::spend(&mut open_store(&cli.db)?, project.as_deref(), json)
+            spend::spend(target()?.as_mut(), project.as_deref(), json)
         }
-        Command::Usage(command) => spend::usage(&mut open_store(&cli.db)?, command),
+        Command::Usage(command) => spend::usage(target()?.as_mut(), command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
-        Command::Audit(args) => audit_trail(&mut open_store(&cli.db)?, args.limit, args.json),
-        Command::Snapshot(command) => snapshot::run(&cli.db, actor, command),
-        Command::Serve(args) => serve::run(&cli.db, args),
+        Command::Audit(args) => audit_trail(target()?.as_mut(), args.limit, args.json),
+        Command::Snapshot(command) => snapshot::run(&db, &actor, command),
+        Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),
+        Command::Init => init(&db),
     }
 }
 
 /// `keyward audit`: the store's audit trail.
-fn audit_trail(store: &mut Store, limit: Option<u64>, json: bool) -> Result<ExitCode, Error> {
-    let events = store.audit_events(limit)?;
+fn audit_trail(admin: &mut dyn Admin, limit: Option<u64>, json: bool) -> Result<ExitCode, Error> {
+    let events = admin.audit_events(limit)?;
     if json {
         print_json(&events)?;
     } else {

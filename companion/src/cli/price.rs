@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use keyward_engine::snapshot::PriceRecord;
 
+use super::admin::Admin;
 use super::output::{dollars, print_json, print_table};
 use crate::error::Error;
-use crate::store::{PriceView, Store};
-use crate::units::{format_time, now, parse_usd};
+use crate::store::PriceView;
+use crate::units::{format_time, parse_usd};
 
 #[derive(Subcommand)]
 pub enum PriceCommand {
@@ -45,7 +46,7 @@ pub enum PriceCommand {
     },
 }
 
-pub fn run(store: &mut Store, actor: &str, command: PriceCommand) -> Result<ExitCode, Error> {
+pub fn run(admin: &mut dyn Admin, command: PriceCommand) -> Result<ExitCode, Error> {
     let per_mtok = |text: &str, flag: &str| {
         parse_usd(text).map_err(|error| {
             Error::invalid("invalid_amount", format!("--{flag}: {}", error.message))
@@ -73,13 +74,11 @@ pub fn run(store: &mut Store, actor: &str, command: PriceCommand) -> Result<Exit
                     .map(|text| per_mtok(text, "cache-write"))
                     .transpose()?,
             };
-            (store.set_price(actor, now(), &record)?, json, "set")
+            (admin.set_price(&record)?, json, "set")
         }
-        PriceCommand::Remove { model, json } => {
-            (store.remove_price(actor, now(), &model)?, json, "removed")
-        }
+        PriceCommand::Remove { model, json } => (admin.remove_price(&model)?, json, "removed"),
         PriceCommand::List { json } => {
-            let prices = store.prices()?;
+            let prices = admin.prices()?;
             if json {
                 print_json(&prices)?;
             } else {

@@ -4,14 +4,15 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::admin::Admin;
 use super::output::{
     describe_spend, dollars, optional_time, optional_usd, print_fields, print_json, print_table,
     status_name,
 };
 use super::shared::{SpendCapArgs, SpendCapChangeArgs};
 use crate::error::Error;
-use crate::store::{ProjectUpdate, Store};
-use crate::units::{format_time, now};
+use crate::store::ProjectUpdate;
+use crate::units::format_time;
 
 #[derive(Subcommand)]
 pub enum ProjectCommand {
@@ -52,7 +53,7 @@ pub enum ProjectCommand {
     },
 }
 
-pub fn run(store: &mut Store, actor: &str, command: ProjectCommand) -> Result<ExitCode, Error> {
+pub fn run(admin: &mut dyn Admin, command: ProjectCommand) -> Result<ExitCode, Error> {
     let (project, json) = match command {
         ProjectCommand::Create {
             id,
@@ -61,10 +62,7 @@ pub fn run(store: &mut Store, actor: &str, command: ProjectCommand) -> Result<Ex
             json,
         } => {
             let (cap, soft) = caps.microusd()?;
-            (
-                store.create_project(actor, now(), &id, &org, cap, soft)?,
-                json,
-            )
+            (admin.create_project(&id, &org, (cap, soft))?, json)
         }
         ProjectCommand::Set { id, caps, json } => {
             let (spend_cap_microusd, spend_soft_cap_microusd) = caps.changes()?;
@@ -72,11 +70,11 @@ pub fn run(store: &mut Store, actor: &str, command: ProjectCommand) -> Result<Ex
                 spend_cap_microusd,
                 spend_soft_cap_microusd,
             };
-            (store.update_project(actor, now(), &id, &update)?, json)
+            (admin.update_project(&id, &update)?, json)
         }
-        ProjectCommand::Archive { id, json } => (store.archive_project(actor, now(), &id)?, json),
+        ProjectCommand::Archive { id, json } => (admin.archive_project(&id)?, json),
         ProjectCommand::Show { id, json } => {
-            let project = store.project(&id)?;
+            let project = admin.project(&id)?;
             if json {
                 print_json(&project)?;
             } else {
@@ -99,7 +97,7 @@ pub fn run(store: &mut Store, actor: &str, command: ProjectCommand) -> Result<Ex
             return Ok(ExitCode::SUCCESS);
         }
         ProjectCommand::List { json } => {
-            let projects = store.projects()?;
+            let projects = admin.projects()?;
             if json {
                 print_json(&projects)?;
             } else {

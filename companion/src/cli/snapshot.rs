@@ -9,10 +9,10 @@ use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::KeyStatus;
 
 use super::shared::SigningKeyArgs;
+use super::StoreArg;
 use crate::error::Error;
 use crate::publish;
 use crate::secrets;
-use crate::store::Store;
 use crate::units::now;
 
 #[derive(Subcommand)]
@@ -49,7 +49,7 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
         .map_err(|error| Error::internal(format!("cannot write {}: {error}", path.display())))
 }
 
-pub fn run(db: &Path, actor: &str, command: SnapshotCommand) -> Result<ExitCode, Error> {
+pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitCode, Error> {
     match command {
         SnapshotCommand::Import { file } => {
             let text = fs::read(&file).map_err(|error| {
@@ -62,7 +62,7 @@ pub fn run(db: &Path, actor: &str, command: SnapshotCommand) -> Result<ExitCode,
                 .map_err(|error| {
                     Error::invalid("invalid_snapshot", format!("{}: {error}", file.display()))
                 })?;
-            let mut store = Store::open(db)?;
+            let mut store = db.open()?;
             let (projects, keys, prices) = store.import_snapshot(actor, now(), &snapshot)?;
             println!("imported {projects} projects, {keys} keys and {prices} prices");
             Ok(ExitCode::SUCCESS)
@@ -70,7 +70,7 @@ pub fn run(db: &Path, actor: &str, command: SnapshotCommand) -> Result<ExitCode,
         SnapshotCommand::Build { signing, out } => {
             let key =
                 secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
-            let mut store = Store::open(db)?;
+            let mut store = db.open()?;
             let signed = publish::build_signed(&mut store, &key, now())?;
             // The filter must accept what we publish: check with its own verifier.
             verify_snapshot(signed.envelope.as_bytes(), std::slice::from_ref(&key)).map_err(

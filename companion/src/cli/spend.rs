@@ -4,12 +4,13 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::admin::Admin;
 use super::output::{
     describe_status, dollars, optional_time, optional_usd, owner_of, percent, print_json,
     print_table, short_limits, spend_alert, status_name,
 };
 use crate::error::Error;
-use crate::store::{ProjectView, Store};
+use crate::store::ProjectView;
 use crate::units::format_time;
 
 #[derive(Subcommand)]
@@ -23,12 +24,12 @@ pub enum UsageCommand {
     },
 }
 
-pub fn spend(store: &mut Store, project: Option<&str>, json: bool) -> Result<ExitCode, Error> {
+pub fn spend(admin: &mut dyn Admin, project: Option<&str>, json: bool) -> Result<ExitCode, Error> {
     let projects: Vec<ProjectView> = match project {
-        Some(id) => vec![store.project(id)?],
-        None => store.projects()?,
+        Some(id) => vec![admin.project(id)?],
+        None => admin.projects()?,
     };
-    let keys = store.keys(project)?;
+    let keys = admin.keys(project)?;
     if json {
         let keys: Vec<serde_json::Value> = keys
             .iter()
@@ -132,10 +133,10 @@ pub fn spend(store: &mut Store, project: Option<&str>, json: bool) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn usage(store: &mut Store, command: UsageCommand) -> Result<ExitCode, Error> {
+pub fn usage(admin: &mut dyn Admin, command: UsageCommand) -> Result<ExitCode, Error> {
     match command {
         UsageCommand::Batches { limit, json } => {
-            let batches = store.usage_batches(limit)?;
+            let batches = admin.usage_batches(limit)?;
             if json {
                 print_json(&batches)?;
             } else {

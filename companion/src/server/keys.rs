@@ -7,89 +7,14 @@ use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::routes::{explicit_null, parse_body, query, List};
+use super::routes::{parse_body, query};
 use super::{with_store, Actor, Shared, DEFAULT_GRACE};
-use crate::error::Error;
-use crate::keygen::{Environment, Format};
-use crate::store::{KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange};
+use crate::api::{CreateKeyBody, CreatedKeyBody, List, RotateKeyBody, UpdateKeyBody};
+use crate::error::{Error, ErrorBody};
+use crate::store::{AuditEvent, KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange};
 use crate::units::{now, parse_duration_seconds};
-use keyward_engine::snapshot::RateLimits;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKeyBody {
-    #[serde(default)]
-    project: Option<String>,
-    #[serde(default)]
-    org: Option<String>,
-    #[serde(default)]
-    format: Format,
-    #[serde(default)]
-    environment: Environment,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    models: Option<Vec<String>>,
-    #[serde(default)]
-    expires_at: Option<u64>,
-    /// A duration from now, like `30d`; instead of `expires_at`.
-    #[serde(default)]
-    expires_in: Option<String>,
-    #[serde(default)]
-    spend_cap_microusd: Option<u64>,
-    #[serde(default)]
-    spend_soft_cap_microusd: Option<u64>,
-    #[serde(default)]
-    rate_limits: Option<RateLimits>,
-    #[serde(default)]
-    label: Option<String>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
-/// A PATCH of the rate limits: a named limit is set (or removed with `null`), the other kept.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RateLimitsPatch {
-    #[serde(default, deserialize_with = "explicit_null")]
-    requests_per_minute: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    tokens_per_minute: Option<Option<u64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateKeyBody {
-    #[serde(default)]
-    scopes: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    models: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    expires_at: Option<Option<u64>>,
-    #[serde(default)]
-    expires_in: Option<String>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    spend_cap_microusd: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    spend_soft_cap_microusd: Option<Option<u64>>,
-    /// `null` removes both limits.
-    #[serde(default, deserialize_with = "explicit_null")]
-    rate_limits: Option<Option<RateLimitsPatch>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    label: Option<Option<String>>,
-    #[serde(default, deserialize_with = "explicit_null")]
-    note: Option<Option<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateKeyBody {
-    /// How long the old key keeps working, like `24h` (default) or `0s`.
-    #[serde(default)]
-    grace: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,26 +30,15 @@ pub(super) struct AuditQuery {
     limit: Option<u64>,
 }
 
-/// A new key's response: the plaintext (this once) next to the stored view.
-#[derive(Serialize)]
-struct CreatedKeyBody<'a> {
-    key: &'a str,
-    warning: &'static str,
-    #[serde(flatten)]
-    view: &'a KeyView,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous: Option<&'a KeyView>,
-}
-
 const SHOWN_ONCE: &str =
     "Store this key now: keyward keeps only its SHA-256 hash and will not show it again.";
 
 fn created_key_response(plaintext: &str, view: &KeyView, previous: Option<&KeyView>) -> Response {
     let body = CreatedKeyBody {
-        key: plaintext,
-        warning: SHOWN_ONCE,
-        view,
-        previous,
+        key: plaintext.to_owned(),
+        warning: SHOWN_ONCE.to_owned(),
+        view: view.clone(),
+        previous: previous.cloned(),
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response
@@ -145,6 +59,7 @@ fn expiry(expires_at: Option<u64>, expires_in: Option<&str>) -> Result<Option<u6
     }
 }
 
+#[utoipa::path(operation_id = "keys_create", post, path = "/v1/keys", tag = "keys", summary = "Create a key (its plaintext is in this answer only)", request_body = CreateKeyBody, responses((status = 201, description = "The new key, with its plaintext", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn create(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -176,10 +91,7 @@ pub(super) async fn create(
             note: request.note,
         },
     };
-    let created = with_store(&state.store, move |store| {
-        store.create_key(&actor, now(), &new)
-    })
-    .await?;
+    let created = with_store(&state, move |store| store.create_key(&actor, now(), &new)).await?;
     Ok(created_key_response(
         created.plaintext.expose(),
         &created.key,
@@ -187,26 +99,26 @@ pub(super) async fn create(
     ))
 }
 
+#[utoipa::path(operation_id = "keys_list", get, path = "/v1/keys", tag = "keys", summary = "All keys, or a project's", params(("project" = Option<String>, Query, description = "Only this project's keys")), responses((status = 200, description = "The keys (never a secret or a hash)", body = List<KeyView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn list(
     State(state): State<Shared>,
     params: Result<Query<ListKeysQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let params = query(params)?;
-    let keys = with_store(&state.store, move |store| {
-        store.keys(params.project.as_deref())
-    })
-    .await?;
+    let keys = with_store(&state, move |store| store.keys(params.project.as_deref())).await?;
     Ok(Json(List { data: keys }).into_response())
 }
 
+#[utoipa::path(operation_id = "keys_get", get, path = "/v1/keys/{id}", tag = "keys", summary = "One key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn get(
     State(state): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    let key = with_store(&state.store, move |store| store.key(&id)).await?;
+    let key = with_store(&state, move |store| store.key(&id)).await?;
     Ok(Json(key).into_response())
 }
 
+#[utoipa::path(operation_id = "keys_update", patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings", params(("id" = String, Path, description = "The key id")), request_body = UpdateKeyBody, responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn update(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -240,7 +152,7 @@ pub(super) async fn update(
         label: request.label,
         note: request.note,
     };
-    let key = with_store(&state.store, move |store| {
+    let key = with_store(&state, move |store| {
         store.update_key(&actor, now(), &id, &update)
     })
     .await?;
@@ -253,13 +165,14 @@ async fn change_status(
     id: String,
     change: StatusChange,
 ) -> Result<Response, Error> {
-    let key = with_store(&state.store, move |store| {
+    let key = with_store(state, move |store| {
         store.change_status(&actor, now(), &id, change)
     })
     .await?;
     Ok(Json(key).into_response())
 }
 
+#[utoipa::path(operation_id = "keys_revoke", post, path = "/v1/keys/{id}/revoke", tag = "keys", summary = "Revoke a key for good", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn revoke(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -268,6 +181,7 @@ pub(super) async fn revoke(
     change_status(&state, actor, id, StatusChange::Revoke).await
 }
 
+#[utoipa::path(operation_id = "keys_pause", post, path = "/v1/keys/{id}/pause", tag = "keys", summary = "Pause a key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn pause(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -276,6 +190,7 @@ pub(super) async fn pause(
     change_status(&state, actor, id, StatusChange::Pause).await
 }
 
+#[utoipa::path(operation_id = "keys_resume", post, path = "/v1/keys/{id}/resume", tag = "keys", summary = "Resume a paused key", params(("id" = String, Path, description = "The key id")), responses((status = 200, description = "The key", body = KeyView), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn resume(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -284,6 +199,7 @@ pub(super) async fn resume(
     change_status(&state, actor, id, StatusChange::Resume).await
 }
 
+#[utoipa::path(operation_id = "keys_rotate", post, path = "/v1/keys/{id}/rotate", tag = "keys", summary = "A new key with the same settings; the old one works until the grace ends", params(("id" = String, Path, description = "The key id")), request_body = RotateKeyBody, responses((status = 201, description = "The new key (plaintext, this once) and the old one in `previous`", body = CreatedKeyBody), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn rotate(
     State(state): State<Shared>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -292,7 +208,7 @@ pub(super) async fn rotate(
 ) -> Result<Response, Error> {
     let request: RotateKeyBody = parse_body(&body)?;
     let grace = parse_duration_seconds(request.grace.as_deref().unwrap_or(DEFAULT_GRACE))?;
-    let rotation = with_store(&state.store, move |store| {
+    let rotation = with_store(&state, move |store| {
         store.rotate_key(&actor, now(), &id, grace)
     })
     .await?;
@@ -303,11 +219,12 @@ pub(super) async fn rotate(
     ))
 }
 
+#[utoipa::path(operation_id = "keys_audit", get, path = "/v1/audit", tag = "audit", summary = "The audit trail, oldest first", params(("limit" = Option<u64>, Query, description = "Only the last N events")), responses((status = 200, description = "The events", body = List<AuditEvent>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]
 pub(super) async fn audit(
     State(state): State<Shared>,
     params: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let params = query(params)?;
-    let events = with_store(&state.store, move |store| store.audit_events(params.limit)).await?;
+    let events = with_store(&state, move |store| store.audit_events(params.limit)).await?;
     Ok(Json(List { data: events }).into_response())
 }

@@ -3,14 +3,18 @@
 //! data plane reports spend to (no token: each report is signed with the snapshot signing key).
 
 mod keys;
+mod observe;
+mod openapi;
 mod prices;
 mod projects;
 mod routes;
 mod snapshot;
+mod tls;
 mod usage;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +22,9 @@ use keyward_engine::signed_snapshot::SigningKey;
 
 use crate::error::Error;
 use crate::secrets::AdminTokens;
-use crate::store::Store;
+use crate::store::{Location, Store};
 use crate::units::now;
+use observe::Metrics;
 pub use routes::not_found;
 use snapshot::{ChunkedSlots, Published};
 
@@ -28,7 +33,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_GRACE: &str = "24h";
 
 pub struct ServeOptions {
-    pub db: PathBuf,
+    pub db: Location,
     pub listen: String,
     pub allow_non_loopback: bool,
     pub tokens: AdminTokens,
@@ -36,6 +41,17 @@ pub struct ServeOptions {
     pub reissue_seconds: u64,
     /// How often reported spend becomes a new snapshot version; 0: with every usage batch.
     pub spend_publish_ms: u64,
+    /// Serve HTTPS with this certificate chain and private key (PEM files).
+    pub tls: Option<TlsFiles>,
+    /// One JSON line per request on stderr.
+    pub access_log: bool,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub drain: Duration,
+}
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 pub(super) struct AppState {
@@ -47,6 +63,10 @@ pub(super) struct AppState {
     /// Held while a snapshot is built, so concurrent polls wait for one build and share it.
     published: tokio::sync::Mutex<Option<Arc<Published>>>,
     chunked: tokio::sync::Mutex<ChunkedSlots>,
+    metrics: Metrics,
+    access_log: bool,
+    /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests finish.
+    draining: AtomicBool,
 }
 
 type Shared = Arc<AppState>;
@@ -55,21 +75,26 @@ type Shared = Arc<AppState>;
 #[derive(Clone)]
 pub(super) struct Actor(String);
 
-/// Runs `work` on the store off the async threads (SQLite calls block).
-async fn with_store<T, F>(store: &Arc<Mutex<Store>>, work: F) -> Result<T, Error>
+/// Runs `work` on the store off the async threads (SQLite and PostgreSQL calls block); counts
+/// store failures for `/metrics`.
+async fn with_store<T, F>(state: &AppState, work: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce(&mut Store) -> Result<T, Error> + Send + 'static,
 {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || {
+    let store = Arc::clone(&state.store);
+    let result = tokio::task::spawn_blocking(move || {
         let mut guard = store
             .lock()
             .map_err(|_| Error::internal("the store lock is poisoned"))?;
         work(&mut guard)
     })
     .await
-    .map_err(|error| Error::internal(format!("a store task failed: {error}")))?
+    .map_err(|error| Error::internal(format!("a store task failed: {error}")))?;
+    if result.as_ref().is_err_and(|error| error.status >= 500) {
+        state.metrics.store_error();
+    }
+    result
 }
 
 /// Resolves `listen` and refuses anything but loopback unless allowed.
@@ -102,21 +127,21 @@ pub fn resolve_listen(listen: &str, allow_non_loopback: bool) -> Result<SocketAd
     Ok(address)
 }
 
-/// Serves until SIGINT or SIGTERM.
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to `drain`).
 pub fn serve(options: ServeOptions) -> Result<(), Error> {
     let address = resolve_listen(&options.listen, options.allow_non_loopback)?;
-    let store = Store::open(&options.db)?;
+    let tls = options.tls.as_ref().map(tls::server_config).transpose()?;
+    let store = Store::open_location(&options.db)?;
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|error| Error::internal(format!("cannot listen on {address}: {error}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| Error::internal(error.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| Error::internal(format!("cannot start the runtime: {error}")))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|error| Error::internal(format!("cannot listen on {address}: {error}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|error| Error::internal(error.to_string()))?;
         let state = Arc::new(AppState {
             store: Arc::new(Mutex::new(store)),
             tokens: options.tokens,
@@ -125,21 +150,48 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             spend_publish_ms: options.spend_publish_ms,
             published: tokio::sync::Mutex::new(None),
             chunked: tokio::sync::Mutex::new(ChunkedSlots::default()),
+            metrics: Metrics::new(),
+            access_log: options.access_log,
+            draining: AtomicBool::new(false),
         });
-        tokio::spawn(sweep_rotations(Arc::clone(&state.store)));
+        tokio::spawn(sweep_rotations(Arc::clone(&state)));
         if options.spend_publish_ms > 0 {
             tokio::spawn(publish_spend(
-                Arc::clone(&state.store),
+                Arc::clone(&state),
                 Duration::from_millis(options.spend_publish_ms),
             ));
         }
+        let handle = axum_server::Handle::new();
+        tokio::spawn(drain_on_signal(
+            handle.clone(),
+            Arc::clone(&state),
+            options.drain,
+        ));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // Tests and scripts read the bound address (with --listen 127.0.0.1:0) from this line.
-        println!("keyward: listening on http://{bound}");
-        axum::serve(listener, routes::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|error| Error::internal(format!("server error: {error}")))
+        println!("keyward: listening on {scheme}://{bound}");
+        let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = match tls {
+            Some(config) => match axum_server::from_tcp_rustls(listener, config) {
+                Ok(server) => server.handle(handle).serve(app).await,
+                Err(error) => Err(error),
+            },
+            None => match axum_server::from_tcp(listener) {
+                Ok(server) => server.handle(handle).serve(app).await,
+                Err(error) => Err(error),
+            },
+        };
+        served.map_err(|error| Error::internal(format!("server error: {error}")))
     })
+}
+
+/// On SIGINT or SIGTERM: readiness fails (load balancers stop sending), the listener closes,
+/// and requests in flight get `drain` to finish.
+async fn drain_on_signal(handle: axum_server::Handle<SocketAddr>, state: Shared, drain: Duration) {
+    shutdown_signal().await;
+    state.draining.store(true, Ordering::SeqCst);
+    eprintln!("keyward: shutting down, draining requests for up to {drain:?}");
+    handle.graceful_shutdown(Some(drain));
 }
 
 async fn shutdown_signal() {
@@ -165,26 +217,26 @@ async fn shutdown_signal() {
     }
 }
 
-/// Revokes keys whose rotation grace has ended, once a second, so the next snapshot carries
-/// the revocation under a new version even when nobody changes anything.
 /// Reported spend waits in the store until a new version carries it: at most one version per
 /// interval from usage, however many Envoys report, since every data plane recompiles its
 /// policy for each version.
-async fn publish_spend(store: Arc<Mutex<Store>>, every: Duration) {
+async fn publish_spend(state: Shared, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        if let Err(error) = with_store(&store, |store| store.publish_pending_spend()).await {
+        if let Err(error) = with_store(&state, |store| store.publish_pending_spend()).await {
             eprintln!("keyward: publishing reported spend failed: {error}");
         }
     }
 }
 
-async fn sweep_rotations(store: Arc<Mutex<Store>>) {
+/// Revokes keys whose rotation grace has ended, once a second, so the next snapshot carries
+/// the revocation under a new version even when nobody changes anything.
+async fn sweep_rotations(state: Shared) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         ticker.tick().await;
-        let result = with_store(&store, |store| store.revoke_rotated_keys(now())).await;
+        let result = with_store(&state, |store| store.revoke_rotated_keys(now())).await;
         match result {
             Ok(revoked) if !revoked.is_empty() => {
                 eprintln!(

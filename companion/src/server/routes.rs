@@ -1,7 +1,9 @@
 //! The HTTP surface: routes, the admin-token check, fallbacks, error answers, and the request
 //! parsing every handler shares.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -13,20 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
 
 use super::usage::MAX_USAGE_REPORT_BYTES;
-use super::{keys, prices, projects, snapshot, usage, Actor, Shared};
+use super::{keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor, Shared};
 use crate::error::Error;
 
 /// Request bodies are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// A list answer: `{"data": [...]}`.
-#[derive(Serialize)]
-pub(super) struct List<T> {
-    pub data: Vec<T>,
-}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -82,10 +77,17 @@ pub(super) fn router(state: Shared) -> Router {
             post(usage::report).layer(DefaultBodyLimit::max(MAX_USAGE_REPORT_BYTES)),
         )
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(observe::metrics))
+        .route("/openapi.json", get(openapi::document))
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
@@ -110,8 +112,11 @@ async fn require_admin(State(state): State<Shared>, mut request: Request, next: 
     match state.tokens.authenticate(presented) {
         Some(name) => {
             let actor = Actor(name.to_owned());
-            request.extensions_mut().insert(actor);
-            next.run(request).await
+            request.extensions_mut().insert(actor.clone());
+            let mut response = next.run(request).await;
+            // For the access log: who made the request.
+            response.extensions_mut().insert(actor);
+            response
         }
         None => Error::unauthenticated("Invalid admin token.").into_response(),
     }
@@ -129,8 +134,34 @@ async fn method_not_allowed() -> Error {
     )
 }
 
+/// `GET /healthz`: the process answers (liveness).
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /readyz`: 200 when this replica can serve (its store answers), 503 while it cannot or
+/// while it drains after SIGTERM, so load balancers send traffic elsewhere.
+async fn ready(State(state): State<Shared>) -> Response {
+    let unavailable = |status: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": status})),
+        )
+            .into_response()
+    };
+    if state.draining.load(Ordering::SeqCst) {
+        return unavailable("draining");
+    }
+    let check = with_store(&state, |store| store.policy_version());
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(Ok(version)) => {
+            Json(serde_json::json!({"status": "ready", "policy_version": version})).into_response()
+        }
+        Ok(Err(_)) | Err(_) => unavailable("store_unavailable"),
+    }
 }
 
 /// Parses a JSON body into `T`; an empty body reads as `{}`.
@@ -142,15 +173,6 @@ pub(super) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> 
     };
     serde_json::from_slice(bytes)
         .map_err(|error| Error::invalid("invalid_json", format!("Invalid request body: {error}")))
-}
-
-/// `Some(None)` for an explicit `null`, so PATCH can clear a field; absent stays `None`.
-pub(super) fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Error> {

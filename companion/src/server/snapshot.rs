@@ -12,10 +12,16 @@ use axum::response::{IntoResponse, Response};
 use keyward_engine::signed_snapshot::SigningKey;
 
 use super::{not_found, with_store, Shared};
-use crate::error::Error;
+use crate::error::{Error, ErrorBody};
 use crate::publish::{build_chunked, build_signed, ChunkedSnapshot, SignedSnapshot};
 use crate::store::Store;
 use crate::units::now;
+
+/// Builds a snapshot at an issue time; returns it and its version.
+type Builder<T> = fn(&mut Store, &SigningKey, u64) -> Result<(T, u64), Error>;
+
+/// Issue agreements tried before serving what was read.
+const MAX_ISSUE_ATTEMPTS: usize = 3;
 
 /// The snapshot as served: built once per policy version (and re-issued for freshness).
 pub(super) struct Published {
@@ -44,26 +50,34 @@ pub(super) struct ChunkedSlots {
     previous: Option<Arc<ChunkedSnapshot>>,
 }
 
-/// Builds a new snapshot with `build` when the policy version moved since `cached` (version,
-/// issued_at) or the cached one is `reissue_seconds` old; `None` while the cached one holds.
+/// Builds a new snapshot with `build` when the issue the store records (see
+/// [`Store::snapshot_issue`]) differs from `cached` (version, issued_at): the policy version
+/// moved, or the issue is `reissue_seconds` old. `None` while the cached one holds. Built at
+/// the recorded issue time, so every replica serving the store builds the same bytes.
 async fn rebuild_if_stale<T: Send + 'static>(
     state: &Shared,
     cached: Option<(u64, u64)>,
-    build: fn(&mut Store, &SigningKey, u64) -> Result<T, Error>,
+    build: Builder<T>,
 ) -> Result<Option<T>, Error> {
     let reissue_seconds = state.reissue_seconds;
     let key = state.signing_key.clone();
-    with_store(&state.store, move |store| {
+    with_store(state, move |store| {
         let now = now();
         store.revoke_rotated_keys(now)?;
-        let version = store.policy_version()?;
-        let still_good = cached.is_some_and(|(cached_version, issued_at)| {
-            cached_version == version && now < issued_at.saturating_add(reissue_seconds)
-        });
-        if still_good {
-            return Ok(None);
+        // A change landing between the issue and the read makes a newer version than the
+        // issue's: ask again (another replica will have agreed on that version's issue).
+        for _ in 0..MAX_ISSUE_ATTEMPTS {
+            let issue = store.snapshot_issue(now, reissue_seconds)?;
+            if cached == Some(issue) {
+                return Ok(None);
+            }
+            let (built, version) = build(store, &key, issue.1)?;
+            if version == issue.0 {
+                return Ok(Some(built));
+            }
         }
-        build(store, &key, now).map(Some)
+        // The policy kept changing: serve what was read; the next poll agrees again.
+        build(store, &key, now).map(|(built, _)| Some(built))
     })
     .await
 }
@@ -75,7 +89,16 @@ async fn current_snapshot(state: &Shared) -> Result<Arc<Published>, Error> {
     let cached = slot
         .as_ref()
         .map(|published| (published.version, published.issued_at));
-    if let Some(signed) = rebuild_if_stale(state, cached, build_signed).await? {
+    let build = |store: &mut Store, key: &SigningKey, issued_at: u64| {
+        build_signed(store, key, issued_at).map(|signed| {
+            let version = signed.version;
+            (signed, version)
+        })
+    };
+    if let Some(signed) = rebuild_if_stale(state, cached, build).await? {
+        state
+            .metrics
+            .snapshot_built(signed.version, signed.envelope.len());
         *slot = Some(Arc::new(Published::from(signed)));
     }
     slot.clone()
@@ -89,8 +112,12 @@ async fn current_chunked(state: &Shared) -> Result<Arc<ChunkedSnapshot>, Error> 
         .current
         .as_ref()
         .map(|published| (published.version, published.issued_at));
-    let build =
-        |store: &mut Store, key: &SigningKey, now: u64| build_chunked(store, key, now, None);
+    let build = |store: &mut Store, key: &SigningKey, issued_at: u64| {
+        build_chunked(store, key, issued_at, None).map(|built| {
+            let version = built.version;
+            (built, version)
+        })
+    };
     if let Some(built) = rebuild_if_stale(state, cached, build).await? {
         slots.previous = slots.current.take();
         slots.current = Some(Arc::new(built));
@@ -132,6 +159,7 @@ fn conditional(headers: &HeaderMap, etag: &str, body: Bytes) -> Result<Response,
 }
 
 /// `GET /v1/snapshot`: the signed envelope, with ETag.
+#[utoipa::path(operation_id = "snapshot", get, path = "/v1/snapshot", tag = "snapshot", summary = "The signed policy snapshot (no token: hashes only, and signed)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed envelope", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
 pub(super) async fn snapshot(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -141,6 +169,7 @@ pub(super) async fn snapshot(
 }
 
 /// `GET /v1/snapshot/manifest`: the signed manifest of the chunked layout, with ETag.
+#[utoipa::path(operation_id = "snapshot_manifest", get, path = "/v1/snapshot/manifest", tag = "snapshot", summary = "The signed manifest of the chunked layout", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed manifest", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
 pub(super) async fn snapshot_manifest(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -155,6 +184,7 @@ pub(super) async fn snapshot_manifest(
 
 /// `GET /v1/snapshot/chunks/{sha256}`: a chunk of the current or the previous manifest. Its
 /// name is its hash, so it never changes: cacheable for good.
+#[utoipa::path(operation_id = "snapshot_chunk", get, path = "/v1/snapshot/chunks/{sha256}", tag = "snapshot", summary = "A chunk of the current or previous manifest, by its SHA-256", params(("sha256" = String, Path, description = "The chunk's hex SHA-256")), responses((status = 200, description = "The chunk (NDJSON)", body = String, content_type = "application/x-ndjson"), (status = 404, description = "No such chunk", body = ErrorBody)))]
 pub(super) async fn snapshot_chunk(
     State(state): State<Shared>,
     Path(sha256): Path<String>,

@@ -34,7 +34,18 @@ pub const SQLITE: &[(&str, &str)] = &[
         "V3__pending_spend",
         include_str!("../../migrations/sqlite/V3__pending_spend.sql"),
     ),
+    (
+        "V4__snapshot_issue",
+        include_str!("../../migrations/sqlite/V4__snapshot_issue.sql"),
+    ),
 ];
+
+/// The PostgreSQL migrations, in order: their own sequence (PostgreSQL support began with the
+/// schema SQLite reached at its migration 4).
+pub const POSTGRES: &[(&str, &str)] = &[(
+    "V1__initial",
+    include_str!("../../migrations/postgres/V1__initial.sql"),
+)];
 
 /// What a store written before versioned migrations already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

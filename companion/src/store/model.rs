@@ -3,7 +3,8 @@
 
 use keyward_engine::snapshot::{KeyStatus, PriceRecord, ProjectRecord, ProjectStatus, RateLimits};
 use keyward_engine::usage_report::UsageAck;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::keygen::{Environment, Format, Plaintext};
 
@@ -74,7 +75,7 @@ pub struct ProjectUpdate {
 }
 
 /// A price as operators see it: micro-USD per one million tokens, as in the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PriceView {
     pub model: String,
     pub input_microusd_per_mtok: u64,
@@ -99,7 +100,7 @@ impl PriceView {
 }
 
 /// A usage report batch as it was applied (the idempotency record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageBatchView {
     pub batch_id: String,
     pub reporter: String,
@@ -134,10 +135,12 @@ pub enum StatusChange {
 }
 
 /// A project as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectView {
     pub id: String,
     pub org: String,
+    /// `active`, `archived` or `suspended`.
+    #[schema(value_type = String)]
     pub status: ProjectStatus,
     pub spend_cap_microusd: Option<u64>,
     pub spend_soft_cap_microusd: Option<u64>,
@@ -148,7 +151,7 @@ pub struct ProjectView {
 }
 
 /// A key as operators see it: everything but its hash (and, of course, its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub format: Format,
@@ -157,6 +160,8 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
     pub environment: String,
+    /// `active`, `paused` or `revoked`.
+    #[schema(value_type = String)]
     pub status: KeyStatus,
     pub scopes: Vec<String>,
     pub models: Option<Vec<String>>,
@@ -164,7 +169,8 @@ pub struct KeyView {
     pub spend_cap_microusd: Option<u64>,
     pub spend_soft_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
-    /// Per Envoy instance; `null`: none.
+    /// Per Envoy instance: `{"requests_per_minute"?, "tokens_per_minute"?}`; `null`: none.
+    #[schema(value_type = Option<Object>)]
     pub rate_limits: Option<RateLimits>,
     pub label: Option<String>,
     pub note: Option<String>,
@@ -191,13 +197,14 @@ pub struct Rotation {
     pub old: KeyView,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     pub id: u64,
     pub at: u64,
     pub actor: String,
     pub action: String,
     pub target: String,
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// The policy version this change produced.
     pub policy_version: u64,

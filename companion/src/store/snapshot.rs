@@ -8,12 +8,63 @@ use super::keys::{find_key, key_of, key_status_str, rpm_of, tpm_of, KEY_COLUMNS}
 use super::model::PriceView;
 use super::prices::{all_prices, find_price, write_price};
 use super::projects::{all_projects, find_project, project_status_str};
-use super::sql::{args, Value};
+use super::sql::{args, Sql, Value};
 use super::validate::validate_text;
 use super::Store;
 use crate::error::Error;
 
+/// The recorded issue, if it is for `version` and younger than `reissue_seconds` at `now`.
+fn current_issue(
+    sql: &mut dyn Sql,
+    version: u64,
+    now: u64,
+    reissue_seconds: u64,
+) -> Result<Option<u64>, Error> {
+    let recorded = sql
+        .query_opt(
+            "SELECT version, issued_at FROM snapshot_issue WHERE id = 1",
+            &[],
+        )?
+        .map(|row| {
+            let mut columns = row.columns();
+            Ok::<_, Error>((columns.uint()?, columns.uint()?))
+        })
+        .transpose()?;
+    Ok(recorded.and_then(|(issued_version, issued_at)| {
+        (issued_version == version && now < issued_at.saturating_add(reissue_seconds))
+            .then_some(issued_at)
+    }))
+}
+
 impl Store {
+    /// The version and issue time the snapshot served now carries. Every process serving this
+    /// store agrees on them (they are recorded in the store), so replicas serve the same bytes
+    /// and ETag for a version: the recorded issue while it is for the current version and
+    /// younger than `reissue_seconds`, else a new one, `now`, recorded for the others.
+    pub fn snapshot_issue(&mut self, now: u64, reissue_seconds: u64) -> Result<(u64, u64), Error> {
+        let seen = self.read(|sql| {
+            let version = current_version(sql)?;
+            Ok((version, current_issue(sql, version, now, reissue_seconds)?))
+        })?;
+        if let (version, Some(issued_at)) = seen {
+            return Ok((version, issued_at));
+        }
+        self.write(|sql| {
+            // Again under the write lock: another replica may have recorded it meanwhile.
+            let version = current_version(sql)?;
+            if let Some(issued_at) = current_issue(sql, version, now, reissue_seconds)? {
+                return Ok((version, issued_at));
+            }
+            sql.execute(
+                "INSERT INTO snapshot_issue (id, version, issued_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+                 issued_at = excluded.issued_at",
+                args![Value::uint(version)?, Value::uint(now)?],
+            )?;
+            Ok((version, now))
+        })
+    }
+
     /// The whole policy as a snapshot, read in one transaction so the version matches the
     /// content. Keys past their rotation deadline are emitted as revoked.
     pub fn snapshot(&mut self, issued_at: u64) -> Result<Snapshot, Error> {
@@ -159,6 +210,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_support::store_with_project;
+
+    #[test]
+    fn the_snapshot_issue_is_recorded_per_version_and_renewed_when_old() {
+        let mut store = store_with_project();
+        let version = store.policy_version().unwrap();
+        assert_eq!(store.snapshot_issue(100, 300).unwrap(), (version, 100));
+        // Another process asking later within the interval gets the same issue.
+        assert_eq!(store.snapshot_issue(250, 300).unwrap(), (version, 100));
+        assert_eq!(store.snapshot_issue(400, 300).unwrap(), (version, 400));
+        store
+            .create_project("a", 401, "proj_b", "org_1", None, None)
+            .unwrap();
+        assert_eq!(store.snapshot_issue(402, 300).unwrap(), (version + 1, 402));
+        assert_eq!(store.snapshot_issue(403, 300).unwrap(), (version + 1, 402));
+    }
 
     #[test]
     fn imports_carry_caps_limits_use_times_and_prices() {

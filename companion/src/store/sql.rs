@@ -161,8 +161,17 @@ impl<'r> Columns<'r> {
     }
 }
 
+/// Which SQL dialect a transaction speaks, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// One open transaction of a backend.
 pub trait Sql {
+    fn dialect(&self) -> Dialect;
+
     /// Runs one statement; returns the number of rows it changed.
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Error>;
 
@@ -221,6 +230,12 @@ impl dyn Sql + '_ {
     }
 }
 
+/// `?1`, `?2`... as PostgreSQL's `$1`, `$2`... Every statement is a constant of this crate with
+/// no `?` inside a literal, so a plain rewrite is exact.
+pub fn numbered_placeholders(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +268,9 @@ mod tests {
         assert_eq!(Value::uint(u64::MAX).unwrap_err().code, "value_too_large");
         assert_eq!(Value::saturating(u64::MAX), Value::Int(i64::MAX));
         assert_eq!(Value::opt_uint(None).unwrap(), Value::Null);
+        assert_eq!(
+            numbered_placeholders("a = ?1 AND b = ?12"),
+            "a = $1 AND b = $12"
+        );
     }
 }

@@ -9,7 +9,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::migrate::{self, Adoption};
-use super::sql::{Row, Sql, Value};
+use super::sql::{Dialect, Row, Sql, Value};
 use crate::error::Error;
 
 /// `PRAGMA user_version` of a store managed by versioned migrations. keyward before versioned
@@ -144,6 +144,10 @@ fn value_of(value: ValueRef<'_>) -> Result<Value, Error> {
 }
 
 impl Sql for SqliteTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Error> {
         let changed = self
             .0
@@ -221,6 +225,13 @@ PRAGMA user_version = 1;
         )
     }
 
+    fn sqlite_of(store: &mut Store) -> &mut SqliteBackend {
+        match &mut store.backend {
+            crate::store::Backend::Sqlite(backend) => backend,
+            crate::store::Backend::Postgres(_) => panic!("a SQLite store"),
+        }
+    }
+
     fn history(store: &mut Store) -> Vec<(i64, String)> {
         store
             .read(|sql| {
@@ -252,7 +263,7 @@ PRAGMA user_version = 1;
             .unwrap();
 
         let mut store = Store::open(&path).unwrap();
-        let keys = store.backend.columns("keys");
+        let keys = sqlite_of(&mut store).columns("keys");
         for column in [
             "spend_soft_cap_microusd",
             "rate_limit_rpm",
@@ -261,13 +272,12 @@ PRAGMA user_version = 1;
         ] {
             assert!(keys.iter().any(|c| c == column), "{column}");
         }
-        assert!(store
-            .backend
+        assert!(sqlite_of(&mut store)
             .columns("projects")
             .iter()
             .any(|c| c == "spend_soft_cap_microusd"));
-        assert!(!store.backend.columns("prices").is_empty());
-        assert!(!store.backend.columns("usage_batches").is_empty());
+        assert!(!sqlite_of(&mut store).columns("prices").is_empty());
+        assert!(!sqlite_of(&mut store).columns("usage_batches").is_empty());
         // Migration 1 was adopted (recorded, not run); the later ones ran.
         let names: Vec<String> = history(&mut store).into_iter().map(|(_, n)| n).collect();
         assert_eq!(
@@ -275,7 +285,8 @@ PRAGMA user_version = 1;
             [
                 "initial",
                 "soft_caps_rate_limits_prices_usage",
-                "pending_spend"
+                "pending_spend",
+                "snapshot_issue"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);
@@ -323,7 +334,7 @@ PRAGMA user_version = 1;
         // Opening again is a no-op.
         let mut store = Store::open(&path).unwrap();
         assert_eq!(store.policy_version().unwrap(), 5);
-        assert_eq!(history(&mut store).len(), 3);
+        assert_eq!(history(&mut store).len(), SQLITE.len());
         // A store migrated by a newer keyward is refused, and left as it was.
         store
             .write(|sql| {
@@ -372,7 +383,11 @@ PRAGMA user_version = 1;
             conn.execute_batch("PRAGMA user_version = 2").unwrap();
             drop(conn);
             let mut store = Store::open(&path).unwrap();
-            assert_eq!(history(&mut store).len(), 3, "adopted at {adopted_at}");
+            assert_eq!(
+                history(&mut store).len(),
+                SQLITE.len(),
+                "adopted at {adopted_at}"
+            );
             assert_eq!(store.key("kOldKey00001").unwrap().spent_microusd, 1_000_000);
             let id = key_in(&mut store, crate::store::Owner::Project("proj_old".into()));
             let report = UsageReport::new("r", "b", vec![entry(&id, Some("proj_old"), 7, 1)]);
@@ -383,12 +398,12 @@ PRAGMA user_version = 1;
 
     #[test]
     fn a_new_store_runs_every_migration_once() {
-        let mut store = Store::in_memory().unwrap();
-        assert_eq!(history(&mut store).len(), SQLITE.len());
-        assert_eq!(store.policy_version().unwrap(), 1);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
-        drop(Store::open(&path).unwrap());
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(history(&mut store).len(), SQLITE.len());
+        assert_eq!(store.policy_version().unwrap(), 1);
+        drop(store);
         let mut store = Store::open(&path).unwrap();
         assert_eq!(history(&mut store).len(), SQLITE.len());
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);

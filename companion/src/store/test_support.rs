@@ -59,3 +59,34 @@ pub(super) fn price(model: &str, input: u64, output: u64) -> PriceRecord {
         cache_write_microusd_per_mtok: None,
     }
 }
+
+/// The PostgreSQL server the tests use (`make test` starts one and sets this).
+pub(super) fn postgres_url() -> String {
+    std::env::var("KEYWARD_TEST_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "KEYWARD_TEST_PG_URL is not set: the PostgreSQL tests need a server. `make test` \
+             starts one (scripts/postgres.sh) and sets it"
+            )
+        })
+}
+
+/// A PostgreSQL location of its own (a new schema) on the test server: tests run in parallel.
+pub(super) fn fresh_postgres_location() -> super::Location {
+    let url = postgres_url();
+    let schema = format!("kw_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)
+        .unwrap_or_else(|error| panic!("cannot reach the test PostgreSQL at {url}: {error}"));
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    super::Location::Postgres(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+}
+
+/// Whether this test run uses PostgreSQL for the store tests (`KEYWARD_TEST_STORE=postgres`).
+pub(super) fn postgres_requested() -> bool {
+    std::env::var("KEYWARD_TEST_STORE").is_ok_and(|backend| backend == "postgres")
+}

@@ -10,7 +10,7 @@ use super::change::{bump_version, current_version, record_event};
 use super::keys::find_key;
 use super::model::{UsageApplied, UsageBatchView};
 use super::projects::find_project;
-use super::sql::{args, Row, Sql, Value};
+use super::sql::{args, Dialect, Row, Sql, Value};
 use super::Store;
 use crate::error::Error;
 
@@ -286,10 +286,14 @@ impl Store {
     pub fn usage_batches(&mut self, limit: u64) -> Result<Vec<UsageBatchView>, Error> {
         self.read(|sql| {
             // Batches of one second come out in the order they were applied.
+            let arrival = match sql.dialect() {
+                Dialect::Sqlite => "rowid",
+                Dialect::Postgres => "seq",
+            };
             sql.query_map(
                 &format!(
                     "SELECT {BATCH_COLUMNS} FROM usage_batches \
-                     ORDER BY received_at DESC, rowid DESC LIMIT ?1"
+                     ORDER BY received_at DESC, {arrival} DESC LIMIT ?1"
                 ),
                 &[Value::saturating(limit)],
                 batch_of,
