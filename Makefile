@@ -127,7 +127,8 @@ run: $(VENV_STAMP) wasm
 clean:
 	cargo clean
 	rm -rf $(DEMO_DIR) integration/.pytest_cache
-	find integration scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+	find integration scripts soak pylib -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf bench/__pycache__
 
 ## distclean: also remove the project-local tools (venv, wasm-bindgen)
 distclean: clean

