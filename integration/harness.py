@@ -185,6 +185,17 @@ class _EchoHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
 
+class AlwaysLive(BaseHTTPRequestHandler):
+    """Stands for a foreign server on a port we wanted, e.g. another Envoy's admin: answers every
+    GET, /ready included, with 200 LIVE."""
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        send_json(self, b"LIVE")
+
+
 class EchoUpstream(RecordingHTTPServer):
     """HTTP/1.1 server on 127.0.0.1:<ephemeral> that records every request and answers 200 JSON."""
 
