@@ -37,6 +37,13 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # serde code for the configuration, snapshot and report types.
 WASM_MAX     := 720000
 DEMO_DIR     := $(TOOLS)/demo
+# The demo's ports (`make run DEMO_PORT=11000 ...`): Envoy listener and admin, demo upstream, keyward serve.
+DEMO_PORT               ?= 10000
+DEMO_ADMIN_PORT         ?= 9901
+DEMO_UPSTREAM_PORT      ?= 10001
+DEMO_CONTROL_PLANE_PORT ?= 10002
+DEMO_PORT_ARGS := --listen-port $(DEMO_PORT) --admin-port $(DEMO_ADMIN_PORT) \
+	--upstream-port $(DEMO_UPSTREAM_PORT) --control-plane-port $(DEMO_CONTROL_PLANE_PORT)
 # Validators generated from Istio's CRD schemas (npm, pinned), for integration/test_istio.py.
 ISTIO_MODELS_VER   := 3.0.1
 ISTIO_MODELS       := $(TOOLS)/istio-models
@@ -161,16 +168,21 @@ integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP) $(K8S_MODELS_STAMP)
 	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
 		K8S_MODELS_DIR=$(K8S_MODELS) KEYWARD_TEST_PG_URL=$$url $(PY) -m pytest integration -q
 
-## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
-run: $(VENV_STAMP) wasm
+## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it.
+## Ports: make run DEMO_PORT=11000 DEMO_ADMIN_PORT=11001 DEMO_UPSTREAM_PORT=11002 DEMO_CONTROL_PLANE_PORT=11003
+## A taken port is checked before the build too, so that it fails fast.
+run: $(VENV_STAMP)
+	$(PY) scripts/run_demo.py $(DEMO_PORT_ARGS) --check-ports
+	$(MAKE) --no-print-directory wasm
 	cargo build -p keyward
 	$(PY) scripts/run_demo.py --config $(DEMO_DIR)/envoy.yaml --log $(DEMO_DIR)/envoy.log \
-		--wasm $(CURDIR)/$(WASM) --keyward $(CURDIR)/target/debug/keyward
+		--wasm $(CURDIR)/$(WASM) --keyward $(CURDIR)/target/debug/keyward $(DEMO_PORT_ARGS)
 
 clean:
 	cargo clean
 	rm -rf $(DEMO_DIR) integration/.pytest_cache
-	find integration scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+	find integration scripts soak pylib -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf bench/__pycache__
 
 ## distclean: also remove the project-local tools (venv, wasm-bindgen)
 distclean: clean

@@ -40,22 +40,8 @@ class KeyRef:
 # A key format whose keys can be longer than max_credential_bytes (256, the default): the
 # default formats stop at 164 bytes (`ak_` + 32 + `.` + 128), so without it "a key at exactly
 # the limit" could never be well-formed. The battery's Envoy adds it to the default formats.
-VPX_FORMAT = {
-    "name": "vpx",
-    "type": "prefixed_opaque",
-    "prefix": "vpx_",
-    "environments": ["live", "test"],
-    "body": {"charset": "base62", "min_length": 24, "max_length": 64},
-    "checksum": "none",
-}
-LNG_FORMAT = {
-    "name": "lng",
-    "type": "prefixed_opaque",
-    "prefix": "lng_",
-    "environments": ["live"],
-    "body": {"charset": "base62", "min_length": 24, "max_length": 1024},
-    "checksum": "none",
-}
+VPX_FORMAT = world.opaque_format("vpx")
+LNG_FORMAT = world.opaque_format("lng", environments=("live",), max_length=1024)
 MAX_CREDENTIAL_BYTES = 256  # the default, which the battery's configuration keeps
 
 

@@ -21,10 +21,10 @@ import pytest
 
 import harness
 from keys import ak_key
+from keyward_testkit.envoy_config import static_cluster
 from snapshot_server import SIGNING_KEY_ID, SIGNING_SECRET_B64, SnapshotServer, sign
 
 REPO = Path(__file__).resolve().parent.parent
-KEYWARD = Path(os.environ.get("KEYWARD_BIN", REPO / "target" / "debug" / "keyward"))
 ISTIO_MODELS = Path(os.environ.get("ISTIO_MODELS_DIR", REPO / ".tools" / "istio-models"))
 VALIDATE = REPO / "integration" / "istio" / "validate.mjs"
 BAD_EXAMPLE = REPO / "integration" / "istio" / "bad-wasmplugin.json"
@@ -50,13 +50,6 @@ ALLOWED_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec"}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def keyward_bin() -> Path:
-    if not KEYWARD.is_file():
-        pytest.fail(f"{KEYWARD} not found: run `cargo build -p keyward` (or set KEYWARD_BIN)", pytrace=False)
-    return KEYWARD
 
 
 @pytest.fixture(scope="module")
@@ -263,16 +256,7 @@ def test_allow_list_catches_unknown_spec_fields():
 
 def outbound_cluster(name: str, port: int) -> dict:
     """A cluster named as Istio names it (`outbound|PORT||HOST`), here to a loopback port."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "0.5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": harness.LOOPBACK, "port_value": port}}}}]}],
-        },
-    }
+    return static_cluster(name, port, connect_timeout="0.5s")
 
 
 def test_plugin_config_passes_envoy_validate(keyward_bin, signing_key_file, wasm, oci_layout, tmp_path):
