@@ -11,12 +11,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
-use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow};
+use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow, SharedLedger};
 use crate::host::{LogLevel, SharedData, Telemetry};
-use crate::metrics::Metrics;
-use crate::sync_agent::{
-    claim_instance_number, ChunkMetrics, Followed, PolicyFollower, SnapshotPoller,
-};
+use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
+use crate::panic_log::log_panic;
+use crate::sync::{claim_instance_number, Followed, PolicyFollower, SnapshotPoller};
 use crate::usage_activity::{flush, Activity};
 use crate::usage_reporter::UsageReporter;
 
@@ -29,6 +28,9 @@ const LOADING_BUDGET_MS: u64 = 8;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(SdkLogLevel::Info);
+    // After set_log_level, which installs the SDK's hook (the whole message, unfiltered, and a
+    // failing log call panics again inside it): ours replaces it, for every panic of this VM.
+    std::panic::set_hook(Box::new(|info| log_panic(&EnvoyHost, info)));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(KeywardRoot::default()) });
 }}
 
@@ -43,7 +45,6 @@ struct KeywardRoot {
     poller: Option<SnapshotPoller>,
     reporter: Option<UsageReporter>,
     follower: PolicyFollower,
-    chunk_metrics: Option<ChunkMetrics>,
     /// The tick period set now, and the one to return to after a load.
     tick_ms: u32,
     base_tick_ms: u32,
@@ -75,24 +76,6 @@ impl KeywardRoot {
                 defined
             }
         };
-        let chunk_metrics = match self.chunk_metrics {
-            Some(defined) => defined,
-            None => {
-                let counter = |name: &str| {
-                    host.define_metric(crate::host::MetricKind::Counter, name)
-                        .map(Some)
-                        .map_err(|e| format!("cannot define metrics ({})", e))
-                };
-                let defined = ChunkMetrics {
-                    fetched: counter("keyward.sync.chunks_fetched")?,
-                    reused: counter("keyward.sync.chunks_reused")?,
-                    mismatched: counter("keyward.sync.rejected.chunk_mismatch")?,
-                    invalid: counter("keyward.sync.rejected.uncompilable_snapshot")?,
-                };
-                self.chunk_metrics = Some(defined);
-                defined
-            }
-        };
         self.role = config.role;
         self.sync = config.sync.clone();
         // A reconfigured VM starts over from the configuration's own policy, so it must look at
@@ -107,9 +90,7 @@ impl KeywardRoot {
                 };
                 self.instance_number = Some(number);
                 let me = format!("vm{number}");
-                let mut poller = SnapshotPoller::new(sync.clone(), me);
-                poller.chunk_metrics = chunk_metrics;
-                Some(poller)
+                Some(SnapshotPoller::new(sync.clone(), me))
             }
             _ => None,
         };
@@ -134,12 +115,12 @@ impl KeywardRoot {
             }));
             self.log_policy("configured");
         }
-        if self.sync.is_some() {
-            let period = match (&self.poller, self.role) {
-                (Some(poller), Role::SyncService) => {
-                    (poller.settings.interval_ms / 4).clamp(50, 1000) as u32
-                }
-                _ => FOLLOW_TICK_MS,
+        if let Some(sync) = &self.sync {
+            // The sync service polls; filter VMs look at what it published, a lease holder
+            // among them polling on those ticks too.
+            let period = match self.role {
+                Role::SyncService => (sync.interval_ms / 4).clamp(50, 1000) as u32,
+                Role::Filter => FOLLOW_TICK_MS,
             };
             host.set_tick_period_ms(period)
                 .map_err(|e| format!("cannot set the tick period ({})", e))?;
@@ -188,7 +169,8 @@ impl KeywardRoot {
         match followed {
             Ok(Followed::Updated(policy)) => self.install(*policy),
             Ok(Followed::Rejected) => {
-                if let Some(id) = self.chunk_metrics.and_then(|m| m.invalid) {
+                let uncompilable = SyncOutcome::Rejected(RejectionReason::UncompilableSnapshot);
+                if let Some(id) = state.metrics.sync_counter(uncompilable) {
                     EnvoyHost.increment_metric(id, 1);
                 }
             }
@@ -337,14 +319,23 @@ impl Context for KeywardRequest {}
 impl HttpContext for KeywardRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         match self.flow.as_mut() {
-            Some(flow) => action(flow.on_request_headers(&EnvoyHost, end_of_stream)),
+            Some(flow) => action(flow.on_request_headers(
+                &EnvoyHost,
+                &mut SharedLedger(&EnvoyHost),
+                end_of_stream,
+            )),
             None => action(refuse_unconfigured(&EnvoyHost)),
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.flow.as_mut() {
-            Some(flow) => action(flow.on_request_body(&EnvoyHost, body_size, end_of_stream)),
+            Some(flow) => action(flow.on_request_body(
+                &EnvoyHost,
+                &mut SharedLedger(&EnvoyHost),
+                body_size,
+                end_of_stream,
+            )),
             None => Action::Pause,
         }
     }
@@ -365,7 +356,7 @@ impl HttpContext for KeywardRequest {
 
     fn on_log(&mut self) {
         if let Some(flow) = self.flow.as_mut() {
-            flow.on_log(&EnvoyHost);
+            flow.on_log(&EnvoyHost, &mut SharedLedger(&EnvoyHost));
         }
     }
 }

@@ -7,8 +7,9 @@ use std::ptr::null_mut;
 use keyward_engine::request::Header;
 
 use crate::header_map::{parse_header_map, serialize_pairs};
-use crate::host::{Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, Telemetry};
-use crate::sync_agent::SyncHost;
+use crate::host::{
+    Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, SyncHost, Telemetry,
+};
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
@@ -384,7 +385,6 @@ impl Telemetry for EnvoyHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
-            LogLevel::Debug => 1,
             LogLevel::Info => 2,
             LogLevel::Warn => 3,
             LogLevel::Error => 4,

@@ -1,7 +1,8 @@
 //! The filter's request glue: reads facts from the host, calls the engine's request core
 //! (`keyward_engine::gate`), applies the effects it returns. It decides nothing: every check,
-//! refusal, header edit and charge comes from the engine. Host-agnostic (the `Host` trait), so
-//! it is tested natively with a fake host.
+//! refusal, header edit and charge comes from the engine. Host-agnostic (the `Host` trait, and
+//! a ledger the host passes in: `SharedLedger` over Envoy's shared data in the Wasm filter), so
+//! it is tested natively with a fake host and serves any host.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -105,7 +106,12 @@ impl RequestFlow {
         }
     }
 
-    pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Flow {
+    pub fn on_request_headers(
+        &mut self,
+        host: &impl Host,
+        ledger: &mut dyn Ledger,
+        end_of_stream: bool,
+    ) -> Flow {
         let state = Rc::clone(&self.state);
         let gate = state.gate();
         let headers = match host.request_headers() {
@@ -139,11 +145,17 @@ impl RequestFlow {
             now_s,
             end_of_stream,
         };
-        let step = gate.on_headers(&facts, &mut SharedLedger(host), &mut NoTrace);
-        self.advance(host, &gate, step, None)
+        let step = gate.on_headers(&facts, ledger, &mut NoTrace);
+        self.advance(host, ledger, &gate, step, None)
     }
 
-    pub fn on_request_body(&mut self, host: &impl Host, body_size: usize, end: bool) -> Flow {
+    pub fn on_request_body(
+        &mut self,
+        host: &impl Host,
+        ledger: &mut dyn Ledger,
+        body_size: usize,
+        end: bool,
+    ) -> Flow {
         if !matches!(self.stage, Stage::AwaitingBody(_)) {
             return Flow::Continue;
         }
@@ -174,13 +186,13 @@ impl RequestFlow {
             (Some(body), false) => Some(body.as_slice()),
             (None, false) => Some(&[][..]),
         };
-        let body_step = gate.on_body(*ticket, body_view, &mut SharedLedger(host), &mut NoTrace);
+        let body_step = gate.on_body(*ticket, body_view, ledger, &mut NoTrace);
         if let Some(new_body) = &body_step.new_body {
             if let Err(error) = host.replace_request_body(body_size, new_body) {
                 return self.fail_closed(host, &gate, route, &request_id, error);
             }
         }
-        self.advance(host, &gate, body_step.step, route)
+        self.advance(host, ledger, &gate, body_step.step, route)
     }
 
     pub fn on_response_headers(&mut self, host: &impl Host, end_of_stream: bool) {
@@ -229,13 +241,13 @@ impl RequestFlow {
     }
 
     /// The stream is over, however it ended: settle what it holds.
-    pub fn on_log(&mut self, host: &impl Host) {
+    pub fn on_log(&mut self, host: &impl Host, ledger: &mut dyn Ledger) {
         let Stage::Watching(watch) = &mut self.stage else {
             return;
         };
         let state = Rc::clone(&self.state);
         let gate = state.gate();
-        let effects = watch.settle(&gate, &mut SharedLedger(host));
+        let effects = watch.settle(&gate, ledger);
         report(host, &state, &effects);
     }
 
@@ -243,6 +255,7 @@ impl RequestFlow {
     fn advance(
         &mut self,
         host: &impl Host,
+        ledger: &mut dyn Ledger,
         gate: &Gate<'_>,
         step: Step<'_>,
         route: Option<usize>,
@@ -256,26 +269,14 @@ impl RequestFlow {
             };
             if let Next::Watch(mut watch) = next {
                 // Admitted, then refused: what it holds goes back when the stream ends.
-                let settled = watch.settle(gate, &mut SharedLedger(host));
+                let settled = watch.settle(gate, ledger);
                 report(host, &self.state, &settled);
             }
             return self.fail_closed(host, gate, route, &request_id, error);
         }
         report(host, &self.state, &effects);
         if let Some(reply) = &effects.reply {
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            if let Err(error) = host.send_local_reply(reply.status, &headers, reply.body.as_bytes())
-            {
-                // Nothing else can be sent; the request stays paused, never reaching upstream.
-                host.log(
-                    LogLevel::Error,
-                    &format!("keyward: local reply failed ({error})"),
-                );
-            }
+            send_reply(host, reply);
         }
         match next {
             Next::Done => {
@@ -320,18 +321,7 @@ impl RequestFlow {
         let effects = gate.internal_error(route, request_id);
         report(host, &self.state, &effects);
         if let Some(reply) = &effects.reply {
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            if let Err(error) = host.send_local_reply(reply.status, &headers, reply.body.as_bytes())
-            {
-                host.log(
-                    LogLevel::Error,
-                    &format!("keyward: local reply failed ({error})"),
-                );
-            }
+            send_reply(host, reply);
         }
         Flow::Pause
     }
@@ -343,7 +333,13 @@ pub fn refuse_unconfigured(host: &impl Host) -> Flow {
         LogLevel::Error,
         "keyward: no filter configuration on this VM (is a sync_service configuration used as an HTTP filter?); refusing the request",
     );
-    let reply = Reply::unconfigured();
+    send_reply(host, &Reply::unconfigured());
+    Flow::Pause
+}
+
+/// Sends keyward's local reply. On failure nothing else can be sent: the request stays paused,
+/// never reaching upstream.
+fn send_reply(host: &impl Host, reply: &Reply) {
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()
@@ -355,7 +351,6 @@ pub fn refuse_unconfigured(host: &impl Host) -> Flow {
             &format!("keyward: local reply failed ({error})"),
         );
     }
-    Flow::Pause
 }
 
 fn apply_edits(host: &impl Host, edits: &[Edit<'_>]) -> Result<(), HostError> {
@@ -389,7 +384,7 @@ fn report(host: &impl Host, state: &FilterState, effects: &Effects<'_>) {
     if let Ok(mut activity) = activity.try_borrow_mut() {
         // The VM's tick keeps a clock for last-use times; before the first tick, ask the host.
         let now_s = match activity.clock_s() {
-            0 => host.now_ms().map(|ms| ms / 1000).unwrap_or(0),
+            0 => host.now_unix_seconds().unwrap_or(0),
             seconds => seconds,
         };
         activity.record(record.key_id, record.project, record.usage, now_s);

@@ -2,18 +2,14 @@
 //! reservations, settlement, release, limits. The rules themselves are tested in the engine
 //! (`gate_tests`); these check that the glue carries them through a host.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
-use keyward_engine::config::PluginConfig;
 use keyward_engine::hash::sha256;
+use keyward_engine::ledger::{Ledger, MemoryLedger};
 use keyward_engine::metering::{key_counter_entry, project_counter_entry, SpendCounter};
 
-use super::tests::FakeHost;
-use super::{FilterState, Flow, RequestFlow, Stage};
-use crate::host::MetricKind;
-use crate::metrics::Metrics;
-use crate::usage_activity::Activity;
+use super::{FilterState, Flow, RequestFlow, SharedLedger, Stage};
+use crate::test_support::{filter_state, FakeHost};
 
 const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
@@ -47,19 +43,7 @@ fn state_with(project_fields: &str, key_fields: &str) -> Rc<FilterState> {
             "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active" {key_fields}}}]}}}}"#,
         hex::encode(sha256(SECRET.as_bytes())),
     );
-    let config = PluginConfig::from_json(json.as_bytes()).expect("valid test configuration");
-    let mut next = 0;
-    let metrics = Metrics::define(|_kind: MetricKind, _name: &str| {
-        next += 1;
-        Ok(next)
-    })
-    .expect("metrics");
-    Rc::new(FilterState {
-        settings: Rc::new(config.settings),
-        policy: config.policy.map(Rc::new),
-        metrics: Rc::new(metrics),
-        activity: Some(Rc::new(RefCell::new(Activity::default()))),
-    })
+    filter_state(&json, true)
 }
 
 fn chat_host(body: &str) -> FakeHost {
@@ -74,18 +58,18 @@ fn chat_host(body: &str) -> FakeHost {
     host
 }
 
-fn counter(host: &FakeHost, entry: &str) -> SpendCounter {
-    host.shared
-        .entries
-        .borrow()
-        .get(entry)
-        .and_then(|(bytes, _)| SpendCounter::decode(bytes))
-        .unwrap_or_default()
-}
-
 /// Runs one request through headers and body; returns its glue. The request headers are those
 /// of `chat_host` again (the previous request stripped the key).
 fn send(host: &FakeHost, state: &Rc<FilterState>) -> RequestFlow {
+    send_counting_in(host, &mut SharedLedger(host), state)
+}
+
+/// `send`, with the counters in `ledger`.
+fn send_counting_in(
+    host: &FakeHost,
+    ledger: &mut dyn Ledger,
+    state: &Rc<FilterState>,
+) -> RequestFlow {
     let body = host.request_body.borrow().clone();
     *host.headers.borrow_mut() = chat_host(&String::from_utf8_lossy(&body))
         .headers
@@ -93,11 +77,11 @@ fn send(host: &FakeHost, state: &Rc<FilterState>) -> RequestFlow {
         .clone();
     host.reply.borrow_mut().take();
     let mut flow = RequestFlow::new(Rc::clone(state));
-    let first = flow.on_request_headers(host, false);
+    let first = flow.on_request_headers(host, ledger, false);
     if matches!(flow.stage, Stage::AwaitingBody(_)) {
         assert_eq!(first, Flow::Pause, "the headers wait for the body");
         let size = host.request_body.borrow().len();
-        flow.on_request_body(host, size, true);
+        flow.on_request_body(host, ledger, size, true);
     }
     flow
 }
@@ -124,7 +108,7 @@ fn respond(host: &FakeHost, mut flow: RequestFlow, content_type: &str, body: &st
         let last = complete && (index + 1) * 7 >= bytes.len();
         flow.on_response_body(host, chunk.len(), last);
     }
-    flow.on_log(host);
+    flow.on_log(host, &mut SharedLedger(host));
 }
 
 const BODY: &str = r#"{"model": "gpt-4o-mini", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}"#;
@@ -134,11 +118,12 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
     let state = state("");
     let host = chat_host(BODY);
     let flow = send(&host, &state);
-    let reserved = counter(&host, &key_counter_entry("good1")).reserved;
+    let reserved = host.spend_counter(&key_counter_entry("good1")).reserved;
     // 24 input tokens (96 bytes / 4) at $2/M + 1000 output tokens at $10/M = 48 + 10000.
     assert_eq!(reserved, 10_048);
     assert_eq!(
-        counter(&host, &project_counter_entry("proj_a")).reserved,
+        host.spend_counter(&project_counter_entry("proj_a"))
+            .reserved,
         10_048
     );
     respond(
@@ -148,10 +133,10 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
         r#"{"id":"x","model":"gpt-4o-mini","usage":{"prompt_tokens":1000,"completion_tokens":200,"total_tokens":1200}}"#,
         true,
     );
-    let key = counter(&host, &key_counter_entry("good1"));
+    let key = host.spend_counter(&key_counter_entry("good1"));
     assert_eq!((key.reserved, key.settled), (0, 2000 + 2000));
     assert_eq!(
-        counter(&host, &project_counter_entry("proj_a")).settled,
+        host.spend_counter(&project_counter_entry("proj_a")).settled,
         4000
     );
     let activity = state.activity.as_ref().expect("activity").borrow().clone();
@@ -167,7 +152,7 @@ fn the_cap_counts_what_other_requests_hold_and_spent() {
     let state = state("");
     // Spent $0.99 in this Envoy already: a request reserving $0.01 more fits, a second not.
     let host = chat_host(BODY);
-    host.shared.entries.borrow_mut().insert(
+    host.shared.borrow_mut().insert(
         key_counter_entry("good1"),
         (
             SpendCounter {
@@ -190,7 +175,10 @@ fn the_cap_counts_what_other_requests_hold_and_spent() {
     assert_eq!(reply.0, 403);
     assert!(reply.2.contains("spend_cap_exceeded"));
     // The refused request left no reservation behind.
-    assert_eq!(counter(&host, &key_counter_entry("good1")).reserved, 10_048);
+    assert_eq!(
+        host.spend_counter(&key_counter_entry("good1")).reserved,
+        10_048
+    );
 }
 
 #[test]
@@ -205,7 +193,7 @@ fn a_cut_stream_releases_its_reservation_and_pays_it_when_content_was_sent() {
         "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
         false,
     );
-    let key = counter(&host, &key_counter_entry("good1"));
+    let key = host.spend_counter(&key_counter_entry("good1"));
     assert_eq!(key.reserved, 0, "released");
     assert_eq!(
         key.settled, 10_048,
@@ -219,8 +207,8 @@ fn a_request_that_never_got_a_response_is_not_charged() {
     let host = chat_host(BODY);
     let mut flow = send(&host, &state);
     assert!(forwarded(&flow));
-    flow.on_log(&host);
-    let key = counter(&host, &key_counter_entry("good1"));
+    flow.on_log(&host, &mut SharedLedger(&host));
+    let key = host.spend_counter(&key_counter_entry("good1"));
     assert_eq!((key.reserved, key.settled), (0, 0));
 }
 
@@ -287,7 +275,7 @@ fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
             value("x-ratelimit-remaining-requests").as_deref(),
             Some(remaining)
         );
-        flow.on_log(&host);
+        flow.on_log(&host, &mut SharedLedger(&host));
     }
     let flow = send(&host, &state);
     assert!(refused(&flow, &host));
@@ -296,7 +284,7 @@ fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
     assert!(reply.1.iter().any(|(n, v)| n == "retry-after" && v == "30"));
     assert!(reply.2.contains("rate_limited"));
     assert_eq!(
-        counter(&host, &key_counter_entry("good1")).reserved,
+        host.spend_counter(&key_counter_entry("good1")).reserved,
         0,
         "the refused request released its reservation"
     );
@@ -308,7 +296,7 @@ fn the_request_past_the_rpm_limit_gets_429_with_retry_after() {
 fn passing_the_soft_cap_warns_without_refusing() {
     let state = state("");
     let host = chat_host(BODY);
-    host.shared.entries.borrow_mut().insert(
+    host.shared.borrow_mut().insert(
         key_counter_entry("good1"),
         (
             SpendCounter {
@@ -343,10 +331,7 @@ fn budgets_without_a_cap_are_not_counted_per_request() {
         r#"{"usage":{"prompt_tokens":10,"completion_tokens":20}}"#,
         true,
     );
-    assert!(
-        host.shared.entries.borrow().is_empty(),
-        "no counter was touched"
-    );
+    assert!(host.shared.borrow().is_empty(), "no counter was touched");
     let entries = state
         .activity
         .as_ref()
@@ -359,4 +344,34 @@ fn budgets_without_a_cap_are_not_counted_per_request() {
         20 + 200,
         "the spend is still reported"
     );
+}
+
+#[test]
+fn a_host_with_its_own_ledger_keeps_the_counters_there() {
+    // A native host keeps spend and rate counters in process memory, not in shared data.
+    let state = state("");
+    let host = chat_host(BODY);
+    let mut ledger = MemoryLedger {
+        now_ms: host.now_ms.get(),
+        ..MemoryLedger::default()
+    };
+    let mut flow = send_counting_in(&host, &mut ledger, &state);
+    assert!(forwarded(&flow));
+    assert_eq!(ledger.total_reserved(), 2 * 10_048, "key and project");
+    assert!(host.shared.borrow().is_empty(), "shared data untouched");
+    flow.on_log(&host, &mut ledger);
+    assert_eq!(
+        ledger.total_reserved(),
+        0,
+        "released at the end of the stream"
+    );
+
+    // A ledger that fails refuses the request: never let through uncounted.
+    let mut failing = MemoryLedger {
+        fail_on: Some(1),
+        ..MemoryLedger::default()
+    };
+    let flow = send_counting_in(&host, &mut failing, &state);
+    assert!(refused(&flow, &host), "{flow:?}");
+    assert_eq!(failing.total_reserved(), 0);
 }

@@ -1,5 +1,5 @@
-//! The few host operations the filter needs, behind a trait so the request handling is tested
-//! natively with a fake host. The Envoy implementation lives in `envoy_host`.
+//! The few host operations the filter needs, behind traits so the glue is tested natively with
+//! one fake host (`test_support`). The Envoy implementation lives in `envoy_host`.
 
 use keyward_engine::request::Header;
 
@@ -40,7 +40,6 @@ impl From<HostError> for keyward_engine::ledger::LedgerError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
-    Debug,
     Info,
     Warn,
     Error,
@@ -85,8 +84,39 @@ pub trait SharedData {
     fn now_ms(&self) -> Result<u64, HostError>;
 }
 
-/// What a request context asks of its host.
-pub trait Host: Telemetry + SharedData {
+/// Calls to the control plane (policy sync, usage reports), answered later by token.
+pub trait SyncHost: Telemetry + SharedData {
+    /// Starts a GET; returns the call's token.
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+    /// Starts a POST; returns the call's token.
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+    /// The headers of the answer being handled (`:status` included).
+    fn call_response_headers(&self) -> Result<Vec<Header>, HostError>;
+    fn call_response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+}
+
+/// The first value of header `name` as text (`None` when missing or not UTF-8).
+pub fn header_text<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(candidate, _)| candidate == name)
+        .and_then(|(_, value)| core::str::from_utf8(value).ok())
+}
+
+/// What a request context asks of its host. Counters (spend, rate limits) are not here: the
+/// request glue is handed a ledger, so a host keeps them where it likes.
+pub trait Host: Telemetry {
     /// All request headers, read in one host call (pseudo-headers included).
     fn request_headers(&self) -> Result<Vec<Header>, HostError>;
     /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.

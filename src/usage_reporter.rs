@@ -12,10 +12,9 @@ use keyward_engine::usage_report::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::host::{HostError, LogLevel, SetOutcome};
+use crate::host::{header_text, HostError, LogLevel, SetOutcome, SyncHost};
 use crate::metrics::Metrics;
 use crate::shared_record::{read, update, Record};
-use crate::sync_agent::SyncHost;
 use crate::usage_activity::{PendingUsage, PENDING_ENTRY};
 
 pub const INFLIGHT_ENTRY: &str = "keyward/usage/inflight";
@@ -229,11 +228,7 @@ impl UsageReporter {
         body_size: usize,
     ) -> Result<(), HostError> {
         let headers = host.call_response_headers()?;
-        let status = headers
-            .iter()
-            .find(|(name, _)| name == ":status")
-            .and_then(|(_, value)| core::str::from_utf8(value).ok())
-            .unwrap_or("");
+        let status = header_text(&headers, ":status").unwrap_or("");
         if status == "400" || status == "413" {
             // The control plane can never accept these bytes: resending them would block every
             // later batch. The spend stays in this Envoy's counters (never acknowledged, so it

@@ -1,98 +1,28 @@
-//! Policy sync inside Envoy: the poller (a bootstrap singleton, or the lease holder among the
-//! filter VMs) fetches signed snapshots and publishes verified ones to shared data; every filter
-//! VM follows the published snapshot on its ticks. Host-agnostic, tested with a fake host.
+//! The VM that polls (the sync singleton, or the lease holder among the filter VMs): fetches
+//! signed envelopes, or signed manifests and their chunks, verifies them and publishes them to
+//! shared data for every filter VM to follow.
 
 use std::collections::{HashSet, VecDeque};
 
-use keyward_engine::chunked::{verify_manifest, BuildError, ChunkedBuild, Manifest};
+use keyward_engine::chunked::{verify_manifest, Manifest};
 use keyward_engine::request::Header;
 use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::{
-    lease_step, Layout, LeaseStep, Poller, PublishedStamp, SnapshotStamp, SyncSettings,
-    INSTANCE_COUNTER_ENTRY, LEASE_ENTRY, MANIFEST_ENTRY, SNAPSHOT_ENTRY, SNAPSHOT_STAMP_ENTRY,
+    Layout, Poller, PublishedStamp, SnapshotStamp, SyncSettings, MANIFEST_ENTRY, SNAPSHOT_ENTRY,
+    SNAPSHOT_STAMP_ENTRY,
 };
 
-pub use crate::host::SetOutcome;
-use crate::host::{HostError, LogLevel, SharedData, Telemetry, CREATE_ONLY};
-use crate::metrics::{Metrics, SyncOutcome};
-
-/// What the sync needs from the host, besides metrics and logs.
-pub trait SyncHost: Telemetry + SharedData {
-    /// Starts a GET; returns the call's token.
-    fn dispatch_get(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        timeout_ms: u64,
-    ) -> Result<u32, HostError>;
-    /// Starts a POST; returns the call's token.
-    fn dispatch_post(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, HostError>;
-    fn call_response_headers(&self) -> Result<Vec<Header>, HostError>;
-    fn call_response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
-}
-
-fn count_sync(host: &impl SyncHost, metrics: &Metrics, outcome: SyncOutcome) {
-    if let Some(id) = metrics.sync_counter(outcome) {
-        host.increment_metric(id, 1);
-    }
-}
+use super::lease::hold_lease;
+use crate::host::{header_text, HostError, LogLevel, SetOutcome, SyncHost, CREATE_ONLY};
+use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
 
 /// How long one step of a load may spend checking chunks already in shared data.
 const PROBE_BUDGET_MS: u64 = 10;
 
-/// A number no other VM sharing this vm_id has been given: the lease needs holder ids that
-/// differ between VMs, and worker VMs are clones that start in the same millisecond with the
-/// same context ids, so neither can tell them apart. A CAS-incremented counter can.
-pub fn claim_instance_number(host: &impl SyncHost) -> Result<u64, HostError> {
-    // Each failed attempt means another VM just claimed a number; a few suffice.
-    for _ in 0..64 {
-        let current = host.shared_get(INSTANCE_COUNTER_ENTRY)?;
-        let (next, cas) = match &current {
-            Some((value, cas)) => {
-                let text = core::str::from_utf8(value).unwrap_or("0");
-                (text.parse::<u64>().unwrap_or(0) + 1, *cas)
-            }
-            None => (1, CREATE_ONLY),
-        };
-        let written = host.shared_set(
-            INSTANCE_COUNTER_ENTRY,
-            next.to_string().as_bytes(),
-            Some(cas),
-        )?;
-        if written == SetOutcome::Written {
-            return Ok(next);
-        }
-    }
-    Err(HostError::Contended)
-}
-
-/// Counters of the chunked layout, defined by the root context (ids `None` in tests that do not
-/// look at them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ChunkMetrics {
-    /// Chunks fetched from the control plane and stored in shared data.
-    pub fetched: Option<u32>,
-    /// Chunks of a new manifest already in shared data (not fetched again: the delta).
-    pub reused: Option<u32>,
-    /// Chunks whose bytes did not match the signed manifest (tampered or truncated): the load
-    /// is abandoned, the last good policy stays.
-    pub mismatched: Option<u32>,
-    /// Signed snapshots a filter VM could not compile (bad key records inside verified chunks).
-    pub invalid: Option<u32>,
-}
-
-fn bump(host: &impl SyncHost, id: Option<u32>, by: i64) {
-    if let Some(id) = id {
-        if by != 0 {
-            host.increment_metric(id, by);
-        }
+fn count_sync(host: &impl SyncHost, metrics: &Metrics, outcome: SyncOutcome) {
+    if let Some(id) = metrics.sync_counter(outcome) {
+        host.increment_metric(id, 1);
     }
 }
 
@@ -107,6 +37,17 @@ enum CallKind {
     Chunk(usize),
 }
 
+/// How the control plane answered a call.
+#[derive(Debug)]
+enum Answer {
+    /// 200, with these headers.
+    Fresh(Vec<Header>),
+    /// 304.
+    NotModified,
+    /// Anything else, counted as this outcome.
+    Failed(SyncOutcome),
+}
+
 /// A verified manifest whose chunks are being fetched into shared data.
 #[derive(Debug)]
 struct ChunkLoad {
@@ -117,10 +58,49 @@ struct ChunkLoad {
     pending: VecDeque<usize>,
 }
 
+/// The published stamp as shared data holds it, and the CAS token to replace it with.
+struct Published {
+    stamp: Option<PublishedStamp>,
+    cas: u32,
+}
+
+impl Published {
+    fn read(host: &impl SyncHost) -> Result<Published, HostError> {
+        Ok(match host.shared_get(SNAPSHOT_STAMP_ENTRY)? {
+            Some((value, cas)) => Published {
+                stamp: PublishedStamp::decode(&value),
+                cas,
+            },
+            None => Published {
+                stamp: None,
+                cas: CREATE_ONLY,
+            },
+        })
+    }
+
+    /// A warning when `stamp` is older than the published one (an equal stamp is fine: it
+    /// repairs).
+    fn staler_than(&self, stamp: SnapshotStamp) -> Option<String> {
+        let published = self.stamp.map(|p| p.stamp);
+        if stamp.replaces(published) || Some(stamp) == published {
+            return None;
+        }
+        Some(format!(
+            "keyward sync: control plane served version {} older than the published {}",
+            stamp.version,
+            published.map_or(0, |s| s.version)
+        ))
+    }
+
+    fn layout(&self) -> Option<Layout> {
+        self.stamp.map(|p| p.layout)
+    }
+}
+
 /// The poller's state in one VM.
 #[derive(Debug)]
 pub struct SnapshotPoller {
-    pub settings: SyncSettings,
+    settings: SyncSettings,
     /// Unique among the VMs sharing this vm_id.
     me: String,
     next_poll_ms: u64,
@@ -131,7 +111,6 @@ pub struct SnapshotPoller {
     /// Chunk entries this poller wrote that no published manifest holds yet; cleared (emptied
     /// in shared data) at the next publication unless it uses them.
     unpublished: Vec<String>,
-    pub chunk_metrics: ChunkMetrics,
     /// The policy this poller just verified and published (envelope layout), with its stamp
     /// entry: the VM's own follower takes it instead of parsing the same bytes a second time.
     fresh: Option<(Vec<u8>, Policy)>,
@@ -148,7 +127,6 @@ impl SnapshotPoller {
             holds_lease: false,
             load: None,
             unpublished: Vec::new(),
-            chunk_metrics: ChunkMetrics::default(),
             fresh: None,
         }
     }
@@ -157,7 +135,14 @@ impl SnapshotPoller {
         self.holds_lease
     }
 
+    /// The token of the call being waited for.
+    #[cfg(test)]
+    pub fn call_in_flight(&self) -> Option<u32> {
+        self.in_flight.map(|(token, _)| token)
+    }
+
     /// Whether chunks of a new manifest are being fetched.
+    #[cfg(test)]
     pub fn is_loading(&self) -> bool {
         self.load.is_some()
     }
@@ -173,7 +158,7 @@ impl SnapshotPoller {
     pub fn on_tick(&mut self, host: &impl SyncHost, metrics: &Metrics) -> Result<(), HostError> {
         let now = host.now_ms()?;
         if self.settings.poller == Poller::Lease {
-            self.holds_lease = self.step_lease(host, now)?;
+            self.holds_lease = hold_lease(host, &self.me, now, self.settings.lease_ttl_ms())?;
             if !self.holds_lease {
                 // Another VM polls now; it fetches whatever chunks it lacks itself.
                 self.load = None;
@@ -240,7 +225,7 @@ impl SnapshotPoller {
                 Ok(Some((bytes, _))) if chunk.matches(&bytes) => {
                     load.pending.pop_front();
                     self.unpublished.push(entry);
-                    bump(host, self.chunk_metrics.reused, 1);
+                    host.increment_metric(metrics.chunks_reused, 1);
                     let spent = host
                         .now_ms()
                         .map_or(u64::MAX, |now| now.saturating_sub(start_ms));
@@ -303,21 +288,6 @@ impl SnapshotPoller {
         }
     }
 
-    fn step_lease(&self, host: &impl SyncHost, now: u64) -> Result<bool, HostError> {
-        let current = host.shared_get(LEASE_ENTRY)?;
-        let (value, cas) = match &current {
-            Some((value, cas)) => (Some(value.as_slice()), *cas),
-            None => (None, CREATE_ONLY),
-        };
-        match lease_step(value, &self.me, now, self.settings.lease_ttl_ms()) {
-            LeaseStep::Wait => Ok(false),
-            LeaseStep::Write(lease) => {
-                let written = host.shared_set(LEASE_ENTRY, lease.encode().as_bytes(), Some(cas))?;
-                Ok(written == SetOutcome::Written)
-            }
-        }
-    }
-
     /// The control plane answered call `token`. Publishes a verified, newer snapshot; in the
     /// chunked layout, stores a verified chunk and fetches the next one.
     pub fn on_response(
@@ -334,8 +304,8 @@ impl SnapshotPoller {
         self.in_flight = None;
         let outcome = match kind {
             CallKind::Envelope => self.handle_envelope(host, body_size).map(Some),
-            CallKind::Manifest => self.handle_manifest(host, body_size),
-            CallKind::Chunk(index) => self.handle_chunk(host, index, body_size),
+            CallKind::Manifest => self.handle_manifest(host, metrics, body_size),
+            CallKind::Chunk(index) => self.handle_chunk(host, metrics, index, body_size),
         };
         let outcome = outcome.unwrap_or_else(|error| {
             host.log(
@@ -361,41 +331,28 @@ impl SnapshotPoller {
         }
     }
 
-    /// The answer's status, or the outcome to count when it is neither 200 nor 304.
-    fn status(host: &impl SyncHost) -> Result<(Result<bool, SyncOutcome>, Vec<Header>), HostError> {
+    /// How the control plane answered the call being handled.
+    fn answer(host: &impl SyncHost) -> Result<Answer, HostError> {
         let headers = host.call_response_headers()?;
-        let status = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| core::str::from_utf8(v).ok())
-            .map(str::to_owned);
-        let verdict = match status.as_deref() {
-            Some("304") => Ok(false),
-            Some("200") => Ok(true),
-            None => Err(SyncOutcome::Unreachable),
+        let answer = match header_text(&headers, ":status") {
+            Some("304") => Answer::NotModified,
+            Some("200") => Answer::Fresh(headers),
+            None => Answer::Failed(SyncOutcome::Unreachable),
             // Envoy answers a call it could not complete (connection refused, reset, timed out,
             // no healthy host) with its own plain-text 503; the control plane's errors are JSON.
             Some("503") if !is_json(&headers) => {
                 host.log(LogLevel::Warn, "keyward sync: control plane unreachable");
-                Err(SyncOutcome::Unreachable)
+                Answer::Failed(SyncOutcome::Unreachable)
             }
             Some(status) => {
                 host.log(
                     LogLevel::Warn,
                     &format!("keyward sync: control plane answered {status}"),
                 );
-                Err(SyncOutcome::HttpError)
+                Answer::Failed(SyncOutcome::HttpError)
             }
         };
-        Ok((verdict, headers))
-    }
-
-    fn etag_of(headers: &[Header]) -> Option<String> {
-        headers
-            .iter()
-            .find(|(n, _)| n == "etag")
-            .and_then(|(_, v)| core::str::from_utf8(v).ok())
-            .map(str::to_owned)
+        Ok(answer)
     }
 
     fn handle_envelope(
@@ -403,12 +360,12 @@ impl SnapshotPoller {
         host: &impl SyncHost,
         body_size: usize,
     ) -> Result<SyncOutcome, HostError> {
-        let headers = match Self::status(host)? {
-            (Ok(true), headers) => headers,
-            (Ok(false), _) => return Ok(SyncOutcome::NotModified),
-            (Err(outcome), _) => return Ok(outcome),
+        let headers = match Self::answer(host)? {
+            Answer::Fresh(headers) => headers,
+            Answer::NotModified => return Ok(SyncOutcome::NotModified),
+            Answer::Failed(outcome) => return Ok(outcome),
         };
-        let etag = Self::etag_of(&headers);
+        let etag = header_text(&headers, "etag").map(str::to_owned);
         let body = host.call_response_body(body_size)?;
         let policy = match verify_snapshot(&body, &self.settings.signing_keys) {
             Ok(policy) => policy,
@@ -417,7 +374,7 @@ impl SnapshotPoller {
                     LogLevel::Error,
                     &format!("keyward sync: snapshot rejected, last good policy stays: {rejected}"),
                 );
-                return Ok(SyncOutcome::Rejected(rejected.reason()));
+                return Ok(SyncOutcome::Rejected(RejectionReason::from(&rejected)));
             }
         };
         let stamp = PublishedStamp {
@@ -427,20 +384,16 @@ impl SnapshotPoller {
             },
             layout: Layout::Envelope,
         };
-        let published = host.shared_get(SNAPSHOT_STAMP_ENTRY)?;
-        let published_stamp = published
-            .as_ref()
-            .and_then(|(value, _)| PublishedStamp::decode(value));
-        if let Some(stale) = stale(stamp.stamp, published_stamp) {
+        let published = Published::read(host)?;
+        if let Some(stale) = published.staler_than(stamp.stamp) {
             host.log(LogLevel::Warn, &stale);
-            return Ok(SyncOutcome::Rejected("stale_version"));
+            return Ok(SyncOutcome::Rejected(RejectionReason::StaleVersion));
         }
         // The envelope first, then the stamp that tells followers to read it. An equal stamp is
         // written again too: it repairs an envelope a racing poller overwrote with an older one.
         host.shared_set(SNAPSHOT_ENTRY, &body, None)?;
-        let cas = published.map_or(CREATE_ONLY, |(_, cas)| cas);
         let stamp_bytes = stamp.encode().into_bytes();
-        if host.shared_set(SNAPSHOT_STAMP_ENTRY, &stamp_bytes, Some(cas))?
+        if host.shared_set(SNAPSHOT_STAMP_ENTRY, &stamp_bytes, Some(published.cas))?
             == SetOutcome::CasMismatch
         {
             // Another poller published meanwhile; fetch again next time instead of trusting
@@ -448,10 +401,10 @@ impl SnapshotPoller {
             return Ok(SyncOutcome::NotModified);
         }
         self.etag = etag;
-        if published_stamp.is_some_and(|p| p.layout == Layout::Chunked) {
+        if published.layout() == Some(Layout::Chunked) {
             self.retire(host, &HashSet::new(), true)?;
         }
-        if Some(stamp) == published_stamp {
+        if Some(stamp) == published.stamp {
             return Ok(SyncOutcome::NotModified);
         }
         host.log(
@@ -480,17 +433,18 @@ impl SnapshotPoller {
     fn handle_manifest(
         &mut self,
         host: &impl SyncHost,
+        metrics: &Metrics,
         body_size: usize,
     ) -> Result<Option<SyncOutcome>, HostError> {
-        let headers = match Self::status(host)? {
-            (Ok(true), headers) => headers,
+        let headers = match Self::answer(host)? {
+            Answer::Fresh(headers) => headers,
             // Unchanged: a load in progress goes on.
-            (Ok(false), _) => {
+            Answer::NotModified => {
                 return Ok(self.load.is_none().then_some(SyncOutcome::NotModified));
             }
-            (Err(outcome), _) => return Ok(Some(outcome)),
+            Answer::Failed(outcome) => return Ok(Some(outcome)),
         };
-        let etag = Self::etag_of(&headers);
+        let etag = header_text(&headers, "etag").map(str::to_owned);
         let body = host.call_response_body(body_size)?;
         let manifest = match verify_manifest(&body, &self.settings.signing_keys) {
             Ok(manifest) => manifest,
@@ -499,7 +453,9 @@ impl SnapshotPoller {
                     LogLevel::Error,
                     &format!("keyward sync: manifest rejected, last good policy stays: {rejected}"),
                 );
-                return Ok(Some(SyncOutcome::Rejected(rejected.reason())));
+                return Ok(Some(SyncOutcome::Rejected(RejectionReason::from(
+                    &rejected,
+                ))));
             }
         };
         if let Some(load) = &self.load {
@@ -507,17 +463,15 @@ impl SnapshotPoller {
                 return Ok(None);
             }
         }
-        let published_stamp = host
-            .shared_get(SNAPSHOT_STAMP_ENTRY)?
-            .and_then(|(value, _)| PublishedStamp::decode(&value));
-        if let Some(stale) = stale(manifest.stamp(), published_stamp) {
+        let published = Published::read(host)?;
+        if let Some(stale) = published.staler_than(manifest.stamp()) {
             host.log(LogLevel::Warn, &stale);
-            return Ok(Some(SyncOutcome::Rejected("stale_version")));
+            return Ok(Some(SyncOutcome::Rejected(RejectionReason::StaleVersion)));
         }
         // What shared data holds already: the published manifest's chunks, and those this
         // poller fetched for a manifest it did not publish (yet).
         let mut present: HashSet<String> = self.unpublished.iter().cloned().collect();
-        if published_stamp.is_some_and(|p| p.layout == Layout::Chunked) {
+        if published.layout() == Some(Layout::Chunked) {
             if let Some(published) = self.published_manifest(host)? {
                 present.extend(published.chunks.iter().map(|chunk| chunk.entry()));
             }
@@ -529,11 +483,10 @@ impl SnapshotPoller {
             .filter(|(_, chunk)| !present.contains(&chunk.entry()))
             .map(|(index, _)| index)
             .collect();
-        bump(
-            host,
-            self.chunk_metrics.reused,
-            (manifest.chunks.len() - pending.len()) as i64,
-        );
+        let reused = manifest.chunks.len() - pending.len();
+        if reused > 0 {
+            host.increment_metric(metrics.chunks_reused, reused as i64);
+        }
         if self.load.is_some() {
             host.log(
                 LogLevel::Info,
@@ -555,6 +508,7 @@ impl SnapshotPoller {
     fn handle_chunk(
         &mut self,
         host: &impl SyncHost,
+        metrics: &Metrics,
         index: usize,
         body_size: usize,
     ) -> Result<Option<SyncOutcome>, HostError> {
@@ -569,21 +523,18 @@ impl SnapshotPoller {
             self.load = None;
             return Ok(None);
         };
-        match Self::status(host)? {
-            (Ok(true), _) => {}
-            (Ok(false), _) | (Err(_), _) => {
-                // Gone (the control plane moved on) or failing: start over from the manifest
-                // at the next poll; the last good policy stays.
-                host.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "keyward sync: chunk {} of version {} could not be fetched; load abandoned",
-                        chunk.sha256, load.manifest.version
-                    ),
-                );
-                self.load = None;
-                return Ok(Some(SyncOutcome::HttpError));
-            }
+        if !matches!(Self::answer(host)?, Answer::Fresh(_)) {
+            // Gone (the control plane moved on) or failing: start over from the manifest at the
+            // next poll; the last good policy stays.
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "keyward sync: chunk {} of version {} could not be fetched; load abandoned",
+                    chunk.sha256, load.manifest.version
+                ),
+            );
+            self.load = None;
+            return Ok(Some(SyncOutcome::HttpError));
         }
         let body = host.call_response_body(body_size)?;
         if !chunk.matches(&body) {
@@ -594,15 +545,20 @@ impl SnapshotPoller {
                     chunk.sha256, load.manifest.version
                 ),
             );
-            bump(host, self.chunk_metrics.mismatched, 1);
+            // Counted as what it is, and as a failed signature check (the manifest signs it).
+            count_sync(
+                host,
+                metrics,
+                SyncOutcome::Rejected(RejectionReason::ChunkMismatch),
+            );
             self.load = None;
-            return Ok(Some(SyncOutcome::Rejected("bad_signature")));
+            return Ok(Some(SyncOutcome::Rejected(RejectionReason::BadSignature)));
         }
         let entry = chunk.entry();
         host.shared_set(&entry, &body, None)?;
         self.unpublished.push(entry);
         load.pending.pop_front();
-        bump(host, self.chunk_metrics.fetched, 1);
+        host.increment_metric(metrics.chunks_fetched, 1);
         Ok(None)
     }
 
@@ -624,22 +580,21 @@ impl SnapshotPoller {
             stamp: load.manifest.stamp(),
             layout: Layout::Chunked,
         };
-        let published = host.shared_get(SNAPSHOT_STAMP_ENTRY)?;
-        let published_stamp = published
-            .as_ref()
-            .and_then(|(value, _)| PublishedStamp::decode(value));
-        if let Some(stale) = stale(stamp.stamp, published_stamp) {
+        let published = Published::read(host)?;
+        if let Some(stale) = published.staler_than(stamp.stamp) {
             host.log(LogLevel::Warn, &stale);
-            return Ok(Some(SyncOutcome::Rejected("stale_version")));
+            return Ok(Some(SyncOutcome::Rejected(RejectionReason::StaleVersion)));
         }
-        let previous = match published_stamp.map(|p| p.layout) {
+        let previous = match published.layout() {
             Some(Layout::Chunked) => self.published_manifest(host)?,
             _ => None,
         };
         host.shared_set(MANIFEST_ENTRY, &load.manifest_bytes, None)?;
-        let cas = published.map_or(CREATE_ONLY, |(_, cas)| cas);
-        if host.shared_set(SNAPSHOT_STAMP_ENTRY, stamp.encode().as_bytes(), Some(cas))?
-            == SetOutcome::CasMismatch
+        if host.shared_set(
+            SNAPSHOT_STAMP_ENTRY,
+            stamp.encode().as_bytes(),
+            Some(published.cas),
+        )? == SetOutcome::CasMismatch
         {
             return Ok(Some(SyncOutcome::NotModified));
         }
@@ -651,11 +606,11 @@ impl SnapshotPoller {
             self.unpublished
                 .extend(previous.chunks.iter().map(|chunk| chunk.entry()));
         }
-        if published_stamp.is_some_and(|p| p.layout == Layout::Envelope) {
+        if published.layout() == Some(Layout::Envelope) {
             host.shared_set(SNAPSHOT_ENTRY, b"", None)?;
         }
         self.retire(host, &keep, false)?;
-        if Some(stamp) == published_stamp {
+        if Some(stamp) == published.stamp {
             return Ok(Some(SyncOutcome::NotModified));
         }
         host.log(
@@ -695,241 +650,6 @@ impl SnapshotPoller {
     }
 }
 
-/// A warning when `stamp` is older than the published one (an equal stamp is fine: it repairs).
-fn stale(stamp: SnapshotStamp, published: Option<PublishedStamp>) -> Option<String> {
-    let published = published.map(|p| p.stamp);
-    if stamp.replaces(published) || Some(stamp) == published {
-        return None;
-    }
-    Some(format!(
-        "keyward sync: control plane served version {} older than the published {}",
-        stamp.version,
-        published.map_or(0, |s| s.version)
-    ))
-}
-
-/// What a look at the published snapshot found.
-#[derive(Debug)]
-pub enum Followed {
-    /// Nothing new (or nothing usable yet).
-    Nothing,
-    /// A chunked snapshot is being compiled; more work is left for the next ticks, which
-    /// should come quickly.
-    Loading,
-    /// A newer policy, complete and verified.
-    Updated(Box<Policy>),
-    /// The published snapshot verified but does not compile; it is skipped for good.
-    Rejected,
-}
-
-/// A chunked snapshot being compiled by a filter VM.
-#[derive(Debug)]
-struct Building {
-    stamp_bytes: Vec<u8>,
-    build: ChunkedBuild,
-    /// The bytes of the chunk being worked on.
-    chunk: Option<Vec<u8>>,
-}
-
-/// A filter VM's view of the published snapshot.
-#[derive(Debug, Default)]
-pub struct PolicyFollower {
-    seen: Option<Vec<u8>>,
-    building: Option<Building>,
-}
-
-impl PolicyFollower {
-    /// Records that the snapshot under this stamp entry is in use already (the VM's own poller
-    /// handed it over).
-    pub fn mark_seen(&mut self, stamp_bytes: Vec<u8>) {
-        self.seen = Some(stamp_bytes);
-        self.building = None;
-    }
-
-    /// Whether a chunked snapshot is being compiled.
-    pub fn is_building(&self) -> bool {
-        self.building.is_some()
-    }
-
-    /// Looks for a newer policy than `current`. An envelope is verified and compiled at once
-    /// (it is small); a chunked snapshot is compiled over several calls, each spending at most
-    /// about `budget_ms` (checked between slices of a few hundred keys), so the VM keeps
-    /// answering requests with its current policy meanwhile. Everything is verified again here:
-    /// shared data is trusted, but a policy is never used without a signature check.
-    pub fn refresh(
-        &mut self,
-        host: &impl SyncHost,
-        settings: &SyncSettings,
-        current: Option<SnapshotStamp>,
-        budget_ms: u64,
-    ) -> Result<Followed, HostError> {
-        let Some((stamp_bytes, _)) = host.shared_get(SNAPSHOT_STAMP_ENTRY)? else {
-            return Ok(Followed::Nothing);
-        };
-        if self.seen.as_deref() == Some(stamp_bytes.as_slice()) {
-            self.building = None;
-            return Ok(Followed::Nothing);
-        }
-        let Some(published) = PublishedStamp::decode(&stamp_bytes) else {
-            return Ok(Followed::Nothing);
-        };
-        if !published.stamp.replaces(current) {
-            self.mark_seen(stamp_bytes);
-            return Ok(Followed::Nothing);
-        }
-        match published.layout {
-            Layout::Envelope => {
-                self.building = None;
-                self.follow_envelope(host, settings, current, stamp_bytes, published.stamp)
-            }
-            Layout::Chunked => {
-                self.follow_chunked(host, settings, stamp_bytes, published.stamp, budget_ms)
-            }
-        }
-    }
-
-    fn follow_envelope(
-        &mut self,
-        host: &impl SyncHost,
-        settings: &SyncSettings,
-        current: Option<SnapshotStamp>,
-        stamp_bytes: Vec<u8>,
-        stamp: SnapshotStamp,
-    ) -> Result<Followed, HostError> {
-        let Some((envelope, _)) = host.shared_get(SNAPSHOT_ENTRY)? else {
-            return Ok(Followed::Nothing);
-        };
-        match verify_snapshot(&envelope, &settings.signing_keys) {
-            Ok(policy) => {
-                let envelope_stamp = SnapshotStamp {
-                    version: policy.version,
-                    issued_at: policy.issued_at,
-                };
-                // An envelope that does not match its stamp is mid-publication: look again on
-                // the next tick rather than settle on it.
-                if envelope_stamp == stamp {
-                    self.seen = Some(stamp_bytes);
-                }
-                Ok(if envelope_stamp.replaces(current) {
-                    Followed::Updated(Box::new(policy))
-                } else {
-                    Followed::Nothing
-                })
-            }
-            Err(rejected) => {
-                // Not marked as seen: the stamp may have been published ahead of its envelope.
-                host.log(
-                    LogLevel::Warn,
-                    &format!("keyward sync: shared snapshot not usable yet: {rejected}"),
-                );
-                Ok(Followed::Nothing)
-            }
-        }
-    }
-
-    fn follow_chunked(
-        &mut self,
-        host: &impl SyncHost,
-        settings: &SyncSettings,
-        stamp_bytes: Vec<u8>,
-        stamp: SnapshotStamp,
-        budget_ms: u64,
-    ) -> Result<Followed, HostError> {
-        let start = host.now_ms()?;
-        if self
-            .building
-            .as_ref()
-            .is_some_and(|building| building.stamp_bytes != stamp_bytes)
-        {
-            // A newer snapshot was published mid-build: start over with it.
-            self.building = None;
-        }
-        if self.building.is_none() {
-            let Some((bytes, _)) = host.shared_get(MANIFEST_ENTRY)? else {
-                return Ok(Followed::Nothing);
-            };
-            let manifest = match verify_manifest(&bytes, &settings.signing_keys) {
-                Ok(manifest) => manifest,
-                Err(rejected) => {
-                    host.log(
-                        LogLevel::Warn,
-                        &format!("keyward sync: shared manifest not usable yet: {rejected}"),
-                    );
-                    return Ok(Followed::Nothing);
-                }
-            };
-            if manifest.stamp() != stamp {
-                // Mid-publication: the stamp moves after the manifest.
-                return Ok(Followed::Nothing);
-            }
-            let build = match ChunkedBuild::new(&manifest) {
-                Ok(build) => build,
-                Err(error) => {
-                    self.mark_seen(stamp_bytes);
-                    host.log(
-                        LogLevel::Error,
-                        &format!("keyward sync: published snapshot unusable: {error}"),
-                    );
-                    return Ok(Followed::Rejected);
-                }
-            };
-            self.building = Some(Building {
-                stamp_bytes: stamp_bytes.clone(),
-                build,
-                chunk: None,
-            });
-        }
-        let deadline = start.saturating_add(budget_ms);
-        let out_of_time = || host.now_ms().map_or(true, |now| now >= deadline);
-        loop {
-            let Some(building) = &mut self.building else {
-                return Ok(Followed::Nothing);
-            };
-            let Some(entry) = building.build.next_chunk().map(|chunk| chunk.entry()) else {
-                let Some(building) = self.building.take() else {
-                    return Ok(Followed::Nothing);
-                };
-                self.seen = Some(stamp_bytes);
-                return Ok(match building.build.finish() {
-                    Some(policy) => Followed::Updated(Box::new(policy)),
-                    None => Followed::Nothing,
-                });
-            };
-            if building.chunk.is_none() {
-                match host.shared_get(&entry)? {
-                    Some((bytes, _)) if !bytes.is_empty() => building.chunk = Some(bytes),
-                    // Not there: retired by a newer publication (the next look starts over
-                    // with it) or not written yet. Try again on a later tick.
-                    _ => return Ok(Followed::Nothing),
-                }
-            }
-            let bytes = building.chunk.as_deref().unwrap_or_default();
-            match building.build.work(bytes, out_of_time) {
-                Ok(true) => building.chunk = None,
-                Ok(false) => return Ok(Followed::Loading),
-                Err(BuildError::ChunkMismatch) => {
-                    building.chunk = None;
-                    return Ok(Followed::Nothing);
-                }
-                Err(BuildError::Invalid(error)) => {
-                    self.mark_seen(stamp_bytes);
-                    host.log(
-                        LogLevel::Error,
-                        &format!(
-                            "keyward sync: published snapshot version {} unusable, last good policy stays: {error}",
-                            stamp.version
-                        ),
-                    );
-                    return Ok(Followed::Rejected);
-                }
-            }
-            if out_of_time() {
-                return Ok(Followed::Loading);
-            }
-        }
-    }
-}
-
 fn is_json(headers: &[Header]) -> bool {
     headers.iter().any(|(name, value)| {
         name == "content-type"
@@ -938,7 +658,3 @@ fn is_json(headers: &[Header]) -> bool {
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"application/json"))
     })
 }
-
-#[cfg(test)]
-#[path = "sync_agent_tests.rs"]
-mod tests;
