@@ -232,13 +232,19 @@ class _EchoHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
 
+class _UpstreamServer(ThreadingHTTPServer):
+    # Bursts of concurrent requests: the default listen backlog of 5 would drop connections.
+    request_queue_size = 128
+
+
 class EchoUpstream:
     """HTTP/1.1 server on 127.0.0.1:<ephemeral> that records every request and answers 200 JSON."""
 
-    def __init__(self):
+    def __init__(self, handler: Optional[type[BaseHTTPRequestHandler]] = None):
+        """handler: another request handler (it calls `self.server.owner._record(...)`)."""
         self._lock = threading.Lock()
-        self.requests: list[Recorded] = []
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), _EchoHandler)
+        self.requests: list = []
+        self._server = _UpstreamServer((LOOPBACK, 0), handler or _EchoHandler)
         self._server.daemon_threads = True
         self._server.timeout = 1.0
         self._server.owner = self  # type: ignore[attr-defined]

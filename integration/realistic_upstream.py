@@ -41,14 +41,13 @@ import gzip
 import json
 import math
 import re
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
-LOOPBACK = "127.0.0.1"
+import harness
+
 MODEL_MAX_OUTPUT = 16_384
 DEFAULT_OUTPUT = 100  # a provider's answer when the request states no limit
 OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -151,19 +150,18 @@ def query_names(query: str) -> list[str]:
 
 
 def lenient_count(value) -> Optional[int]:
-    """A token count as a lenient provider reads it: numbers and numeric strings, rounded up."""
-    if isinstance(value, bool):
-        return None
+    """A token count as a lenient provider reads it: numbers and numeric strings, rounded up;
+    negative, infinite or other values are no count."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
             return None
-    if isinstance(value, (int, float)) and value >= 0 and math.isfinite(value):
-        return math.ceil(value)
-    if isinstance(value, float) and value == math.inf:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return None
+    if value < 0 or not math.isfinite(value):
+        return None
+    return math.ceil(value)
 
 
 def _pairs_hook(pairs):
@@ -252,28 +250,8 @@ class Hit:
         return f"{self.method} {self.target!r} readings={self.paths} hosts={sorted(self.hosts)} headers={self.headers}"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(harness._EchoHandler):  # the echo handler's body reading, another answer
     server_version = "realistic-upstream"
-    sys_version = ""
-    server: "_Server"
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet
-        pass
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
-            out = b""
-            while True:
-                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return out
-                out += self.rfile.read(size)
-                self.rfile.readline(16)
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _handle(self):
         body = self._read_body()
@@ -305,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         if chat and (hit.mode == "gzip" or accepts_gzip(cgi.get("HTTP_ACCEPT_ENCODING", []))):
             payload = gzip.compress(payload)
             hit.compressed = True
-        owner.record(hit)
+        owner._record(hit)
         if owner.delay_s and chat:
             time.sleep(owner.delay_s)
         self.send_response(200)
@@ -356,45 +334,18 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-
-class RealisticUpstream:
-    """Has the `port`/`start`/`stop` of the harness's echo upstream, so an Envoy can use it."""
+class RealisticUpstream(harness.EchoUpstream):
+    """The harness's upstream (same `port`/`start`/`stop`, so an Envoy can use it) with the
+    realistic handler above; `requests` holds `Hit`s."""
 
     def __init__(self, fold_case: bool = False, delay_s: float = 0.0):
         self.fold_case = fold_case
         self.delay_s = delay_s
-        self._lock = threading.Lock()
-        self.hits: list[Hit] = []
-        self._server = _Server((LOOPBACK, 0), _Handler)
-        self._server.owner = self  # type: ignore[attr-defined]
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def start(self) -> "RealisticUpstream":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def record(self, hit: Hit) -> None:
-        with self._lock:
-            self.hits.append(hit)
-
-    def snapshot(self) -> list[Hit]:
-        with self._lock:
-            return list(self.hits)
+        super().__init__(handler=_Handler)
 
     def by_request_id(self, request_id: str) -> list[Hit]:
         return [h for h in self.snapshot() if request_id in h.cgi.get("HTTP_X_REQUEST_ID", [])]
 
     def clear(self) -> None:
         with self._lock:
-            self.hits.clear()
+            self.requests.clear()

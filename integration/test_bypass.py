@@ -65,7 +65,7 @@ def check_answer(answer: Answer, expected: str, hits: list, context: str) -> Non
         return
     status, code = expected.split()
     assert (answer.status, answer.header("x-keyward-error")) == (int(status), code), summary
-    assert answer.header("content-type", ) is not None and answer.header("content-type").startswith("application/json"), summary
+    assert (answer.header("content-type") or "").startswith("application/json"), summary
     assert json.loads(answer.body)["error"]["code"] == code, summary
 
 
