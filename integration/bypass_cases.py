@@ -243,6 +243,8 @@ VARIANTS: list[Variant] = [
     _v("host_header_without_authority", "host", "/x", "403 insufficient_scope", host=None,
        headers=(("host", "secure.local"),), http=(H2,)),
     _v("absolute_form_names_secure", "host", "http://secure.local/x", "403 insufficient_scope", http=(H1,)),
+    _v("absolute_form_secure_admin", "host", "http://secure.local/admin", "403 insufficient_scope", http=(H1,),
+       note="`Host: api.local`; Envoy takes `:authority` from the URI"),
     _v("absolute_form_host_header_secure", "host", "http://api.local/x", "200", host="secure.local", http=(H1,),
        note="Envoy takes the host from the absolute URI and forwards `host: api.local`"),
     _v("forwarded_host_header", "host", "/x", "400 invalid_request", headers=(("x-forwarded-host", "secure.local"),),
