@@ -275,7 +275,6 @@ class Case:
     path: str = "/v1/models"
     pad: int = 0
     note: str = ""
-    xfail: Optional[str] = None
 
     def fields(self, version: str) -> int:
         """Header lines (HTTP/1.1) or header fields with pseudo-headers (HTTP/2) in total."""
@@ -459,8 +458,6 @@ def _must_not(e: Expect) -> str:
 
 def _note(case: Case) -> str:
     parts = []
-    if case.xfail:
-        parts.append(f"**known bug, xfail:** {case.xfail}")
     if case.note:
         parts.append(case.note.replace("|", "\\|"))
     return " ".join(parts)

@@ -71,6 +71,26 @@ stale_envoy = _session_envoy("stale_envoy", "stale", world.stale_policy_config)
 alt_envoy = _session_envoy("alt_envoy", "alt", world.alt_config)
 
 
+@pytest.fixture(scope="session")
+def bypass_world(tmp_path_factory, envoy_workdir, wasm):
+    """The bypass battery's control plane, keys and Envoys (integration/bypass_world.py)."""
+    import bypass_world as bw
+
+    world = None
+    try:
+        world = bw.BypassWorld(tmp_path_factory.mktemp("bypass"), envoy_workdir)
+        world.start()
+    except Exception as e:  # noqa: BLE001 - any failure to build the world fails the tests loudly
+        if world is not None:
+            world.stop()
+        error = f"the bypass battery's world did not start: {e}"
+    else:
+        yield world
+        world.stop()
+        return
+    pytest.fail(error, pytrace=False)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

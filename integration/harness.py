@@ -199,8 +199,10 @@ class AlwaysLive(BaseHTTPRequestHandler):
 class EchoUpstream(RecordingHTTPServer):
     """HTTP/1.1 server on 127.0.0.1:<ephemeral> that records every request and answers 200 JSON."""
 
-    def __init__(self):
-        super().__init__(_EchoHandler)
+    def __init__(self, handler: Optional[type[BaseHTTPRequestHandler]] = None):
+        """handler: another request handler (it calls `self.server.owner.record(...)`). Bursts of
+        concurrent requests need a listen backlog above the default 5."""
+        super().__init__(handler or _EchoHandler, backlog=128)
 
     def by_request_id(self, request_id: str) -> list[Recorded]:
         return [r for r in self.recorded() if r.header("x-request-id") == request_id]
