@@ -35,7 +35,7 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # A budget, not a target: ~370 KB before metering; the usage and request-body parsers, spend
 # counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
 # serde code for the configuration, snapshot and report types.
-WASM_MAX     := 720000
+WASM_MAX     := 800000
 DEMO_DIR     := $(TOOLS)/demo
 # The demo's ports (`make run DEMO_PORT=11000 ...`): Envoy listener and admin, demo upstream, keyward serve.
 DEMO_PORT               ?= 10000

@@ -127,7 +127,47 @@ class Variant:
             needed = set(condition.split("+"))
             if needed <= tags and len(needed) > best_size:
                 best, best_size = answer, len(needed)
+        # Every configuration has a route matched by Envoy route name (`ops`). Where keyward would
+        # rewrite the path, the route Envoy chose from the path as sent may not be the one the
+        # rewritten path reaches: keyward refuses such a request (docs/configuration.md,
+        # "Canonical paths"). The rendered config's Envoy has already normalized dot segments,
+        # slashes and escapes, so there only case folding rewrites.
+        decided_later = best.startswith("envoy") or best.startswith("400")
+        if not decided_later and keyward_rewrites(self.target, rendered, folded):
+            return "400 invalid_request"
         return best
+
+
+_UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def keyward_rewrites(target: str, rendered: bool, folded: bool) -> bool:
+    """Whether keyward's canonical path differs from the path it receives (the documented rule:
+    dot segments and repeated slashes resolved, escapes of unreserved characters decoded, other
+    escapes in upper case, and with case folding every letter outside an escape in lower case)."""
+    path = target
+    if "://" in path:
+        path = "/" + path.split("://", 1)[1].split("/", 1)[-1] if "/" in path.split("://", 1)[1] else "/"
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        return False
+    if not rendered:
+        segments = path.split("/")[1:]
+        if any(seg in (".", "..") for seg in segments) or "//" in path:
+            return True
+        for match in re.finditer(r"%([0-9A-Fa-f]{2})", path):
+            hex_digits = match.group(1)
+            if chr(int(hex_digits, 16)) in _UNRESERVED or hex_digits != hex_digits.upper():
+                return True
+    if folded:
+        # Escaped unreserved letters are decoded first (by keyward, or by Envoy's normalize_path).
+        outside_escapes = re.sub(r"%[0-9A-Fa-f]{2}", "", path) + "".join(
+            chr(int(m.group(1), 16)) for m in re.finditer(r"%([0-9A-Fa-f]{2})", path)
+            if chr(int(m.group(1), 16)) in _UNRESERVED
+        )
+        if any(c.isupper() for c in outside_escapes):
+            return True
+    return False
 
 
 def _v(*args, **kw) -> Variant:
@@ -603,6 +643,12 @@ def _answer_cell(v: Variant) -> str:
     out = [f"`{v.expect}`"]
     for condition, answer in sorted(v.where.items()):
         out.append(f"{condition}: `{answer}`")
+    # Where keyward's own rewrite rule changes the answer (route-name routes, see answer()).
+    settings = [("plain", False, False), ("folded", False, True), ("rendered+folded", True, True)]
+    for label, rendered, folded in settings:
+        wanted = v.answer(rendered, folded, H1)
+        if wanted == "400 invalid_request" and wanted != v.expect and label not in v.where:
+            out.append(f"{label}: `{wanted}` (path rewritten where routes match Envoy route names)")
     return "<br>".join(out)
 
 

@@ -254,7 +254,7 @@ class _Handler(harness._EchoHandler):  # the echo handler's body reading, anothe
     server_version = "realistic-upstream"
 
     def _handle(self):
-        body = self._read_body()
+        body = harness.read_body(self)
         headers = list(self.headers.items())
         cgi: dict[str, list[str]] = {}
         for name, value in headers:
@@ -336,7 +336,7 @@ class _Handler(harness._EchoHandler):  # the echo handler's body reading, anothe
 
 class RealisticUpstream(harness.EchoUpstream):
     """The harness's upstream (same `port`/`start`/`stop`, so an Envoy can use it) with the
-    realistic handler above; `requests` holds `Hit`s."""
+    realistic handler above; `recorded()` gives the `Hit`s."""
 
     def __init__(self, fold_case: bool = False, delay_s: float = 0.0):
         self.fold_case = fold_case
@@ -346,6 +346,3 @@ class RealisticUpstream(harness.EchoUpstream):
     def by_request_id(self, request_id: str) -> list[Hit]:
         return [h for h in self.recorded() if request_id in h.cgi.get("HTTP_X_REQUEST_ID", [])]
 
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()

@@ -45,6 +45,7 @@ ALLOWED_SPEC_FIELDS = {
         "addresses", "endpoints", "exportTo", "hosts", "location", "ports", "resolution", "subjectAltNames",
         "workloadSelector",
     },
+    "EnvoyFilter": {"configPatches", "priority", "targetRefs", "workloadSelector"},
 }
 ALLOWED_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec"}
 
@@ -137,11 +138,20 @@ def test_rendered_resources_validate_against_the_istio_schema(keyward_bin, signi
     docs = documents(res.stdout)
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1", "ServiceEntry"),
     ]
     check_schema(istio_models, tmp_path, docs)
 
-    plugin, entry = docs
+    plugin, hardening, entry = docs
+    # Envoy's own request hardening for the same workloads (keyward holds without it too).
+    assert hardening["spec"]["workloadSelector"] == {"labels": {"app": "llm-gateway"}}
+    patch = hardening["spec"]["configPatches"][0]
+    assert patch["applyTo"] == "NETWORK_FILTER" and patch["patch"]["operation"] == "MERGE"
+    manager = patch["patch"]["value"]["typed_config"]
+    assert manager["normalize_path"] is True and manager["merge_slashes"] is True
+    assert manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert manager["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
     spec = plugin["spec"]
     assert spec["url"] == WASM_URL
     # oci://: Istio compares the image manifest's digest (istio/istio pkg/wasm/imagefetcher.go)
@@ -166,7 +176,8 @@ def test_gateway_target_match_and_base_config(keyward_bin, signing_key_file, was
                        "--no-service-entry", "--name", "keyward-gw")
     assert res.returncode == 0, res.stderr
     docs = documents(res.stdout)
-    assert [d["kind"] for d in docs] == ["WasmPlugin"]
+    assert [d["kind"] for d in docs] == ["WasmPlugin", "EnvoyFilter"]
+    assert docs[1]["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "llm"}]
     check_schema(istio_models, tmp_path, docs)
     spec = docs[0]["spec"]
     assert spec["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "llm"}]

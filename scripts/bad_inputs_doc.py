@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "bad-inputs.md"
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(REPO / "pylib"))
 
 import bad_inputs  # noqa: E402
 import bypass_cases  # noqa: E402

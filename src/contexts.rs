@@ -340,6 +340,15 @@ impl HttpContext for KeywardRequest {
         }
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.flow.as_mut() {
+            Some(flow) => {
+                action(flow.on_request_trailers(&EnvoyHost, &mut SharedLedger(&EnvoyHost)))
+            }
+            None => Action::Pause,
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(flow) = self.flow.as_mut() {
             flow.on_response_headers(&EnvoyHost, end_of_stream);

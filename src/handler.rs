@@ -67,6 +67,9 @@ enum Stage {
 pub struct RequestFlow {
     state: Rc<FilterState>,
     stage: Stage,
+    /// The buffered body size the host last reported: a body may end with trailers instead of
+    /// an end-of-stream chunk.
+    body_size: usize,
 }
 
 /// Envoy's shared data as the engine's ledger: one compare-and-swap update per change.
@@ -103,6 +106,7 @@ impl RequestFlow {
         RequestFlow {
             state,
             stage: Stage::Deciding,
+            body_size: 0,
         }
     }
 
@@ -159,6 +163,7 @@ impl RequestFlow {
         if !matches!(self.stage, Stage::AwaitingBody(_)) {
             return Flow::Continue;
         }
+        self.body_size = body_size;
         let state = Rc::clone(&self.state);
         let gate = state.gate();
         let too_large = gate.body_too_large(body_size);
@@ -193,6 +198,14 @@ impl RequestFlow {
             }
         }
         self.advance(host, ledger, &gate, body_step.step, route)
+    }
+
+    /// Trailers end a request whose last body chunk did not carry end-of-stream (HTTP/2 can do
+    /// that): the body is complete here and is decided before anything goes upstream. Without
+    /// this, such a request would skip the body's model check and its reservation.
+    pub fn on_request_trailers(&mut self, host: &impl Host, ledger: &mut dyn Ledger) -> Flow {
+        let size = self.body_size;
+        self.on_request_body(host, ledger, size, true)
     }
 
     pub fn on_response_headers(&mut self, host: &impl Host, end_of_stream: bool) {

@@ -375,3 +375,30 @@ fn a_host_with_its_own_ledger_keeps_the_counters_there() {
     assert!(refused(&flow, &host), "{flow:?}");
     assert_eq!(failing.total_reserved(), 0);
 }
+
+#[test]
+fn a_body_ending_with_trailers_is_decided_before_it_goes_upstream() {
+    // HTTP/2: the last body frame without end-of-stream, then trailers.
+    let state = state("");
+    let host = chat_host(r#"{"model":"o3","messages":[]}"#);
+    let mut flow = RequestFlow::new(Rc::clone(&state));
+    assert_eq!(
+        flow.on_request_headers(&host, &mut SharedLedger(&host), false),
+        Flow::Pause
+    );
+    let size = host.request_body.borrow().len();
+    assert_eq!(
+        flow.on_request_body(&host, &mut SharedLedger(&host), size, false),
+        Flow::Pause
+    );
+    assert_eq!(
+        flow.on_request_trailers(&host, &mut SharedLedger(&host)),
+        Flow::Pause
+    );
+    let reply = host
+        .reply
+        .borrow()
+        .clone()
+        .expect("refused at the trailers");
+    assert_eq!(reply.0, 403);
+}

@@ -37,6 +37,13 @@ fn hardening_fields() -> Value {
     })
 }
 
+fn plugin_fields_case_insensitive(plugin_config: &Value) -> bool {
+    plugin_config
+        .get("case_insensitive_paths")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 fn hardened_connection_manager(mut manager: Value) -> Value {
     if let (Some(fields), Value::Object(hardening)) = (manager.as_object_mut(), hardening_fields())
     {
@@ -218,6 +225,8 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     plugin_fields.insert("sync".into(), sync.clone());
     let plugin_text = serde_json::to_string(&plugin_config)
         .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
+    // Envoy picks the route whose name keyward matches on: it must fold case as keyward does.
+    let case_sensitive = !plugin_fields_case_insensitive(&plugin_config);
     let mut envoy_routes = Vec::new();
     for (name, prefix) in &options.routes {
         if name.is_empty() || name == "default" || !prefix.starts_with('/') {
@@ -238,8 +247,11 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 format!("--route {name}: named twice"),
             ));
         }
-        envoy_routes
-            .push(json!({"name": name, "match": {"prefix": prefix}, "route": route.clone()}));
+        envoy_routes.push(json!({
+            "name": name,
+            "match": {"prefix": prefix, "case_sensitive": case_sensitive},
+            "route": route.clone()
+        }));
     }
     envoy_routes.push(json!({"name": "default", "match": {"prefix": "/"}, "route": route}));
     for name in &options.disabled_on {

@@ -12,7 +12,7 @@ use keyward_engine::denial::DenyCode;
 use keyward_engine::explain::{explain, Explanation, Verdict};
 use keyward_engine::hash::sha256;
 use keyward_engine::key_format::{crc32_base62, parse_key, Checksum, KeyFormat, ParsedKey};
-use keyward_engine::request::{Header, Request};
+use keyward_engine::request::Header;
 use keyward_engine::route::{ModelSource, ProjectSource, Route};
 use keyward_engine::snapshot::{KeyRecord, Policy, Snapshot};
 use serde::Serialize;
@@ -252,7 +252,7 @@ pub fn build(
 
 /// Whether the engine's matcher sends `request` to `route`.
 pub fn reaches(settings: &Settings, route: &Route, request: &SyntheticRequest) -> bool {
-    let view = Request::new(&request.headers, request.route_name.as_deref());
+    let view = settings.request(&request.headers, request.route_name.as_deref());
     let picked = settings.route_position_for(&view);
     match configured(settings, route) {
         None => picked.is_none(),

@@ -303,7 +303,8 @@ fn admit_steps(
     };
     let warning = soft_cap_warning(past(key_admission), past(project_admission));
 
-    // 12. Rate limits. Shadow mode looks without taking.
+    // 12. Rate limits. Shadow mode takes from the buckets as enforce mode would, so that what
+    // it reports is what enforcement would have done.
     let mut response_headers = Vec::new();
     match key.rate_limits {
         Some(limits) => {
@@ -312,15 +313,15 @@ fn admit_steps(
             let mut decision = None;
             ledger.update_rate(&rate_entry(&key.id), &mut |state: &mut RateState| {
                 decision = Some(state.admit(&limits, now_ms, wanted_tokens));
-                !shadow
+                true
             })?;
             match decision {
                 Some(RateDecision::Allowed(report)) => {
+                    holds.rate_taken = true;
+                    holds.tokens_taken = limits
+                        .tokens_per_minute
+                        .map_or(0, |limit| wanted_tokens.min(limit));
                     if !shadow {
-                        holds.rate_taken = true;
-                        holds.tokens_taken = limits
-                            .tokens_per_minute
-                            .map_or(0, |limit| wanted_tokens.min(limit));
                         response_headers = rate_headers(&report);
                     }
                     trace.pass("12", "rate limit", || rate_detail(&report));

@@ -28,6 +28,9 @@ pub enum PathProblem {
     InvalidByte,
     /// `..` climbing above `/`.
     AboveRoot,
+    /// `%3F` or `%23`: a server that decodes before it splits off the query or fragment sees
+    /// a shorter path.
+    EncodedDelimiter,
 }
 
 impl PathProblem {
@@ -41,6 +44,7 @@ impl PathProblem {
             PathProblem::BadEscape => "the path contains an invalid percent-escape",
             PathProblem::InvalidByte => "the path contains a character that is not allowed",
             PathProblem::AboveRoot => "the path climbs above the root with ..",
+            PathProblem::EncodedDelimiter => "the path contains an encoded ? or #",
         }
     }
 }
@@ -145,6 +149,8 @@ fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, PathProblem> {
         match value {
             b'/' => return Err(PathProblem::EncodedSlash),
             b'\\' => return Err(PathProblem::Backslash),
+            b';' => return Err(PathProblem::Semicolon),
+            b'?' | b'#' => return Err(PathProblem::EncodedDelimiter),
             b'%' => {
                 let next_is_escape = bytes.get(at + 3).copied().and_then(hex_value).is_some()
                     && bytes.get(at + 4).copied().and_then(hex_value).is_some();
@@ -243,6 +249,28 @@ pub fn canonical_host(authority: &str) -> Result<Cow<'_, str>, HostProblem> {
 /// A port after `:`: digits only, or nothing (`host:` means the default port).
 fn is_port(digits: &str) -> bool {
     digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The path with every letter outside a percent-escape in lower case: the one spelling of a
+/// path for upstreams that fold case (`case_insensitive_paths`).
+pub fn fold_case(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut escape = 0;
+    for c in path.chars() {
+        if c == '%' {
+            escape = 2;
+            out.push(c);
+        } else if escape > 0 {
+            escape -= 1;
+            out.push(c);
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Decodes every `%XX` of a query-parameter name, for comparing names the way servers read them
@@ -348,6 +376,10 @@ mod tests {
             ("/a\\b", PathProblem::Backslash),
             ("/healthz;x=1/../admin", PathProblem::Semicolon),
             ("/admin;/x", PathProblem::Semicolon),
+            ("/admin%3Bx/y", PathProblem::Semicolon),
+            ("/admin%3bx/y", PathProblem::Semicolon),
+            ("/admin%3Fx", PathProblem::EncodedDelimiter),
+            ("/admin%23x", PathProblem::EncodedDelimiter),
             ("/healthz/%252e%252e/admin", PathProblem::DoubleEncoding),
             ("/a%2", PathProblem::BadEscape),
             ("/a%zz", PathProblem::BadEscape),
@@ -411,6 +443,12 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(canonical_host(raw), Err(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn folding_case_keeps_escapes_upper_case() {
+        assert_eq!(fold_case("/v1/Chat/%C3%A9X"), "/v1/chat/%C3%A9x");
+        assert!(matches!(fold_case("/v1/chat"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::credential::{CredentialLookup, CredentialSource};
 use crate::field_error::{from_json, FieldError};
 use crate::key_format::KeyFormat;
 use crate::metering::{MeteringDoc, MeteringSettings};
-use crate::request::Request;
+use crate::request::{Header, Request};
 use crate::route::{
     is_header_name, ErrorFormat, ModelSource, ProjectSource, Route, RouteConfig, RouteDefaults,
 };
@@ -166,6 +166,8 @@ pub struct Settings {
     pub spend_cap_status: u16,
     pub log_allowed: bool,
     pub unmatched_paths: UnmatchedPaths,
+    /// Paths are folded to lower case before matching and forwarding.
+    pub case_insensitive_paths: bool,
     pub routes: Vec<Route>,
     pub fallback_route: Route,
     /// Query parameters removed from every forwarded request: the configured credential names
@@ -274,6 +276,7 @@ impl PluginConfig {
                 spend_cap_status: document.spend_cap_status,
                 log_allowed: document.log_allowed,
                 unmatched_paths: document.unmatched_paths,
+                case_insensitive_paths: document.case_insensitive_paths,
                 reads_route_name: routes.iter().any(Route::matches_by_route_name),
                 routes,
                 fallback_route: Route::fallback(
@@ -292,6 +295,11 @@ impl PluginConfig {
 }
 
 impl Settings {
+    /// The request's canonical view under this configuration (case folded when paths fold).
+    pub fn request<'r>(&self, headers: &'r [Header], route_name: Option<&'r str>) -> Request<'r> {
+        Request::with_case_folding(headers, route_name, self.case_insensitive_paths)
+    }
+
     /// The first configured route the request matches, or the fallback.
     pub fn route_for(&self, request: &Request<'_>) -> &Route {
         self.route_at(self.route_position_for(request))

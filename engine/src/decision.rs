@@ -7,7 +7,7 @@ use crate::credential::BadCredential;
 use crate::denial::{Denial, DenyCode};
 use crate::hash::{digests_equal, sha256, Sha256Digest};
 use crate::key_format::{parse_key, MalformedKey, ParsedKey};
-use crate::request::Request;
+use crate::request::{Request, RequestProblem};
 use crate::route::{RequestedProject, Route};
 use crate::snapshot::{Key, KeyLookup, KeyScope, KeyStatus, Policy, Project, ProjectStatus};
 use crate::trace::{NoTrace, Trace};
@@ -91,8 +91,14 @@ fn decide_checks<'p>(
         project: None,
     };
 
-    // 0. One meaning for the path and host, or no route can be chosen.
-    if let Some(problem) = request.problem() {
+    // 0. One meaning for the path and host, or no route can be chosen. Where routes match
+    // Envoy route names, Envoy chose the route from the path as sent: a path keyward would
+    // rewrite may reach another route than the one decided on, so it is refused instead.
+    let problem = request.problem().or_else(|| {
+        (request.path_was_rewritten() && settings.needs_route_name())
+            .then_some(RequestProblem::NonCanonicalRouteName)
+    });
+    if let Some(problem) = problem {
         trace.fail(
             "0",
             "canonical request",

@@ -121,7 +121,7 @@ impl<'a> Gate<'a> {
         'a: 's,
     {
         let settings = self.settings;
-        let request = Request::new(facts.headers, facts.route_name);
+        let request = settings.request(facts.headers, facts.route_name);
         let route_position = match request.problem() {
             None => settings.route_position_for(&request),
             Some(_) => None,

@@ -640,3 +640,79 @@ fn the_trace_names_every_row_it_passed_and_the_one_that_failed() {
         Some("insufficient_scope")
     );
 }
+
+#[test]
+fn route_name_routes_refuse_paths_keyward_would_rewrite() {
+    let json = format!(
+        r#"{{"routes": [{{"name": "ops", "match": {{"route_name": "ops"}}, "scopes": ["admin"]}}],
+          "policy": {{"version": 1, "issued_at": 1799999999,
+            "projects": [{{"id": "proj_a", "org": "org_1", "status": "active"}}],
+            "keys": [{{"id": "good1", "secret_sha256": "{}", "project": "proj_a", "status": "active"}}]}}}}"#,
+        hex::encode(sha256(SECRET.as_bytes())),
+    );
+    let config = PluginConfig::from_json(json.as_bytes()).expect("valid");
+    let gate = Gate {
+        settings: &config.settings,
+        policy: config.policy.as_ref(),
+        reports_usage: false,
+    };
+    let send = |path: &str, route_name: &str| {
+        let list = headers(path, &[]);
+        let facts = HeaderFacts {
+            headers: &list,
+            route_name: Some(route_name),
+            now_s: 0,
+            end_of_stream: true,
+        };
+        let step = gate.on_headers(&facts, &mut MemoryLedger::default(), &mut NoTrace);
+        reply_code(&[step.effects])
+    };
+    // Envoy chose "default" from the raw path; the canonical /ops/x would reach "ops".
+    for path in ["//ops/x", "/%6Fps/x", "/healthz/../ops/x"] {
+        assert_eq!(
+            send(path, "default"),
+            Some((400, "invalid_request".to_owned())),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        send("/ops/x", "ops"),
+        Some((403, "insufficient_scope".to_owned()))
+    );
+    assert_eq!(send("/other/x", "default"), None);
+}
+
+#[test]
+fn folded_paths_match_and_are_forwarded_in_lower_case() {
+    let config = config_of(r#""case_insensitive_paths": true,"#, "", "");
+    let mut run = Run::new(&config);
+    let list = headers("/ADMIN/x", &[]);
+    let (effects, _) = run.send(&list, None);
+    assert_eq!(
+        reply_code(&effects),
+        Some((403, "insufficient_scope".to_owned()))
+    );
+    let list = headers("/Other/X", &[]);
+    let (effects, _) = Run::new(&config).send(&list, None);
+    assert_eq!(set_value(&effects, ":path").as_deref(), Some("/other/x"));
+}
+
+#[test]
+fn shadow_mode_reports_the_rate_limit_enforcement_would_hit() {
+    let config = config_of(
+        r#""mode": "shadow","#,
+        r#", "rate_limits": {"requests_per_minute": 1}"#,
+        "",
+    );
+    let mut run = Run::new(&config);
+    let list = headers("/other", &[]);
+    let (first, _) = run.send(&list, None);
+    assert!(set_value(&first, SHADOW_HEADER).is_none());
+    let (second, next) = run.send(&list, None);
+    assert!(!matches!(next, Next::Stop), "shadow never refuses");
+    assert_eq!(
+        set_value(&second, SHADOW_HEADER).as_deref(),
+        Some("rate_limited")
+    );
+    assert!(removed(&second, "x-keyward-key-id"));
+}

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use crate::canonical::{
-    canonical_host, canonical_path, decoded_query_name, HostProblem, PathProblem,
+    canonical_host, canonical_path, decoded_query_name, fold_case, HostProblem, PathProblem,
 };
 
 /// One header as the host gives it: lower-case name, raw value bytes (not necessarily UTF-8).
@@ -38,7 +38,16 @@ pub enum RequestProblem {
     /// `x-http-method-override` and its kin: some frameworks act on the method they name, which
     /// is not the one the route was chosen by.
     MethodOverride,
+    /// `x-original-url` or `x-rewrite-url`: some servers route by the path they name.
+    PathOverride,
+    /// The path is not in canonical form, and routes match Envoy route names, which Envoy chose
+    /// from the path as sent: the route keyward decides with may not be the one the canonical
+    /// path reaches.
+    NonCanonicalRouteName,
 }
+
+/// Headers with which some servers replace the request's path.
+pub const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
 /// Headers with which some frameworks replace the request's method.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
@@ -53,6 +62,10 @@ impl RequestProblem {
             RequestProblem::Path(problem) => problem.description(),
             RequestProblem::Host(problem) => problem.description(),
             RequestProblem::MethodOverride => "method override headers are not accepted",
+            RequestProblem::PathOverride => "path override headers are not accepted",
+            RequestProblem::NonCanonicalRouteName => {
+                "the path is not in canonical form (no //, ./, ../, escaped unreserved characters, or upper case where paths fold case)"
+            }
         }
     }
 }
@@ -62,6 +75,8 @@ impl RequestProblem {
 struct View<'r> {
     path: Cow<'r, str>,
     host: Cow<'r, str>,
+    /// The canonical path differs from the one sent.
+    rewritten: bool,
 }
 
 /// A request as the engine sees it: the headers as sent, and their canonical view. Building one
@@ -75,20 +90,45 @@ pub struct Request<'r> {
 
 impl<'r> Request<'r> {
     pub fn new(headers: &'r [Header], route_name: Option<&'r str>) -> Self {
+        Self::with_case_folding(headers, route_name, false)
+    }
+
+    /// A request whose canonical path is also folded to lower case (`case_insensitive_paths`).
+    pub fn with_case_folding(
+        headers: &'r [Header],
+        route_name: Option<&'r str>,
+        fold: bool,
+    ) -> Self {
         let mut request = Self {
             headers,
             route_name,
             view: Err(RequestProblem::Path(PathProblem::NotAbsolute)),
         };
-        request.view = request.canonical_view();
+        request.view = request.canonical_view(fold);
         request
     }
 
-    fn canonical_view(&self) -> Result<View<'r>, RequestProblem> {
+    fn canonical_view(&self, fold: bool) -> Result<View<'r>, RequestProblem> {
         let raw = self.raw_path();
         let without_query = raw.split_once('?').map_or(raw, |(before, _)| before);
-        let path = canonical_path(without_query).map_err(RequestProblem::Path)?;
+        let mut path = canonical_path(without_query).map_err(RequestProblem::Path)?;
+        if fold {
+            if let Cow::Owned(folded) = fold_case(&path) {
+                path = Cow::Owned(folded);
+            }
+        }
+        let rewritten = path != without_query;
         let host = self.canonical_authority().map_err(RequestProblem::Host)?;
+        self.forwarded_hosts_agree(&host)
+            .map_err(RequestProblem::Host)?;
+        let path_overridden = self.headers.iter().any(|(name, _)| {
+            PATH_OVERRIDE_HEADERS
+                .iter()
+                .any(|wanted| same_header_name(name, wanted))
+        });
+        if path_overridden {
+            return Err(RequestProblem::PathOverride);
+        }
         let overridden = self.headers.iter().any(|(name, _)| {
             METHOD_OVERRIDE_HEADERS
                 .iter()
@@ -97,7 +137,48 @@ impl<'r> Request<'r> {
         if overridden {
             return Err(RequestProblem::MethodOverride);
         }
-        Ok(View { path, host })
+        Ok(View {
+            path,
+            host,
+            rewritten,
+        })
+    }
+
+    /// `x-forwarded-host` and `Forwarded: host=` must name the request's own host: frameworks
+    /// that trust them (Rails does by default) would otherwise serve another host's routes.
+    fn forwarded_hosts_agree(&self, host: &str) -> Result<(), HostProblem> {
+        let named = |value: &str| -> Result<(), HostProblem> {
+            let value = value.trim().trim_matches('"');
+            if value.is_empty() {
+                return Ok(());
+            }
+            match canonical_host(value) {
+                Ok(named) if named == host => Ok(()),
+                _ => Err(HostProblem::Conflicting),
+            }
+        };
+        for (name, value) in self.headers {
+            let forwarded_host = same_header_name(name, "x-forwarded-host");
+            let forwarded = same_header_name(name, "forwarded");
+            if !forwarded_host && !forwarded {
+                continue;
+            }
+            let text = core::str::from_utf8(value).map_err(|_| HostProblem::InvalidHost)?;
+            for element in text.split(',') {
+                if forwarded_host {
+                    named(element)?;
+                    continue;
+                }
+                for pair in element.split(';') {
+                    if let Some((key, value)) = pair.split_once('=') {
+                        if key.trim().eq_ignore_ascii_case("host") {
+                            named(value)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `:authority` and `host` must agree: an HTTP/2 client can send both, and the upstream may
@@ -172,13 +253,7 @@ impl<'r> Request<'r> {
 
     /// Whether the canonical path differs from the one sent (it is then forwarded instead).
     pub fn path_was_rewritten(&self) -> bool {
-        matches!(
-            &self.view,
-            Ok(View {
-                path: Cow::Owned(_),
-                ..
-            })
-        )
+        self.view.as_ref().is_ok_and(|view| view.rewritten)
     }
 
     /// The query string as sent (after `?`), if any.
@@ -311,6 +386,43 @@ mod tests {
             Request::new(&userinfo, None).problem(),
             Some(RequestProblem::Host(HostProblem::UserInfo))
         );
+    }
+
+    #[test]
+    fn forwarded_hosts_must_name_the_same_host() {
+        let with = |name: &str, value: &str| {
+            let list = headers(&[
+                (":path", b"/"),
+                (":authority", b"api.local"),
+                (name, value.as_bytes()),
+            ]);
+            Request::new(&list, None).problem()
+        };
+        let conflict = Some(RequestProblem::Host(HostProblem::Conflicting));
+        assert_eq!(with("x-forwarded-host", "secure.local"), conflict);
+        assert_eq!(with("x_forwarded_host", "a, secure.local"), conflict);
+        assert_eq!(with("forwarded", "for=1.2.3.4;host=secure.local"), conflict);
+        assert_eq!(
+            with("forwarded", "for=1.2.3.4;Host=\"secure.local\""),
+            conflict
+        );
+        assert_eq!(with("x-forwarded-host", "API.local:443"), None);
+        assert_eq!(with("forwarded", "for=1.2.3.4;proto=https"), None);
+        assert_eq!(
+            with("x-original-url", "/admin/x"),
+            Some(RequestProblem::PathOverride)
+        );
+    }
+
+    #[test]
+    fn folding_case_rewrites_the_path() {
+        let list = headers(&[(":path", b"/OPS/x?Q=1")]);
+        let folded = Request::with_case_folding(&list, None, true);
+        assert_eq!(folded.path_without_query(), "/ops/x");
+        assert!(folded.path_was_rewritten());
+        assert_eq!(folded.forwarded_path(&[]).as_deref(), Some("/ops/x?Q=1"));
+        let escapes = headers(&[(":path", b"/a/%20b")]);
+        assert!(!Request::new(&escapes, None).path_was_rewritten());
     }
 
     #[test]
