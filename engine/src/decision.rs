@@ -85,11 +85,7 @@ fn decide_checks<'p>(
     trace: &mut impl Trace,
 ) -> Result<Outcome<'p>, Rejection<'p>> {
     let cap_status = settings.spend_cap_status;
-    let anonymous = |code: DenyCode| Rejection {
-        denial: Denial::new(code, cap_status),
-        key: None,
-        project: None,
-    };
+    let anonymous = Anonymous { cap_status };
 
     // 0. One meaning for the path and host, or no route can be chosen. Where routes match
     // Envoy route names, Envoy chose the route from the path as sent: a path keyward would
@@ -99,14 +95,15 @@ fn decide_checks<'p>(
             .then_some(RequestProblem::NonCanonicalRouteName)
     });
     if let Some(problem) = problem {
-        trace.fail(
+        let detail = problem.description();
+        let mut rejection = anonymous.at(
+            trace,
             "0",
             "canonical request",
-            DenyCode::InvalidRequest.as_str(),
-            || problem.description().to_owned(),
+            DenyCode::InvalidRequest,
+            detail,
         );
-        let mut rejection = anonymous(DenyCode::InvalidRequest);
-        rejection.denial = rejection.denial.with_detail(problem.description());
+        rejection.denial = rejection.denial.with_detail(detail);
         return Err(rejection);
     }
     trace.pass("0", "canonical request", || {
@@ -126,13 +123,13 @@ fn decide_checks<'p>(
     }
     // 0b. Paths no route names, under `unmatched_paths: deny`.
     if route.denies_all {
-        trace.fail(
+        return Err(anonymous.at(
+            trace,
             "0b",
             "a route matches",
-            DenyCode::RouteNotFound.as_str(),
-            || "no route matches, and unmatched_paths is deny".to_owned(),
-        );
-        return Err(anonymous(DenyCode::RouteNotFound));
+            DenyCode::RouteNotFound,
+            "no route matches, and unmatched_paths is deny",
+        ));
     }
     trace.pass("0b", "a route matches", || {
         if route.name.is_empty() {
@@ -152,15 +149,13 @@ fn decide_checks<'p>(
                 });
                 Ok(Outcome::FailOpen)
             }
-            PolicyUnavailable::FailClosed => {
-                trace.fail(
-                    "1",
-                    "policy available",
-                    DenyCode::PolicyUnavailable.as_str(),
-                    || "no policy, or it is past expires_at or max_policy_age_seconds".to_owned(),
-                );
-                Err(anonymous(DenyCode::PolicyUnavailable))
-            }
+            PolicyUnavailable::FailClosed => Err(anonymous.at(
+                trace,
+                "1",
+                "policy available",
+                DenyCode::PolicyUnavailable,
+                "no policy, or it is past expires_at or max_policy_age_seconds",
+            )),
         };
     };
     trace.pass("1", "policy available", || {
@@ -168,56 +163,39 @@ fn decide_checks<'p>(
     });
 
     // 2-3. Exactly one well-formed credential.
-    let malformed = |detail: &str| Rejection {
-        denial: Denial::new(DenyCode::MalformedApiKey, cap_status).with_detail(detail),
-        key: None,
-        project: None,
-    };
     let credential = match settings.credential_lookup(route).find(request) {
         Ok(Some(credential)) => credential,
         Ok(None) => {
-            trace.fail(
+            return Err(anonymous.at(
+                trace,
                 "2",
                 "credential present",
-                DenyCode::MissingApiKey.as_str(),
-                || "no credential in any configured source".to_owned(),
-            );
-            return Err(anonymous(DenyCode::MissingApiKey));
+                DenyCode::MissingApiKey,
+                "no credential in any configured source",
+            ));
         }
         Err(bad) => {
-            trace.fail(
-                "3",
-                "credential well-formed",
-                DenyCode::MalformedApiKey.as_str(),
-                || BadCredential::description(bad).to_owned(),
-            );
-            return Err(malformed(BadCredential::description(bad)));
+            return Err(malformed(
+                trace,
+                cap_status,
+                BadCredential::description(bad),
+            ))
         }
     };
     trace.pass("2", "credential present", String::new);
-    let parsed = match parse_key(&settings.key_formats, credential) {
-        Ok(parsed) => parsed,
-        Err(bad) => {
-            trace.fail(
-                "3",
-                "credential well-formed",
-                DenyCode::MalformedApiKey.as_str(),
-                || MalformedKey::description(bad).to_owned(),
-            );
-            return Err(malformed(MalformedKey::description(bad)));
-        }
-    };
+    let parsed = parse_key(&settings.key_formats, credential)
+        .map_err(|bad| malformed(trace, cap_status, MalformedKey::description(bad)))?;
     trace.pass("3", "credential well-formed", String::new);
 
     // 4. A known key with the right secret; one answer for both failures.
     let Some(key) = authenticate(policy, &parsed) else {
-        trace.fail(
+        return Err(anonymous.at(
+            trace,
             "4",
             "key known, secret matches",
-            DenyCode::InvalidApiKey.as_str(),
-            || "unknown key id or wrong secret (one answer for both)".to_owned(),
-        );
-        return Err(anonymous(DenyCode::InvalidApiKey));
+            DenyCode::InvalidApiKey,
+            "unknown key id or wrong secret (one answer for both)",
+        ));
     };
     trace.pass("4", "key known, secret matches", || {
         format!("key {}", key.id)
@@ -546,6 +524,42 @@ fn authenticate<'p>(policy: &'p Policy, parsed: &ParsedKey<'_>) -> Option<&'p Ke
             (digests_equal(&presented, &key_digest) && environment_agrees).then_some(key)
         }
     }
+}
+
+/// Refusals before a key is known: written to the trace, with nobody to name in the log.
+struct Anonymous {
+    cap_status: u16,
+}
+
+impl Anonymous {
+    fn at(
+        &self,
+        trace: &mut impl Trace,
+        row: &'static str,
+        check: &'static str,
+        code: DenyCode,
+        detail: &str,
+    ) -> Rejection<'static> {
+        trace.fail(row, check, code.as_str(), || detail.to_owned());
+        Rejection {
+            denial: Denial::new(code, self.cap_status),
+            key: None,
+            project: None,
+        }
+    }
+}
+
+/// Row 3's refusal, with why.
+fn malformed(trace: &mut impl Trace, cap_status: u16, detail: &str) -> Rejection<'static> {
+    let mut rejection = Anonymous { cap_status }.at(
+        trace,
+        "3",
+        "credential well-formed",
+        DenyCode::MalformedApiKey,
+        detail,
+    );
+    rejection.denial = rejection.denial.with_detail(detail);
+    rejection
 }
 
 /// Refusals of an authenticated key: written to the trace, with the key for the log line.
