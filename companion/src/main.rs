@@ -9,6 +9,7 @@ mod client;
 mod error;
 mod explain;
 mod keygen;
+mod presets;
 mod publish;
 mod render;
 mod secrets;

@@ -6,6 +6,7 @@
 //! synthetic credential of a configured key format, and a representative request. Nothing
 //! printed here is a hash or a secret.
 
+mod artifact;
 mod decision;
 mod print;
 mod report;

@@ -5,6 +5,7 @@ use keyward_engine::snapshot::{KeyRecord, KeyStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::artifact::Artifact;
 use super::decision::representative_shape;
 use super::*;
 use crate::synthetic::{self, RouteDecision};
@@ -125,7 +126,14 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
         ),
         (Signature::Verified(_), _) => {}
     }
+    // The configuration handed to `render`: render adds the sync block (and its keys) itself.
+    let before_render = loaded.artifact == Artifact::PluginConfig && loaded.config.policy.is_none();
     match (&loaded.config.sync, &loaded.signature) {
+        (None, _) if before_render => notes.push(
+            "the configuration has no sync block: `keyward render` adds it (with the keys that \
+             verify snapshots); audit the rendered Envoy bootstrap or WasmPlugin to check it"
+                .to_owned(),
+        ),
         (None, _) => finding(
             Severity::High,
             "no_sync_signing_key",
@@ -346,6 +354,7 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
                 "fail_closed"
             },
             "sync": loaded.config.sync.is_some(),
+            "read_from": loaded.artifact.name(),
         },
         "routes": route_list,
         "keys": keys,

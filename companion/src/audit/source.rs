@@ -9,6 +9,7 @@ use keyward_engine::signed_snapshot::{verify_snapshot, SigningKey, ENVELOPE_FORM
 use keyward_engine::snapshot::{Policy, Snapshot};
 use serde_json::Value;
 
+use super::artifact::{self, Artifact};
 use crate::client::ControlPlane;
 use crate::error::Error;
 use crate::secrets;
@@ -49,6 +50,8 @@ pub enum Signature {
 /// A snapshot and configuration, loaded and validated with the engine.
 pub struct Loaded {
     pub config: PluginConfig,
+    /// What `--config` was: where the plugin configuration was found.
+    pub artifact: Artifact,
     pub snapshot: Snapshot,
     pub policy: Policy,
     pub signature: Signature,
@@ -70,7 +73,8 @@ pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
     let config_path = source.config.as_ref().ok_or_else(|| {
         Error::invalid("missing_config", "--config PLUGIN_CONFIG.json is required")
     })?;
-    let config_bytes = read_file(config_path, "plugin configuration")?;
+    let (config_bytes, artifact) =
+        artifact::plugin_config(&read_file(config_path, "plugin configuration")?)?;
     let config = PluginConfig::from_json(&config_bytes).map_err(|error| {
         Error::invalid(
             "invalid_plugin_config",
@@ -107,6 +111,7 @@ pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
     })?;
     Ok(Loaded {
         config,
+        artifact,
         snapshot,
         policy,
         signature,

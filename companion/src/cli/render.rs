@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::output::print_json;
 use super::shared::SigningKeyArgs;
 use crate::error::Error;
+use crate::presets::{self, Preset};
 use crate::render;
 use crate::secrets;
 
@@ -70,6 +71,10 @@ pub struct RenderEnvoyArgs {
     /// the sync block is added.
     #[arg(long)]
     plugin_config: Option<PathBuf>,
+    /// The route table of a provider's API (scopes, models from the body, metering, /healthz
+    /// exempt, unmatched paths refused), merged under --plugin-config.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
 }
 
 #[derive(Args)]
@@ -118,6 +123,9 @@ pub struct RenderIstioArgs {
     /// requests itself; see docs/deploy-istio.md).
     #[arg(long)]
     no_hardening: bool,
+    /// The route table of a provider's API, merged under --plugin-config (see render envoy).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     #[command(flatten)]
     sync: SyncArgs,
 }
@@ -153,7 +161,13 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
             )
         })
     };
-    let base_config = read_plugin_config(args.plugin_config.as_deref())?;
+    let base_config = presets::apply(
+        args.preset,
+        read_plugin_config(args.plugin_config.as_deref())?,
+    )?;
+    if let Some(warning) = presets::enforcement_warning(base_config.as_ref()) {
+        eprintln!("{warning}");
+    }
     let target = match (args.target_ref_kind, args.target_ref_name) {
         (Some(kind), Some(name)) => render::IstioTarget::TargetRef { kind, name },
         _ => render::IstioTarget::Selector(render::parse_selector(
@@ -221,6 +235,7 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         routes,
         disabled_on,
         plugin_config,
+        preset,
     } = args;
     let routes = routes
         .iter()
@@ -232,7 +247,10 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let plugin_config = read_plugin_config(plugin_config.as_deref())?;
+    let plugin_config = presets::apply(preset, read_plugin_config(plugin_config.as_deref())?)?;
+    if let Some(warning) = presets::enforcement_warning(plugin_config.as_ref()) {
+        eprintln!("{warning}");
+    }
     let options = render::EnvoyOptions {
         wasm,
         control_plane,
