@@ -151,14 +151,7 @@ fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, PathProblem> {
             b'\\' => return Err(PathProblem::Backslash),
             b';' => return Err(PathProblem::Semicolon),
             b'?' | b'#' => return Err(PathProblem::EncodedDelimiter),
-            b'%' => {
-                let next_is_escape = bytes.get(at + 3).copied().and_then(hex_value).is_some()
-                    && bytes.get(at + 4).copied().and_then(hex_value).is_some();
-                if next_is_escape {
-                    return Err(PathProblem::DoubleEncoding);
-                }
-                out.extend_from_slice(b"%25");
-            }
+            b'%' => out.extend_from_slice(b"%25"),
             0..=0x1f | 0x7f => return Err(PathProblem::InvalidByte),
             _ if is_unreserved(value) => out.push(value),
             _ => {
@@ -168,6 +161,17 @@ fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, PathProblem> {
             }
         }
         at += 3;
+    }
+    // A `%` that stays encoded must not be followed by two hex digits, whether they were sent
+    // raw or decoded here (`%25%61%61` is `%25aa`): a server that decodes twice would read an
+    // escape there.
+    let double = out.windows(5).any(|window| {
+        window.starts_with(b"%25")
+            && window.get(3).copied().and_then(hex_value).is_some()
+            && window.get(4).copied().and_then(hex_value).is_some()
+    });
+    if double {
+        return Err(PathProblem::DoubleEncoding);
     }
     Ok(out)
 }
@@ -381,6 +385,7 @@ mod tests {
             ("/admin%3Fx", PathProblem::EncodedDelimiter),
             ("/admin%23x", PathProblem::EncodedDelimiter),
             ("/healthz/%252e%252e/admin", PathProblem::DoubleEncoding),
+            ("/%25%61%61", PathProblem::DoubleEncoding),
             ("/a%2", PathProblem::BadEscape),
             ("/a%zz", PathProblem::BadEscape),
             ("/a%00", PathProblem::InvalidByte),

@@ -156,3 +156,43 @@ proptest! {
         keyward_engine::fuzzing::credential_and_decision(&data);
     }
 }
+
+/// Path-like strings: the characters that matter to canonicalization, often.
+fn path_like() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%61".to_owned()),
+            Just("%41".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%25".to_owned()),
+            Just("%c3%a9".to_owned()),
+            Just(";".to_owned()),
+            Just("\\".to_owned()),
+            "[a-zA-Z0-9_~-]{1,4}",
+        ],
+        0..12,
+    )
+    .prop_map(|parts| format!("/{}", parts.concat()))
+}
+
+proptest! {
+    #[test]
+    fn canonical_paths_are_a_fixed_point_and_keep_no_dot_segment(path in path_like()) {
+        use keyward_engine::canonical::canonical_path;
+        if let Ok(once) = canonical_path(&path) {
+            let twice = canonical_path(&once);
+            prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()));
+            prop_assert!(!once.contains("//"), "{}", once);
+            for segment in once.split('/') {
+                prop_assert!(segment != "." && segment != "..", "{}", once);
+            }
+            // What a server that decodes unreserved escapes sees is what keyward decided on.
+            prop_assert!(!once.to_ascii_lowercase().contains("%2e"), "{}", once);
+        }
+    }
+}
