@@ -243,7 +243,7 @@ def test_usage_in_every_shape_is_charged_exactly_and_reported_once(metered):
     retried = [json.loads(b)["batch_id"] for b in dropper.reports].count(dropper.dropped[0])
     assert retried >= 2, f"batch {dropper.dropped[0]} was not retried"
     batches = json.loads(keyward(work, "usage", "batches", "--json", "--limit", "100").stdout)
-    ids = [b["batch_id"] for b in (batches["batches"] if isinstance(batches, dict) else batches)]
+    ids = [b["batch_id"] for b in batches["data"]]
     assert ids.count(dropper.dropped[0]) == 1
     assert env.metric("keyward.usage_reports.duplicate") >= 1
 

@@ -287,7 +287,7 @@ def test_replicas_share_one_policy_fold_usage_once_and_survive_a_kill(fleet):
          "changes through the surviving replica are enforced", env=env)
 
     # Each report landed once: the batches recorded, against the reports the replicas accepted.
-    batches = json.loads(remote(work, b, "usage", "batches", "--json", "--limit", "1000").stdout)
+    batches = json.loads(remote(work, b, "usage", "batches", "--json", "--limit", "1000").stdout)["data"]
     assert len({batch["batch_id"] for batch in batches}) == len(batches)
     assert sum(batch["cost_microusd"] for batch in batches) == total
     metrics = b.metrics()

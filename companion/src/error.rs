@@ -50,6 +50,12 @@ impl Error {
         Error::new(401, "invalid_admin_token", message)
     }
 
+    /// The same error, its message naming where the bad value came from (a flag).
+    pub fn with_prefix(mut self, prefix: &str) -> Error {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
     /// The `type` field of the JSON error, following the status like the filter's errors do.
     pub fn error_type(&self) -> &'static str {
         match self.status {

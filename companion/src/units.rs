@@ -25,6 +25,12 @@ pub fn parse_usd(text: &str) -> Result<u64, Error> {
         )
     };
     let text = text.trim().trim_start_matches('$');
+    if text.starts_with('-') {
+        return Err(Error::invalid(
+            "invalid_amount",
+            format!("{text:?}: an amount in USD must not be negative"),
+        ));
+    }
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let digits_only = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
     if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) || fraction.len() > 6 {

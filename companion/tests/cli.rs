@@ -140,8 +140,9 @@ fn key_secrets_are_shown_once_and_only_hashes_are_stored() {
             assert!(!printed.contains(secret), "{args:?} shows a secret or hash");
         }
     }
+    // Lists have the admin API's shape: {"data": [...]}.
     let listed = ws.json(&["key", "list", "--json"]);
-    let listed = listed.as_array().unwrap();
+    let listed = listed["data"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
     let ak = listed
         .iter()
@@ -231,7 +232,7 @@ fn lifecycle_changes_are_reflected_in_signed_snapshots_and_audited() {
     assert_eq!(status_of(&third, &later_replacement), KeyStatus::Active);
 
     let events = ws.json(&["audit", "--json"]);
-    let events = events.as_array().unwrap();
+    let events = events["data"].as_array().unwrap();
     let find = |action: &str, target: &str| {
         events
             .iter()
@@ -457,7 +458,7 @@ fn prices_caps_and_rate_limits_from_the_command_line() {
         "0.1875",
     ]);
     assert!(printed.contains("cached input $0.075"), "{printed}");
-    let listed = ws.json(&["price", "list", "--json"]);
+    let listed = &ws.json(&["price", "list", "--json"])["data"];
     assert_eq!(listed[1]["model"], "gpt-4o-mini");
     assert_eq!(listed[1]["cached_input_microusd_per_mtok"], 75_000);
     assert_eq!(listed[1]["cache_write_microusd_per_mtok"], 187_500);
@@ -507,7 +508,7 @@ fn prices_caps_and_rate_limits_from_the_command_line() {
     assert_eq!(shown["spend_soft_cap_microusd"], 80_000_000);
     assert!(ws
         .fails(&["project", "set", "proj_a", "--spend-cap-usd", "50"])
-        .contains("spend_soft_cap_microusd"));
+        .contains("--spend-soft-cap-usd: the soft cap (80.00 USD) must be below the spend cap (50.00 USD)"));
     ws.ok(&[
         "project",
         "set",
@@ -565,7 +566,7 @@ fn prices_caps_and_rate_limits_from_the_command_line() {
         .contains("rate_limits"));
     assert!(ws
         .fails(&["key", "set", &id, "--soft-cap", "5"])
-        .contains("spend_soft_cap_microusd"));
+        .contains("--spend-soft-cap-usd: the soft cap (5.00 USD) must be below the spend cap"));
     ws.ok(&["key", "set", &id, "--no-tpm", "--no-soft-cap"]);
     let shown = ws.json(&["key", "show", &id, "--json"]);
     assert!(shown["rate_limits"].is_null() && shown["spend_soft_cap_microusd"].is_null());
@@ -578,8 +579,7 @@ fn prices_caps_and_rate_limits_from_the_command_line() {
     );
     let spend = ws.ok(&["spend", "--project", "proj_a"]);
     assert!(spend.contains("PROJECT") && spend.contains(&id), "{spend}");
-    let actions: Vec<String> = ws
-        .json(&["audit", "--json"])
+    let actions: Vec<String> = ws.json(&["audit", "--json"])["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -628,7 +628,7 @@ PRAGMA user_version = 1;
     .unwrap();
     drop(conn);
 
-    let keys = ws.json(&["key", "list", "--json"]);
+    let keys = &ws.json(&["key", "list", "--json"])["data"];
     assert_eq!(keys[0]["id"], "kOldKey00001");
     assert_eq!(keys[0]["spent_microusd"], 1_000_000);
     assert!(keys[0]["rate_limits"].is_null());
@@ -651,4 +651,85 @@ PRAGMA user_version = 1;
         })
         .unwrap();
     assert_eq!(migrations, 4);
+}
+
+/// Issue #19: every CLI mistake a new user made gets a message in their terms.
+#[test]
+fn mistakes_get_messages_that_name_the_flag_and_the_values() {
+    let ws = Workspace::new();
+    ws.ok(&[
+        "project",
+        "create",
+        "proj_a",
+        "--org",
+        "org_acme",
+        "--spend-cap-usd",
+        "250",
+    ]);
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["project", "set", "proj_a", "--soft-cap", "300"],
+            "--spend-soft-cap-usd: the soft cap (300.00 USD) must be below the spend cap (250.00 USD)",
+        ),
+        (
+            &["project", "set", "proj_a", "--spend-cap-usd", "-5"],
+            "--spend-cap-usd: \"-5\": an amount in USD must not be negative",
+        ),
+        (
+            &["project", "set", "proj_a", "--spend-cap-usd", "lots"],
+            "--spend-cap-usd: \"lots\" is not an amount in USD",
+        ),
+        (
+            &["key", "create", "--project", "proj_a", "--expires-in", "0d"],
+            "--expires-in 0d: the key would be born expired",
+        ),
+        (
+            &["key", "create", "--project", "proj_a", "--expires-at", "1000"],
+            "the key would expire at 1970-01-01T00:16:40Z (Unix 1000), which is not after now",
+        ),
+        (
+            &["key", "create", "--project", "proj_a", "--expires-in", "soon"],
+            "--expires-in: \"soon\" is not a duration",
+        ),
+        (
+            &["key", "create", "--project", "proj_a", "--scopes", "chat write"],
+            "--scopes: \"chat write\" is not a valid entry",
+        ),
+        (
+            &["key", "create", "--project", "proj_a", "--models", "gpt 4o"],
+            "--models: \"gpt 4o\" is not a valid entry",
+        ),
+        (
+            &["key", "create", "--org", "org_nope"],
+            "--org org_nope: no project belongs to this org",
+        ),
+    ];
+    for (args, message) in cases {
+        let printed = ws.fails(args);
+        assert!(printed.contains(message), "{args:?}: {printed}");
+    }
+    // Every unit the help lists is accepted.
+    let help = ws.ok(&["key", "create", "--help"]);
+    assert!(help.contains("w (weeks)"), "{help}");
+    for duration in ["90s", "90m", "12h", "30d", "3w", "1w2d"] {
+        ws.ok(&[
+            "key",
+            "create",
+            "--project",
+            "proj_a",
+            "--expires-in",
+            duration,
+        ]);
+    }
+    // A signed envelope given to import.
+    ws.build_snapshot("snapshot.json");
+    let envelope = ws.path("snapshot.json");
+    let printed = ws.fails(&["snapshot", "import", envelope.to_str().unwrap()]);
+    assert!(
+        printed.contains(&format!(
+            "is a signed envelope (signed with key {:?})",
+            common::SIGNING_KEY_ID
+        )) && printed.contains("keyward snapshot verify"),
+        "{printed}"
+    );
 }

@@ -161,7 +161,7 @@ fn the_remote_cli_manages_keys_over_tls_without_the_database() {
     assert_eq!(shown["rate_limits"]["requests_per_minute"], 60);
     assert!(shown["spend_cap_microusd"].is_null());
     let events = ws.json(&["audit", "--json"]);
-    assert!(events
+    assert!(events["data"]
         .as_array()
         .unwrap()
         .iter()

@@ -9,7 +9,7 @@ use keyward_engine::snapshot::{KeyStatus, RateLimits};
 use super::admin::Admin;
 use super::output::{
     describe_limits, describe_spend, describe_status, dollars, list_or_dash, optional_time,
-    optional_usd, owner_of, print_fields, print_json, print_table, short_limits,
+    optional_usd, owner_of, print_fields, print_json, print_list_json, print_table, short_limits,
 };
 use super::shared::{clearable, list_arg, ExpiryArgs, SpendCapArgs, SpendCapChangeArgs};
 use crate::api::CreatedKeyBody;
@@ -320,7 +320,7 @@ pub fn run(admin: &mut dyn Admin, command: KeyCommand) -> Result<ExitCode, Error
         KeyCommand::List { project, json } => {
             let keys = admin.keys(project.as_deref())?;
             if json {
-                print_json(&keys)?;
+                print_list_json(&keys)?;
             } else {
                 print_key_table(&keys);
             }

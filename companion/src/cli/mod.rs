@@ -22,7 +22,7 @@ use crate::store::{Location, Store};
 use crate::units::{format_time, now};
 use crate::{audit, explain};
 use admin::{Admin, Local, Remote};
-use output::{print_json, print_table};
+use output::{print_list_json, print_table};
 use std::path::PathBuf;
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
@@ -283,7 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
 fn audit_trail(admin: &mut dyn Admin, limit: Option<u64>, json: bool) -> Result<ExitCode, Error> {
     let events = admin.audit_events(limit)?;
     if json {
-        print_json(&events)?;
+        print_list_json(&events)?;
     } else {
         let rows = events
             .iter()

@@ -11,6 +11,11 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
     Ok(())
 }
 
+/// A list in the admin API's shape, `{"data": [...]}`: one documented shape for both.
+pub fn print_list_json<T: serde::Serialize>(items: &[T]) -> Result<(), Error> {
+    print_json(&serde_json::json!({ "data": items }))
+}
+
 /// A plain, aligned text table.
 pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use keyward_engine::snapshot::PriceRecord;
 
 use super::admin::Admin;
-use super::output::{dollars, print_json, print_table};
+use super::output::{dollars, print_json, print_list_json, print_table};
 use crate::error::Error;
 use crate::store::PriceView;
 use crate::units::{format_time, parse_usd};
@@ -80,7 +80,7 @@ pub fn run(admin: &mut dyn Admin, command: PriceCommand) -> Result<ExitCode, Err
         PriceCommand::List { json } => {
             let prices = admin.prices()?;
             if json {
-                print_json(&prices)?;
+                print_list_json(&prices)?;
             } else {
                 let rows = prices.iter().map(price_row).collect();
                 print_table(

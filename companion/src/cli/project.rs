@@ -6,8 +6,8 @@ use clap::Subcommand;
 
 use super::admin::Admin;
 use super::output::{
-    describe_spend, dollars, optional_time, optional_usd, print_fields, print_json, print_table,
-    status_name,
+    describe_spend, dollars, optional_time, optional_usd, print_fields, print_json,
+    print_list_json, print_table, status_name,
 };
 use super::shared::{SpendCapArgs, SpendCapChangeArgs};
 use crate::error::Error;
@@ -99,7 +99,7 @@ pub fn run(admin: &mut dyn Admin, command: ProjectCommand) -> Result<ExitCode, E
         ProjectCommand::List { json } => {
             let projects = admin.projects()?;
             if json {
-                print_json(&projects)?;
+                print_list_json(&projects)?;
             } else {
                 let rows = projects
                     .iter()

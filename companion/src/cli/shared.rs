@@ -20,10 +20,11 @@ pub struct SigningKeyArgs {
 #[derive(Args)]
 #[group(multiple = false)]
 pub struct ExpiryArgs {
-    /// Expiry as Unix seconds.
+    /// Expiry as Unix seconds (in the future).
     #[arg(long)]
     pub expires_at: Option<u64>,
-    /// Expiry as a duration from now: 30d, 12h, 90m.
+    /// Expiry as a positive duration from now: a number and a unit, s (seconds), m (minutes),
+    /// h (hours), d (days), w (weeks), M (months), y (years); combined like 1w2d or 1h30m.
     #[arg(long)]
     pub expires_in: Option<String>,
 }
@@ -32,7 +33,17 @@ impl ExpiryArgs {
     pub fn resolve(&self) -> Result<Option<u64>, Error> {
         match (&self.expires_at, &self.expires_in) {
             (Some(at), _) => Ok(Some(*at)),
-            (None, Some(text)) => Ok(Some(now().saturating_add(parse_duration_seconds(text)?))),
+            (None, Some(text)) => {
+                let seconds = parse_duration_seconds(text)
+                    .map_err(|error| error.with_prefix("--expires-in"))?;
+                if seconds == 0 {
+                    return Err(Error::invalid(
+                        "invalid_duration",
+                        format!("--expires-in {text}: the key would be born expired; give a positive duration"),
+                    ));
+                }
+                Ok(Some(now().saturating_add(seconds)))
+            }
             (None, None) => Ok(None),
         }
     }
@@ -56,18 +67,19 @@ pub fn clearable<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
     }
 }
 
-fn usd(text: Option<&str>) -> Result<Option<u64>, Error> {
-    text.map(parse_usd).transpose()
+fn usd(flag: &str, text: Option<&str>) -> Result<Option<u64>, Error> {
+    text.map(|text| parse_usd(text).map_err(|error| error.with_prefix(flag)))
+        .transpose()
 }
 
 /// The spend caps of a new key or project.
 #[derive(Args)]
 pub struct SpendCapArgs {
     /// Spend cap in USD, e.g. 250 or 12.50.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     spend_cap_usd: Option<String>,
     /// Soft cap in USD, below the cap: past it the filter adds a warning header.
-    #[arg(long, visible_alias = "soft-cap")]
+    #[arg(long, visible_alias = "soft-cap", allow_hyphen_values = true)]
     spend_soft_cap_usd: Option<String>,
 }
 
@@ -75,8 +87,8 @@ impl SpendCapArgs {
     /// (cap, soft cap) in micro-USD.
     pub fn microusd(&self) -> Result<(Option<u64>, Option<u64>), Error> {
         Ok((
-            usd(self.spend_cap_usd.as_deref())?,
-            usd(self.spend_soft_cap_usd.as_deref())?,
+            usd("--spend-cap-usd", self.spend_cap_usd.as_deref())?,
+            usd("--spend-soft-cap-usd", self.spend_soft_cap_usd.as_deref())?,
         ))
     }
 }
@@ -85,13 +97,18 @@ impl SpendCapArgs {
 #[derive(Args)]
 pub struct SpendCapChangeArgs {
     /// New spend cap in USD.
-    #[arg(long, conflicts_with = "no_spend_cap")]
+    #[arg(long, conflicts_with = "no_spend_cap", allow_hyphen_values = true)]
     spend_cap_usd: Option<String>,
     /// Remove the spend cap.
     #[arg(long)]
     no_spend_cap: bool,
     /// New soft cap in USD.
-    #[arg(long, visible_alias = "soft-cap", conflicts_with = "no_soft_cap")]
+    #[arg(
+        long,
+        visible_alias = "soft-cap",
+        conflicts_with = "no_soft_cap",
+        allow_hyphen_values = true
+    )]
     spend_soft_cap_usd: Option<String>,
     /// Remove the soft cap.
     #[arg(long)]
@@ -104,16 +121,24 @@ pub type CapChange = Option<Option<u64>>;
 impl SpendCapChangeArgs {
     /// (cap, soft cap) as partial updates.
     pub fn changes(&self) -> Result<(CapChange, CapChange), Error> {
-        let change = |text: Option<&str>, clear: bool| -> Result<CapChange, Error> {
+        let change = |flag: &str, text: Option<&str>, clear: bool| -> Result<CapChange, Error> {
             if clear {
                 Ok(Some(None))
             } else {
-                Ok(usd(text)?.map(Some))
+                Ok(usd(flag, text)?.map(Some))
             }
         };
         Ok((
-            change(self.spend_cap_usd.as_deref(), self.no_spend_cap)?,
-            change(self.spend_soft_cap_usd.as_deref(), self.no_soft_cap)?,
+            change(
+                "--spend-cap-usd",
+                self.spend_cap_usd.as_deref(),
+                self.no_spend_cap,
+            )?,
+            change(
+                "--spend-soft-cap-usd",
+                self.spend_soft_cap_usd.as_deref(),
+                self.no_soft_cap,
+            )?,
         ))
     }
 }

@@ -36,6 +36,14 @@ pub enum SnapshotCommand {
     },
 }
 
+/// The `key_id` of a signed envelope, or `None` for anything else.
+fn envelope_key_id(bytes: &[u8]) -> Option<String> {
+    let document: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    document.get("signature")?;
+    document.get("format")?;
+    Some(document.get("key_id")?.as_str()?.to_owned())
+}
+
 /// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees
 /// half a snapshot.
 fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
@@ -58,6 +66,19 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                     format!("cannot read {}: {error}", file.display()),
                 )
             })?;
+            if let Some(key_id) = envelope_key_id(&text) {
+                return Err(Error::invalid(
+                    "signed_envelope",
+                    format!(
+                        "{} is a signed envelope (signed with key {key_id:?}), not a plain snapshot. \
+                         Check it with `keyward snapshot verify {} --signing-key-id {key_id} \
+                         --signing-key-file FILE`; import takes the plain snapshot, the envelope's \
+                         `snapshot` field",
+                        file.display(),
+                        file.display()
+                    ),
+                ));
+            }
             let snapshot: keyward_engine::snapshot::Snapshot = serde_json::from_slice(&text)
                 .map_err(|error| {
                     Error::invalid("invalid_snapshot", format!("{}: {error}", file.display()))
@@ -95,6 +116,7 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                     format!("cannot read {}: {error}", file.display()),
                 )
             })?;
+            let given = key.id.clone();
             match verify_snapshot(&bytes, &[key]) {
                 Ok(policy) => {
                     let count = |status: KeyStatus| {
@@ -117,8 +139,15 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(rejected) => {
+                    let signed_with = envelope_key_id(&bytes)
+                        .map(|id| {
+                            format!(
+                                "; the envelope names key {id:?}, --signing-key-id is {given:?}"
+                            )
+                        })
+                        .unwrap_or_default();
                     eprintln!(
-                        "keyward: invalid snapshot ({}): {rejected}",
+                        "keyward: invalid snapshot ({}): {rejected}{signed_with}",
                         rejected.reason()
                     );
                     Ok(ExitCode::FAILURE)

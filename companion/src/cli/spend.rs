@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::admin::Admin;
 use super::output::{
     describe_status, dollars, optional_time, optional_usd, owner_of, percent, print_json,
-    print_table, short_limits, spend_alert, status_name,
+    print_list_json, print_table, short_limits, spend_alert, status_name,
 };
 use crate::error::Error;
 use crate::store::ProjectView;
@@ -138,7 +138,7 @@ pub fn usage(admin: &mut dyn Admin, command: UsageCommand) -> Result<ExitCode, E
         UsageCommand::Batches { limit, json } => {
             let batches = admin.usage_batches(limit)?;
             if json {
-                print_json(&batches)?;
+                print_list_json(&batches)?;
             } else {
                 let rows = batches
                     .iter()

@@ -248,9 +248,35 @@ pub(super) fn insert_key(
             }
             (Some(project.clone()), None)
         }
-        Owner::Org(org) => (None, Some(org.clone())),
+        Owner::Org(org) => {
+            // Orgs exist through their projects: a key of an org nobody created is a typo.
+            let projects = change.sql.query_int(
+                "SELECT COUNT(*) FROM projects WHERE org = ?1",
+                &[Value::from(org.as_str())],
+            )?;
+            if projects == 0 {
+                return Err(Error::invalid(
+                    "unknown_org",
+                    format!(
+                        "--org {org}: no project belongs to this org; create one first \
+                         (keyward project create PROJECT --org {org})"
+                    ),
+                ));
+            }
+            (None, Some(org.clone()))
+        }
     };
     let settings = &new.settings;
+    if let Some(expires_at) = settings.expires_at.filter(|at| *at <= change.now) {
+        return Err(Error::invalid(
+            "expired_at_birth",
+            format!(
+                "the key would expire at {} (Unix {expires_at}), which is not after now: give a \
+                 future --expires-at or a positive --expires-in",
+                crate::units::format_time(expires_at)
+            ),
+        ));
+    }
     // A clash of 12 random base62 characters is astronomically unlikely; still never overwrite.
     let mut material = keygen::generate(new.format, settings.environment)?;
     for _ in 0..4 {
@@ -568,7 +594,7 @@ mod tests {
                 &new_key(Owner::Org("org with spaces".into()), Format::Ak),
             )
             .unwrap_err();
-        assert!(error.message.starts_with("org:"), "{}", error.message);
+        assert_eq!(error.code, "unknown_org", "{}", error.message);
     }
 
     #[test]
@@ -699,7 +725,9 @@ mod tests {
         };
         let error = store.update_key("a", 4, &id, &bad).unwrap_err();
         assert!(
-            error.message.starts_with("spend_soft_cap_microusd:"),
+            error
+                .message
+                .starts_with("--spend-soft-cap-usd: the soft cap (5.00 USD)"),
             "{}",
             error.message
         );

@@ -21,7 +21,35 @@ pub(super) fn validate_with_engine(
         keys,
         prices,
     };
+    let caps = snapshot
+        .keys
+        .first()
+        .map(|key| (key.spend_cap_microusd, key.spend_soft_cap_microusd))
+        .or_else(|| {
+            snapshot
+                .projects
+                .first()
+                .map(|project| (project.spend_cap_microusd, project.spend_soft_cap_microusd))
+        });
     Policy::compile(snapshot).map(|_| ()).map_err(|error| {
+        if error.path.ends_with("spend_soft_cap_microusd") {
+            // Say it in the user's terms: the flags and the amounts.
+            let usd = |micro: Option<u64>| {
+                micro.map_or("none".to_owned(), |m| {
+                    format!("{} USD", crate::units::format_usd(m))
+                })
+            };
+            let (cap, soft) = caps.unwrap_or((None, None));
+            return Error::invalid(
+                "invalid_field",
+                format!(
+                    "--spend-soft-cap-usd: the soft cap ({}) must be below the spend cap ({}); \
+                     lower it, or raise --spend-cap-usd first",
+                    usd(soft),
+                    usd(cap)
+                ),
+            );
+        }
         let path = ["keys[0]", "projects[0]", "prices[0]"]
             .iter()
             .find_map(|prefix| error.path.strip_prefix(prefix))
@@ -61,10 +89,28 @@ fn validate_list(field: &str, values: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Scopes and model names are identifiers: a space or comma inside one is a typo (`"chat
+/// write"`), and it would never match what a route asks for.
+fn validate_identifiers(flag: &str, values: &[String]) -> Result<(), Error> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:/*@+".contains(c);
+    if let Some(bad) = values.iter().find(|value| !value.chars().all(allowed)) {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!(
+                "{flag}: {bad:?} is not a valid entry (letters, digits and - _ . : / * @ + only; \
+                 separate several with commas)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn validate_settings(settings: &KeySettings) -> Result<(), Error> {
     validate_list("scopes", &settings.scopes)?;
+    validate_identifiers("--scopes", &settings.scopes)?;
     if let Some(models) = &settings.models {
         validate_list("models", models)?;
+        validate_identifiers("--models", models)?;
     }
     validate_text("label", settings.label.as_deref(), 128)?;
     validate_text("note", settings.note.as_deref(), 1000)?;
