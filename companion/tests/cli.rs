@@ -708,6 +708,12 @@ fn mistakes_get_messages_that_name_the_flag_and_the_values() {
         let printed = ws.fails(args);
         assert!(printed.contains(message), "{args:?}: {printed}");
     }
+    // A store in a directory that does not exist.
+    let printed = ws.fails(&["--db", "/nonexistent-keyward-dir/keyward.db", "init"]);
+    assert!(
+        printed.contains("the directory /nonexistent-keyward-dir does not exist"),
+        "{printed}"
+    );
     // Every unit the help lists is accepted.
     let help = ws.ok(&["key", "create", "--help"]);
     assert!(help.contains("w (weeks)"), "{help}");

@@ -24,6 +24,20 @@ impl SqliteBackend {
     /// Opens the store at `path`, creating the file when `create` allows it, and brings its
     /// schema up to date.
     pub fn open(path: &Path) -> Result<SqliteBackend, Error> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(Error::invalid(
+                    "store_directory_missing",
+                    format!(
+                        "cannot create the store {}: the directory {} does not exist; create it \
+                         (mkdir -p {}, owned by the user keyward runs as) or choose another --db",
+                        path.display(),
+                        dir.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         let conn = Connection::open(path).map_err(|error| {
             Error::internal(format!("cannot open the store {}: {error}", path.display()))
         })?;
