@@ -576,6 +576,18 @@ def summarize(variants: list[Variant], large: list[int]) -> dict:
             for v in variants
             if v.key.startswith("keyward_1k_")
         ],
+        # A/B: this build against each other build, head to head in the same rounds.
+        *[
+            cmp(f"keyward accept: this build vs build {v.key[len('keyward_1k_'):]}", "keyward_1k", v.key)
+            for v in variants
+            if v.key.startswith("keyward_1k_")
+        ],
+        *[
+            cmp(f"keyward metered stream: this build vs build {v.key[len('keyward_metered_stream_'):]}",
+                "keyward_metered_stream", v.key)
+            for v in variants
+            if v.key.startswith("keyward_metered_stream_")
+        ],
         cmp("keyward reject (401) vs accept", "keyward_reject", "keyward_1k"),
         cmp("keyward metered stream vs no-op Wasm stream floor", "keyward_metered_stream", "noop_wasm_stream"),
         cmp("no-op Wasm stream vs no filter, same stream", "noop_wasm_stream", "baseline_stream"),
@@ -768,10 +780,12 @@ def run(args) -> int:
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     large = [int(x) for x in args.large_keys.split(",") if x.strip()]
-    streamed = {"noop_wasm_stream", "keyward_metered_stream"}
+    streamed = {"noop_wasm_stream", "keyward_metered_stream"} | {
+        f"keyward_metered_stream_{label}" for label, _ in ab_builds
+    }
 
     def want(key: str) -> bool:
-        if not only or key in only or key == "baseline" or key.startswith("keyward_1k_"):
+        if not only or key in only or key == "baseline" or key.startswith(("keyward_1k_", "keyward_metered_stream_")):
             return True
         return key == "baseline_stream" and bool(only & streamed)  # the floor of the streamed rows
 
@@ -801,13 +815,18 @@ def run(args) -> int:
 
         return render
 
-    def keyward_metered_cfg(lp, ap_):
-        plugin = json.loads(plugin_config_text(1000))
-        plugin["policy"]["prices"] = STREAM_PRICES
-        plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
-        plugin["metering"] = {}
-        filt = wasm_filter(wasm_copy, name="keyward", configuration=json.dumps(plugin, separators=(",", ":")), hold_headers=True)
-        return json.dumps(bootstrap(lp, ap_, [filt], [up]))
+    def keyward_metered_cfg_of(wasm: Path):
+        def render(lp, ap_):
+            plugin = json.loads(plugin_config_text(1000))
+            plugin["policy"]["prices"] = STREAM_PRICES
+            plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
+            plugin["metering"] = {}
+            config = json.dumps(plugin, separators=(",", ":"))
+            filt = wasm_filter(wasm, name="keyward", configuration=config, hold_headers=True)
+            return json.dumps(bootstrap(lp, ap_, [filt], [up]))
+        return render
+
+    keyward_metered_cfg = keyward_metered_cfg_of(wasm_copy)
 
     # (variant key, label, envoy name, config renderer, auth file, expected status, service
     #  [, traffic, key of the no-filter variant with the same traffic])
@@ -844,6 +863,12 @@ def run(args) -> int:
         ("keyward_metered_stream", "keyward metered, streamed chat, 1k keys", "keyward-metered",
          keyward_metered_cfg, auth_1k, 200, None, STREAM, "baseline_stream"),
     ]  # fmt: skip
+    for ab_label, ab_path in ab_builds:
+        specs.append(
+            (f"keyward_metered_stream_{ab_label}", f"keyward metered, streamed chat, build {ab_label}",
+             f"keyward-metered-{ab_label}", keyward_metered_cfg_of(ab_path), auth_1k, 200, None, STREAM,
+             "baseline_stream")
+        )  # fmt: skip
 
     envoys: dict[str, list[Envoy]] = {}
     variants: list[Variant] = []

@@ -234,11 +234,17 @@ pub fn canonical_host(authority: &str) -> Result<Cow<'_, str>, HostProblem> {
             None => authority,
         };
         let host = host.strip_suffix('.').unwrap_or(host);
-        let ok = !host.ends_with('.')
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !ok || host.starts_with('.') || host.contains("..") {
+        // One pass: only name characters, no empty label (a leading, doubled or second
+        // trailing dot).
+        let mut previous = b'.';
+        for &byte in host.as_bytes() {
+            let ok = byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_';
+            if !(ok || (byte == b'.' && previous != b'.')) {
+                return Err(HostProblem::InvalidHost);
+            }
+            previous = byte;
+        }
+        if previous == b'.' && !host.is_empty() {
             return Err(HostProblem::InvalidHost);
         }
         host

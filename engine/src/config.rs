@@ -177,6 +177,12 @@ pub struct Settings {
     /// their `_` spellings are removed from every request, since CGI-style servers read
     /// `x_project_id` as `x-project-id`.
     pub guarded_header_names: Vec<String>,
+    /// A guarded name itself has a `_`: then every request header takes the folding
+    /// comparison (see `gate::Gate::hygiene`).
+    pub guarded_names_have_underscores: bool,
+    /// Removed from every request as sent: the identity header names and the credential
+    /// headers (computed once; checked for every header of every request).
+    pub removed_header_names: Vec<String>,
     /// Body limits, reservations and reporting for metered routes (defaults when absent).
     pub metering: MeteringSettings,
     /// Whether any route matches on Envoy's route name: decided once here, read per request.
@@ -261,6 +267,16 @@ impl PluginConfig {
         credential_query_names.extend(routes.iter().filter_map(|r| r.query_parameter.clone()));
         credential_query_names.sort();
         credential_query_names.dedup();
+        let removed_header_names: Vec<String> = document
+            .identity_headers
+            .all()
+            .map(str::to_owned)
+            .chain(
+                credential_sources
+                    .iter()
+                    .map(|s| s.header_name().to_owned()),
+            )
+            .collect();
         let guarded_header_names =
             guarded_header_names(&credential_sources, &document.identity_headers, &routes);
         Ok(PluginConfig {
@@ -284,6 +300,10 @@ impl PluginConfig {
                     document.unmatched_paths == UnmatchedPaths::Deny,
                 ),
                 credential_query_names,
+                removed_header_names,
+                guarded_names_have_underscores: guarded_header_names
+                    .iter()
+                    .any(|name| name.contains('_')),
                 guarded_header_names,
                 metering,
             },

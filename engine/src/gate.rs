@@ -326,6 +326,18 @@ impl<'a> Gate<'a> {
         let settings = self.settings;
         let mut removed: Vec<&'s str> = Vec::new();
         for name in request.header_names() {
+            // Most names are plain lower case (Envoy lower-cases them): exact comparisons. A `_`
+            // or an upper-case letter takes the comparisons that fold every spelling.
+            let plain = !settings.guarded_names_have_underscores
+                && name.bytes().all(|b| b != b'_' && !b.is_ascii_uppercase());
+            if plain {
+                let remove = name.starts_with(KEYWARD_HEADER_PREFIX)
+                    || settings.removed_header_names.iter().any(|own| own == name);
+                if remove && !removed.contains(&name) {
+                    removed.push(name);
+                }
+                continue;
+            }
             let spoofed = header_name_has_prefix(name, KEYWARD_HEADER_PREFIX)
                 || settings
                     .guarded_header_names

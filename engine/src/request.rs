@@ -10,6 +10,37 @@ use crate::canonical::{
 /// One header as the host gives it: lower-case name, raw value bytes (not necessarily UTF-8).
 pub type Header = (String, Vec<u8>);
 
+/// `x-forwarded-host` (`forwarded: false`) and `Forwarded: host=` must name the request's own
+/// host: frameworks that trust them (Rails does by default) would otherwise serve another host's
+/// routes.
+fn forwarded_hosts_agree(value: &[u8], forwarded: bool, host: &str) -> Result<(), HostProblem> {
+    let named = |value: &str| -> Result<(), HostProblem> {
+        let value = value.trim().trim_matches('"');
+        if value.is_empty() {
+            return Ok(());
+        }
+        match canonical_host(value) {
+            Ok(named) if named == host => Ok(()),
+            _ => Err(HostProblem::Conflicting),
+        }
+    };
+    let text = core::str::from_utf8(value).map_err(|_| HostProblem::InvalidHost)?;
+    for element in text.split(',') {
+        if !forwarded {
+            named(element)?;
+            continue;
+        }
+        for pair in element.split(';') {
+            if let Some((key, value)) = pair.split_once('=') {
+                if key.trim().eq_ignore_ascii_case("host") {
+                    named(value)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether two header names are the same to a server that folds case and reads `_` as `-`
 /// (CGI, WSGI and Rack all turn both into `HTTP_X_NAME`).
 pub fn same_header_name(name: &str, other: &str) -> bool {
@@ -46,16 +77,6 @@ pub enum RequestProblem {
     NonCanonicalRouteName,
 }
 
-/// Headers with which some servers replace the request's path.
-pub const PATH_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
-
-/// Headers with which some frameworks replace the request's method.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
 impl RequestProblem {
     pub fn description(self) -> &'static str {
         match self {
@@ -85,7 +106,39 @@ struct View<'r> {
 pub struct Request<'r> {
     headers: &'r [Header],
     route_name: Option<&'r str>,
+    /// `:path` as sent (read once: several checks need it).
+    raw_path: &'r str,
     view: Result<View<'r>, RequestProblem>,
+}
+
+/// Headers the canonical view looks at beyond the pseudo-headers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Special {
+    MethodOverride,
+    PathOverride,
+    ForwardedHost,
+    Forwarded,
+}
+
+/// Which special header `name` is (any case, `_` for `-`). Lengths first: most names are not
+/// one of these, and the check runs for every header of every request.
+fn special(name: &str) -> Option<Special> {
+    let candidates: &[(&str, Special)] = match name.len() {
+        9 => &[("forwarded", Special::Forwarded)],
+        13 => &[
+            ("x-http-method", Special::MethodOverride),
+            ("x-rewrite-url", Special::PathOverride),
+        ],
+        14 => &[("x-original-url", Special::PathOverride)],
+        16 => &[("x-forwarded-host", Special::ForwardedHost)],
+        17 => &[("x-method-override", Special::MethodOverride)],
+        22 => &[("x-http-method-override", Special::MethodOverride)],
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .find(|(wanted, _)| same_header_name(name, wanted))
+        .map(|(_, kind)| *kind)
 }
 
 impl<'r> Request<'r> {
@@ -102,8 +155,10 @@ impl<'r> Request<'r> {
         let mut request = Self {
             headers,
             route_name,
+            raw_path: "",
             view: Err(RequestProblem::Path(PathProblem::NotAbsolute)),
         };
+        request.raw_path = request.single_header(":path").unwrap_or_default();
         request.view = request.canonical_view(fold);
         request
     }
@@ -119,66 +174,24 @@ impl<'r> Request<'r> {
         }
         let rewritten = path != without_query;
         let host = self.canonical_authority().map_err(RequestProblem::Host)?;
-        self.forwarded_hosts_agree(&host)
-            .map_err(RequestProblem::Host)?;
-        let path_overridden = self.headers.iter().any(|(name, _)| {
-            PATH_OVERRIDE_HEADERS
-                .iter()
-                .any(|wanted| same_header_name(name, wanted))
-        });
-        if path_overridden {
-            return Err(RequestProblem::PathOverride);
-        }
-        let overridden = self.headers.iter().any(|(name, _)| {
-            METHOD_OVERRIDE_HEADERS
-                .iter()
-                .any(|wanted| same_header_name(name, wanted))
-        });
-        if overridden {
-            return Err(RequestProblem::MethodOverride);
+        for (name, value) in self.headers {
+            match special(name) {
+                None => {}
+                Some(Special::MethodOverride) => return Err(RequestProblem::MethodOverride),
+                Some(Special::PathOverride) => return Err(RequestProblem::PathOverride),
+                Some(Special::ForwardedHost) => {
+                    forwarded_hosts_agree(value, false, &host).map_err(RequestProblem::Host)?
+                }
+                Some(Special::Forwarded) => {
+                    forwarded_hosts_agree(value, true, &host).map_err(RequestProblem::Host)?
+                }
+            }
         }
         Ok(View {
             path,
             host,
             rewritten,
         })
-    }
-
-    /// `x-forwarded-host` and `Forwarded: host=` must name the request's own host: frameworks
-    /// that trust them (Rails does by default) would otherwise serve another host's routes.
-    fn forwarded_hosts_agree(&self, host: &str) -> Result<(), HostProblem> {
-        let named = |value: &str| -> Result<(), HostProblem> {
-            let value = value.trim().trim_matches('"');
-            if value.is_empty() {
-                return Ok(());
-            }
-            match canonical_host(value) {
-                Ok(named) if named == host => Ok(()),
-                _ => Err(HostProblem::Conflicting),
-            }
-        };
-        for (name, value) in self.headers {
-            let forwarded_host = same_header_name(name, "x-forwarded-host");
-            let forwarded = same_header_name(name, "forwarded");
-            if !forwarded_host && !forwarded {
-                continue;
-            }
-            let text = core::str::from_utf8(value).map_err(|_| HostProblem::InvalidHost)?;
-            for element in text.split(',') {
-                if forwarded_host {
-                    named(element)?;
-                    continue;
-                }
-                for pair in element.split(';') {
-                    if let Some((key, value)) = pair.split_once('=') {
-                        if key.trim().eq_ignore_ascii_case("host") {
-                            named(value)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// `:authority` and `host` must agree: an HTTP/2 client can send both, and the upstream may
@@ -243,7 +256,7 @@ impl<'r> Request<'r> {
 
     /// `:path` as sent, query included.
     pub fn raw_path(&self) -> &'r str {
-        self.single_header(":path").unwrap_or_default()
+        self.raw_path
     }
 
     /// The canonical path, without the query; empty when the request has no canonical view.
