@@ -104,7 +104,8 @@ impl PolicyFollower {
         let Some((envelope, _)) = host.shared_get(SNAPSHOT_ENTRY)? else {
             return Ok(Followed::Nothing);
         };
-        match verify_snapshot(&envelope, &settings.signing_keys) {
+        let now = host.now_ms()? / 1000;
+        match verify_snapshot(&envelope, &settings.public_keys, now) {
             Ok(policy) => {
                 let envelope_stamp = SnapshotStamp {
                     version: policy.version,
@@ -153,7 +154,7 @@ impl PolicyFollower {
             let Some((bytes, _)) = host.shared_get(MANIFEST_ENTRY)? else {
                 return Ok(Followed::Nothing);
             };
-            let manifest = match verify_manifest(&bytes, &settings.signing_keys) {
+            let manifest = match verify_manifest(&bytes, &settings.public_keys, start / 1000) {
                 Ok(manifest) => manifest,
                 Err(rejected) => {
                     host.log(
