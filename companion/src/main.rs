@@ -16,6 +16,7 @@ mod server;
 mod store;
 mod synthetic;
 mod units;
+mod upstream_tls;
 
 use std::process::ExitCode;
 

@@ -326,7 +326,8 @@ PRAGMA user_version = 1;
                 "initial",
                 "soft_caps_rate_limits_prices_usage",
                 "pending_spend",
-                "snapshot_issue"
+                "snapshot_issue",
+                "dataplane_tokens"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);
