@@ -749,7 +749,10 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
             "spec": hardening
         }));
     }
-    if let Some(tls) = options.control_plane_tls.istio_client_tls(&control_plane.host) {
+    if let Some(tls) = options
+        .control_plane_tls
+        .istio_client_tls(&control_plane.host)
+    {
         // The filter calls outbound|PORT||HOST in plain HTTP; the sidecar originates TLS to the
         // control plane and verifies its certificate.
         resources.push(json!({
@@ -974,8 +977,8 @@ mod tests {
         let bootstrap = envoy_bootstrap(&tls).unwrap();
         let cluster = &bootstrap["static_resources"]["clusters"][0];
         assert_eq!(cluster["type"], "STRICT_DNS");
-        let validation =
-            &cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
+        let validation = &cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            ["validation_context"];
         assert_eq!(validation["trusted_ca"]["filename"], "/etc/keyward/ca.pem");
         assert_eq!(
             validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],

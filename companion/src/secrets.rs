@@ -149,7 +149,10 @@ pub fn load_public_key(id: &str, path: &Path) -> Result<PublicKey, Error> {
     let text = fs::read_to_string(path).map_err(|error| {
         Error::invalid(
             "unreadable_public_key",
-            format!("cannot read the public key file {}: {error}", path.display()),
+            format!(
+                "cannot read the public key file {}: {error}",
+                path.display()
+            ),
         )
     })?;
     let text = text.trim();

@@ -46,7 +46,10 @@ pub fn run(path: &std::path::Path, fail_on: Severity, json: bool) -> Result<Exit
     let bytes = std::fs::read(path).map_err(|error| {
         Error::invalid(
             "unreadable_file",
-            format!("cannot read the Envoy configuration {}: {error}", path.display()),
+            format!(
+                "cannot read the Envoy configuration {}: {error}",
+                path.display()
+            ),
         )
     })?;
     let bootstrap: Value = serde_json::from_slice(&bytes).map_err(|error| {
@@ -74,10 +77,16 @@ pub fn run(path: &std::path::Path, fail_on: Severity, json: bool) -> Result<Exit
         println!("envoy configuration {}: no findings", path.display());
     } else {
         for (severity, code, message) in &found {
-            println!("{:<6}  {code}  {message}", format!("{severity:?}").to_lowercase());
+            println!(
+                "{:<6}  {code}  {message}",
+                format!("{severity:?}").to_lowercase()
+            );
         }
     }
-    let failing = found.iter().filter(|(severity, ..)| *severity >= fail_on).count();
+    let failing = found
+        .iter()
+        .filter(|(severity, ..)| *severity >= fail_on)
+        .count();
     Ok(if failing > 0 {
         eprintln!("keyward: {failing} Envoy finding(s) at or above {fail_on:?}");
         ExitCode::from(2)
@@ -101,7 +110,9 @@ mod tests {
         let found = findings(&bootstrap);
         let codes: Vec<&str> = found.iter().map(|(_, code, _)| *code).collect();
         assert_eq!(codes, ["tls_not_verified", "shared_signing_secret"]);
-        assert!(found.iter().all(|(severity, ..)| *severity == Severity::High));
+        assert!(found
+            .iter()
+            .all(|(severity, ..)| *severity == Severity::High));
         assert!(findings(&json!({"static_resources": {"clusters": []}})).is_empty());
     }
 }

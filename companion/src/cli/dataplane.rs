@@ -97,10 +97,7 @@ pub fn run(admin: &mut dyn Admin, command: DataplaneCommand) -> Result<ExitCode,
                         ]
                     })
                     .collect();
-                print_table(
-                    &["NAME", "PERMISSIONS", "CREATED", "BY", "REVOKED"],
-                    rows,
-                );
+                print_table(&["NAME", "PERMISSIONS", "CREATED", "BY", "REVOKED"], rows);
             }
         }
         TokenCommand::Revoke { name } => {

@@ -23,8 +23,8 @@ use crate::store::{Location, Store};
 use crate::units::{format_time, now};
 use crate::{audit, explain};
 use admin::{Admin, Local, Remote};
-pub use shared::load_public_keys;
 use output::{print_json, print_table};
+pub use shared::load_public_keys;
 use std::path::PathBuf;
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.

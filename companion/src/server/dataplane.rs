@@ -20,9 +20,7 @@ use super::routes::{bearer_token, parse_body, query};
 use super::{with_store, Actor, Shared};
 use crate::api::List;
 use crate::error::{Error, ErrorBody};
-use crate::store::{
-    CreatedDataplaneToken, DataplaneTokenView, Permission, RefusedBatchView,
-};
+use crate::store::{CreatedDataplaneToken, DataplaneTokenView, Permission, RefusedBatchView};
 use crate::units::now;
 
 /// `GET /v1/usage/refused` without `limit`.

@@ -161,7 +161,10 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             store: Arc::new(Mutex::new(store)),
             tokens: options.tokens,
             signing_key: options.signing_key,
-            reissue_seconds: reissue_interval(options.reissue_seconds, options.snapshot_ttl_seconds),
+            reissue_seconds: reissue_interval(
+                options.reissue_seconds,
+                options.snapshot_ttl_seconds,
+            ),
             snapshot_ttl_seconds: options.snapshot_ttl_seconds.max(1),
             usage_limits: options.usage_limits,
             spend_publish_ms: options.spend_publish_ms,

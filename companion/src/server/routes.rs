@@ -18,8 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::usage::MAX_USAGE_REPORT_BYTES;
 use super::{
-    dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor,
-    Shared,
+    dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor, Shared,
 };
 use crate::error::Error;
 

@@ -154,16 +154,28 @@ async fn refuse(
         "keyward: warning: usage batch {:?} from data plane {} refused: {shown}{}",
         refused.batch_id.chars().take(80).collect::<String>(),
         caller.name,
-        if more > 0 { format!(" (and {more} more)") } else { String::new() }
+        if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        }
     );
-    if let Err(error) = with_store(state, move |store| store.record_refused_usage(now, &refused)).await {
+    if let Err(error) = with_store(state, move |store| {
+        store.record_refused_usage(now, &refused)
+    })
+    .await
+    {
         return error;
     }
     Error::invalid(
         "usage_report_refused",
         format!(
             "Usage report refused, nothing applied: {shown}{}",
-            if more > 0 { format!(" (and {more} more)") } else { String::new() }
+            if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            }
         ),
     )
 }

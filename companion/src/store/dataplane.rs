@@ -136,7 +136,10 @@ fn find_token(sql: &mut dyn Sql, name: &str) -> Result<Option<DataplaneTokenView
 
 /// Text for the audit trail and terminals: control characters dropped, length bounded.
 fn printable(text: &str, limit: usize) -> String {
-    text.chars().filter(|c| !c.is_control()).take(limit).collect()
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(limit)
+        .collect()
 }
 
 impl Store {

@@ -127,8 +127,7 @@ pub fn violations(
         let tokens = u128::from(entry.input_tokens) + u128::from(entry.output_tokens);
         if entry.requests == 0 && (entry.cost_microusd > 0 || tokens > 0) {
             found.push(format!("{at}: cost or tokens without any request"));
-        } else if tokens > u128::from(entry.requests) * u128::from(limits.max_tokens_per_request)
-        {
+        } else if tokens > u128::from(entry.requests) * u128::from(limits.max_tokens_per_request) {
             found.push(format!(
                 "{at}: {tokens} tokens in {} requests, more than {} a request",
                 entry.requests, limits.max_tokens_per_request
@@ -260,7 +259,11 @@ mod tests {
         );
         assert_eq!(found.len(), 5, "{found:#?}");
         assert!(found[0].starts_with("entries[0]: last use") && found[0].contains("future"));
-        assert!(found[1].starts_with("entries[0]: cost 99000000"), "{}", found[1]);
+        assert!(
+            found[1].starts_with("entries[0]: cost 99000000"),
+            "{}",
+            found[1]
+        );
         assert!(found[2].contains("entries[1]: key") && found[2].contains("\"proj_other\""));
         assert!(found[3].starts_with("entries[2]: unknown key"));
         assert!(found[4].starts_with("entries[3]") && found[4].contains("proj_gone"));
