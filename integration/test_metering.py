@@ -244,7 +244,8 @@ def test_usage_in_every_shape_is_charged_exactly_and_reported_once(metered):
     assert retried >= 2, f"batch {dropper.dropped[0]} was not retried"
     batches = json.loads(keyward(work, "usage", "batches", "--json", "--limit", "100").stdout)
     ids = [b["batch_id"] for b in (batches["batches"] if isinstance(batches, dict) else batches)]
-    assert ids.count(dropper.dropped[0]) == 1
+    # Stored per data-plane token (`fleet`): one fleet cannot take another's batch ids.
+    assert ids.count(f"fleet/{dropper.dropped[0]}") == 1
     assert env.metric("keyward.usage_reports.duplicate") >= 1
 
 

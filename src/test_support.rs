@@ -31,9 +31,8 @@ pub const NOW_UNIX_SECONDS: u64 = 1_800_000_000;
 
 /// The control plane's signing key in these tests (a fixed seed).
 pub fn signing_key() -> keyward_engine::signature::SigningKey {
-    keyward_engine::signature::SigningKey::from_seed("k1", &[5; 32]).unwrap_or_else(|_| {
-        unreachable!("a fixed seed and a valid id")
-    })
+    keyward_engine::signature::SigningKey::from_seed("k1", &[5; 32])
+        .unwrap_or_else(|_| unreachable!("a fixed seed and a valid id"))
 }
 
 /// Its public half, as a sync block lists it.

@@ -585,8 +585,12 @@ mod tests {
             Err(SnapshotRejected::SymmetricSignature)
         );
         // A snapshot envelope's signature does not make a manifest (and back).
-        let as_snapshot = envelope.replace(MANIFEST_FORMAT, crate::signed_snapshot::ENVELOPE_FORMAT);
-        assert!(crate::signed_snapshot::verify_snapshot(as_snapshot.as_bytes(), &[public()], NOW).is_err());
+        let as_snapshot =
+            envelope.replace(MANIFEST_FORMAT, crate::signed_snapshot::ENVELOPE_FORMAT);
+        assert!(
+            crate::signed_snapshot::verify_snapshot(as_snapshot.as_bytes(), &[public()], NOW)
+                .is_err()
+        );
         let mut forever = split.manifest.clone();
         forever.expires_at = None;
         let envelope =

@@ -173,7 +173,10 @@ pub(crate) mod tests {
         assert_eq!(signature.len(), 128);
         assert!(public.verifies("fmt.v2", b"payload", &signature));
         assert!(!public.verifies("fmt.v2", b"payloaD", &signature));
-        assert!(!public.verifies("other.v2", b"payload", &signature), "domain");
+        assert!(
+            !public.verifies("other.v2", b"payload", &signature),
+            "domain"
+        );
         assert!(!other_key("ops-1")
             .public_key()
             .verifies("fmt.v2", b"payload", &signature));

@@ -44,7 +44,10 @@ pub enum SnapshotRejected {
     BadSignature,
     InvalidSnapshot(FieldError),
     /// Past its `expires_at` (a stale capture, or a control plane silent for too long).
-    Expired { expires_at: u64, now: u64 },
+    Expired {
+        expires_at: u64,
+        now: u64,
+    },
 }
 
 impl SnapshotRejected {
@@ -121,9 +124,7 @@ pub(crate) fn check_expiry(expires_at: Option<u64>, now: u64) -> Result<(), Snap
             "expires_at",
             "a signed snapshot must carry expires_at",
         ))),
-        Some(expires_at) if expires_at <= now => {
-            Err(SnapshotRejected::Expired { expires_at, now })
-        }
+        Some(expires_at) if expires_at <= now => Err(SnapshotRejected::Expired { expires_at, now }),
         Some(_) => Ok(()),
     }
 }
@@ -262,8 +263,8 @@ mod tests {
             })
         );
         assert!(verify_snapshot(envelope.as_bytes(), &[public("k1")], 99).is_ok());
-        let forever = sign_snapshot(r#"{"version": 2, "issued_at": 10}"#, &test_key("k1"))
-            .expect("signs");
+        let forever =
+            sign_snapshot(r#"{"version": 2, "issued_at": 10}"#, &test_key("k1")).expect("signs");
         match verify_snapshot(forever.as_bytes(), &[public("k1")], NOW) {
             Err(SnapshotRejected::InvalidSnapshot(error)) => assert_eq!(error.path, "expires_at"),
             other => panic!("unexpected {other:?}"),

@@ -131,10 +131,17 @@ mod tests {
     fn a_wrong_format_bad_batch_id_or_unknown_field_is_invalid() {
         let body = br#"{"format":"other","reporter":"r","batch_id":"b","entries":[]}"#;
         assert_eq!(parse_report(body).map_err(|e| e.path), Err("format".into()));
-        let body = br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"","entries":[]}"#;
-        assert_eq!(parse_report(body).map_err(|e| e.path), Err("batch_id".into()));
+        let body =
+            br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"","entries":[]}"#;
+        assert_eq!(
+            parse_report(body).map_err(|e| e.path),
+            Err("batch_id".into())
+        );
         let body = br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"a\u0000b","entries":[]}"#;
-        assert_eq!(parse_report(body).map_err(|e| e.path), Err("batch_id".into()));
+        assert_eq!(
+            parse_report(body).map_err(|e| e.path),
+            Err("batch_id".into())
+        );
         let body = br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"b","entries":[],"x":1}"#;
         assert!(parse_report(body).is_err());
     }

@@ -264,7 +264,11 @@ impl SnapshotPoller {
             CallKind::Chunk(_) => "application/x-ndjson",
             _ => "application/json",
         };
-        let authorization = self.settings.token.as_ref().map(|token| format!("Bearer {token}"));
+        let authorization = self
+            .settings
+            .token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
         let mut headers = vec![
             (":method", "GET"),
             (":path", path),

@@ -321,8 +321,7 @@ fn chunked(
 /// Serves `split` as the control plane would: its signed manifest and its chunks.
 fn serve_chunked(host: &FakeHost, split: &SplitSnapshot) {
     let json = serde_json::to_string(&split.manifest).expect("json");
-    let envelope =
-        sign_manifest(&json, &signing_key()).expect("signed");
+    let envelope = sign_manifest(&json, &signing_key()).expect("signed");
     let etag = format!(
         "\"{}-{}\"",
         split.manifest.version, split.manifest.issued_at
