@@ -149,10 +149,15 @@ fn cluster(name: &str, address: &HostPort, tls: &Tls) -> Value {
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address.socket_address()}}]}]
         }
     });
-    if let (Some(socket), Some(fields)) = (
-        tls.envoy_transport_socket(&address.host),
-        cluster.as_object_mut(),
-    ) {
+    let Some(fields) = cluster.as_object_mut() else {
+        return cluster;
+    };
+    if !address.is_ip() {
+        // `localhost` and dual-stack names: try IPv4 first, as most control planes and
+        // providers listen there (Envoy's default, AUTO, tries IPv6 first).
+        fields.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
+    }
+    if let Some(socket) = tls.envoy_transport_socket(&address.host) {
         fields.insert("transport_socket".into(), socket);
     }
     cluster

@@ -187,10 +187,15 @@ pub fn generate_signing_key(id: &str) -> Result<(String, PublicKey), Error> {
         .try_fill_bytes(&mut seed)
         .map_err(|error| Error::internal(format!("the OS random generator failed: {error}")))?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    // PKCS#8 v1 (the seed only, as `openssl genpkey` writes it): every tool reads it, while the
+    // v2 form with the public key appended is refused by some (Python's `cryptography`).
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: seed,
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|error| Error::internal(format!("cannot encode the private key: {error}")))?;
     seed.fill(0);
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|error| Error::internal(format!("cannot encode the private key: {error}")))?;
     let public = SigningKey::from_seed(id, &key.to_bytes())
         .map_err(|message| Error::invalid("invalid_signing_key_id", message))?
         .public_key();
