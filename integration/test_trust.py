@@ -63,16 +63,6 @@ def wait_for(env: harness.Envoy, key: str, expected: tuple[int, str | None], lim
     pytest.fail(f"after {limit_s}s still {seen}, wanted {expected}\n{env.log_tail(40)}")
 
 
-def wait_metric(env: harness.Envoy, name: str, limit_s: float = 10.0) -> int:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = env.metric(name) or 0
-        if value > 0:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"{name} never counted\n{env.log_tail(40)}")
-
-
 def mode(path: Path) -> str:
     return oct(path.stat().st_mode & 0o777)
 
@@ -217,10 +207,7 @@ def test_nothing_a_data_plane_holds_can_sign_or_forge_usage(plane, envoy_workdir
             for body, reason in forged:
                 before = mitm.metric(f"keyward.sync.rejected.{reason}") or 0
                 server.publish(body)
-                deadline = time.monotonic() + 5
-                while (mitm.metric(f"keyward.sync.rejected.{reason}") or 0) <= before:
-                    assert time.monotonic() < deadline, f"{reason} not counted\n{mitm.log_tail(30)}"
-                    time.sleep(0.1)
+                mitm.wait_metric_above(f"keyward.sync.rejected.{reason}", before, limit_s=5)
                 assert answer(mitm, alice["key"]) == (200, None), "a forged snapshot took effect"
         finally:
             mitm.stop()
@@ -322,7 +309,7 @@ def test_a_stale_capture_is_refused_after_an_envoy_restart(plane, envoy_workdir,
         env = harness.Envoy("trust-stale-replayed", envoy_workdir, render=render(f"127.0.0.1:{server.port}"))
         env.start()
         try:
-            wait_metric(env, "keyward.sync.rejected.expired")
+            env.wait_metric_above("keyward.sync.rejected.expired")
             assert answer(env, carol["key"]) == (503, "policy_unavailable"), "fails closed, never lets carol in"
             assert env.metric("keyward.sync.published") in (None, 0)
         finally:
@@ -376,7 +363,7 @@ def test_signing_keys_rotate_with_both_public_keys_accepted_during_the_overlap(p
     cp.start(int(port))
     retired.start()
     try:
-        wait_metric(retired, "keyward.sync.rejected.unknown_signing_key")
+        retired.wait_metric_above("keyward.sync.rejected.unknown_signing_key")
         assert answer(retired, alice["key"]) == (503, "policy_unavailable")
     finally:
         retired.stop()
@@ -489,7 +476,7 @@ def test_an_impostor_control_plane_is_refused_and_the_real_one_verified(plane, e
                 if accepted:
                     wait_for(env, alice["key"], (200, None))
                 else:
-                    wait_metric(env, "keyward.sync.unreachable")
+                    env.wait_metric_above("keyward.sync.unreachable")
                     assert answer(env, alice["key"]) == (503, "policy_unavailable")
                     assert impostor.requests == 0 and impostor.last_authorization is None, \
                         "the impostor got a request (and the data-plane token)"

@@ -16,19 +16,26 @@
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
 use crate::signature::{PublicKey, SigningKey};
-use crate::signed_snapshot::{check_expiry, sign_document, SignedParts, SnapshotRejected};
+use crate::signed_snapshot::{
+    check_expiry, sign_document, verified_payload, DocumentKind, PayloadField, SnapshotRejected,
+};
 use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceRecord, ProjectRecord};
 use crate::sync::SnapshotStamp;
 
 pub const MANIFEST_FORMAT: &str = "keyward.signed-manifest.v2";
 /// The format of manifests signed with a shared (HMAC) key: refused.
 pub const SYMMETRIC_MANIFEST_FORMAT: &str = "keyward.signed-manifest.v1";
+
+const MANIFEST_DOCUMENT: DocumentKind = DocumentKind {
+    format: MANIFEST_FORMAT,
+    symmetric_format: SYMMETRIC_MANIFEST_FORMAT,
+    field: PayloadField::Manifest,
+};
 /// Keys per chunk the control plane aims at (about 1 MB of JSON with typical records).
 pub const TARGET_KEYS_PER_CHUNK: usize = 8192;
 /// A chunk larger than this is refused (Envoy's async HTTP client buffers the whole answer).
@@ -141,19 +148,9 @@ impl Manifest {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManifestEnvelopeIn<'a> {
-    format: String,
-    key_id: String,
-    signature: String,
-    #[serde(borrow)]
-    manifest: &'a RawValue,
-}
-
 /// Wraps a manifest document (its exact bytes) in a signed envelope.
 pub fn sign_manifest(manifest_json: &str, key: &SigningKey) -> Result<String, SnapshotRejected> {
-    sign_document(MANIFEST_FORMAT, "manifest", manifest_json, key)
+    sign_document(&MANIFEST_DOCUMENT, manifest_json, key)
 }
 
 /// Checks the manifest envelope's signature, then parses and validates the manifest, and
@@ -164,15 +161,7 @@ pub fn verify_manifest(
     keys: &[PublicKey],
     now: u64,
 ) -> Result<Manifest, SnapshotRejected> {
-    let envelope: ManifestEnvelopeIn<'_> = serde_json::from_slice(envelope)
-        .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
-    let body = SignedParts {
-        format: &envelope.format,
-        key_id: &envelope.key_id,
-        signature: &envelope.signature,
-        payload: envelope.manifest,
-    }
-    .verified_payload(MANIFEST_FORMAT, SYMMETRIC_MANIFEST_FORMAT, keys)?;
+    let body = verified_payload(envelope, &MANIFEST_DOCUMENT, keys)?;
     let manifest: Manifest = from_json(body).map_err(SnapshotRejected::InvalidSnapshot)?;
     check_expiry(manifest.expires_at, now)?;
     manifest

@@ -23,15 +23,49 @@ pub const ENVELOPE_FORMAT: &str = "keyward.signed-snapshot.v2";
 /// its own message, since that key was readable wherever a data plane's configuration was.
 pub const SYMMETRIC_ENVELOPE_FORMAT: &str = "keyward.signed-snapshot.v1";
 
+/// A signed envelope as received: its payload under `snapshot` (a snapshot envelope) or
+/// `manifest` (a chunked manifest).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvelopeIn<'a> {
     format: String,
     key_id: String,
     signature: String,
-    #[serde(borrow)]
-    snapshot: &'a RawValue,
+    #[serde(borrow, default)]
+    snapshot: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    manifest: Option<&'a RawValue>,
 }
+
+/// The envelope field a signed document's payload travels in.
+#[derive(Clone, Copy)]
+pub(crate) enum PayloadField {
+    Snapshot,
+    Manifest,
+}
+
+impl PayloadField {
+    fn name(self) -> &'static str {
+        match self {
+            PayloadField::Snapshot => "snapshot",
+            PayloadField::Manifest => "manifest",
+        }
+    }
+}
+
+/// What a signed document is: its format, the format of its HMAC-signed predecessor, and the
+/// field its payload travels in.
+pub(crate) struct DocumentKind {
+    pub format: &'static str,
+    pub symmetric_format: &'static str,
+    pub field: PayloadField,
+}
+
+pub(crate) const SNAPSHOT_DOCUMENT: DocumentKind = DocumentKind {
+    format: ENVELOPE_FORMAT,
+    symmetric_format: SYMMETRIC_ENVELOPE_FORMAT,
+    field: PayloadField::Snapshot,
+};
 
 /// Why a pushed snapshot was not used. The last good policy stays in force in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,36 +119,32 @@ impl fmt::Display for SnapshotRejected {
     }
 }
 
-/// The envelope fields every signed document shares.
-pub(crate) struct SignedParts<'a> {
-    pub format: &'a str,
-    pub key_id: &'a str,
-    pub signature: &'a str,
-    pub payload: &'a RawValue,
-}
-
-impl<'a> SignedParts<'a> {
-    /// The payload's bytes, once the format is `expected` and the signature verifies with the
-    /// key the envelope names. Nothing in the payload is read before that.
-    pub(crate) fn verified_payload(
-        &self,
-        expected: &str,
-        symmetric: &str,
-        keys: &[PublicKey],
-    ) -> Result<&'a [u8], SnapshotRejected> {
-        if self.format == symmetric {
-            return Err(SnapshotRejected::SymmetricSignature);
-        }
-        if self.format != expected {
-            return Err(SnapshotRejected::UnknownFormat);
-        }
-        let key = find_key(keys, self.key_id).ok_or(SnapshotRejected::UnknownSigningKey)?;
-        let payload = self.payload.get().as_bytes();
-        if !key.verifies(expected, payload, self.signature) {
-            return Err(SnapshotRejected::BadSignature);
-        }
-        Ok(payload)
+/// The payload of a signed `kind` envelope, once its format is right and its signature verifies
+/// with the key it names. Nothing in the payload is read before that.
+pub(crate) fn verified_payload<'a>(
+    envelope: &'a [u8],
+    kind: &DocumentKind,
+    keys: &[PublicKey],
+) -> Result<&'a [u8], SnapshotRejected> {
+    let envelope: EnvelopeIn<'a> = serde_json::from_slice(envelope)
+        .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
+    if envelope.format == kind.symmetric_format {
+        return Err(SnapshotRejected::SymmetricSignature);
     }
+    if envelope.format != kind.format {
+        return Err(SnapshotRejected::UnknownFormat);
+    }
+    let payload = match kind.field {
+        PayloadField::Snapshot => envelope.snapshot,
+        PayloadField::Manifest => envelope.manifest,
+    }
+    .ok_or_else(|| SnapshotRejected::NotAnEnvelope(format!("no {} field", kind.field.name())))?;
+    let key = find_key(keys, &envelope.key_id).ok_or(SnapshotRejected::UnknownSigningKey)?;
+    let payload = payload.get().as_bytes();
+    if !key.verifies(kind.format, payload, &envelope.signature) {
+        return Err(SnapshotRejected::BadSignature);
+    }
+    Ok(payload)
 }
 
 /// A signed document must say when it stops being valid, and must not be past it at `now`.
@@ -129,14 +159,13 @@ pub(crate) fn check_expiry(expires_at: Option<u64>, now: u64) -> Result<(), Snap
     }
 }
 
-/// Wraps a payload document (its exact bytes) in a signed envelope of `format`, the payload
-/// under the field `field`.
+/// Wraps a payload document (its exact bytes) in a signed envelope of `kind`.
 pub(crate) fn sign_document(
-    format: &str,
-    field: &str,
+    kind: &DocumentKind,
     payload_json: &str,
     key: &SigningKey,
 ) -> Result<String, SnapshotRejected> {
+    let (format, field) = (kind.format, kind.field.name());
     let raw: &RawValue = serde_json::from_str(payload_json)
         .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
     let signature = key.sign(format, raw.get().as_bytes());
@@ -155,7 +184,7 @@ pub(crate) fn sign_document(
 
 /// Wraps a snapshot document (its exact bytes) in a signed envelope.
 pub fn sign_snapshot(snapshot_json: &str, key: &SigningKey) -> Result<String, SnapshotRejected> {
-    sign_document(ENVELOPE_FORMAT, "snapshot", snapshot_json, key)
+    sign_document(&SNAPSHOT_DOCUMENT, snapshot_json, key)
 }
 
 /// Checks the envelope's signature against the configured public keys, then parses and
@@ -166,15 +195,7 @@ pub fn verify_snapshot(
     keys: &[PublicKey],
     now: u64,
 ) -> Result<Policy, SnapshotRejected> {
-    let envelope: EnvelopeIn<'_> = serde_json::from_slice(envelope)
-        .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
-    let body = SignedParts {
-        format: &envelope.format,
-        key_id: &envelope.key_id,
-        signature: &envelope.signature,
-        payload: envelope.snapshot,
-    }
-    .verified_payload(ENVELOPE_FORMAT, SYMMETRIC_ENVELOPE_FORMAT, keys)?;
+    let body = verified_payload(envelope, &SNAPSHOT_DOCUMENT, keys)?;
     let snapshot: Snapshot = from_json(body).map_err(SnapshotRejected::InvalidSnapshot)?;
     check_expiry(snapshot.expires_at, now)?;
     Policy::compile(snapshot).map_err(SnapshotRejected::InvalidSnapshot)

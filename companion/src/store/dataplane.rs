@@ -134,6 +134,19 @@ fn find_token(sql: &mut dyn Sql, name: &str) -> Result<Option<DataplaneTokenView
     .transpose()
 }
 
+/// An audit event about a token: tokens are no policy, so it names the current version.
+fn audit_token(
+    sql: &mut dyn Sql,
+    now: u64,
+    actor: &str,
+    action: &str,
+    name: &str,
+    details: &serde_json::Value,
+) -> Result<(), Error> {
+    let version = current_version(sql)?;
+    record_event(sql, now, actor, action, name, details, version)
+}
+
 /// Text for the audit trail and terminals: control characters dropped, length bounded.
 fn printable(text: &str, limit: usize) -> String {
     text.chars()
@@ -193,15 +206,13 @@ impl Store {
                     actor
                 ],
             )?;
-            let version = current_version(sql)?;
-            record_event(
+            audit_token(
                 sql,
                 now,
                 actor,
                 "dataplane_token.create",
                 name,
                 &json!({"permissions": permissions}),
-                version,
             )?;
             let view = find_token(sql, name)?
                 .ok_or_else(|| Error::internal("the new data-plane token is missing"))?;
@@ -245,16 +256,7 @@ impl Store {
                 "UPDATE dataplane_tokens SET revoked_at = ?2 WHERE name = ?1",
                 args![name, Value::uint(now)?],
             )?;
-            let version = current_version(sql)?;
-            record_event(
-                sql,
-                now,
-                actor,
-                "dataplane_token.revoke",
-                name,
-                &json!({}),
-                version,
-            )?;
+            audit_token(sql, now, actor, "dataplane_token.revoke", name, &json!({}))?;
             find_token(sql, name)?
                 .ok_or_else(|| Error::internal("the revoked data-plane token is missing"))
         })

@@ -288,13 +288,7 @@ mod tests {
 
     #[test]
     fn org_keys_may_charge_their_orgs_projects_only() {
-        let mut store = store_with_project();
-        store
-            .create_project("a", 1, "proj_b", "org_1", None, None)
-            .unwrap();
-        store
-            .create_project("a", 1, "proj_x", "org_2", None, None)
-            .unwrap();
+        let mut store = store_with_org_projects();
         let org_key = key_in(&mut store, Owner::Org("org_1".into()));
         let limits = UsageLimits::default();
         let mut ok = entry(&org_key, Some("proj_b"), 0, 1);
