@@ -667,3 +667,29 @@ fn switching_layouts_frees_the_other_layouts_entries() {
         assert_eq!(entry_len(&host, &chunk.entry()), Some(0));
     }
 }
+
+#[test]
+fn an_expired_published_snapshot_is_not_followed_and_warned_about_once() {
+    let host = FakeHost::default();
+    let expired = sign_snapshot(
+        r#"{"version": 3, "issued_at": 10, "expires_at": 20, "projects": [], "keys": []}"#,
+        &signing_key(),
+    )
+    .expect("signed");
+    host.shared_set(SNAPSHOT_ENTRY, expired.as_bytes(), None)
+        .expect("set");
+    host.shared_set(SNAPSHOT_STAMP_ENTRY, b"3:10", None)
+        .expect("set");
+    host.now_ms.set(30_000);
+    let settings = settings(Poller::SyncService);
+    let mut follower = PolicyFollower::default();
+    for _ in 0..5 {
+        assert!(follow(&mut follower, &host, &settings, None).is_none());
+    }
+    let warnings = host
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains("not usable") && line.contains("expired"))
+        .count();
+    assert_eq!(warnings, 1, "{:?}", host.log_lines());
+}
