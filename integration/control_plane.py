@@ -28,10 +28,13 @@ class ControlPlane:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.signing_key = self.workdir / "signing.key"
+        self.public_key = self.workdir / "signing.key.pub"
+        self.dataplane_token_file = self.workdir / "dataplane.token"
         self.server: Optional[subprocess.Popen] = None
         self.address = ""
         self.cli("secret", "signing-key", "--out", str(self.signing_key))
         self.cli("secret", "admin-token", "--out", str(self.workdir / "admin.tokens"))
+        self.cli("dataplane", "token", "create", "--name", "fleet", "--out", str(self.dataplane_token_file))
 
     def cli(self, *args: str) -> str:
         env = dict(os.environ, KEYWARD_DB=str(self.workdir / "keyward.db"), KEYWARD_ACTOR="integration")
@@ -49,8 +52,11 @@ class ControlPlane:
     def key_view(self, key_id: str) -> dict:
         return json.loads(self.cli("key", "show", key_id, "--json"))
 
-    def signing_secret(self) -> str:
-        return self.signing_key.read_text().strip()
+    def public_key_base64(self) -> str:
+        return self.public_key.read_text().strip()
+
+    def dataplane_token(self) -> str:
+        return self.dataplane_token_file.read_text().strip()
 
     def start(self) -> "ControlPlane":
         self.server = subprocess.Popen(
@@ -77,7 +83,8 @@ class ControlPlane:
                      interval_ms: int = 300) -> str:
         return self.cli(
             "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", self.address,
-            "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", str(self.signing_key),
+            "--public-key", f"{SIGNING_KEY_ID}={self.public_key}",
+            "--dataplane-token-file", str(self.dataplane_token_file),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(interval_ms), *extra,
         )
@@ -91,7 +98,8 @@ class ControlPlane:
             "path": "/v1/snapshot",
             "interval_ms": interval_ms,
             "timeout_ms": 2000,
-            "signing_keys": [{"id": SIGNING_KEY_ID, "secret_base64": self.signing_secret()}],
+            "public_keys": [{"id": SIGNING_KEY_ID, "public_key_base64": self.public_key_base64()}],
+            "token": self.dataplane_token(),
             "poller": "lease",
         }
 

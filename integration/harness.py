@@ -443,6 +443,17 @@ class Envoy:
                 return v
         return None
 
+    def wait_metric_above(self, name: str, floor: int = 0, limit_s: float = 10.0) -> int:
+        """The metric's value once it exceeds `floor`; fails the test (with the log) after limit_s."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            value = self.metric(name) or 0
+            if value > floor:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} stayed at {value} (wanted > {floor}) for {limit_s}s\n{self.log_tail(30)}")
+            time.sleep(0.1)
+
     # -- requests ----------------------------------------------------------------------------
 
     def request(self, method: str = "GET", path: str = "/", headers: HeaderList = (), **kw) -> Response:

@@ -10,30 +10,50 @@ may be fetching them when a newer manifest appears."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Optional
 
 from keyward_testkit.http_servers import BackgroundHTTPServer
-from keyward_testkit.signing import sign_envelope
+from keyward_testkit.signing import PrivateKey, public_key_base64, sign_envelope
 
 MANIFEST_PATH = "/v1/snapshot/manifest"
 CHUNK_PATH = "/v1/snapshot/chunks/"
 SIGNING_KEY_ID = "test-signing-key"
-SIGNING_SECRET = b"integration-test-signing-secret-0123456789"
-SIGNING_SECRET_B64 = base64.b64encode(SIGNING_SECRET).decode()
+# A test-only Ed25519 key (its seed): the stand-in control plane signs with it, filters get its
+# public key. Never use it anywhere else.
+SIGNING_KEY = hashlib.sha256(b"keyward integration test signing key").digest()
+SIGNING_PUBLIC_KEY_B64 = public_key_base64(SIGNING_KEY)
+# What filters send as their data-plane token; the stand-in does not check it.
+DATAPLANE_TOKEN = "kwdp_integration_stand_in_token"
+# How long the stand-in's snapshots are valid when a test does not say.
+DEFAULT_LIFETIME_S = 86_400
 
 
 def compact(value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def sign(snapshot: dict, key_id: str = SIGNING_KEY_ID, secret: bytes = SIGNING_SECRET) -> bytes:
-    """The signed envelope of a snapshot, under the test signing key by default."""
-    return sign_envelope(compact(snapshot), key_id, secret)
+def expiring(snapshot: dict) -> dict:
+    """The snapshot with an expires_at (a day from now) when it has none: a signed snapshot must
+    carry one. The key goes right after issued_at, as the control plane writes it."""
+    if "expires_at" in snapshot:
+        return snapshot
+    out = {}
+    for name, value in snapshot.items():
+        out[name] = value
+        if name == "issued_at":
+            out["expires_at"] = max(int(time.time()), value) + DEFAULT_LIFETIME_S
+    return out
+
+
+def sign(snapshot: dict, key_id: str = SIGNING_KEY_ID, key: PrivateKey = SIGNING_KEY) -> bytes:
+    """The signed envelope of a snapshot (given an expiry when it has none), under the test
+    signing key by default."""
+    return sign_envelope(compact(expiring(snapshot)), key_id, key)
 
 
 def sync_block(
@@ -45,7 +65,8 @@ def sync_block(
         "path": "/v1/snapshot" if layout == "envelope" else MANIFEST_PATH,
         "interval_ms": interval_ms,
         "timeout_ms": 1000 if layout == "envelope" else 5000,
-        "signing_keys": [{"id": SIGNING_KEY_ID, "secret_base64": SIGNING_SECRET_B64}],
+        "public_keys": [{"id": SIGNING_KEY_ID, "public_key_base64": SIGNING_PUBLIC_KEY_B64}],
+        "token": DATAPLANE_TOKEN,
         "poller": poller,
     }
     if layout != "envelope":
@@ -54,7 +75,7 @@ def sync_block(
 
 
 def split_chunked(
-    snapshot: dict, keys_per_chunk: int = 8192, key_id: str = SIGNING_KEY_ID, secret: bytes = SIGNING_SECRET
+    snapshot: dict, keys_per_chunk: int = 8192, key_id: str = SIGNING_KEY_ID, key: PrivateKey = SIGNING_KEY
 ) -> tuple[bytes, dict[str, bytes]]:
     """(signed manifest envelope, {sha256: chunk bytes}) for a snapshot: keys in consecutive
     slices, one JSON record a line."""
@@ -67,10 +88,10 @@ def split_chunked(
         digest = hashlib.sha256(body).hexdigest()
         chunks[digest] = body
         refs.append({"sha256": digest, "keys": len(part), "bytes": len(body)})
-    manifest = {k: v for k, v in snapshot.items() if k != "keys"}
+    manifest = {k: v for k, v in expiring(snapshot).items() if k != "keys"}
     manifest["keys"] = len(keys)
     manifest["chunks"] = refs
-    return sign_envelope(compact(manifest), key_id, secret, kind="manifest"), chunks
+    return sign_envelope(compact(manifest), key_id, key, kind="manifest"), chunks
 
 
 class SnapshotServer(BackgroundHTTPServer):
@@ -87,6 +108,8 @@ class SnapshotServer(BackgroundHTTPServer):
         self.manifest_etag = ""
         self.chunks: dict[str, bytes] = {}
         self.chunk_requests = 0
+        # The authorization header of the last request (filters send their data-plane token).
+        self.last_authorization: Optional[str] = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -99,6 +122,7 @@ class SnapshotServer(BackgroundHTTPServer):
                 path = self.path.split("?", 1)[0]
                 content_type, missing = "application/json", 503
                 with server.lock:
+                    server.last_authorization = self.headers.get("authorization")
                     status = server.status
                     if path == MANIFEST_PATH:
                         server.requests += 1

@@ -65,8 +65,7 @@ def store(keyward_bin, tmp_path_factory):
 
 def audit(keyward_bin: Path, work: Path, config: Path) -> dict:
     result = run(keyward_bin, "audit", "--json", "--config", str(config), "--snapshot", "snapshot.json",
-                 "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", "signing.key", "--fail-on", "high",
-                 cwd=work)
+                 "--public-key", f"{SIGNING_KEY_ID}=signing.key.pub", "--fail-on", "high", cwd=work)
     assert result.returncode in (0, 2), result.stderr
     return json.loads(result.stdout)
 
@@ -77,7 +76,7 @@ def finding_codes(report: dict) -> set[str]:
 
 def test_audit_reads_the_rendered_envoy_bootstrap(keyward_bin, store):
     result = run(keyward_bin, "render", "envoy", "--wasm", "/etc/envoy/keyward.wasm", "--control-plane",
-                 "127.0.0.1:7070", "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", "signing.key",
+                 "127.0.0.1:7070", "--public-key", f"{SIGNING_KEY_ID}=signing.key.pub",
                  "--preset", "openai", cwd=store)
     assert result.returncode == 0, result.stderr
     assert "NOT enforced" not in result.stderr
@@ -96,7 +95,7 @@ def test_audit_reads_the_rendered_envoy_bootstrap(keyward_bin, store):
 def test_audit_reads_the_rendered_istio_stream(keyward_bin, store, wasm):
     result = run(keyward_bin, "render", "istio", "--wasm-url", "file:///var/lib/keyward/keyward.wasm",
                  "--wasm-file", str(wasm), "--control-plane", "keyward.keyward-system.svc.cluster.local:7070",
-                 "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", "signing.key", "--preset", "anthropic",
+                 "--public-key", f"{SIGNING_KEY_ID}=signing.key.pub", "--preset", "anthropic",
                  cwd=store)
     assert result.returncode == 0, result.stderr
     (store / "istio.yaml").write_text(result.stdout)
@@ -125,11 +124,11 @@ def test_the_configuration_given_to_render_gets_a_note_not_a_finding(keyward_bin
 
 def test_render_warns_when_no_route_enforces_a_keys_restrictions(keyward_bin, store):
     result = run(keyward_bin, "render", "envoy", "--wasm", "/x.wasm", "--control-plane", "127.0.0.1:7070",
-                 "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", "signing.key", cwd=store)
+                 "--public-key", f"{SIGNING_KEY_ID}=signing.key.pub", cwd=store)
     assert result.returncode == 0, result.stderr
     assert "NOT enforced" in result.stderr
     (store / "mine.json").write_text(json.dumps({"routes": []}))
     both = run(keyward_bin, "render", "envoy", "--wasm", "/x.wasm", "--control-plane", "127.0.0.1:7070",
-               "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", "signing.key", "--preset", "openai",
+               "--public-key", f"{SIGNING_KEY_ID}=signing.key.pub", "--preset", "openai",
                "--plugin-config", "mine.json", cwd=store)
     assert both.returncode != 0 and "--preset" in both.stderr

@@ -23,6 +23,11 @@ def keyward(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return ControlPlane(KEYWARD, workdir).cli(*args)
 
 
+def trust(workdir: Path) -> list[str]:
+    """The public key and data-plane token arguments of `render envoy` for this control plane."""
+    return ControlPlane(KEYWARD, workdir).trust_args()
+
+
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
     work = tmp_path_factory.mktemp("control-plane")
@@ -36,7 +41,7 @@ def plane(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
         def render(listen_port, admin_port, upstream_port):
             return keyward(
                 work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
-                "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+                *trust(work),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
             ).stdout
@@ -114,7 +119,7 @@ def test_rendered_routes_exemptions_and_per_route_off_switch(plane, envoy_workdi
     def render(listen_port, admin_port, upstream_port):
         return keyward(
             work, "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", address,
-            "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+            *trust(work),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
             "--route", "chat=/v1/chat/", "--route", "health=/healthz", "--disable-on", "health",
@@ -149,7 +154,7 @@ def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
     def render(listen_port, admin_port, upstream_port):
         rendered = keyward(
             work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
-            "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+            *trust(work),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS), "--chunked-sync",
         ).stdout

@@ -156,7 +156,7 @@ def test_make_run_follows_the_control_plane(tmp_path, wasm, keyward_bin):
             time.sleep(0.1)
         minted = harness.http_request(listen, "GET", "/v1/models", [("authorization", f"Bearer {created['key']}")])
         assert minted.status == 200, minted
-        assert oct(os.stat(tmp_path / "envoy.yaml").st_mode & 0o777) == "0o600", "the config holds the signing secret"
+        assert oct(os.stat(tmp_path / "envoy.yaml").st_mode & 0o777) == "0o600", "the config holds the data-plane token"
     finally:
         runner.terminate()
         runner.wait(timeout=15)

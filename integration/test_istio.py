@@ -22,7 +22,9 @@ import pytest
 import harness
 from keys import ak_key
 from keyward_testkit.envoy_config import static_cluster
-from snapshot_server import SIGNING_KEY_ID, SIGNING_SECRET_B64, SnapshotServer, sign
+from snapshot_server import (
+    DATAPLANE_TOKEN, SIGNING_KEY, SIGNING_KEY_ID, SIGNING_PUBLIC_KEY_B64, SnapshotServer, sign,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 ISTIO_MODELS = Path(os.environ.get("ISTIO_MODELS_DIR", REPO / ".tools" / "istio-models"))
@@ -46,6 +48,7 @@ ALLOWED_SPEC_FIELDS = {
         "workloadSelector",
     },
     "EnvoyFilter": {"configPatches", "priority", "targetRefs", "workloadSelector"},
+    "DestinationRule": {"exportTo", "host", "subsets", "trafficPolicy", "workloadSelector"},
 }
 ALLOWED_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec"}
 
@@ -78,10 +81,19 @@ def manifest_digest(layout: Path) -> str:
 
 @pytest.fixture(scope="module")
 def signing_key_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("istio-key") / "signing.key"
-    path.write_text(SIGNING_SECRET_B64)
-    path.chmod(0o600)
+    """The stand-in control plane's public key file (what render takes), next to a data-plane
+    token file (`trust_args`): render never needs a private key."""
+    directory = tmp_path_factory.mktemp("istio-key")
+    (directory / "dataplane.token").write_text(DATAPLANE_TOKEN + "\n")
+    (directory / "dataplane.token").chmod(0o600)
+    path = directory / "signing.key.pub"
+    path.write_text(SIGNING_PUBLIC_KEY_B64 + "\n")
     return path
+
+
+def trust_args(public_key_file: Path) -> list[str]:
+    return ["--public-key", f"{SIGNING_KEY_ID}={public_key_file}",
+            "--dataplane-token-file", str(public_key_file.parent / "dataplane.token")]
 
 
 def render_istio(keyward_bin: Path, signing_key_file: Path, wasm: Path, oci_layout: Path, *extra: str,
@@ -90,8 +102,7 @@ def render_istio(keyward_bin: Path, signing_key_file: Path, wasm: Path, oci_layo
     layout = ["--oci-layout", str(oci_layout)] if wasm_url.startswith("oci://") else []
     return subprocess.run(
         [str(keyward_bin), "render", "istio", "--wasm-url", wasm_url, "--wasm-file", str(wasm), *layout,
-         "--control-plane", control_plane, "--signing-key-id", SIGNING_KEY_ID,
-         "--signing-key-file", str(signing_key_file), *extra],
+         "--control-plane", control_plane, *trust_args(signing_key_file), *extra],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
     )
 
@@ -134,7 +145,7 @@ def test_rendered_resources_validate_against_the_istio_schema(keyward_bin, signi
     res = render_istio(keyward_bin, signing_key_file, wasm, oci_layout, "--namespace", "llm-gateway",
                        "--selector", "app=llm-gateway")
     assert res.returncode == 0, res.stderr
-    assert "signing secret" in res.stderr, "the secret warning is missing"
+    assert "data-plane token" in res.stderr, "the token note is missing"
     docs = documents(res.stdout)
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
@@ -162,9 +173,48 @@ def test_rendered_resources_validate_against_the_istio_schema(keyward_bin, signi
     sync = spec["pluginConfig"]["sync"]
     assert sync["poller"] == "lease"
     assert sync["cluster"] == f"outbound|7070||{CONTROL_PLANE_HOST}"
-    assert sync["signing_keys"] == [{"id": SIGNING_KEY_ID, "secret_base64": SIGNING_SECRET_B64}]
+    assert sync["public_keys"] == [{"id": SIGNING_KEY_ID, "public_key_base64": SIGNING_PUBLIC_KEY_B64}]
+    assert sync["token"] == DATAPLANE_TOKEN
+    assert "signing_keys" not in sync and "secret_base64" not in res.stdout
     assert entry["spec"]["hosts"] == [CONTROL_PLANE_HOST]
     assert entry["spec"]["ports"][0]["number"] == 7070
+
+
+def test_tls_to_the_control_plane_is_a_verifying_destination_rule(keyward_bin, signing_key_file, wasm, oci_layout,
+                                                                  istio_models, tmp_path):
+    """https:// to the control plane: the sidecar originates TLS (a DestinationRule) and checks the
+    certificate against the CA bundle and the host name; the resources still validate. The
+    rendering, written with --out, is 0600 and holds nothing that can sign."""
+    out = tmp_path / "istio.yaml"
+    res = render_istio(keyward_bin, signing_key_file, wasm, oci_layout, "--control-plane-ca",
+                       "/etc/keyward/ca.pem", "--out", str(out),
+                       control_plane=f"https://{CONTROL_PLANE_HOST}:7070")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    docs = documents(out.read_text())
+    assert [d["kind"] for d in docs] == ["WasmPlugin", "EnvoyFilter", "DestinationRule", "ServiceEntry"]
+    check_schema(istio_models, tmp_path, docs)
+    rule = docs[2]["spec"]
+    assert rule["host"] == CONTROL_PLANE_HOST
+    [setting] = rule["trafficPolicy"]["portLevelSettings"]
+    assert setting["port"] == {"number": 7070}
+    assert setting["tls"] == {"mode": "SIMPLE", "sni": CONTROL_PLANE_HOST, "caCertificates": "/etc/keyward/ca.pem",
+                              "subjectAltNames": [CONTROL_PLANE_HOST]}
+    assert docs[0]["spec"]["pluginConfig"]["sync"]["cluster"] == f"outbound|7070||{CONTROL_PLANE_HOST}"
+    # Nothing that can sign: no private key, no shared secret.
+    private = SIGNING_KEY.hex()
+    text = out.read_text()
+    assert "secret_base64" not in text and "signing_keys" not in text and private not in text
+    assert "PRIVATE KEY" not in text
+
+    # Skipping verification is explicit and warned about.
+    res = render_istio(keyward_bin, signing_key_file, wasm, oci_layout, "--control-plane-insecure-skip-verify",
+                       control_plane=f"https://{CONTROL_PLANE_HOST}:7070")
+    assert res.returncode == 0 and "NOT verified" in res.stderr, res.stderr
+    docs = documents(res.stdout)
+    check_schema(istio_models, tmp_path, docs)
+    assert docs[2]["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["insecureSkipVerify"] is True
 
 
 def test_gateway_target_match_and_base_config(keyward_bin, signing_key_file, wasm, oci_layout, istio_models, tmp_path):
@@ -214,8 +264,7 @@ def test_file_and_http_urls_carry_the_module_sha256(keyward_bin, signing_key_fil
 
 def test_oci_url_needs_a_layout_that_holds_this_module(keyward_bin, signing_key_file, wasm, oci_layout, tmp_path):
     base = [str(keyward_bin), "render", "istio", "--wasm-url", WASM_URL, "--control-plane",
-            f"{CONTROL_PLANE_HOST}:7070", "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file",
-            str(signing_key_file)]
+            f"{CONTROL_PLANE_HOST}:7070", *trust_args(signing_key_file)]
     res = subprocess.run([*base, "--wasm-file", str(wasm)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "--oci-layout" in res.stderr, res.stderr
     other = tmp_path / "other.wasm"
@@ -395,7 +444,7 @@ def test_envoy_guide_per_route_switch_route_policy_and_exempt_route(keyward_bin,
     def render(listen_port, admin_port, upstream_port):
         res = subprocess.run(
             [str(keyward_bin), "render", "envoy", "--wasm", str(wasm), "--control-plane", f"127.0.0.1:{server.port}",
-             "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", str(signing_key_file),
+             *trust_args(signing_key_file),
              "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
              "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", "500"],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=True,

@@ -126,7 +126,7 @@ def metered(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
         def render(listen_port, admin_port, upstream_port):
             return keyward(
                 work, "render", "envoy", "--wasm", str(wasm), "--control-plane", f"127.0.0.1:{dropper.port}",
-                "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+                *plane.trust_args(),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
                 "--plugin-config", str(work / "plugin.json"),
@@ -244,7 +244,8 @@ def test_usage_in_every_shape_is_charged_exactly_and_reported_once(metered):
     assert retried >= 2, f"batch {dropper.dropped[0]} was not retried"
     batches = json.loads(keyward(work, "usage", "batches", "--json", "--limit", "100").stdout)
     ids = [b["batch_id"] for b in batches["data"]]
-    assert ids.count(dropper.dropped[0]) == 1
+    # Stored per data-plane token (`fleet`): one fleet cannot take another's batch ids.
+    assert ids.count(f"fleet/{dropper.dropped[0]}") == 1
     assert env.metric("keyward.usage_reports.duplicate") >= 1
 
 

@@ -9,9 +9,6 @@ fail, never skip."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -83,9 +80,12 @@ class Replica:
         self.address = found.group(1)
         self.base = f"http://{self.address}"
 
-    def get(self, path: str):
+    def get(self, path: str, token: str | None = None):
+        request = urllib.request.Request(self.base + path)
+        if token is not None:
+            request.add_header("authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
@@ -151,11 +151,14 @@ def fleet(tmp_path_factory, envoy_workdir, wasm):
     try:
         # Started together: they migrate the new database once, under the advisory lock.
         replicas = [Replica("replica-a", work, db_url), Replica("replica-b", work, db_url)]
+        keyward("--db", db_url, "dataplane", "token", "create", "--name", "fleet", "--out",
+                str(work / "dataplane.token"))
 
         def render(listen_port, admin_port, upstream_port):
             rendered = keyward(
                 "render", "envoy", "--wasm", str(wasm), "--control-plane", replicas[0].address,
-                "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
+                "--public-key", f"ops-1={work / 'signing.key.pub'}",
+                "--dataplane-token-file", str(work / "dataplane.token"),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
                 "--plugin-config", str(work / "plugin.json"),
@@ -200,17 +203,20 @@ def spent(work: Path, replica: Replica, key_id: str) -> int:
     return json.loads(remote(work, replica, "key", "show", key_id, "--json").stdout)["spent_microusd"]
 
 
-def signed_report(work: Path, batch_id: str, key_id: str, cost: int) -> tuple[bytes, str]:
+def dataplane_token(work: Path) -> str:
+    return (work / "dataplane.token").read_text().strip()
+
+
+def usage_report(work: Path, batch_id: str, key_id: str, cost: int) -> tuple[bytes, str]:
+    """A report body and the data-plane token that posts it."""
     report = {"format": "keyward.usage-report.v1", "reporter": "replay", "batch_id": batch_id,
               "entries": [{"key_id": key_id, "cost_microusd": cost, "requests": 1}]}
-    body = json.dumps(report).encode()
-    secret = base64.b64decode((work / "signing.key").read_text().strip())
-    return body, "ops-1:" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return json.dumps(report).encode(), dataplane_token(work)
 
 
-def post_report(replica: Replica, body: bytes, signature: str) -> dict:
+def post_report(replica: Replica, body: bytes, token: str) -> dict:
     request = urllib.request.Request(replica.base + "/v1/usage", data=body, method="POST",
-                                     headers={"content-type": "application/json", "x-keyward-signature": signature})
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -232,7 +238,8 @@ def test_replicas_share_one_policy_fold_usage_once_and_survive_a_kill(fleet):
 
     # Both replicas serve the same bytes and ETag for the current version, and Envoy polled both.
     def same_snapshot():
-        (sa, ha, ba), (sb, hb, bb) = a.get("/v1/snapshot"), b.get("/v1/snapshot")
+        token = dataplane_token(work)
+        (sa, ha, ba), (sb, hb, bb) = a.get("/v1/snapshot", token), b.get("/v1/snapshot", token)
         return sa == sb == 200 and ha.get("etag") == hb.get("etag") and ba == bb
     wait(same_snapshot, "replicas agree on the snapshot")
     def polled(replica):
@@ -247,9 +254,9 @@ def test_replicas_share_one_policy_fold_usage_once_and_survive_a_kill(fleet):
     wait(lambda: spent(work, b, key_id) == sent * COST, f"{sent} requests charged once each", env=env)
 
     # The same batch sent to both replicas at once is applied once.
-    body, signature = signed_report(work, f"replay-{uuid.uuid4().hex}", key_id, 7)
+    body, token = usage_report(work, f"replay-{uuid.uuid4().hex}", key_id, 7)
     acks: list[dict] = []
-    threads = [threading.Thread(target=lambda r=r: acks.append(post_report(r, body, signature))) for r in (a, b)]
+    threads = [threading.Thread(target=lambda r=r: acks.append(post_report(r, body, token))) for r in (a, b)]
     for t in threads:
         t.start()
     for t in threads:

@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,20 +43,26 @@ def render(
     upstream_port: int = UPSTREAM_PORT,
     wasm: Path = DEFAULT_WASM,
     control_plane_port: int = CONTROL_PLANE_PORT,
-    signing_secret_base64: str | None = None,
+    public_key_base64: str | None = None,
+    dataplane_token: str | None = None,
 ) -> str:
-    """With a signing secret, the filter also follows the policy the demo control plane pushes
-    (the inline demo policy stays in force until then, and whenever it is unreachable)."""
+    """With the control plane's public key (and the data-plane token it hands out), the filter
+    also follows the policy the demo control plane pushes; the inline demo policy stays in force
+    until then, and whenever it is unreachable (for the default maximum age of a synced policy,
+    two days from now: it is stamped as issued at render time)."""
     text = TEMPLATE.read_text()
     config = plugin_config()
-    if signing_secret_base64:
+    if public_key_base64:
         config["sync"] = {
             "cluster": "keyward_control_plane",
             "interval_ms": 1000,
             "timeout_ms": 2000,
-            "signing_keys": [{"id": DEMO_SIGNING_KEY_ID, "secret_base64": signing_secret_base64}],
+            "public_keys": [{"id": DEMO_SIGNING_KEY_ID, "public_key_base64": public_key_base64}],
             "poller": "lease",
         }
+        if dataplane_token:
+            config["sync"]["token"] = dataplane_token
+        config["policy"]["issued_at"] = int(time.time())
     compact = json.dumps(config, separators=(",", ":"))
     # a JSON string literal is a valid YAML double-quoted scalar
     values = {

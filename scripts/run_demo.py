@@ -104,7 +104,7 @@ def start_upstream(port: int) -> subprocess.Popen:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Created 0600: the rendered config holds the signing secret."""
+    """Created 0600: the rendered config holds the data-plane token."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # also when it existed with other modes
@@ -192,7 +192,8 @@ def main(argv=None) -> int:
         children.append((plane.proc, "keyward serve"))
         write_private(args.config, render_demo.render(
             args.listen_port, args.admin_port, args.upstream_port, args.wasm,
-            control_plane_port=args.control_plane_port, signing_secret_base64=plane.signing_secret_base64(),
+            control_plane_port=args.control_plane_port, public_key_base64=plane.public_key_base64(),
+            dataplane_token=plane.dataplane_token(),
         ))
         children.append((start_upstream(args.upstream_port), "demo upstream"))
         launch = EnvoyLaunch(args.config, args.admin_port, concurrency=1)

@@ -728,7 +728,8 @@ class ControlPlane(KeywardControlPlane):
 
     def init_secrets(self) -> None:
         self.create_secrets(admin_token_name=ADMIN_TOKEN_NAME)
-        self.signing_secret = self.signing_secret_base64()
+        # The private key (PEM): it must never appear anywhere, the config dump included.
+        self.signing_secret = self.signing_key_file.read_text()
         for line in self.admin_tokens_file.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
@@ -832,7 +833,7 @@ def render_envoy(cp: ControlPlane, wasm: Path, listen: int, admin: int, upstream
     ]}))
     rendered = cp.cli(
         "render", "envoy", "--wasm", str(wasm), "--control-plane", f"{LOOPBACK}:{proxy}",
-        "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", str(cp.work / "signing.key"),
+        *cp.trust_args(),
         "--listen", f"{LOOPBACK}:{listen}", "--admin", f"{LOOPBACK}:{admin}",
         "--upstream", f"{LOOPBACK}:{upstream}", "--interval-ms", str(interval_ms),
         "--route", "stream=/v1/stream/", "--route", "query=/v1/query/", "--plugin-config", str(plugin),
@@ -1092,7 +1093,7 @@ class Soak:
 
         cfg = render_envoy(cp, Path(a.wasm).resolve(), ports["listen"], ports["admin"], ports["upstream"], ports["proxy"],
                            a.interval_ms, self.out / "access.log", a.plant_leak)
-        config_path = self.tmp / "envoy.json"  # holds the signing secret: stays in the temp dir
+        config_path = self.tmp / "envoy.json"  # holds the data-plane token: stays in the temp dir
         config_path.write_text(json.dumps(cfg, indent=1))
         os.chmod(config_path, 0o600)
         launch = EnvoyLaunch(config_path, ports["admin"], concurrency=2)
@@ -1251,7 +1252,7 @@ class Soak:
             snap["version"] = stamp[0] + 100_000
             snap["issued_at"] = int(time.time())
             body = sign_envelope(json.dumps(snap, separators=(",", ":")).encode(), SIGNING_KEY_ID,
-                                 base64.b64decode(self.cp.signing_secret))
+                                 self.cp.signing_secret.encode())
             self._one_shot("stale", body, f"PLANTED ROLLBACK: version {stamp[0]} re-signed as {snap['version']}")
             return
         self._one_shot("stale", body, f"version {stamp[0]} recorded earlier")
@@ -1572,8 +1573,8 @@ class Soak:
 
     def needles(self) -> tuple[dict[bytes, str], set[bytes]]:
         """Every secret part to look for, named by what it belongs to (never the secret itself),
-        and those that must not appear in the config dump either (the config legitimately holds
-        the signing secret)."""
+        and those the config dump may hold (the data-plane token: the configuration carries it;
+        the signing key never)."""
         named: dict[bytes, str] = {}
         for key in self.book.real_keys():
             for part in secret_parts({key.plaintext}):
@@ -1582,10 +1583,12 @@ class Soak:
             named.setdefault(part, "a credential sent by the traffic (invalid or malformed)")
         for part in secret_parts({self.cp.token}):
             named[part] = "the admin token"
-        signing = secret_parts({self.cp.signing_secret})
-        for part in signing:
-            named[part] = "the snapshot signing secret"
-        return named, signing
+        for part in secret_parts({self.cp.signing_secret}) - {b"BEGIN", b"PRIVATE"}:
+            named[part] = "the snapshot signing key (private)"
+        in_config = secret_parts({self.cp.dataplane_token()})
+        for part in in_config:
+            named[part] = "the data-plane token"
+        return named, in_config
 
     def scan_sources(self, sources: dict[str, bytes], skip_signing_in: tuple[str, ...] = ()) -> list[dict]:
         """One entry per source with a hit: how many secrets, whose, and the first line that

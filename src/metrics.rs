@@ -70,9 +70,13 @@ pub enum SyncOutcome {
 pub enum RejectionReason {
     NotAnEnvelope,
     UnknownFormat,
+    /// Signed with a shared (HMAC) key: the format before public-key signatures.
+    SymmetricSignature,
     UnknownSigningKey,
     BadSignature,
     InvalidSnapshot,
+    /// Past its expires_at (a stale capture replayed, or a control plane silent too long).
+    Expired,
     /// Older than the snapshot published already.
     StaleVersion,
     /// A chunk's bytes do not match the signed manifest (tampered or truncated).
@@ -82,12 +86,14 @@ pub enum RejectionReason {
 }
 
 impl RejectionReason {
-    pub const ALL: [RejectionReason; 8] = [
+    pub const ALL: [RejectionReason; 10] = [
         RejectionReason::NotAnEnvelope,
         RejectionReason::UnknownFormat,
+        RejectionReason::SymmetricSignature,
         RejectionReason::UnknownSigningKey,
         RejectionReason::BadSignature,
         RejectionReason::InvalidSnapshot,
+        RejectionReason::Expired,
         RejectionReason::StaleVersion,
         RejectionReason::ChunkMismatch,
         RejectionReason::UncompilableSnapshot,
@@ -98,6 +104,8 @@ impl RejectionReason {
         match self {
             RejectionReason::NotAnEnvelope => "not_an_envelope",
             RejectionReason::UnknownFormat => "unknown_format",
+            RejectionReason::SymmetricSignature => "symmetric_signature",
+            RejectionReason::Expired => "expired",
             RejectionReason::UnknownSigningKey => "unknown_signing_key",
             RejectionReason::BadSignature => "bad_signature",
             RejectionReason::InvalidSnapshot => "invalid_snapshot",
@@ -114,6 +122,8 @@ impl From<&SnapshotRejected> for RejectionReason {
         match rejected {
             SnapshotRejected::NotAnEnvelope(_) => RejectionReason::NotAnEnvelope,
             SnapshotRejected::UnknownFormat => RejectionReason::UnknownFormat,
+            SnapshotRejected::SymmetricSignature => RejectionReason::SymmetricSignature,
+            SnapshotRejected::Expired { .. } => RejectionReason::Expired,
             SnapshotRejected::UnknownSigningKey => RejectionReason::UnknownSigningKey,
             SnapshotRejected::BadSignature => RejectionReason::BadSignature,
             SnapshotRejected::InvalidSnapshot(_) => RejectionReason::InvalidSnapshot,
@@ -266,9 +276,11 @@ mod tests {
             [
                 "not_an_envelope",
                 "unknown_format",
+                "symmetric_signature",
                 "unknown_signing_key",
                 "bad_signature",
                 "invalid_snapshot",
+                "expired",
                 "stale_version",
                 "chunk_mismatch",
                 "uncompilable_snapshot",
@@ -296,9 +308,14 @@ mod tests {
         let all = [
             SnapshotRejected::NotAnEnvelope("x".to_owned()),
             SnapshotRejected::UnknownFormat,
+            SnapshotRejected::SymmetricSignature,
             SnapshotRejected::UnknownSigningKey,
             SnapshotRejected::BadSignature,
             SnapshotRejected::InvalidSnapshot(FieldError::new("keys", "bad")),
+            SnapshotRejected::Expired {
+                expires_at: 1,
+                now: 2,
+            },
         ];
         for rejected in &all {
             assert_eq!(RejectionReason::from(rejected).as_str(), rejected.reason());

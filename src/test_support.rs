@@ -29,6 +29,17 @@ pub type Post = (Vec<(String, String)>, Vec<u8>);
 /// What the request clock reads: the test policies are issued just before it.
 pub const NOW_UNIX_SECONDS: u64 = 1_800_000_000;
 
+/// The control plane's signing key in these tests (a fixed seed).
+pub fn signing_key() -> keyward_engine::signature::SigningKey {
+    keyward_engine::signature::SigningKey::from_seed("k1", &[5; 32])
+        .unwrap_or_else(|_| unreachable!("a fixed seed and a valid id"))
+}
+
+/// Its public half, as a sync block lists it.
+pub fn public_key_base64() -> String {
+    signing_key().public_key().to_base64()
+}
+
 /// A call to the control plane as dispatched; its token is its position in `calls`, from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {

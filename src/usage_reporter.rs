@@ -1,15 +1,13 @@
 //! Sends this Envoy's metered usage to the control plane: the VM that polls snapshots (the
 //! sync singleton or the lease holder) takes the pending usage every interval, turns it into one
-//! signed batch with a unique id, and POSTs it until the control plane acknowledges it. The
+//! batch with a unique id, and POSTs it with the data-plane token (`sync.token`) until the
+//! control plane acknowledges it. The
 //! batch in flight lives in shared data, so a new lease holder retries the same batch (same id,
 //! applied once) instead of sending its spend again under a new one.
 
 use keyward_engine::metering::{key_counter_entry, project_counter_entry, SpendCounter};
-use keyward_engine::signed_snapshot::SigningKey;
 use keyward_engine::sync::SyncSettings;
-use keyward_engine::usage_report::{
-    report_signature, UsageAck, UsageReport, MAX_ENTRIES_PER_REPORT, SIGNATURE_HEADER,
-};
+use keyward_engine::usage_report::{UsageAck, UsageReport, MAX_ENTRIES_PER_REPORT};
 use serde::{Deserialize, Serialize};
 
 use crate::host::{header_text, HostError, LogLevel, SetOutcome, SyncHost};
@@ -70,7 +68,8 @@ pub struct UsageReporter {
     path: String,
     timeout_ms: u64,
     interval_ms: u64,
-    signing_key: Option<SigningKey>,
+    /// `Bearer <data-plane token>`, when the sync block has a token.
+    authorization: Option<String>,
     next_report_ms: u64,
     in_flight: Option<u32>,
 }
@@ -83,7 +82,7 @@ impl UsageReporter {
             path: path.to_owned(),
             timeout_ms: sync.timeout_ms,
             interval_ms,
-            signing_key: sync.signing_keys.first().cloned(),
+            authorization: sync.token.as_ref().map(|token| format!("Bearer {token}")),
             next_report_ms: 0,
             in_flight: None,
         }
@@ -100,24 +99,22 @@ impl UsageReporter {
             return Ok(());
         }
         self.next_report_ms = now.saturating_add(self.interval_ms);
-        let Some(key) = self.signing_key.clone() else {
-            return Ok(());
-        };
         let batch = match read::<Option<InflightBatch>>(host, INFLIGHT_ENTRY)? {
             Some(batch) => batch,
-            None => match self.form_batch(host, &key, now)? {
+            None => match self.form_batch(host, now)? {
                 Some(batch) => batch,
                 None => return Ok(()),
             },
         };
-        let signature = report_signature(batch.body.as_bytes(), &key);
-        let headers = [
+        let mut headers = vec![
             (":method", "POST"),
             (":path", self.path.as_str()),
             (":authority", self.authority.as_str()),
             ("content-type", "application/json"),
-            (SIGNATURE_HEADER, signature.as_str()),
         ];
+        if let Some(authorization) = &self.authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
         match host.dispatch_post(
             &self.cluster,
             &headers,
@@ -143,7 +140,6 @@ impl UsageReporter {
     fn form_batch(
         &self,
         host: &impl SyncHost,
-        key: &SigningKey,
         now: u64,
     ) -> Result<Option<InflightBatch>, HostError> {
         let entries = update(host, PENDING_ENTRY, |pending: &mut PendingUsage| {
@@ -159,9 +155,10 @@ impl UsageReporter {
         }
         let sequence = update(host, SEQUENCE_ENTRY, |sequence: &mut Sequence| {
             if sequence.reporter.is_empty() {
-                // Unique enough across a fleet and restarts: the key id and the first use's
-                // clock in milliseconds, in hex.
-                sequence.reporter = format!("{}-{now:x}", key.id);
+                // Unique enough within a fleet and across restarts: the first use's clock in
+                // milliseconds, in hex. The control plane keeps each data-plane token's batch ids
+                // apart, so fleets never collide.
+                sequence.reporter = format!("envoy-{now:x}");
             }
             sequence.next = sequence.next.saturating_add(1);
             (true, (sequence.reporter.clone(), sequence.next))

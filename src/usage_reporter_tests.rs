@@ -1,20 +1,20 @@
 //! The usage reporter against a fake host: batches, retries with the same id, acknowledgements.
 
 use keyward_engine::metering::{key_counter_entry, project_counter_entry};
-use keyward_engine::signed_snapshot::SigningKey;
-use keyward_engine::usage_report::{verify_report, SIGNATURE_HEADER};
+use keyward_engine::usage_report::parse_report;
 
 use super::*;
 use crate::host::SharedData;
 use crate::test_support::{metrics, FakeHost};
 use crate::usage_activity::{flush, Activity, Usage};
 
-const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+const TOKEN: &str = "kwdp_test_token_0123456789";
 
 fn reporter() -> UsageReporter {
     let config = keyward_engine::config::PluginConfig::from_json(
         format!(
-            r#"{{"sync": {{"cluster": "cp", "signing_keys": [{{"id": "ops-1", "secret_base64": "{SECRET}"}}], "poller": "lease"}}}}"#
+            r#"{{"sync": {{"cluster": "cp", "token": "{TOKEN}", "public_keys": [{{"id": "ops-1", "public_key_base64": "{}"}}], "poller": "lease"}}}}"#,
+            crate::test_support::public_key_base64()
         )
         .as_bytes(),
     )
@@ -48,19 +48,19 @@ fn spend(host: &FakeHost, cost: u64) {
 }
 
 #[test]
-fn a_batch_is_signed_resent_with_the_same_id_and_acknowledged_once() {
+fn a_batch_carries_the_token_is_resent_with_the_same_id_and_acknowledged_once() {
     let host = FakeHost::default();
     let metrics = metrics();
     let mut reporter = reporter();
     spend(&host, 700);
     reporter.on_tick(&host, &metrics).expect("tick");
     let (headers, body) = host.posts()[0].clone();
-    let signature = headers
+    let authorization = headers
         .iter()
-        .find(|(n, _)| n == SIGNATURE_HEADER)
+        .find(|(n, _)| n == "authorization")
         .map(|(_, v)| v.clone());
-    let key = SigningKey::from_base64("ops-1", SECRET).expect("key");
-    let report = verify_report(&body, signature.as_deref(), &[key]).expect("signed report");
+    assert_eq!(authorization, Some(format!("Bearer {TOKEN}")));
+    let report = parse_report(&body).expect("a report");
     assert_eq!(report.entries.len(), 1);
     assert_eq!(report.entries[0].cost_microusd, 700);
     assert_eq!(host.spend_counter(&key_counter_entry("k1")).reported, 700);
@@ -99,16 +99,8 @@ fn a_batch_is_signed_resent_with_the_same_id_and_acknowledged_once() {
     // The next batch carries only the new spend, under a new id.
     host.now_ms.set(2000);
     reporter.on_tick(&host, &metrics).expect("tick");
-    let (headers, body) = host.posts()[2].clone();
-    let next = verify_report(
-        &body,
-        headers
-            .iter()
-            .find(|(n, _)| n == SIGNATURE_HEADER)
-            .map(|(_, v)| v.as_str()),
-        &[SigningKey::from_base64("ops-1", SECRET).expect("key")],
-    )
-    .expect("signed");
+    let (_, body) = host.posts()[2].clone();
+    let next = parse_report(&body).expect("a report");
     assert_ne!(next.batch_id, report.batch_id);
     assert_eq!(next.entries[0].cost_microusd, 50);
 }

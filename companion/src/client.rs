@@ -85,13 +85,15 @@ impl ControlPlane {
         })
     }
 
-    /// `GET path`; the body of a 200 answer, any other status is an error.
-    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
+    /// `GET path`, with the bearer `token` when given; the body of a 200 answer, any other
+    /// status is an error.
+    pub fn get_bytes(&self, path: &str, token: Option<&str>) -> Result<Vec<u8>, Error> {
         let url = format!("{}{path}", self.base);
-        let mut response = self
-            .agent
-            .get(&url)
-            .header("accept", "application/json")
+        let mut request = self.agent.get(&url).header("accept", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut response = request
             .call()
             .map_err(|error| unreachable(format!("GET {url}: {error}")))?;
         let status = response.status();
@@ -185,7 +187,7 @@ mod tests {
         assert_eq!(plane.base, "http://127.0.0.1:9");
         // Port 9 (discard) has no listener here: a clear error, not a panic.
         assert_eq!(
-            plane.get_bytes("/v1/snapshot").unwrap_err().code,
+            plane.get_bytes("/v1/snapshot", None).unwrap_err().code,
             "unreachable_control_plane"
         );
     }

@@ -17,6 +17,7 @@ mod server;
 mod store;
 mod synthetic;
 mod units;
+mod upstream_tls;
 
 use std::process::ExitCode;
 

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use keyward_engine::chunked::{sign_manifest, split_snapshot, TARGET_KEYS_PER_CHUNK};
-use keyward_engine::signed_snapshot::{sign_snapshot, SigningKey};
+use keyward_engine::signature::SigningKey;
+use keyward_engine::signed_snapshot::sign_snapshot;
 
 use crate::error::Error;
 use crate::store::Store;
@@ -27,16 +28,32 @@ impl SignedSnapshot {
     }
 }
 
+/// How long a signed snapshot is valid by default: filters refuse it afterwards, so a captured
+/// snapshot cannot be replayed for longer. `keyward serve` re-issues long before.
+pub const DEFAULT_SNAPSHOT_TTL: &str = "24h";
+
+/// The policy at `now`, valid for `ttl_seconds`: a signed snapshot always expires.
+fn expiring_snapshot(
+    store: &mut Store,
+    now: u64,
+    ttl_seconds: u64,
+) -> Result<keyward_engine::snapshot::Snapshot, Error> {
+    store.revoke_rotated_keys(now)?;
+    let mut snapshot = store.snapshot(now)?;
+    snapshot.expires_at = Some(now.saturating_add(ttl_seconds.max(1)));
+    Ok(snapshot)
+}
+
 /// Records revocations whose rotation grace has ended (a change of its own, by `system`), then
 /// reads the whole policy in one transaction and signs it. `version` is the store's
-/// `policy_version`, `issued_at` is `now`.
+/// `policy_version`, `issued_at` is `now`, `expires_at` is `ttl_seconds` later.
 pub fn build_signed(
     store: &mut Store,
     key: &SigningKey,
     now: u64,
+    ttl_seconds: u64,
 ) -> Result<SignedSnapshot, Error> {
-    store.revoke_rotated_keys(now)?;
-    let snapshot = store.snapshot(now)?;
+    let snapshot = expiring_snapshot(store, now, ttl_seconds)?;
     let json = serde_json::to_string(&snapshot)?;
     let envelope = sign_snapshot(&json, key)
         .map_err(|error| Error::internal(format!("cannot sign the snapshot: {error}")))?;
@@ -71,10 +88,10 @@ pub fn build_chunked(
     store: &mut Store,
     key: &SigningKey,
     now: u64,
+    ttl_seconds: u64,
     keys_per_chunk: Option<usize>,
 ) -> Result<ChunkedSnapshot, Error> {
-    store.revoke_rotated_keys(now)?;
-    let snapshot = store.snapshot(now)?;
+    let snapshot = expiring_snapshot(store, now, ttl_seconds)?;
     let (version, issued_at) = (snapshot.version, snapshot.issued_at);
     let split = split_snapshot(snapshot, keys_per_chunk.unwrap_or(TARGET_KEYS_PER_CHUNK))?;
     let json = serde_json::to_string(&split.manifest)?;
@@ -105,7 +122,8 @@ mod tests {
 
     #[test]
     fn built_snapshots_verify_with_the_engine() {
-        let key = SigningKey::from_base64("k1", &"QUJD".repeat(11)).unwrap();
+        let key = SigningKey::from_seed("k1", &[4; 32]).unwrap();
+        let public = [key.public_key()];
         let mut store = Store::in_memory().unwrap();
         store
             .create_project("a", 1, "proj_a", "org_1", None, None)
@@ -121,24 +139,24 @@ mod tests {
                 },
             )
             .unwrap();
-        let signed = build_signed(&mut store, &key, 1000).unwrap();
+        let signed = build_signed(&mut store, &key, 1000, 60).unwrap();
         assert_eq!((signed.version, signed.keys, signed.projects), (3, 1, 1));
         assert_eq!(signed.etag(), "\"3-1000\"");
         assert!(!signed.envelope.contains(created.plaintext.expose()));
-        let policy =
-            verify_snapshot(signed.envelope.as_bytes(), std::slice::from_ref(&key)).unwrap();
+        let policy = verify_snapshot(signed.envelope.as_bytes(), &public, 1059).unwrap();
         assert_eq!(policy.version, 3);
         assert_eq!(policy.issued_at, 1000);
+        assert_eq!(policy.expires_at, Some(1060));
+        assert!(verify_snapshot(signed.envelope.as_bytes(), &public, 1060).is_err());
         let stored = policy.key_by_id(&created.key.id).unwrap();
         assert_eq!(stored.status, KeyStatus::Active);
 
-        let chunked = build_chunked(&mut store, &key, 1000, None).unwrap();
+        let chunked = build_chunked(&mut store, &key, 1000, 60, None).unwrap();
         assert_eq!(chunked.version, 3);
-        let manifest = keyward_engine::chunked::verify_manifest(
-            chunked.manifest.as_bytes(),
-            std::slice::from_ref(&key),
-        )
-        .unwrap();
+        let manifest =
+            keyward_engine::chunked::verify_manifest(chunked.manifest.as_bytes(), &public, 1059)
+                .unwrap();
+        assert_eq!(manifest.expires_at, Some(1060));
         assert_eq!(manifest.chunks.len(), 1);
         let mut build = keyward_engine::chunked::ChunkedBuild::new(&manifest).unwrap();
         let body = &chunked.chunks[&manifest.chunks[0].sha256];

@@ -9,9 +9,11 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use keyward_engine::signature::PublicKey;
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::upstream_tls::Tls;
 
 pub const CONTROL_PLANE_CLUSTER: &str = "keyward_control_plane";
 pub const CONTROL_PLANE_AUTHORITY: &str = "keyward-control-plane";
@@ -57,12 +59,15 @@ pub struct EnvoyOptions {
     pub chunked: bool,
     pub wasm: String,
     pub control_plane: String,
-    pub signing_key_id: String,
-    pub signing_secret_base64: String,
+    pub control_plane_tls: Tls,
+    /// The control plane's public keys the filters trust (several while keys rotate).
+    pub public_keys: Vec<PublicKey>,
+    /// The data-plane token the filters send (it reads snapshots and reports usage, no more).
+    pub dataplane_token: Option<String>,
     pub listen: String,
     pub admin: String,
     pub upstream: String,
-    pub upstream_tls: bool,
+    pub upstream_tls: Tls,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Named Envoy routes placed before the catch-all `default` route: `(name, path prefix)`.
@@ -132,9 +137,10 @@ fn ip_address(field: &str, text: &str) -> Result<HostPort, Error> {
     Ok(address)
 }
 
-/// A cluster of one endpoint: STATIC for an IP, STRICT_DNS for a host name.
-fn cluster(name: &str, address: &HostPort) -> Value {
-    json!({
+/// A cluster of one endpoint: STATIC for an IP, STRICT_DNS for a host name; with the TLS
+/// `tls` asks for (verified unless told otherwise).
+fn cluster(name: &str, address: &HostPort, tls: &Tls) -> Value {
+    let mut cluster = json!({
         "name": name,
         "type": if address.is_ip() { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "1s",
@@ -142,7 +148,50 @@ fn cluster(name: &str, address: &HostPort) -> Value {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address.socket_address()}}]}]
         }
-    })
+    });
+    let Some(fields) = cluster.as_object_mut() else {
+        return cluster;
+    };
+    if !address.is_ip() {
+        // `localhost` and dual-stack names: try IPv4 first, as most control planes and
+        // providers listen there (Envoy's default, AUTO, tries IPv6 first).
+        fields.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
+    }
+    if let Some(socket) = tls.envoy_transport_socket(&address.host) {
+        fields.insert("transport_socket".into(), socket);
+    }
+    cluster
+}
+
+/// A `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT` address; https means TLS.
+pub fn split_scheme(address: &str) -> (&str, bool) {
+    if let Some(rest) = address.strip_prefix("https://") {
+        (rest.trim_end_matches('/'), true)
+    } else {
+        (
+            address
+                .strip_prefix("http://")
+                .unwrap_or(address)
+                .trim_end_matches('/'),
+            false,
+        )
+    }
+}
+
+/// What the filters trust and present: the control plane's public keys (never a key that can
+/// sign) and the data-plane token.
+fn add_credentials(sync: &mut Value, public_keys: &[PublicKey], token: Option<&str>) {
+    let Some(fields) = sync.as_object_mut() else {
+        return;
+    };
+    let keys: Vec<Value> = public_keys
+        .iter()
+        .map(|key| json!({"id": key.id, "public_key_base64": key.to_base64()}))
+        .collect();
+    fields.insert("public_keys".into(), Value::Array(keys));
+    if let Some(token) = token {
+        fields.insert("token".into(), json!(token));
+    }
 }
 
 /// The `sync` block shared by the filter and the sync service.
@@ -153,9 +202,13 @@ fn sync_block(options: &EnvoyOptions) -> Value {
         "path": "/v1/snapshot",
         "interval_ms": options.interval_ms,
         "timeout_ms": options.timeout_ms,
-        "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
         "poller": "sync_service"
     });
+    add_credentials(
+        &mut sync,
+        &options.public_keys,
+        options.dataplane_token.as_deref(),
+    );
     with_layout(&mut sync, options.chunked);
     sync
 }
@@ -185,27 +238,15 @@ fn vm_config(wasm: &str) -> Value {
 pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     let listen = ip_address("listen", &options.listen)?;
     let admin = ip_address("admin", &options.admin)?;
-    let control_plane = HostPort::parse("control-plane", &options.control_plane)?;
-    let upstream = HostPort::parse("upstream", &options.upstream)?;
+    let control_plane = HostPort::parse("control-plane", split_scheme(&options.control_plane).0)?;
+    let upstream = HostPort::parse("upstream", split_scheme(&options.upstream).0)?;
     let sync = sync_block(options);
 
     let mut route = json!({"cluster": UPSTREAM_CLUSTER, "timeout": "300s"});
-    let mut upstream_cluster = cluster(UPSTREAM_CLUSTER, &upstream);
-    if options.upstream_tls {
+    let upstream_cluster = cluster(UPSTREAM_CLUSTER, &upstream, &options.upstream_tls);
+    if options.upstream_tls.is_tls() {
         if let Some(route) = route.as_object_mut() {
             route.insert("host_rewrite_literal".into(), json!(upstream.host));
-        }
-        if let Some(cluster) = upstream_cluster.as_object_mut() {
-            cluster.insert(
-                "transport_socket".into(),
-                json!({
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": upstream.host
-                    }
-                }),
-            );
         }
     }
 
@@ -347,7 +388,10 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 // limit, answers one that is too large (with its JSON error).
                 "per_connection_buffer_limit_bytes": buffer_limit
             }],
-            "clusters": [cluster(CONTROL_PLANE_CLUSTER, &control_plane), upstream_cluster]
+            "clusters": [
+                cluster(CONTROL_PLANE_CLUSTER, &control_plane, &options.control_plane_tls),
+                upstream_cluster
+            ]
         }
     }))
 }
@@ -372,8 +416,10 @@ pub struct IstioOptions {
     /// `spec.sha256`, 64 lower-case hex: see [`wasm_plugin_sha256`].
     pub sha256: String,
     pub control_plane: String,
-    pub signing_key_id: String,
-    pub signing_secret_base64: String,
+    /// TLS to the control plane, originated by the sidecar (a `DestinationRule`).
+    pub control_plane_tls: Tls,
+    pub public_keys: Vec<PublicKey>,
+    pub dataplane_token: Option<String>,
     pub target: IstioTarget,
     /// `spec.match[].mode`: `CLIENT`, `SERVER` or `CLIENT_AND_SERVER`.
     pub match_mode: Option<String>,
@@ -566,9 +612,13 @@ fn istio_plugin_config(options: &IstioOptions, control_plane: &HostPort) -> Resu
         "path": ISTIO_SNAPSHOT_PATH,
         "interval_ms": options.interval_ms,
         "timeout_ms": options.timeout_ms,
-        "signing_keys": [{"id": options.signing_key_id, "secret_base64": options.signing_secret_base64}],
         "poller": "lease"
     });
+    add_credentials(
+        &mut sync,
+        &options.public_keys,
+        options.dataplane_token.as_deref(),
+    );
     with_layout(&mut sync, options.chunked);
     object.insert("sync".into(), sync);
     // The filter would refuse it in on_configure: refuse it here, with the same field path.
@@ -603,7 +653,7 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
             ),
         ));
     }
-    let control_plane = HostPort::parse("control-plane", &options.control_plane)?;
+    let control_plane = HostPort::parse("control-plane", split_scheme(&options.control_plane).0)?;
     if control_plane.is_ip() {
         return Err(Error::invalid(
             "invalid_address",
@@ -704,6 +754,25 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
             "spec": hardening
         }));
     }
+    if let Some(tls) = options
+        .control_plane_tls
+        .istio_client_tls(&control_plane.host)
+    {
+        // The filter calls outbound|PORT||HOST in plain HTTP; the sidecar originates TLS to the
+        // control plane and verifies its certificate.
+        resources.push(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": metadata(&format!("{}-control-plane", options.name), namespace),
+            "spec": {
+                "host": control_plane.host,
+                "trafficPolicy": {"portLevelSettings": [{
+                    "port": {"number": control_plane.port},
+                    "tls": tls
+                }]}
+            }
+        }));
+    }
     if options.service_entry {
         resources.push(json!({
             "apiVersion": "networking.istio.io/v1",
@@ -756,19 +825,30 @@ pub fn yaml_stream(documents: &[Value]) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream_tls::SYSTEM_CA_BUNDLE;
     use keyward_engine::config::{PluginConfig, Role};
+    use keyward_engine::signature::SigningKey;
     use keyward_engine::sync::Poller;
+
+    fn public_key() -> PublicKey {
+        SigningKey::from_seed("ops-1", &[8; 32])
+            .unwrap()
+            .public_key()
+    }
 
     fn options() -> EnvoyOptions {
         EnvoyOptions {
             wasm: "/opt/keyward.wasm".into(),
             control_plane: "127.0.0.1:7070".into(),
-            signing_key_id: "ops-1".into(),
-            signing_secret_base64: "QUJD".repeat(11),
+            control_plane_tls: Tls::Plaintext,
+            public_keys: vec![public_key()],
+            dataplane_token: Some("kwdp_render_test".into()),
             listen: "127.0.0.1:10000".into(),
             admin: "127.0.0.1:9901".into(),
             upstream: "api.example.com:443".into(),
-            upstream_tls: true,
+            upstream_tls: Tls::Verified {
+                ca_file: SYSTEM_CA_BUNDLE.into(),
+            },
             interval_ms: 1000,
             chunked: false,
             timeout_ms: 2000,
@@ -862,7 +942,8 @@ mod tests {
         let sync = config.sync.unwrap();
         assert_eq!(sync.cluster, CONTROL_PLANE_CLUSTER);
         assert_eq!(sync.poller, Poller::SyncService);
-        assert_eq!(sync.signing_keys[0].id, "ops-1");
+        assert_eq!(sync.public_keys, [public_key()]);
+        assert_eq!(sync.token.as_deref(), Some("kwdp_render_test"));
 
         let service = &bootstrap["bootstrap_extensions"][0]["typed_config"];
         assert_eq!(service["singleton"], true);
@@ -882,6 +963,38 @@ mod tests {
             clusters[1]["transport_socket"]["typed_config"]["sni"],
             "api.example.com"
         );
+        assert_eq!(
+            clusters[1]["transport_socket"]["typed_config"]["common_tls_context"]
+                ["validation_context"]["trusted_ca"]["filename"],
+            SYSTEM_CA_BUNDLE
+        );
+        assert!(clusters[0].get("transport_socket").is_none(), "loopback");
+        assert!(crate::upstream_tls::bootstrap_findings(&bootstrap).is_empty());
+    }
+
+    #[test]
+    fn an_https_control_plane_is_verified_and_no_rendering_holds_a_signing_secret() {
+        let mut tls = options();
+        tls.control_plane = "https://keyward.example.com:7070".into();
+        tls.control_plane_tls = Tls::Verified {
+            ca_file: "/etc/keyward/ca.pem".into(),
+        };
+        let bootstrap = envoy_bootstrap(&tls).unwrap();
+        let cluster = &bootstrap["static_resources"]["clusters"][0];
+        assert_eq!(cluster["type"], "STRICT_DNS");
+        let validation = &cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            ["validation_context"];
+        assert_eq!(validation["trusted_ca"]["filename"], "/etc/keyward/ca.pem");
+        assert_eq!(
+            validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "keyward.example.com"
+        );
+        let text = bootstrap.to_string();
+        assert!(!text.contains("secret_base64") && !text.contains("signing_keys"));
+        assert!(text.contains(&public_key().to_base64()));
+        let resources = istio_resources(&istio_options()).unwrap();
+        let text = serde_json::to_string(&resources).unwrap();
+        assert!(!text.contains("secret_base64") && !text.contains("signing_keys"));
     }
 
     fn istio_options() -> IstioOptions {
@@ -891,8 +1004,9 @@ mod tests {
             wasm_url: "oci://registry.example.com/keyward:0.1.0".into(),
             sha256: hex_sha256(b"\0asm\x01\0\0\0"),
             control_plane: "keyward.keyward-system.svc.cluster.local:7070".into(),
-            signing_key_id: "ops-1".into(),
-            signing_secret_base64: "QUJD".repeat(11),
+            control_plane_tls: Tls::Plaintext,
+            public_keys: vec![public_key()],
+            dataplane_token: Some("kwdp_render_test".into()),
             target: IstioTarget::Selector(vec![("app".into(), "llm-gateway".into())]),
             match_mode: None,
             base_config: None,
@@ -954,6 +1068,25 @@ mod tests {
             "keyward.keyward-system.svc.cluster.local"
         );
         assert_eq!(entry["spec"]["ports"][0]["number"], 7070);
+
+        let mut tls = istio_options();
+        tls.control_plane_tls = Tls::Verified {
+            ca_file: SYSTEM_CA_BUNDLE.into(),
+        };
+        let resources = istio_resources(&tls).unwrap();
+        let rule = &resources[2];
+        assert_eq!(rule["kind"], "DestinationRule");
+        assert_eq!(
+            rule["spec"]["host"],
+            "keyward.keyward-system.svc.cluster.local"
+        );
+        let setting = &rule["spec"]["trafficPolicy"]["portLevelSettings"][0];
+        assert_eq!(setting["port"]["number"], 7070);
+        assert_eq!(setting["tls"]["mode"], "SIMPLE");
+        assert_eq!(
+            setting["tls"]["subjectAltNames"][0],
+            "keyward.keyward-system.svc.cluster.local"
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! The control plane's own secrets: the snapshot signing key and the admin tokens. Both live in
-//! files the operator protects (mode 0600); keyward generates them with the OS CSPRNG.
+//! The control plane's own secrets: the snapshot signing key (Ed25519, whose public half is all
+//! a data plane ever holds) and the admin tokens. Both live in files the operator protects
+//! (mode 0600); keyward generates them with the OS CSPRNG.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use base64::Engine as _;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
 use keyward_engine::hash::{digests_equal, sha256, Sha256Digest};
-use keyward_engine::signed_snapshot::SigningKey;
+use keyward_engine::signature::{PublicKey, SigningKey};
 use rand::rngs::OsRng;
 use rand::TryRngCore;
 
@@ -32,6 +34,26 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<String, Error> {
     Ok(text.trim().to_owned())
 }
 
+/// The token in a token file: its first line that is not blank or a `#` comment, as `NAME:TOKEN`
+/// or a bare `TOKEN` (an admin token file, or a file holding a data-plane token).
+pub fn read_token_file(path: &Path, what: &str) -> Result<String, Error> {
+    let text = read_secret_file(path, what)?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .ok_or_else(|| {
+            Error::invalid(
+                "invalid_token_file",
+                format!("{}: no token in it", path.display()),
+            )
+        })?;
+    Ok(line
+        .split_once(':')
+        .map_or(line, |(_, token)| token.trim())
+        .to_owned())
+}
+
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -47,6 +69,30 @@ fn warn_if_readable_by_others(path: &Path, what: &str) {
 
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_path: &Path, _what: &str) {}
+
+/// Writes `contents` to `path` readable by its owner only (0600), replacing what was there: for
+/// rendered configurations that carry a credential. The file is made 0600 before anything is
+/// written into it, also when it existed with wider permissions.
+pub fn write_private_file(path: &Path, contents: &str) -> Result<(), Error> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let failed = |error: std::io::Error| {
+        Error::internal(format!("cannot write {}: {error}", path.display()))
+    };
+    let mut file = options.open(path).map_err(failed)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(failed)?;
+    }
+    file.write_all(contents.as_bytes()).map_err(failed)
+}
 
 /// Writes a new secret file readable by its owner only; never overwrites.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
@@ -71,29 +117,89 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
         .map_err(|error| Error::internal(format!("cannot write {}: {error}", path.display())))
 }
 
-/// Loads the snapshot signing key: the file holds the base64 secret (at least 32 bytes).
+const PEM_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----";
+const PEM_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----";
+
+/// Loads the snapshot signing key: an Ed25519 private key, PKCS#8 PEM (`keyward secret
+/// signing-key`, or `openssl genpkey -algorithm ed25519`). A shared HMAC secret of an older
+/// keyward is refused with its own message: it was in every data plane's configuration.
 pub fn load_signing_key(id: &str, path: &Path) -> Result<SigningKey, Error> {
-    let secret = read_secret_file(path, "signing key")?;
-    SigningKey::from_base64(id, &secret)
-        .map_err(|message| Error::invalid("invalid_signing_key", message))
+    let text = read_secret_file(path, "signing key")?;
+    let invalid = |message: String| Error::invalid("invalid_signing_key", message);
+    if !text.starts_with(PEM_PRIVATE_KEY) {
+        return Err(invalid(format!(
+            "{} is not an Ed25519 private key (PKCS#8 PEM). If it is the base64 HMAC secret of an \
+             older keyward, that secret sat in every Envoy configuration: make a key pair with \
+             `keyward secret signing-key --out FILE` and give the filters its public key",
+            path.display()
+        )));
+    }
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|error| {
+        invalid(format!(
+            "{}: not an Ed25519 private key: {error}",
+            path.display()
+        ))
+    })?;
+    SigningKey::from_seed(id, &key.to_bytes()).map_err(invalid)
 }
 
-/// The base64 text of a signing key file, for configurations that must carry it (the filter's
-/// `signing_keys`). Checked the same way as `load_signing_key`.
-pub fn signing_key_base64(id: &str, path: &Path) -> Result<String, Error> {
-    let secret = read_secret_file(path, "signing key")?;
-    SigningKey::from_base64(id, &secret)
-        .map_err(|message| Error::invalid("invalid_signing_key", message))?;
-    Ok(secret)
+/// Loads a public key the filters trust: the base64 key `keyward secret signing-key` writes to
+/// its `.pub` file, or a PEM public key (`openssl pkey -pubout`).
+pub fn load_public_key(id: &str, path: &Path) -> Result<PublicKey, Error> {
+    let text = fs::read_to_string(path).map_err(|error| {
+        Error::invalid(
+            "unreadable_public_key",
+            format!(
+                "cannot read the public key file {}: {error}",
+                path.display()
+            ),
+        )
+    })?;
+    let text = text.trim();
+    let invalid = |message: String| {
+        Error::invalid(
+            "invalid_public_key",
+            format!("{}: {message}", path.display()),
+        )
+    };
+    if text.starts_with(PEM_PRIVATE_KEY) {
+        return Err(invalid(
+            "this is a private key: give the filters its public key (the .pub file)".to_owned(),
+        ));
+    }
+    if text.starts_with(PEM_PUBLIC_KEY) {
+        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(text)
+            .map_err(|error| invalid(format!("not an Ed25519 public key: {error}")))?;
+        return PublicKey::from_base64(
+            id,
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.as_bytes()),
+        )
+        .map_err(invalid);
+    }
+    PublicKey::from_base64(id, text).map_err(invalid)
 }
 
-/// 32 random bytes from the OS, base64: a new HMAC-SHA256 signing secret.
-pub fn generate_signing_secret() -> Result<String, Error> {
-    let mut secret = [0u8; 32];
+/// A new Ed25519 key pair from the OS random generator: the private key as PKCS#8 PEM, and
+/// the public key (base64) under `id`.
+pub fn generate_signing_key(id: &str) -> Result<(String, PublicKey), Error> {
+    let mut seed = [0u8; 32];
     OsRng
-        .try_fill_bytes(&mut secret)
+        .try_fill_bytes(&mut seed)
         .map_err(|error| Error::internal(format!("the OS random generator failed: {error}")))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(secret))
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    // PKCS#8 v1 (the seed only, as `openssl genpkey` writes it): every tool reads it, while the
+    // v2 form with the public key appended is refused by some (Python's `cryptography`).
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: seed,
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|error| Error::internal(format!("cannot encode the private key: {error}")))?;
+    seed.fill(0);
+    let public = SigningKey::from_seed(id, &key.to_bytes())
+        .map_err(|message| Error::invalid("invalid_signing_key_id", message))?
+        .public_key();
+    Ok((pem.trim_end().to_owned(), public))
 }
 
 /// A new admin token: a recognizable prefix and 43 base62 characters (~256 bits).
@@ -178,6 +284,20 @@ mod tests {
         assert_eq!(tokens.authenticate(&ops[..ops.len() - 1]), None);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_0600_even_when_they_existed_wider() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envoy.json");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_file(&path, "new").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     #[test]
     fn weak_or_empty_token_files_are_refused() {
         assert!(AdminTokens::parse("short").is_err());
@@ -186,9 +306,37 @@ mod tests {
     }
 
     #[test]
-    fn generated_signing_secrets_are_valid_keys() {
-        let secret = generate_signing_secret().unwrap();
-        assert!(SigningKey::from_base64("k1", &secret).is_ok());
-        assert_ne!(secret, generate_signing_secret().unwrap());
+    fn generated_key_pairs_load_and_old_hmac_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, public) = generate_signing_key("ops-1").unwrap();
+        let private_path = dir.path().join("signing.key");
+        write_secret_file(&private_path, &pem).unwrap();
+        let key = load_signing_key("ops-1", &private_path).unwrap();
+        assert_eq!(key.public_key(), public);
+        let public_path = dir.path().join("signing.key.pub");
+        fs::write(&public_path, public.to_base64()).unwrap();
+        assert_eq!(load_public_key("ops-1", &public_path).unwrap(), public);
+        let (other, _) = generate_signing_key("ops-1").unwrap();
+        assert_ne!(other, pem);
+
+        // A PEM public key (openssl's format) loads too; a private key is no public key.
+        let spki = {
+            use ed25519_dalek::pkcs8::EncodePublicKey;
+            ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+                .unwrap()
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        };
+        let spki_path = dir.path().join("spki.pem");
+        fs::write(&spki_path, spki).unwrap();
+        assert_eq!(load_public_key("ops-1", &spki_path).unwrap(), public);
+        let error = load_public_key("ops-1", &private_path).unwrap_err();
+        assert!(error.message.contains("private key"), "{}", error.message);
+
+        let legacy = dir.path().join("legacy.key");
+        write_secret_file(&legacy, "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==").unwrap();
+        let error = load_signing_key("ops-1", &legacy).unwrap_err();
+        assert!(error.message.contains("HMAC"), "{}", error.message);
     }
 }

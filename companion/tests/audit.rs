@@ -18,7 +18,6 @@ use std::process::{Command, Output};
 use std::thread;
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 /// The time every decision is made at, so expiries in the fixture are stable.
 const NOW: &str = "1800000000";
@@ -29,34 +28,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A temporary directory holding the fixture signing key with mode 0600 (git keeps no modes).
-struct Keys {
-    dir: TempDir,
-}
+/// The fixture's public key, as the filters and `audit --public-key` take it.
+struct Keys;
 
 impl Keys {
     fn new() -> Keys {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("signing.key");
-        fs::copy(fixture("signing.key"), &path).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        Keys { dir }
+        Keys
     }
 
     fn signing_args(&self) -> Vec<String> {
         vec![
-            "--signing-key-id".into(),
-            "ops-1".into(),
-            "--signing-key-file".into(),
-            self.dir
-                .path()
-                .join("signing.key")
-                .to_string_lossy()
-                .into_owned(),
+            "--public-key".into(),
+            format!("ops-1={}", fixture("signing.key.pub").to_string_lossy()),
         ]
     }
 }
@@ -240,7 +223,8 @@ fn a_tampered_snapshot_is_an_error() {
     let text = fs::read_to_string(fixture("snapshot.signed.json")).unwrap();
     let tampered = text.replace("\"scopes\":[\"chat:write\"]", "\"scopes\":[\"*\"]");
     assert_ne!(tampered, text);
-    let path = keys.dir.path().join("tampered.json");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tampered.json");
     fs::write(&path, tampered).unwrap();
     let mut args = strings(&["audit", "--snapshot"]);
     args.push(path.to_string_lossy().into_owned());
@@ -275,8 +259,13 @@ fn the_snapshot_can_come_from_a_control_plane() {
         stream.write_all(&body).unwrap();
         String::from_utf8(request).unwrap()
     });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("dataplane.token");
+    fs::write(&token_file, "kwdp_audit_test_token\n").unwrap();
     let mut args = strings(&["audit", "--control-plane"]);
     args.push(format!("http://{address}"));
+    args.push("--snapshot-token-file".into());
+    args.push(token_file.to_string_lossy().into_owned());
     args.push("--config".into());
     args.push(path_arg("config.strict.json"));
     args.extend(strings(&["--now", NOW, "--json"]));
@@ -284,6 +273,12 @@ fn the_snapshot_can_come_from_a_control_plane() {
     let output = keyward(&args);
     let request = server.join().unwrap();
     assert!(request.starts_with("GET /v1/snapshot "), "{request}");
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("authorization: bearer kwdp_audit_test_token"),
+        "{request}"
+    );
     assert_eq!(
         code(&output),
         0,

@@ -22,7 +22,7 @@ use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::{KeyStatus, Policy, ProjectStatus};
 
 fn policy_of(workspace: &Workspace, envelope: &[u8]) -> Policy {
-    verify_snapshot(envelope, &[workspace.signing_key()]).unwrap()
+    verify_snapshot(envelope, &[workspace.public_key()], common::now()).unwrap()
 }
 
 fn status_of(policy: &Policy, id: &str) -> KeyStatus {
@@ -361,17 +361,17 @@ fn tampered_unsigned_or_foreign_snapshots_fail_verification() {
     // Un-pausing the key by editing the file breaks the signature.
     let tampered = envelope.replace("\"paused\"", "\"active\"");
     assert_ne!(tampered, envelope);
-    let output = verify("tampered.json", &tampered, ws.signing_args());
+    let output = verify("tampered.json", &tampered, ws.public_key_args());
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("signature"));
 
     let snapshot_only: serde_json::Value = serde_json::from_str(&envelope).unwrap();
     let unsigned = snapshot_only["snapshot"].to_string();
-    let output = verify("unsigned.json", &unsigned, ws.signing_args());
+    let output = verify("unsigned.json", &unsigned, ws.public_key_args());
     assert_eq!(output.status.code(), Some(1));
 
-    let mut other_id = ws.signing_args();
-    other_id[1] = "ops-2".into();
+    let mut other_id = ws.public_key_args();
+    other_id[1] = other_id[1].replacen("ops-1=", "ops-2=", 1);
     let output = verify("other-id.json", &envelope, other_id);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown key"));
@@ -383,15 +383,31 @@ fn tampered_unsigned_or_foreign_snapshots_fail_verification() {
         "--out",
         other_secret.to_str().unwrap(),
     ]);
-    let mut other_key = ws.signing_args();
-    other_key[3] = other_secret.to_string_lossy().into_owned();
+    let other_key = vec![
+        "--public-key".to_owned(),
+        format!("ops-1={}.pub", other_secret.to_string_lossy()),
+    ];
     let output = verify("other-secret.json", &envelope, other_key);
     assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bad_signature"));
 
-    let output = verify("garbage.json", "not json", ws.signing_args());
+    // The private key is no public key; a past --now is refused as expired.
+    let private = vec![
+        "--public-key".to_owned(),
+        format!("ops-1={}", ws.path("signing.key").to_string_lossy()),
+    ];
+    let output = verify("private.json", &envelope, private);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("private key"));
+    let mut later = ws.public_key_args();
+    later.extend(["--now".to_owned(), "4102444800".to_owned()]);
+    let output = verify("later.json", &envelope, later);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expired"));
+
+    let output = verify("garbage.json", "not json", ws.public_key_args());
     assert_eq!(output.status.code(), Some(1));
 
-    let output = verify("good-again.json", &envelope, ws.signing_args());
+    let output = verify("good-again.json", &envelope, ws.public_key_args());
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -650,7 +666,7 @@ PRAGMA user_version = 1;
             row.get(0)
         })
         .unwrap();
-    assert_eq!(migrations, 4);
+    assert_eq!(migrations, 5);
 }
 
 /// Issue #19: every CLI mistake a new user made gets a message in their terms.

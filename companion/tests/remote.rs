@@ -154,6 +154,29 @@ fn the_remote_cli_manages_keys_over_tls_without_the_database() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // Data-plane tokens over the admin API: issued (shown once), listed, revoked.
+    let output = remote(
+        &ws,
+        &base,
+        &[
+            "dataplane",
+            "token",
+            "create",
+            "--name",
+            "fleet-r",
+            "--json",
+        ],
+    );
+    assert!(output.status.success());
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(created["token"].as_str().unwrap().starts_with("kwdp_"));
+    let output = remote(&ws, &base, &["dataplane", "token", "revoke", "fleet-r"]);
+    assert!(output.status.success());
+    let output = remote(&ws, &base, &["dataplane", "token", "list"]);
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(listed.contains("fleet-r"), "{listed}");
+    assert!(!listed.contains(created["token"].as_str().unwrap()));
+
     // The changes are in the store, recorded as the token's name; nothing was written where the
     // CLI ran.
     let shown = ws.json(&["key", "show", &id, "--json"]);
@@ -205,10 +228,15 @@ fn the_remote_cli_manages_keys_over_tls_without_the_database() {
 
     // The snapshot over TLS verifies; readiness, metrics and the OpenAPI document answer.
     let agent = agent_trusting(&ws);
-    let mut snapshot = agent.get(format!("{base}/v1/snapshot")).call().unwrap();
+    let mut snapshot = agent
+        .get(format!("{base}/v1/snapshot"))
+        .header("authorization", format!("Bearer {}", ws.dataplane_token()))
+        .call()
+        .unwrap();
     let policy = verify_snapshot(
         &snapshot.body_mut().read_to_vec().unwrap(),
-        &[ws.signing_key()],
+        &[ws.public_key()],
+        common::now(),
     )
     .unwrap();
     assert_eq!(policy.key_by_id(&id).unwrap().status, KeyStatus::Paused);

@@ -18,16 +18,24 @@ use keyward_engine::config::{PluginConfig, Role};
 use keyward_engine::sync::Poller;
 use serde_json::Value;
 
-fn render(ws: &Workspace, extra: &[&str]) -> Value {
+fn render_args(ws: &Workspace, extra: &[&str]) -> Vec<String> {
+    let token = ws.path("dataplane.token");
+    ws.dataplane_token();
     let mut args = vec![
         "render".to_owned(),
         "envoy".into(),
         "--wasm".into(),
         "/etc/envoy/keyward.wasm".into(),
+        "--dataplane-token-file".into(),
+        token.to_string_lossy().into_owned(),
     ];
-    args.extend(ws.signing_args());
+    args.extend(ws.public_key_args());
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    serde_json::from_str(&ws.ok(&args)).unwrap()
+    args
+}
+
+fn render(ws: &Workspace, extra: &[&str]) -> Value {
+    serde_json::from_str(&ws.ok(&render_args(ws, extra))).unwrap()
 }
 
 fn plugin_config(config: &Value) -> PluginConfig {
@@ -79,9 +87,17 @@ fn render_envoy_prints_a_complete_bootstrap() {
     assert_eq!(sync.path, "/v1/snapshot");
     assert_eq!((sync.interval_ms, sync.timeout_ms), (1000, 2000));
     assert_eq!(sync.poller, Poller::SyncService);
-    assert_eq!(sync.signing_keys.len(), 1);
-    assert_eq!(sync.signing_keys[0], ws.signing_key());
-    assert_eq!(sync.signing_keys[0].id, SIGNING_KEY_ID);
+    assert_eq!(sync.public_keys, [ws.public_key()]);
+    assert_eq!(sync.public_keys[0].id, SIGNING_KEY_ID);
+    assert_eq!(sync.token, Some(ws.dataplane_token()));
+    // Nothing in the rendering can sign: no private key, no shared secret.
+    let text = bootstrap.to_string();
+    let private = std::fs::read_to_string(ws.path("signing.key")).unwrap();
+    let private_body: String = private
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    assert!(!text.contains(&private_body) && !text.contains("secret_base64"));
 
     let extension = &bootstrap["bootstrap_extensions"][0];
     assert_eq!(extension["name"], "envoy.bootstrap.wasm");
@@ -150,13 +166,87 @@ fn render_envoy_handles_dns_names_tls_and_bad_addresses() {
         "api.openai.com"
     );
 
-    let mut args = vec![
-        "render".to_owned(),
-        "envoy".into(),
-        "--wasm".into(),
-        "k.wasm".into(),
-    ];
-    args.extend(ws.signing_args());
+    let upstream = &clusters[1]["transport_socket"]["typed_config"];
+    assert_eq!(
+        upstream["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+        "/etc/ssl/certs/ca-certificates.crt",
+        "verified against the system bundle by default"
+    );
+    assert_eq!(
+        upstream["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+            ["matcher"]["exact"],
+        "api.openai.com"
+    );
+
+    // https:// to the control plane is verified too, against --control-plane-ca.
+    let bootstrap = render(
+        &ws,
+        &[
+            "--control-plane",
+            "https://keyward.internal:7070",
+            "--control-plane-ca",
+            "/etc/keyward/ca.pem",
+        ],
+    );
+    let control_plane = &bootstrap["static_resources"]["clusters"][0]["transport_socket"]
+        ["typed_config"]["common_tls_context"]["validation_context"];
+    assert_eq!(
+        control_plane["trusted_ca"]["filename"],
+        "/etc/keyward/ca.pem"
+    );
+
+    // Skipping verification takes an explicit flag, is warned about, and audit flags it.
+    let out = ws.path("insecure.json");
+    let output = ws.run(&render_args(
+        &ws,
+        &[
+            "--control-plane",
+            "127.0.0.1:7070",
+            "--upstream",
+            "api.openai.com:443",
+            "--upstream-tls",
+            "--upstream-insecure-skip-verify",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty(), "written to --out, not printed");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT verified"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "it holds the data-plane token");
+    }
+    let audit = ws.run(&["audit", "--envoy-config", out.to_str().unwrap()]);
+    assert_eq!(audit.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("tls_not_verified"));
+    let verified = ws.path("verified.json");
+    ws.ok(&render_args(
+        &ws,
+        &[
+            "--control-plane",
+            "127.0.0.1:7070",
+            "--upstream",
+            "https://api.openai.com:443",
+            "--out",
+            verified.to_str().unwrap(),
+        ],
+    ));
+    ws.ok(&["audit", "--envoy-config", verified.to_str().unwrap()]);
+    assert!(ws
+        .fails(&render_args(
+            &ws,
+            &[
+                "--control-plane",
+                "127.0.0.1:7070",
+                "--upstream-insecure-skip-verify"
+            ]
+        ))
+        .contains("go with TLS"));
+
+    let args = render_args(&ws, &[]);
     let mut bad = args.clone();
     bad.extend(["--control-plane".to_owned(), "no-port".to_owned()]);
     assert!(ws.fails(&bad).contains("HOST:PORT"));

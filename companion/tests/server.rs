@@ -18,11 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{Workspace, ADMIN_NAME};
 use keyward_engine::hash::sha256;
-use keyward_engine::signed_snapshot::{verify_snapshot, SigningKey};
+use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::{KeyStatus, Policy};
-use keyward_engine::usage_report::{
-    report_signature, UsageAck, UsageEntry, UsageReport, SIGNATURE_HEADER,
-};
+use keyward_engine::usage_report::{UsageAck, UsageEntry, UsageReport};
 use serde_json::{json, Value};
 
 /// A running `keyward serve`, stopped when dropped.
@@ -30,6 +28,8 @@ struct Server {
     child: Child,
     base: String,
     agent: ureq::Agent,
+    /// A data-plane token (snapshot and usage), as the filters hold it.
+    dataplane: String,
 }
 
 impl Drop for Server {
@@ -91,6 +91,7 @@ fn start(ws: &Workspace, extra: &[&str]) -> Server {
     ];
     args.extend(ws.signing_args());
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let dataplane = ws.dataplane_token();
     let (child, base) = common::spawn_serve(ws, &args);
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let config = ureq::Agent::config_builder()
@@ -102,6 +103,7 @@ fn start(ws: &Workspace, extra: &[&str]) -> Server {
         child,
         base,
         agent: ureq::Agent::new_with_config(config),
+        dataplane,
     }
 }
 
@@ -169,28 +171,38 @@ impl Server {
         )
     }
 
-    /// POSTs a usage report body as the data plane does: no admin token, a signature header.
-    fn usage(&self, body: &[u8], signature: Option<&str>) -> Reply {
+    /// POSTs a usage report body as the data plane does: with a bearer token (`None`: none).
+    fn usage_as(&self, body: &[u8], token: Option<&str>) -> Reply {
         let mut request = self
             .agent
             .post(format!("{}/v1/usage", self.base))
             .header("content-type", "application/json");
-        if let Some(signature) = signature {
-            request = request.header(SIGNATURE_HEADER, signature);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         Server::reply(request.send(body))
     }
 
+    /// POSTs a usage report body with the workspace's data-plane token.
+    fn usage(&self, body: &[u8]) -> Reply {
+        self.usage_as(body, Some(&self.dataplane))
+    }
+
+    /// GETs a snapshot endpoint with the data-plane token.
+    fn dataplane_get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.get(path, Some(&self.dataplane), headers)
+    }
+
     /// Fetches and verifies the snapshot; returns it with its ETag.
     fn snapshot(&self, ws: &Workspace) -> (Policy, String, Vec<u8>) {
-        let reply = self.get("/v1/snapshot", None, &[]);
+        let reply = self.dataplane_get("/v1/snapshot", &[]);
         assert_eq!(reply.status, 200);
         assert_eq!(
             reply.header("content-type").as_deref(),
             Some("application/json")
         );
         let etag = reply.header("etag").unwrap();
-        let policy = verify_snapshot(&reply.body, &[ws.signing_key()]).unwrap();
+        let policy = verify_snapshot(&reply.body, &[ws.public_key()], common::now()).unwrap();
         assert_eq!(etag, format!("\"{}-{}\"", policy.version, policy.issued_at));
         (policy, etag, reply.body)
     }
@@ -441,8 +453,27 @@ fn snapshot_endpoint_serves_cached_signed_envelopes_with_etags() {
     let server = start(&ws, &[]);
     let token = ws.admin_token();
 
-    // No admin token needed: hashes only, signed.
+    // A data-plane token (or an admin token), never nothing.
+    let reply = server.get("/v1/snapshot", None, &[]);
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "missing_dataplane_token"
+    );
+    assert_eq!(
+        reply.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"keyward-dataplane\"")
+    );
+    for path in ["/v1/snapshot/manifest", "/v1/snapshot/chunks/00"] {
+        let reply = server.get(path, Some("kwdp_guessed"), &[]);
+        assert_eq!(
+            reply.error(401, "authentication_error"),
+            "invalid_dataplane_token"
+        );
+    }
+    assert_eq!(server.get("/v1/snapshot", Some(&token), &[]).status, 200);
     let (policy, etag, body) = server.snapshot(&ws);
+    let expires_at = policy.expires_at.unwrap();
+    assert_eq!(expires_at, policy.issued_at + 86_400, "24 h by default");
     assert_eq!(status_of(&policy, &id), KeyStatus::Active);
     let (again, etag_again, body_again) = server.snapshot(&ws);
     assert_eq!(
@@ -452,22 +483,22 @@ fn snapshot_endpoint_serves_cached_signed_envelopes_with_etags() {
     );
     assert_eq!(again.version, policy.version);
 
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &etag)]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", &etag)]);
     assert_eq!(reply.status, 304);
     assert!(reply.body.is_empty());
     assert_eq!(reply.header("etag"), Some(etag.clone()));
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", "\"0-0\"")]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", "\"0-0\"")]);
     assert_eq!(reply.status, 200);
 
     // A change: new version, new ETag, the old one no longer matches.
     server.post(&format!("/v1/keys/{id}/revoke"), &token, None);
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &etag)]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", &etag)]);
     assert_eq!(reply.status, 200);
     let (changed, changed_etag, _) = server.snapshot(&ws);
     assert_eq!(changed.version, policy.version + 1);
     assert_ne!(changed_etag, etag);
     assert_eq!(status_of(&changed, &id), KeyStatus::Revoked);
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &changed_etag)]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", &changed_etag)]);
     assert_eq!(reply.status, 304);
 
     // Admin routes are not reachable through the snapshot's openness.
@@ -490,7 +521,7 @@ fn unchanged_snapshots_are_reissued_and_rotation_deadlines_are_applied() {
     assert_eq!(second.version, first.version, "same policy");
     assert!(second.issued_at > first.issued_at, "re-issued");
     assert_ne!(second_etag, first_etag);
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &first_etag)]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", &first_etag)]);
     assert_eq!(reply.status, 200);
 
     // A rotation with a short grace: the server revokes the old key by itself.
@@ -530,17 +561,26 @@ fn serve_refuses_non_loopback_addresses_and_bad_secrets() {
     let stderr = ws.fails(&args);
     assert!(stderr.contains("loopback"), "{stderr}");
     assert!(!ws.db().exists(), "refused before touching the store");
+    let mut short_ttl = args.clone();
+    short_ttl[2] = "127.0.0.1:0".into();
+    short_ttl.extend(["--snapshot-ttl".to_owned(), "1s".to_owned()]);
+    assert!(ws.fails(&short_ttl).contains("at least 2s"));
 
     std::fs::write(ws.path("weak.tokens"), "short\n").unwrap();
     args[2] = "127.0.0.1:0".into();
     args[4] = ws.path("weak.tokens").to_string_lossy().into_owned();
     assert!(ws.fails(&args).contains("32 characters"));
 
-    std::fs::write(ws.path("weak.key"), "c2hvcnQ=\n").unwrap();
+    // A shared HMAC secret of an older keyward is no signing key any more.
+    std::fs::write(
+        ws.path("hmac.key"),
+        "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n",
+    )
+    .unwrap();
     args[4] = ws.path("admin.tokens").to_string_lossy().into_owned();
     let last = args.len() - 1;
-    args[last] = ws.path("weak.key").to_string_lossy().into_owned();
-    assert!(ws.fails(&args).contains("32 bytes"));
+    args[last] = ws.path("hmac.key").to_string_lossy().into_owned();
+    assert!(ws.fails(&args).contains("HMAC"));
 }
 
 fn usage_entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64) -> UsageEntry {
@@ -555,11 +595,8 @@ fn usage_entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64
     }
 }
 
-/// A report body and its signature header, signed with the workspace's snapshot key.
-fn signed_report(ws: &Workspace, report: &UsageReport) -> (Vec<u8>, String) {
-    let body = serde_json::to_vec(report).unwrap();
-    let signature = report_signature(&body, &ws.signing_key());
-    (body, signature)
+fn body_of(report: &UsageReport) -> Vec<u8> {
+    serde_json::to_vec(report).unwrap()
 }
 
 fn ack(reply: &Reply) -> UsageAck {
@@ -588,7 +625,7 @@ fn key_json<'a>(snapshot: &'a Value, id: &str) -> &'a Value {
 }
 
 #[test]
-fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
+fn usage_reports_are_applied_once_and_reach_the_next_snapshot() {
     let ws = Workspace::new();
     ws.ok(&[
         "project",
@@ -610,11 +647,10 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
         vec![
             usage_entry(&id, Some("proj_a"), 1_250_000, 1_790_000_000),
             usage_entry(&id, Some("proj_a"), 75_001, 1_790_000_100),
-            usage_entry("kNobody00001", Some("proj_a"), 999, 1_790_000_000),
         ],
     );
-    let (body, signature) = signed_report(&ws, &report);
-    let first = ack(&server.usage(&body, Some(&signature)));
+    let body = body_of(&report);
+    let first = ack(&server.usage(&body));
     assert_eq!(
         first,
         UsageAck {
@@ -635,9 +671,9 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
     assert!(key_json(&plain, &id)["created_at"].as_u64().is_some());
 
     // A retry: the same acknowledgement, marked duplicate; nothing changes.
-    let again = ack(&server.usage(&body, Some(&signature)));
+    let again = ack(&server.usage(&body));
     assert_eq!((again.version, again.duplicate), (first.version, true));
-    let reply = server.get("/v1/snapshot", None, &[("if-none-match", &after_etag)]);
+    let reply = server.dataplane_get("/v1/snapshot", &[("if-none-match", &after_etag)]);
     assert_eq!(reply.status, 304, "no new version for a duplicate");
 
     // The admin API shows the spend.
@@ -657,7 +693,8 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
         .json();
     let batches = batches["data"].as_array().unwrap();
     assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0]["batch_id"], "envoy-1-0001");
+    // Batch ids are kept per data-plane token: another fleet cannot take this one's.
+    assert_eq!(batches[0]["batch_id"], "fleet-test/envoy-1-0001");
     assert_eq!(batches[0]["policy_version"], first.version);
     assert_eq!(
         (
@@ -665,7 +702,7 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
             &batches[0]["applied"],
             &batches[0]["skipped"]
         ),
-        (&json!(3), &json!(2), &json!(1))
+        (&json!(2), &json!(2), &json!(0))
     );
     server
         .get("/v1/usage/batches", None, &[])
@@ -678,7 +715,10 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
         .filter(|event| event["action"] == "usage.report")
         .collect();
     assert_eq!(usage_events.len(), 1, "one event per batch");
-    assert_eq!(usage_events[0]["actor"], "envoy-1");
+    assert_eq!(
+        usage_events[0]["actor"], "dataplane:fleet-test/envoy-1",
+        "the token names the actor, never the report"
+    );
     assert_eq!(usage_events[0]["details"]["cost_microusd"], 1_325_001);
 
     // The CLI sees the same figures.
@@ -694,62 +734,70 @@ fn signed_usage_reports_are_applied_once_and_reach_the_next_snapshot() {
 }
 
 #[test]
-fn usage_reports_need_a_valid_signature_and_a_valid_body() {
+fn usage_reports_need_a_data_plane_token_and_a_valid_body() {
     let ws = Workspace::new();
     ws.ok(&["project", "create", "proj_a", "--org", "org_acme"]);
     let (id, _) = ws.create_key(&["--project", "proj_a"]);
     let server = start(&ws, &[]);
     let token = ws.admin_token();
     let report = UsageReport::new("envoy-1", "b-1", vec![usage_entry(&id, None, 10, 1)]);
-    let (body, signature) = signed_report(&ws, &report);
+    let body = body_of(&report);
 
-    let invalid_signature = |reply: Reply| {
+    // No token, a guessed one, an admin token, a snapshot-only or a revoked data-plane token.
+    let reply = server.usage_as(&body, None);
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "missing_dataplane_token"
+    );
+    let reply = server.usage_as(&body, Some("kwdp_guessed"));
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "invalid_dataplane_token"
+    );
+    let reply = server.usage_as(&body, Some(&token));
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "invalid_dataplane_token",
+        "an admin token cannot report usage"
+    );
+    let reader = ws.json(&[
+        "dataplane",
+        "token",
+        "create",
+        "--name",
+        "reader",
+        "--permissions",
+        "snapshot",
+        "--json",
+    ]);
+    let reader = reader["token"].as_str().unwrap();
+    let reply = server.usage_as(&body, Some(reader));
+    assert_eq!(
+        reply.error(403, "permission_error"),
+        "dataplane_permission_denied"
+    );
+    assert_eq!(server.get("/v1/snapshot", Some(reader), &[]).status, 200);
+    let revoked = ws.json(&["dataplane", "token", "create", "--name", "gone", "--json"]);
+    ws.ok(&["dataplane", "token", "revoke", "gone"]);
+    let revoked = revoked["token"].as_str().unwrap();
+    for reply in [
+        server.usage_as(&body, Some(revoked)),
+        server.get("/v1/snapshot", Some(revoked), &[]),
+    ] {
         assert_eq!(
             reply.error(401, "authentication_error"),
-            "invalid_signature"
+            "invalid_dataplane_token"
         );
-        assert!(reply.header("www-authenticate").is_none());
-    };
-    // Missing, from another key, malformed, or over other bytes.
-    invalid_signature(server.usage(&body, None));
-    let stranger = SigningKey::from_base64("ops-1", &"QUJD".repeat(11)).unwrap();
-    invalid_signature(server.usage(&body, Some(&report_signature(&body, &stranger))));
-    invalid_signature(server.usage(&body, Some("no-colon")));
-    let other_id = SigningKey::from_base64("ops-2", &"QUJD".repeat(11)).unwrap();
-    invalid_signature(server.usage(&body, Some(&report_signature(&body, &other_id))));
-    let tampered = String::from_utf8(body.clone())
-        .unwrap()
-        .replace("\"cost_microusd\":10", "\"cost_microusd\":1");
-    assert_ne!(tampered.as_bytes(), body.as_slice());
-    invalid_signature(server.usage(tampered.as_bytes(), Some(&signature)));
-    // The admin token is no substitute for the signature.
-    let reply = Server::reply(
-        server
-            .agent
-            .post(format!("{}/v1/usage", server.base))
-            .header("authorization", format!("Bearer {token}"))
-            .send(&body[..]),
-    );
-    invalid_signature(reply);
+    }
 
-    // Signed, but not a valid report: 400.
+    // A valid token, but not a valid report: 400.
     let wrong_format = br#"{"format":"other","reporter":"r","batch_id":"b","entries":[]}"#;
-    let reply = server.usage(
-        wrong_format,
-        Some(&report_signature(wrong_format, &ws.signing_key())),
-    );
+    let reply = server.usage(wrong_format);
     assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
-    let not_json = b"{not json";
-    let reply = server.usage(
-        not_json,
-        Some(&report_signature(not_json, &ws.signing_key())),
-    );
+    let reply = server.usage(b"{not json");
     assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
-    let empty_batch = serde_json::to_vec(&UsageReport::new("r", "", vec![])).unwrap();
-    let reply = server.usage(
-        &empty_batch,
-        Some(&report_signature(&empty_batch, &ws.signing_key())),
-    );
+    let empty_batch = body_of(&UsageReport::new("r", "", vec![]));
+    let reply = server.usage(&empty_batch);
     assert_eq!(reply.error(400, "invalid_request_error"), "invalid_report");
 
     // Nothing was applied by any of these.
@@ -763,9 +811,9 @@ fn usage_reports_need_a_valid_signature_and_a_valid_body() {
     let entries: Vec<UsageEntry> = (0..2000)
         .map(|n| usage_entry(&id, Some("proj_a"), 1, 1_790_000_000 + n))
         .collect();
-    let (big, big_signature) = signed_report(&ws, &UsageReport::new("envoy-1", "big", entries));
+    let big = body_of(&UsageReport::new("envoy-1", "big", entries));
     assert!(big.len() > 64 * 1024);
-    let applied = ack(&server.usage(&big, Some(&big_signature)));
+    let applied = ack(&server.usage(&big));
     assert!(!applied.duplicate);
     let shown = server
         .get(&format!("/v1/keys/{id}"), Some(&token), &[])
@@ -774,11 +822,139 @@ fn usage_reports_need_a_valid_signature_and_a_valid_body() {
     assert_eq!(shown["last_seen_at"], 1_790_001_999u64);
     // Over 4 MiB: 413 in the error contract.
     let huge = vec![b' '; 4 * 1024 * 1024 + 1];
-    let reply = server.usage(&huge, Some(&report_signature(&huge, &ws.signing_key())));
+    let reply = server.usage(&huge);
     assert_eq!(
         reply.error(413, "invalid_request_error"),
         "report_too_large"
     );
+}
+
+#[test]
+fn forged_reports_are_refused_whole_and_kept_for_audit() {
+    let ws = Workspace::new();
+    for (project, org, cap) in [
+        ("proj_a", "org_acme", "100"),
+        ("proj_x", "org_other", "100"),
+    ] {
+        ws.ok(&[
+            "project",
+            "create",
+            project,
+            "--org",
+            org,
+            "--spend-cap-usd",
+            cap,
+        ]);
+    }
+    let (id, _) = ws.create_key(&["--project", "proj_a"]);
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+    let version = server.snapshot(&ws).0.version;
+
+    // Issue #14's forgery: $99 on one request, a last use in 2100, the admin token's name as
+    // reporter, and a charge against another org's project.
+    let mut forged = usage_entry(&id, Some("proj_a"), 99_000_000, 4_102_444_800);
+    forged.requests = 1;
+    let report = UsageReport::new(
+        ADMIN_NAME,
+        "forged-1",
+        vec![forged, usage_entry(&id, Some("proj_x"), 10, 1_790_000_000)],
+    );
+    let reply = server.usage(&body_of(&report));
+    assert_eq!(
+        reply.error(400, "invalid_request_error"),
+        "usage_report_refused"
+    );
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("in the future"), "{message}");
+    assert!(
+        message.contains("cannot charge project \"proj_x\""),
+        "{message}"
+    );
+    assert!(message.contains("cost 99000000"), "{message}");
+    // A charge against another project alone is refused too.
+    let report = UsageReport::new(
+        "envoy-1",
+        "cross-1",
+        vec![usage_entry(&id, Some("proj_x"), 10, 1_790_000_000)],
+    );
+    server
+        .usage(&body_of(&report))
+        .error(400, "invalid_request_error");
+
+    // Nothing moved: no spend, no last use, no version, no batch.
+    let shown = server
+        .get(&format!("/v1/keys/{id}"), Some(&token), &[])
+        .json();
+    assert_eq!(shown["spent_microusd"], 0);
+    assert!(shown["last_seen_at"].is_null());
+    assert_eq!(server.snapshot(&ws).0.version, version);
+    let batches = server.get("/v1/usage/batches", Some(&token), &[]).json();
+    assert!(batches["data"].as_array().unwrap().is_empty());
+
+    // Both are kept, named by the data-plane token, and audited as the data plane.
+    let refused = server.get("/v1/usage/refused", Some(&token), &[]).json();
+    let refused = refused["data"].as_array().unwrap();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[1]["batch_id"], "forged-1");
+    assert_eq!(refused[1]["token_name"], "fleet-test");
+    assert_eq!(refused[1]["cost_microusd"], 99_000_010u64);
+    assert!(refused[1]["body"].as_str().unwrap().contains("4102444800"));
+    let events = server.get("/v1/audit", Some(&token), &[]).json();
+    let refusals: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["action"] == "usage.refused")
+        .collect();
+    assert_eq!(refusals.len(), 2);
+    assert!(refusals
+        .iter()
+        .all(|event| event["actor"] == "dataplane:fleet-test"));
+    assert!(ws.ok(&["usage", "refused"]).contains("forged-1"));
+    server
+        .get("/v1/usage/refused", None, &[])
+        .error(401, "authentication_error");
+}
+
+#[test]
+fn dataplane_tokens_over_the_admin_api() {
+    let ws = Workspace::new();
+    let server = start(&ws, &[]);
+    let token = ws.admin_token();
+    let created = server.post(
+        "/v1/dataplane-tokens",
+        &token,
+        Some(json!({"name": "fleet-b", "permissions": ["snapshot"]})),
+    );
+    assert_eq!(created.status, 201);
+    let created = created.json();
+    let fleet_b = created["token"].as_str().unwrap().to_owned();
+    assert!(fleet_b.starts_with("kwdp_"));
+    assert_eq!(created["permissions"], json!(["snapshot"]));
+    assert_eq!(created["created_by"], ADMIN_NAME);
+    assert_eq!(server.get("/v1/snapshot", Some(&fleet_b), &[]).status, 200);
+    let listed = server.get("/v1/dataplane-tokens", Some(&token), &[]).json();
+    let text = listed.to_string();
+    assert!(
+        text.contains("fleet-b") && !text.contains(&fleet_b),
+        "never the token"
+    );
+    let revoked = server.post("/v1/dataplane-tokens/fleet-b/revoke", &token, None);
+    assert_eq!(revoked.status, 200);
+    assert!(revoked.json()["revoked_at"].as_u64().is_some());
+    assert_eq!(server.get("/v1/snapshot", Some(&fleet_b), &[]).status, 401);
+    server
+        .post("/v1/dataplane-tokens", &fleet_b, Some(json!({"name": "x"})))
+        .error(401, "authentication_error");
+    // A data-plane token opens no admin endpoint.
+    let dataplane = server.dataplane.clone();
+    server
+        .get("/v1/keys", Some(&dataplane), &[])
+        .error(401, "authentication_error");
 }
 
 #[test]
@@ -793,7 +969,7 @@ fn concurrent_duplicate_reports_are_applied_once() {
         "envoy-1-race",
         vec![usage_entry(&id, Some("proj_a"), 333_333, 1_790_000_000)],
     );
-    let (body, signature) = signed_report(&ws, &report);
+    let body = body_of(&report);
     let posts = 16;
     let barrier = std::sync::Barrier::new(posts);
     let acks: Vec<UsageAck> = std::thread::scope(|scope| {
@@ -801,7 +977,7 @@ fn concurrent_duplicate_reports_are_applied_once() {
             .map(|_| {
                 scope.spawn(|| {
                     barrier.wait();
-                    ack(&server.usage(&body, Some(&signature)))
+                    ack(&server.usage(&body))
                 })
             })
             .collect();

@@ -3,9 +3,11 @@
 //!
 //! A signed manifest carries everything but the keys (version, times, projects, prices) plus the
 //! SHA-256 and size of every chunk; each chunk is newline-delimited JSON, one key record a line.
-//! Only the manifest is signed: a chunk is trusted because its hash is in the signed manifest.
+//! Only the manifest is signed (Ed25519, see [`crate::signature`]): a chunk is trusted because
+//! its hash is in the signed manifest. Like a signed snapshot, a manifest must carry
+//! `expires_at` and is refused past it.
 //!
-//! `{"format": "keyward.signed-manifest.v1", "key_id": "ops-1", "signature": "<hex>", "manifest": {...}}`
+//! `{"format": "keyward.signed-manifest.v2", "key_id": "ops-1", "signature": "<hex>", "manifest": {...}}`
 //!
 //! Chunks are content-addressed (their name is their SHA-256), and the control plane assigns a
 //! key to a chunk by a hash of its id, so a new version re-sends only the chunks whose keys
@@ -14,16 +16,26 @@
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
-use crate::signed_snapshot::{SigningKey, SnapshotRejected};
+use crate::signature::{PublicKey, SigningKey};
+use crate::signed_snapshot::{
+    check_expiry, sign_document, verified_payload, DocumentKind, PayloadField, SnapshotRejected,
+};
 use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceRecord, ProjectRecord};
 use crate::sync::SnapshotStamp;
 
-pub const MANIFEST_FORMAT: &str = "keyward.signed-manifest.v1";
+pub const MANIFEST_FORMAT: &str = "keyward.signed-manifest.v2";
+/// The format of manifests signed with a shared (HMAC) key: refused.
+pub const SYMMETRIC_MANIFEST_FORMAT: &str = "keyward.signed-manifest.v1";
+
+const MANIFEST_DOCUMENT: DocumentKind = DocumentKind {
+    format: MANIFEST_FORMAT,
+    symmetric_format: SYMMETRIC_MANIFEST_FORMAT,
+    field: PayloadField::Manifest,
+};
 /// Keys per chunk the control plane aims at (about 1 MB of JSON with typical records).
 pub const TARGET_KEYS_PER_CHUNK: usize = 8192;
 /// A chunk larger than this is refused (Envoy's async HTTP client buffers the whole answer).
@@ -136,55 +148,22 @@ impl Manifest {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManifestEnvelopeIn<'a> {
-    format: String,
-    key_id: String,
-    signature: String,
-    #[serde(borrow)]
-    manifest: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct ManifestEnvelopeOut<'a> {
-    format: &'a str,
-    key_id: &'a str,
-    signature: &'a str,
-    manifest: &'a RawValue,
-}
-
 /// Wraps a manifest document (its exact bytes) in a signed envelope.
 pub fn sign_manifest(manifest_json: &str, key: &SigningKey) -> Result<String, SnapshotRejected> {
-    let raw: &RawValue = serde_json::from_str(manifest_json)
-        .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
-    let signature = key.sign_bytes(raw.get().as_bytes());
-    serde_json::to_string(&ManifestEnvelopeOut {
-        format: MANIFEST_FORMAT,
-        key_id: &key.id,
-        signature: &signature,
-        manifest: raw,
-    })
-    .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))
+    sign_document(&MANIFEST_DOCUMENT, manifest_json, key)
 }
 
-/// Checks the manifest envelope's signature, then parses and validates the manifest. Nothing in
-/// the manifest is read before the signature verifies.
-pub fn verify_manifest(envelope: &[u8], keys: &[SigningKey]) -> Result<Manifest, SnapshotRejected> {
-    let envelope: ManifestEnvelopeIn<'_> = serde_json::from_slice(envelope)
-        .map_err(|e| SnapshotRejected::NotAnEnvelope(e.to_string()))?;
-    if envelope.format != MANIFEST_FORMAT {
-        return Err(SnapshotRejected::UnknownFormat);
-    }
-    let key = keys
-        .iter()
-        .find(|key| key.id == envelope.key_id)
-        .ok_or(SnapshotRejected::UnknownSigningKey)?;
-    let body = envelope.manifest.get().as_bytes();
-    if !key.verifies(body, &envelope.signature) {
-        return Err(SnapshotRejected::BadSignature);
-    }
+/// Checks the manifest envelope's signature, then parses and validates the manifest, and
+/// refuses it without `expires_at` or past it at `now`. Nothing in the manifest is read before
+/// the signature verifies.
+pub fn verify_manifest(
+    envelope: &[u8],
+    keys: &[PublicKey],
+    now: u64,
+) -> Result<Manifest, SnapshotRejected> {
+    let body = verified_payload(envelope, &MANIFEST_DOCUMENT, keys)?;
     let manifest: Manifest = from_json(body).map_err(SnapshotRejected::InvalidSnapshot)?;
+    check_expiry(manifest.expires_at, now)?;
     manifest
         .validate()
         .map_err(SnapshotRejected::InvalidSnapshot)?;
@@ -456,10 +435,16 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+    use crate::signature::tests::test_key;
+
+    const NOW: u64 = 150;
 
     fn key() -> SigningKey {
-        SigningKey::from_base64("k1", SECRET).expect("valid key")
+        test_key("k1")
+    }
+
+    fn public() -> PublicKey {
+        key().public_key()
     }
 
     fn record(i: usize) -> KeyRecord {
@@ -488,7 +473,7 @@ mod tests {
         Snapshot {
             version: 4,
             issued_at: 100,
-            expires_at: None,
+            expires_at: Some(200),
             projects: vec![ProjectRecord {
                 id: "p".into(),
                 org: "o".into(),
@@ -529,7 +514,7 @@ mod tests {
         assert_eq!(split.manifest.chunks.len(), 8);
         let json = serde_json::to_string(&split.manifest).expect("json");
         let envelope = sign_manifest(&json, &key()).expect("signed");
-        let manifest = verify_manifest(envelope.as_bytes(), &[key()]).expect("verifies");
+        let manifest = verify_manifest(envelope.as_bytes(), &[public()], NOW).expect("verifies");
         assert_eq!(manifest, split.manifest);
         let policy = build(&split, 1000).expect("builds");
         assert_eq!(policy.keys().len(), 3000);
@@ -558,7 +543,7 @@ mod tests {
         let envelope = sign_manifest(&json, &key()).expect("signed");
         let tampered = envelope.replace("\"version\":4", "\"version\":5");
         assert_eq!(
-            verify_manifest(tampered.as_bytes(), &[key()]),
+            verify_manifest(tampered.as_bytes(), &[public()], NOW),
             Err(SnapshotRejected::BadSignature)
         );
         let mut bad = SplitSnapshot {
@@ -572,6 +557,40 @@ mod tests {
     }
 
     #[test]
+    fn expired_unexpiring_and_symmetric_manifests_are_refused() {
+        let split = split_snapshot(snapshot(10), 50).expect("split");
+        let json = serde_json::to_string(&split.manifest).expect("json");
+        let envelope = sign_manifest(&json, &key()).expect("signed");
+        assert_eq!(
+            verify_manifest(envelope.as_bytes(), &[public()], 200),
+            Err(SnapshotRejected::Expired {
+                expires_at: 200,
+                now: 200
+            })
+        );
+        let symmetric = envelope.replace(MANIFEST_FORMAT, SYMMETRIC_MANIFEST_FORMAT);
+        assert_eq!(
+            verify_manifest(symmetric.as_bytes(), &[public()], NOW),
+            Err(SnapshotRejected::SymmetricSignature)
+        );
+        // A snapshot envelope's signature does not make a manifest (and back).
+        let as_snapshot =
+            envelope.replace(MANIFEST_FORMAT, crate::signed_snapshot::ENVELOPE_FORMAT);
+        assert!(
+            crate::signed_snapshot::verify_snapshot(as_snapshot.as_bytes(), &[public()], NOW)
+                .is_err()
+        );
+        let mut forever = split.manifest.clone();
+        forever.expires_at = None;
+        let envelope =
+            sign_manifest(&serde_json::to_string(&forever).expect("json"), &key()).expect("s");
+        assert!(matches!(
+            verify_manifest(envelope.as_bytes(), &[public()], NOW),
+            Err(SnapshotRejected::InvalidSnapshot(error)) if error.path == "expires_at"
+        ));
+    }
+
+    #[test]
     fn inconsistent_manifests_are_invalid() {
         let split = split_snapshot(snapshot(10), 50).expect("split");
         let mut manifest = split.manifest.clone();
@@ -579,7 +598,7 @@ mod tests {
         let envelope =
             sign_manifest(&serde_json::to_string(&manifest).expect("json"), &key()).expect("s");
         assert!(matches!(
-            verify_manifest(envelope.as_bytes(), &[key()]),
+            verify_manifest(envelope.as_bytes(), &[public()], NOW),
             Err(SnapshotRejected::InvalidSnapshot(_))
         ));
         let mut manifest = split.manifest.clone();
@@ -588,7 +607,7 @@ mod tests {
         let envelope =
             sign_manifest(&serde_json::to_string(&manifest).expect("json"), &key()).expect("s");
         assert!(matches!(
-            verify_manifest(envelope.as_bytes(), &[key()]),
+            verify_manifest(envelope.as_bytes(), &[public()], NOW),
             Err(SnapshotRejected::InvalidSnapshot(_))
         ));
     }

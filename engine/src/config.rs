@@ -99,6 +99,12 @@ fn default_credential_query_parameters() -> Vec<String> {
         .collect()
 }
 
+/// With `sync`, a policy older than this (by its `issued_at`) stops deciding unless the
+/// configuration says otherwise: two days, twice the control plane's default snapshot lifetime,
+/// so a data plane cut off from its control plane fails closed instead of enforcing a stale
+/// policy for ever. `keyward serve` re-issues snapshots long before.
+pub const DEFAULT_SYNCED_MAX_POLICY_AGE_SECONDS: u64 = 48 * 3600;
+
 fn default_max_credential_bytes() -> usize {
     256
 }
@@ -121,7 +127,7 @@ struct ConfigDocument {
     #[serde(default)]
     policy_unavailable: PolicyUnavailable,
     #[serde(default)]
-    max_policy_age_seconds: u64,
+    max_policy_age_seconds: Option<u64>,
     credential_sources: Option<Vec<CredentialSource>>,
     #[serde(default = "default_max_credential_bytes")]
     max_credential_bytes: usize,
@@ -283,7 +289,13 @@ impl PluginConfig {
             settings: Settings {
                 mode: document.mode,
                 policy_unavailable: document.policy_unavailable,
-                max_policy_age_seconds: document.max_policy_age_seconds,
+                max_policy_age_seconds: document.max_policy_age_seconds.unwrap_or(
+                    if sync.is_some() {
+                        DEFAULT_SYNCED_MAX_POLICY_AGE_SECONDS
+                    } else {
+                        0
+                    },
+                ),
                 credential_sources,
                 max_credential_bytes: document.max_credential_bytes,
                 key_formats,

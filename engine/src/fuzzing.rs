@@ -10,7 +10,8 @@ use crate::key_format::{parse_key, Charset, Checksum, KeyFormat, MalformedKey, P
 use crate::request::{Header, Request};
 use crate::request_body::{read_request_body, with_stream_usage, RequestBodyFacts};
 use crate::route::ErrorFormat;
-use crate::signed_snapshot::{verify_snapshot, SigningKey};
+use crate::signature::SigningKey;
+use crate::signed_snapshot::verify_snapshot;
 use crate::snapshot::Policy;
 use crate::usage::{self, BodyShape, TokenUsage, UsageReader};
 
@@ -113,10 +114,10 @@ pub fn plugin_config(data: &[u8]) {
 pub fn snapshot(data: &[u8]) {
     let data = bounded(data);
     let _ = Policy::from_json(data);
-    if let Ok(key) =
-        SigningKey::from_base64("fuzz", "ZnV6ei1mdXp6LWZ1enotZnV6ei1mdXp6LWZ1enotZnV6eg==")
-    {
-        let _ = verify_snapshot(data, &[key]);
+    if let Ok(key) = SigningKey::from_seed("fuzz", &[9; 32]) {
+        let keys = [key.public_key()];
+        let _ = verify_snapshot(data, &keys, 1_700_000_000);
+        let _ = crate::chunked::verify_manifest(data, &keys, 1_700_000_000);
     }
 }
 

@@ -27,6 +27,7 @@ pub mod request;
 pub mod request_body;
 pub mod route;
 pub mod settlement;
+pub mod signature;
 pub mod signed_snapshot;
 pub mod snapshot;
 pub mod sync;

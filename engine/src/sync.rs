@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::field_error::FieldError;
-use crate::signed_snapshot::SigningKey;
+use crate::signature::PublicKey;
 
 /// Shared-data entry holding the last verified signed envelope (all VMs with the same vm_id).
 pub const SNAPSHOT_ENTRY: &str = "keyward/snapshot";
@@ -43,10 +43,13 @@ pub enum Layout {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SigningKeyDoc {
+struct PublicKeyDoc {
     id: String,
-    secret_base64: String,
+    public_key_base64: String,
 }
+
+/// The longest data-plane token accepted (keyward's are 49 characters).
+const MAX_TOKEN_BYTES: usize = 512;
 
 fn default_authority() -> String {
     "keyward-control-plane".to_owned()
@@ -79,7 +82,14 @@ pub(crate) struct SyncDoc {
     jitter_ms: u64,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
-    signing_keys: Vec<SigningKeyDoc>,
+    #[serde(default)]
+    public_keys: Vec<PublicKeyDoc>,
+    /// Refused with its own message: it held shared HMAC secrets, which could sign.
+    #[serde(default)]
+    signing_keys: Option<serde_json::Value>,
+    /// The data-plane token sent to the control plane (`authorization: Bearer`).
+    #[serde(default)]
+    token: Option<String>,
     poller: Poller,
 }
 
@@ -96,7 +106,11 @@ pub struct SyncSettings {
     pub interval_ms: u64,
     pub jitter_ms: u64,
     pub timeout_ms: u64,
-    pub signing_keys: Vec<SigningKey>,
+    /// The control plane's Ed25519 public keys, by id: several while keys rotate.
+    pub public_keys: Vec<PublicKey>,
+    /// The data-plane token: sent with every snapshot fetch and usage report. It can read
+    /// snapshots and report usage, nothing else; it cannot sign.
+    pub token: Option<String>,
     pub poller: Poller,
 }
 
@@ -136,27 +150,41 @@ impl SyncSettings {
         if !(100..=60_000).contains(&doc.timeout_ms) {
             return Err(FieldError::new("timeout_ms", "must be from 100 to 60000"));
         }
-        if doc.signing_keys.is_empty() {
+        if doc.signing_keys.is_some() {
             return Err(FieldError::new(
                 "signing_keys",
+                "shared (HMAC) signing secrets are no longer accepted: anyone who could read \
+                 this configuration could sign policies. List the control plane's Ed25519 public \
+                 keys in public_keys (`keyward secret signing-key` writes a key pair)",
+            ));
+        }
+        if doc.public_keys.is_empty() {
+            return Err(FieldError::new(
+                "public_keys",
                 "needs at least one key: unsigned snapshots are never accepted",
             ));
         }
-        let mut signing_keys = Vec::with_capacity(doc.signing_keys.len());
-        for (position, key) in doc.signing_keys.iter().enumerate() {
-            let path = format!("signing_keys[{position}]");
-            let compiled = SigningKey::from_base64(&key.id, &key.secret_base64)
+        let mut public_keys: Vec<PublicKey> = Vec::with_capacity(doc.public_keys.len());
+        for (position, key) in doc.public_keys.iter().enumerate() {
+            let path = format!("public_keys[{position}]");
+            let compiled = PublicKey::from_base64(&key.id, &key.public_key_base64)
                 .map_err(|message| FieldError::new(path.clone(), message))?;
-            if signing_keys
-                .iter()
-                .any(|k: &SigningKey| k.id == compiled.id)
-            {
+            if public_keys.iter().any(|k| k.id == compiled.id) {
                 return Err(FieldError::new(
                     format!("{path}.id"),
-                    "duplicate signing key id",
+                    "duplicate public key id",
                 ));
             }
-            signing_keys.push(compiled);
+            public_keys.push(compiled);
+        }
+        if let Some(token) = &doc.token {
+            let printable = token.bytes().all(|b| b.is_ascii_graphic());
+            if token.is_empty() || token.len() > MAX_TOKEN_BYTES || !printable {
+                return Err(FieldError::new(
+                    "token",
+                    format!("must be 1 to {MAX_TOKEN_BYTES} printable characters, no spaces"),
+                ));
+            }
         }
         Ok(SyncSettings {
             cluster: doc.cluster,
@@ -167,7 +195,8 @@ impl SyncSettings {
             interval_ms: doc.interval_ms,
             jitter_ms: doc.jitter_ms,
             timeout_ms: doc.timeout_ms,
-            signing_keys,
+            public_keys,
+            token: doc.token,
             poller: doc.poller,
         })
     }
@@ -368,6 +397,54 @@ mod tests {
         ));
     }
 
+    fn compile(sync: &str) -> Result<SyncSettings, FieldError> {
+        SyncSettings::compile(crate::field_error::from_json(sync.as_bytes())?)
+    }
+
+    #[test]
+    fn public_keys_a_token_and_no_shared_secrets() {
+        let public = crate::signature::tests::test_key("ops-1")
+            .public_key()
+            .to_base64();
+        let settings = compile(&format!(
+            r#"{{"cluster": "cp", "poller": "lease", "token": "kwdp_abc",
+                "public_keys": [{{"id": "ops-1", "public_key_base64": "{public}"}},
+                                {{"id": "ops-2", "public_key_base64": "{public}"}}]}}"#
+        ))
+        .expect("valid");
+        assert_eq!(settings.public_keys.len(), 2);
+        assert_eq!(settings.token.as_deref(), Some("kwdp_abc"));
+        let legacy = compile(
+            r#"{"cluster": "cp", "poller": "lease",
+                "signing_keys": [{"id": "ops-1", "secret_base64": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="}]}"#,
+        )
+        .expect_err("refused");
+        assert_eq!(legacy.path, "signing_keys");
+        assert!(legacy.message.contains("no longer accepted"), "{legacy}");
+        let none = compile(r#"{"cluster": "cp", "poller": "lease"}"#).expect_err("refused");
+        assert_eq!(none.path, "public_keys");
+        let twice = compile(&format!(
+            r#"{{"cluster": "cp", "poller": "lease",
+                "public_keys": [{{"id": "a", "public_key_base64": "{public}"}},
+                                {{"id": "a", "public_key_base64": "{public}"}}]}}"#
+        ))
+        .expect_err("refused");
+        assert_eq!(twice.path, "public_keys[1].id");
+        for token in ["", "two words", "tab\\there"] {
+            let bad = compile(&format!(
+                r#"{{"cluster": "cp", "poller": "lease", "token": "{token}",
+                    "public_keys": [{{"id": "a", "public_key_base64": "{public}"}}]}}"#
+            ))
+            .expect_err("refused");
+            assert_eq!(bad.path, "token");
+        }
+        let secret_as_public = compile(
+            r#"{"cluster": "cp", "poller": "lease",
+                "public_keys": [{"id": "a", "secret_base64": "QUJD"}]}"#,
+        );
+        assert!(secret_as_public.is_err());
+    }
+
     #[test]
     fn poll_delay_stays_within_the_jitter() {
         let settings = SyncSettings {
@@ -379,7 +456,8 @@ mod tests {
             interval_ms: 1000,
             jitter_ms: 250,
             timeout_ms: 1000,
-            signing_keys: vec![],
+            public_keys: vec![],
+            token: None,
             poller: Poller::Lease,
         };
         for entropy in [0, 1, 249, 250, 251, u64::MAX] {

@@ -1,19 +1,20 @@
 //! Usage reports: how a data plane tells the control plane what its keys spent.
 //!
 //! A report is one batch of per-(key, project) totals accumulated since the previous batch.
-//! It is POSTed as JSON with an HMAC-SHA256 of the exact body bytes in [`SIGNATURE_HEADER`]
-//! (`<key_id>:<hex>`), signed with the same key that signs snapshots. `batch_id` makes a retry
-//! idempotent: the control plane applies a batch id once and answers a repeat with the same
-//! acknowledgement. The acknowledgement names the snapshot version that includes the batch, so
-//! the data plane knows when its local copy of that spend may be dropped.
+//! It is POSTed as JSON with the data plane's own credential (`authorization: Bearer <data-plane
+//! token>`, the sync block's `token`): a token that can read snapshots and report usage and
+//! nothing else, revocable on its own, and never able to sign a policy. The control plane checks
+//! every entry against its store (the key's project or org, the price table, the time) and
+//! refuses a batch that does not add up. `batch_id` makes a retry idempotent: the control plane
+//! applies a batch id once and answers a repeat with the same acknowledgement. The
+//! acknowledgement names the snapshot version that includes the batch, so the data plane knows
+//! when its local copy of that spend may be dropped.
 
 use serde::{Deserialize, Serialize};
 
 use crate::field_error::{from_json, FieldError};
-use crate::signed_snapshot::SigningKey;
 
 pub const REPORT_FORMAT: &str = "keyward.usage-report.v1";
-pub const SIGNATURE_HEADER: &str = "x-keyward-signature";
 /// Upper bound on entries per batch, so one report stays a small request.
 pub const MAX_ENTRIES_PER_REPORT: usize = 2000;
 
@@ -57,13 +58,6 @@ pub struct UsageAck {
     pub duplicate: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportRejected {
-    /// Missing or malformed signature header, unknown key id, or wrong signature.
-    Signature,
-    Invalid(FieldError),
-}
-
 impl UsageReport {
     pub fn new(reporter: &str, batch_id: &str, entries: Vec<UsageEntry>) -> UsageReport {
         UsageReport {
@@ -75,45 +69,30 @@ impl UsageReport {
     }
 }
 
-/// The value of [`SIGNATURE_HEADER`] for `body`.
-pub fn report_signature(body: &[u8], key: &SigningKey) -> String {
-    format!("{}:{}", key.id, key.sign_bytes(body))
-}
-
-/// Checks the signature over the exact body bytes, then the body itself.
-pub fn verify_report(
-    body: &[u8],
-    signature_header: Option<&str>,
-    keys: &[SigningKey],
-) -> Result<UsageReport, ReportRejected> {
-    let (key_id, signature) = signature_header
-        .and_then(|value| value.split_once(':'))
-        .ok_or(ReportRejected::Signature)?;
-    let key = keys
-        .iter()
-        .find(|key| key.id == key_id)
-        .ok_or(ReportRejected::Signature)?;
-    if !key.verifies(body, signature.trim()) {
-        return Err(ReportRejected::Signature);
-    }
-    let report: UsageReport = from_json(body).map_err(ReportRejected::Invalid)?;
+/// Parses and checks the shape of a report body (the control plane checks its content against
+/// the store).
+pub fn parse_report(body: &[u8]) -> Result<UsageReport, FieldError> {
+    let report: UsageReport = from_json(body)?;
     if report.format != REPORT_FORMAT {
-        return Err(ReportRejected::Invalid(FieldError::new(
+        return Err(FieldError::new(
             "format",
             format!("must be {REPORT_FORMAT:?}"),
-        )));
+        ));
     }
-    if report.batch_id.is_empty() || report.batch_id.len() > 200 {
-        return Err(ReportRejected::Invalid(FieldError::new(
+    if report.batch_id.is_empty()
+        || report.batch_id.len() > 200
+        || report.batch_id.chars().any(char::is_control)
+    {
+        return Err(FieldError::new(
             "batch_id",
-            "must be 1 to 200 characters",
-        )));
+            "must be 1 to 200 characters, none of them control characters",
+        ));
     }
     if report.entries.len() > MAX_ENTRIES_PER_REPORT {
-        return Err(ReportRejected::Invalid(FieldError::new(
+        return Err(FieldError::new(
             "entries",
             format!("at most {MAX_ENTRIES_PER_REPORT} per report"),
-        )));
+        ));
     }
     Ok(report)
 }
@@ -123,10 +102,6 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    fn key(id: &str) -> SigningKey {
-        SigningKey::from_base64(id, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").expect("key")
-    }
 
     fn body() -> Vec<u8> {
         let report = UsageReport::new(
@@ -146,43 +121,28 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_report_verifies_and_round_trips() {
-        let body = body();
-        let header = report_signature(&body, &key("ops-1"));
-        let report = verify_report(&body, Some(&header), &[key("ops-1")]).expect("verifies");
+    fn a_report_round_trips() {
+        let report = parse_report(&body()).expect("parses");
         assert_eq!(report.batch_id, "envoy-1-7");
         assert_eq!(report.entries[0].cost_microusd, 1234);
     }
 
     #[test]
-    fn tampering_or_a_missing_signature_is_refused() {
-        let body = body();
-        let header = report_signature(&body, &key("ops-1"));
-        let mut tampered = body.clone();
-        let position = tampered.iter().position(|&b| b == b'4').expect("a digit");
-        tampered[position] = b'9';
-        assert_eq!(
-            verify_report(&tampered, Some(&header), &[key("ops-1")]),
-            Err(ReportRejected::Signature)
-        );
-        assert_eq!(
-            verify_report(&body, None, &[key("ops-1")]),
-            Err(ReportRejected::Signature)
-        );
-        assert_eq!(
-            verify_report(&body, Some(&header), &[key("ops-2")]),
-            Err(ReportRejected::Signature),
-            "an unknown key id"
-        );
-    }
-
-    #[test]
-    fn a_wrong_format_is_invalid() {
+    fn a_wrong_format_bad_batch_id_or_unknown_field_is_invalid() {
         let body = br#"{"format":"other","reporter":"r","batch_id":"b","entries":[]}"#;
-        let header = report_signature(body, &key("ops-1"));
-        assert!(matches!(
-            verify_report(body, Some(&header), &[key("ops-1")]),
-            Err(ReportRejected::Invalid(_))
-        ));
+        assert_eq!(parse_report(body).map_err(|e| e.path), Err("format".into()));
+        let body =
+            br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"","entries":[]}"#;
+        assert_eq!(
+            parse_report(body).map_err(|e| e.path),
+            Err("batch_id".into())
+        );
+        let body = br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"a\u0000b","entries":[]}"#;
+        assert_eq!(
+            parse_report(body).map_err(|e| e.path),
+            Err("batch_id".into())
+        );
+        let body = br#"{"format":"keyward.usage-report.v1","reporter":"r","batch_id":"b","entries":[],"x":1}"#;
+        assert!(parse_report(body).is_err());
     }
 }

@@ -4,7 +4,8 @@
 
 use keyward_engine::hash::{digests_equal, sha256};
 use keyward_engine::key_format::{parse_key, KeyFormat, ParsedKey};
-use keyward_engine::signed_snapshot::{sign_snapshot, verify_snapshot, SigningKey};
+use keyward_engine::signature::SigningKey;
+use keyward_engine::signed_snapshot::{sign_snapshot, verify_snapshot};
 use keyward_engine::snapshot::{
     KeyRecord, KeyStatus, Policy, PriceRecord, ProjectRecord, ProjectStatus, RateLimits, Snapshot,
 };
@@ -131,16 +132,19 @@ proptest! {
     }
 
     #[test]
-    fn signed_snapshots_verify_and_any_flipped_byte_does_not(snapshot in snapshot(), position in any::<prop::sample::Index>()) {
-        let key = SigningKey::from_base64("k", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==").expect("key");
+    fn signed_snapshots_verify_and_any_flipped_byte_does_not(mut snapshot in snapshot(), position in any::<prop::sample::Index>()) {
+        let key = SigningKey::from_seed("k", &[3; 32]).expect("key");
+        let public = [key.public_key()];
+        let now = snapshot.issued_at;
+        snapshot.expires_at = Some(now + 3600);
         let json = serde_json::to_string(&snapshot).expect("serializes");
         let envelope = sign_snapshot(&json, &key).expect("signs");
-        prop_assert!(verify_snapshot(envelope.as_bytes(), std::slice::from_ref(&key)).is_ok());
+        prop_assert!(verify_snapshot(envelope.as_bytes(), &public, now).is_ok());
         let start = envelope.find("\"snapshot\":").expect("field") + 11;
         let mut tampered = envelope.clone().into_bytes();
         let at = start + position.index(tampered.len() - start - 1);
         tampered[at] ^= 0x01;
-        prop_assert!(verify_snapshot(&tampered, &[key]).is_err());
+        prop_assert!(verify_snapshot(&tampered, &public, now).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ const MODELS = {
   "networking.istio.io/v1/ServiceEntry": "networking.istio.io/v1/ServiceEntry.js",
   "networking.istio.io/v1beta1/ServiceEntry": "networking.istio.io/v1beta1/ServiceEntry.js",
   "networking.istio.io/v1alpha3/EnvoyFilter": "networking.istio.io/v1alpha3/EnvoyFilter.js",
+  "networking.istio.io/v1/DestinationRule": "networking.istio.io/v1/DestinationRule.js",
 };
 
 function fail(message) {

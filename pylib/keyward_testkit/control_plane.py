@@ -1,5 +1,5 @@
-"""The real control plane on loopback: a `keyward` store in a work directory, its signing key and
-admin token, and `keyward serve`."""
+"""The real control plane on loopback: a `keyward` store in a work directory, its signing key pair,
+admin token and a data-plane token, and `keyward serve`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ class CommandFailed(RuntimeError):
 class ControlPlane:
     """`keyward` commands on the store `work`/keyward.db, and `keyward serve` for it.
 
-    The signing key and the admin token live in `work` (the `keyward secret` commands create
-    them 0600); `signing_key_id` is the id the filter's configuration names the key by.
-    cli_log: where the commands' stderr goes (appended), e.g. for a scan for leaked secrets."""
+    The signing key pair, the admin token and the data-plane token live in `work` (the private
+    key and the tokens 0600); `signing_key_id` is the id the filter's configuration names the
+    public key by. cli_log: where the commands' stderr goes (appended), e.g. for a scan for leaked
+    secrets."""
 
     def __init__(
         self, keyward: Path, work: Path, actor: str = "integration", signing_key_id: str = "ops-1",
@@ -35,7 +36,9 @@ class ControlPlane:
         self.work = Path(work)
         self.db = self.work / "keyward.db"
         self.signing_key_file = self.work / "signing.key"
+        self.public_key_file = self.work / "signing.key.pub"
         self.admin_tokens_file = self.work / "admin.tokens"
+        self.dataplane_token_file = self.work / "dataplane.token"
         self.signing_key_id = signing_key_id
         self.env = dict(os.environ, KEYWARD_DB=str(self.db), KEYWARD_ACTOR=actor)
         self.proc: Optional[subprocess.Popen] = None
@@ -54,14 +57,35 @@ class ControlPlane:
             raise CommandFailed(f"keyward {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done
 
-    def create_secrets(self, admin_token_name: Optional[str] = None) -> None:
+    def create_secrets(self, admin_token_name: Optional[str] = None, dataplane_token_name: str = "fleet") -> None:
+        """The signing key pair and the admin token, then (in the store, which this creates) a
+        data-plane token for the filters."""
         self.cli("secret", "signing-key", "--out", str(self.signing_key_file))
         named = ["--name", admin_token_name] if admin_token_name else []
         self.cli("secret", "admin-token", *named, "--out", str(self.admin_tokens_file))
+        self.cli("dataplane", "token", "create", "--name", dataplane_token_name, "--out",
+                 str(self.dataplane_token_file))
 
-    def signing_secret_base64(self) -> str:
-        """The signing key, base64, as the filter's `signing_keys` take it."""
-        return self.signing_key_file.read_text().strip()
+    def public_key_base64(self) -> str:
+        """The public key, as the filter's `sync.public_keys` take it."""
+        return self.public_key_file.read_text().strip()
+
+    def dataplane_token(self) -> str:
+        return self.dataplane_token_file.read_text().strip()
+
+    def sync_credentials(self) -> dict:
+        """The `public_keys` and `token` of a hand-written `sync` block."""
+        return {
+            "public_keys": [{"id": self.signing_key_id, "public_key_base64": self.public_key_base64()}],
+            "token": self.dataplane_token(),
+        }
+
+    def trust_args(self) -> list[str]:
+        """What `keyward render` needs for the filters to trust and reach this control plane."""
+        return [
+            "--public-key", f"{self.signing_key_id}={self.public_key_file}",
+            "--dataplane-token-file", str(self.dataplane_token_file),
+        ]
 
     def serve_command(self, port: int) -> list[str]:
         return [

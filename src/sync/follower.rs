@@ -40,6 +40,9 @@ struct Building {
 pub struct PolicyFollower {
     seen: Option<Vec<u8>>,
     building: Option<Building>,
+    /// The stamp entry last warned about as not usable: it is looked at again on every tick
+    /// (it may be mid-publication), but logged once (an expired one stays unusable).
+    warned: Option<Vec<u8>>,
 }
 
 impl PolicyFollower {
@@ -48,6 +51,13 @@ impl PolicyFollower {
     pub fn mark_seen(&mut self, stamp_bytes: Vec<u8>) {
         self.seen = Some(stamp_bytes);
         self.building = None;
+    }
+
+    fn warn_once(&mut self, host: &impl Telemetry, stamp_bytes: &[u8], message: &str) {
+        if self.warned.as_deref() != Some(stamp_bytes) {
+            host.log(LogLevel::Warn, message);
+            self.warned = Some(stamp_bytes.to_vec());
+        }
     }
 
     /// Whether a chunked snapshot is being compiled.
@@ -104,7 +114,8 @@ impl PolicyFollower {
         let Some((envelope, _)) = host.shared_get(SNAPSHOT_ENTRY)? else {
             return Ok(Followed::Nothing);
         };
-        match verify_snapshot(&envelope, &settings.signing_keys) {
+        let now = host.now_ms()? / 1000;
+        match verify_snapshot(&envelope, &settings.public_keys, now) {
             Ok(policy) => {
                 let envelope_stamp = SnapshotStamp {
                     version: policy.version,
@@ -123,8 +134,9 @@ impl PolicyFollower {
             }
             Err(rejected) => {
                 // Not marked as seen: the stamp may have been published ahead of its envelope.
-                host.log(
-                    LogLevel::Warn,
+                self.warn_once(
+                    host,
+                    &stamp_bytes,
                     &format!("keyward sync: shared snapshot not usable yet: {rejected}"),
                 );
                 Ok(Followed::Nothing)
@@ -153,11 +165,12 @@ impl PolicyFollower {
             let Some((bytes, _)) = host.shared_get(MANIFEST_ENTRY)? else {
                 return Ok(Followed::Nothing);
             };
-            let manifest = match verify_manifest(&bytes, &settings.signing_keys) {
+            let manifest = match verify_manifest(&bytes, &settings.public_keys, start / 1000) {
                 Ok(manifest) => manifest,
                 Err(rejected) => {
-                    host.log(
-                        LogLevel::Warn,
+                    self.warn_once(
+                        host,
+                        &stamp_bytes,
                         &format!("keyward sync: shared manifest not usable yet: {rejected}"),
                     );
                     return Ok(Followed::Nothing);

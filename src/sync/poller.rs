@@ -264,12 +264,20 @@ impl SnapshotPoller {
             CallKind::Chunk(_) => "application/x-ndjson",
             _ => "application/json",
         };
+        let authorization = self
+            .settings
+            .token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
         let mut headers = vec![
             (":method", "GET"),
             (":path", path),
             (":authority", self.settings.authority.as_str()),
             ("accept", accept),
         ];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
         if let Some(etag) = etag {
             headers.push(("if-none-match", etag));
         }
@@ -367,7 +375,8 @@ impl SnapshotPoller {
         };
         let etag = header_text(&headers, "etag").map(str::to_owned);
         let body = host.call_response_body(body_size)?;
-        let policy = match verify_snapshot(&body, &self.settings.signing_keys) {
+        let now = host.now_ms()? / 1000;
+        let policy = match verify_snapshot(&body, &self.settings.public_keys, now) {
             Ok(policy) => policy,
             Err(rejected) => {
                 host.log(
@@ -427,7 +436,8 @@ impl SnapshotPoller {
         if bytes.is_empty() {
             return Ok(None);
         }
-        Ok(verify_manifest(&bytes, &self.settings.signing_keys).ok())
+        let now = host.now_ms()? / 1000;
+        Ok(verify_manifest(&bytes, &self.settings.public_keys, now).ok())
     }
 
     fn handle_manifest(
@@ -446,7 +456,8 @@ impl SnapshotPoller {
         };
         let etag = header_text(&headers, "etag").map(str::to_owned);
         let body = host.call_response_body(body_size)?;
-        let manifest = match verify_manifest(&body, &self.settings.signing_keys) {
+        let now = host.now_ms()? / 1000;
+        let manifest = match verify_manifest(&body, &self.settings.public_keys, now) {
             Ok(manifest) => manifest,
             Err(rejected) => {
                 host.log(

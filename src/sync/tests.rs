@@ -2,7 +2,7 @@
 //! pick up, in the envelope and the chunked layouts.
 
 use keyward_engine::chunked::{sign_manifest, split_snapshot, SplitSnapshot};
-use keyward_engine::signed_snapshot::{sign_snapshot, SigningKey};
+use keyward_engine::signed_snapshot::sign_snapshot;
 use keyward_engine::snapshot::{KeyStatus, Policy, Snapshot};
 use keyward_engine::sync::{
     Layout, Poller, SnapshotStamp, SyncSettings, LEASE_ENTRY, MANIFEST_ENTRY, SNAPSHOT_ENTRY,
@@ -12,9 +12,11 @@ use keyward_engine::sync::{
 use super::*;
 use crate::host::{SetOutcome, SharedData, CREATE_ONLY};
 use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
-use crate::test_support::{metrics, FakeHost};
+use crate::test_support::{metrics, signing_key, FakeHost};
 
-const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+/// Signed snapshots in these tests expire long after anything the fake clock reaches.
+const LIFETIME: u64 = 1_000_000_000;
+const TOKEN: &str = "kwdp_sync_test_token";
 
 fn settings(poller: Poller) -> SyncSettings {
     SyncSettings {
@@ -26,20 +28,18 @@ fn settings(poller: Poller) -> SyncSettings {
         interval_ms: 1000,
         jitter_ms: 0,
         timeout_ms: 1000,
-        signing_keys: vec![SigningKey::from_base64("k1", SECRET).expect("key")],
+        public_keys: vec![signing_key().public_key()],
+        token: Some(TOKEN.into()),
         poller,
     }
 }
 
 fn envelope(version: u64, issued_at: u64) -> String {
     let snapshot = format!(
-        r#"{{"version": {version}, "issued_at": {issued_at}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": []}}"#
+        r#"{{"version": {version}, "issued_at": {issued_at}, "expires_at": {}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": []}}"#,
+        issued_at + LIFETIME
     );
-    sign_snapshot(
-        &snapshot,
-        &SigningKey::from_base64("k1", SECRET).expect("key"),
-    )
-    .expect("signed")
+    sign_snapshot(&snapshot, &signing_key()).expect("signed")
 }
 
 /// Looks at the published snapshot until the follower is done (one slice per call).
@@ -147,6 +147,47 @@ fn bad_pushes_never_replace_the_last_good_snapshot() {
         ),
         1
     );
+    // A newer version, but past its expiry at the poller's clock: a stale capture replayed.
+    host.now_ms.set(2_000 * 1000);
+    let expired = sign_snapshot(
+        r#"{"version": 9, "issued_at": 1000, "expires_at": 2000, "projects": [], "keys": []}"#,
+        &signing_key(),
+    )
+    .expect("signed");
+    poll(&mut poller, &host, &metrics, "200", &expired);
+    assert_eq!(
+        host.sync_count(&metrics, SyncOutcome::Rejected(RejectionReason::Expired)),
+        1
+    );
+    let symmetric = envelope(10, 100).replace("signed-snapshot.v2", "signed-snapshot.v1");
+    poll(&mut poller, &host, &metrics, "200", &symmetric);
+    assert_eq!(
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::SymmetricSignature)
+        ),
+        1
+    );
+    let other_key = keyward_engine::signature::SigningKey::from_seed("k1", &[6; 32]).expect("key");
+    let forged = sign_snapshot(
+        r#"{"version": 11, "issued_at": 100, "expires_at": 9999999999, "projects": [], "keys": []}"#,
+        &other_key,
+    )
+    .expect("signed");
+    poll(&mut poller, &host, &metrics, "200", &forged);
+    assert_eq!(
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::BadSignature)
+        ),
+        2
+    );
+    // Every poll carried the data-plane token.
+    assert!(host
+        .calls
+        .borrow()
+        .iter()
+        .all(|call| call.header("authorization") == Some(&format!("Bearer {TOKEN}")[..])));
     poll(&mut poller, &host, &metrics, "500", "oops");
     assert_eq!(host.sync_count(&metrics, SyncOutcome::HttpError), 1);
     // Envoy's own answer when the control plane does not answer: plain text, not JSON.
@@ -269,7 +310,8 @@ fn chunked(
         })
         .collect();
     let json = format!(
-        r#"{{"version": {version}, "issued_at": {issued_at}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": [{}]}}"#,
+        r#"{{"version": {version}, "issued_at": {issued_at}, "expires_at": {}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": [{}]}}"#,
+        issued_at + LIFETIME,
         records.join(",")
     );
     let snapshot: Snapshot = serde_json::from_str(&json).expect("snapshot");
@@ -279,8 +321,7 @@ fn chunked(
 /// Serves `split` as the control plane would: its signed manifest and its chunks.
 fn serve_chunked(host: &FakeHost, split: &SplitSnapshot) {
     let json = serde_json::to_string(&split.manifest).expect("json");
-    let envelope =
-        sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key")).expect("signed");
+    let envelope = sign_manifest(&json, &signing_key()).expect("signed");
     let etag = format!(
         "\"{}-{}\"",
         split.manifest.version, split.manifest.issued_at
@@ -440,7 +481,7 @@ fn tampered_or_missing_chunks_never_replace_the_last_good_policy() {
 
     // A tampered manifest is refused outright.
     let json = serde_json::to_string(&v2.manifest).expect("json");
-    let envelope = sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key"))
+    let envelope = sign_manifest(&json, &signing_key())
         .expect("signed")
         .replace("\"version\":2", "\"version\":3");
     host.route(MANIFEST_PATH, "200", "\"x\"", envelope.as_bytes());
@@ -625,4 +666,30 @@ fn switching_layouts_frees_the_other_layouts_entries() {
     for chunk in &v2.manifest.chunks {
         assert_eq!(entry_len(&host, &chunk.entry()), Some(0));
     }
+}
+
+#[test]
+fn an_expired_published_snapshot_is_not_followed_and_warned_about_once() {
+    let host = FakeHost::default();
+    let expired = sign_snapshot(
+        r#"{"version": 3, "issued_at": 10, "expires_at": 20, "projects": [], "keys": []}"#,
+        &signing_key(),
+    )
+    .expect("signed");
+    host.shared_set(SNAPSHOT_ENTRY, expired.as_bytes(), None)
+        .expect("set");
+    host.shared_set(SNAPSHOT_STAMP_ENTRY, b"3:10", None)
+        .expect("set");
+    host.now_ms.set(30_000);
+    let settings = settings(Poller::SyncService);
+    let mut follower = PolicyFollower::default();
+    for _ in 0..5 {
+        assert!(follow(&mut follower, &host, &settings, None).is_none());
+    }
+    let warnings = host
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains("not usable") && line.contains("expired"))
+        .count();
+    assert_eq!(warnings, 1, "{:?}", host.log_lines());
 }

@@ -8,6 +8,7 @@
 
 mod artifact;
 mod decision;
+mod envoy;
 mod print;
 mod report;
 mod source;
@@ -61,6 +62,11 @@ pub struct PolicyAuditArgs {
     /// reported use, or their creation when never used); 0 turns the check off.
     #[arg(long, default_value_t = DEFAULT_UNUSED_DAYS)]
     pub unused_days: u64,
+    /// Also audit an Envoy bootstrap (JSON, as `keyward render envoy` writes it): TLS that does
+    /// not verify its peer, plain HTTP across a network, shared signing secrets. Alone, only
+    /// that.
+    #[arg(long, value_name = "FILE")]
+    pub envoy_config: Option<std::path::PathBuf>,
 }
 
 impl PolicyAuditArgs {
@@ -69,11 +75,32 @@ impl PolicyAuditArgs {
         self.source.config.is_some()
             || self.source.snapshot.is_some()
             || self.source.control_plane.is_some()
+            || self.envoy_config.is_some()
     }
 }
 
 /// `keyward audit --config …`: exit 2 when a finding reaches `--fail-on`.
 pub fn run(args: &PolicyAuditArgs, json: bool) -> Result<ExitCode, Error> {
+    let envoy = args
+        .envoy_config
+        .as_deref()
+        .map(|path| envoy::run(path, args.fail_on, json))
+        .transpose()?;
+    let policy_requested = args.source.config.is_some()
+        || args.source.snapshot.is_some()
+        || args.source.control_plane.is_some();
+    match envoy {
+        Some(code) if !policy_requested => return Ok(code),
+        Some(code) if code != ExitCode::SUCCESS => {
+            run_policy(args, json)?;
+            return Ok(code);
+        }
+        _ => {}
+    }
+    run_policy(args, json)
+}
+
+fn run_policy(args: &PolicyAuditArgs, json: bool) -> Result<ExitCode, Error> {
     let loaded = load(&args.source)?;
     let report = build_report(&loaded, args.unused_days);
     if json {

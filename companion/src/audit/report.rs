@@ -120,8 +120,8 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
             Severity::High,
             "signature_not_verified",
             "snapshot",
-            "no signing key was given (--signing-key-id/--signing-key-file): the envelope's \
-             signature was not checked"
+            "no public key was given (--public-key ID=FILE): the envelope's signature was not \
+             checked"
                 .to_owned(),
         ),
         (Signature::Verified(_), _) => {}
@@ -143,19 +143,41 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
                 .to_owned(),
         ),
         (Some(sync), Signature::Verified(id) | Signature::NotVerified(id))
-            if !sync.signing_keys.iter().any(|key| &key.id == id) =>
+            if !sync.public_keys.iter().any(|key| &key.id == id) =>
         {
             finding(
                 Severity::High,
                 "signing_key_not_configured",
                 "config",
                 format!(
-                    "the snapshot is signed with key id {id:?}, which is not in sync.signing_keys: \
+                    "the snapshot is signed with key id {id:?}, which is not in sync.public_keys: \
                      the filter would refuse it"
                 ),
             )
         }
         _ => {}
+    }
+    if let Some(sync) = &loaded.config.sync {
+        if sync.token.is_none() {
+            finding(
+                Severity::Medium,
+                "sync_without_token",
+                "config",
+                "sync has no token: keyward serve answers snapshot polls and usage reports only \
+                 with a data-plane token (keyward dataplane token create)"
+                    .to_owned(),
+            );
+        }
+        if settings.max_policy_age_seconds == 0 {
+            finding(
+                Severity::Medium,
+                "no_max_policy_age",
+                "config",
+                "max_policy_age_seconds is 0: a data plane cut off from the control plane keeps \
+                 enforcing its last policy until that snapshot's expires_at"
+                    .to_owned(),
+            );
+        }
     }
     let issued_at = loaded.snapshot.issued_at;
     let active = |record: &&KeyRecord| key_state(record, now) == "active";

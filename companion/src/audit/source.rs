@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use keyward_engine::config::PluginConfig;
-use keyward_engine::signed_snapshot::{verify_snapshot, SigningKey, ENVELOPE_FORMAT};
+use keyward_engine::signature::PublicKey;
+use keyward_engine::signed_snapshot::{verify_snapshot, ENVELOPE_FORMAT};
 use keyward_engine::snapshot::{Policy, Snapshot};
 use serde_json::Value;
 
@@ -20,17 +21,19 @@ pub struct SnapshotSource {
     /// A snapshot file: a signed envelope (`keyward snapshot build`) or a plain snapshot.
     #[arg(long, conflicts_with = "control_plane")]
     pub snapshot: Option<PathBuf>,
-    /// Fetch the snapshot from a control plane: GET URL/v1/snapshot (http or https).
+    /// Fetch the snapshot from a control plane: GET URL/v1/snapshot (http or https), with the
+    /// token of --snapshot-token-file.
     #[arg(long)]
     pub control_plane: Option<String>,
+    /// With --control-plane: a file holding a data-plane token (or an admin token file).
+    #[arg(long, env = "KEYWARD_SNAPSHOT_TOKEN_FILE", requires = "control_plane")]
+    pub snapshot_token_file: Option<PathBuf>,
     /// The plugin configuration (JSON) the filter runs with.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Verify the envelope with this signing key id (with --signing-key-file).
-    #[arg(long, requires = "signing_key_file")]
-    pub signing_key_id: Option<String>,
-    #[arg(long, requires = "signing_key_id")]
-    pub signing_key_file: Option<PathBuf>,
+    /// Verify the envelope with this public key: ID=FILE (repeatable).
+    #[arg(long = "public-key", value_name = "ID=FILE")]
+    pub public_keys: Vec<String>,
     /// Decide as of this Unix time instead of now (reproducible reports).
     #[arg(long)]
     pub now: Option<u64>,
@@ -83,15 +86,20 @@ pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
     })?;
     let bytes = match (&source.snapshot, &source.control_plane) {
         (Some(path), _) => Some(read_file(path, "snapshot")?),
-        (None, Some(url)) => Some(ControlPlane::new(url)?.get_bytes("/v1/snapshot")?),
+        (None, Some(url)) => {
+            let token = source
+                .snapshot_token_file
+                .as_deref()
+                .map(|path| secrets::read_token_file(path, "snapshot token"))
+                .transpose()?;
+            Some(ControlPlane::new(url)?.get_bytes("/v1/snapshot", token.as_deref())?)
+        }
         (None, None) => None,
     };
-    let signing_key = match (&source.signing_key_id, &source.signing_key_file) {
-        (Some(id), Some(file)) => Some(secrets::load_signing_key(id, file)?),
-        _ => None,
-    };
+    let public_keys = crate::cli::load_public_keys(&source.public_keys)?;
+    let now = source.now.unwrap_or_else(crate::units::now);
     let (snapshot, signature) = match bytes {
-        Some(bytes) => parse_snapshot(&bytes, signing_key.as_ref())?,
+        Some(bytes) => parse_snapshot(&bytes, &public_keys, now)?,
         None => {
             // The configuration's inline policy: it travels inside the Envoy configuration.
             let document: Value = serde_json::from_slice(&config_bytes)?;
@@ -115,13 +123,14 @@ pub fn load(source: &SnapshotSource) -> Result<Loaded, Error> {
         snapshot,
         policy,
         signature,
-        now: source.now.unwrap_or_else(crate::units::now),
+        now,
     })
 }
 
 fn parse_snapshot(
     bytes: &[u8],
-    signing_key: Option<&SigningKey>,
+    public_keys: &[PublicKey],
+    now: u64,
 ) -> Result<(Snapshot, Signature), Error> {
     let invalid = |message: String| Error::invalid("invalid_snapshot", message);
     let document: Value =
@@ -140,9 +149,10 @@ fn parse_snapshot(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let signature = match signing_key {
-        Some(key) => {
-            verify_snapshot(bytes, std::slice::from_ref(key)).map_err(|rejected| {
+    let signature = match public_keys {
+        [] => Signature::NotVerified(key_id),
+        keys => {
+            verify_snapshot(bytes, keys, now).map_err(|rejected| {
                 invalid(format!(
                     "the snapshot does not verify ({}): {rejected}",
                     rejected.reason()
@@ -150,7 +160,6 @@ fn parse_snapshot(
             })?;
             Signature::Verified(key_id)
         }
-        None => Signature::NotVerified(key_id),
     };
     let inner = document
         .get("snapshot")

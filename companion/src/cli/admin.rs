@@ -15,8 +15,9 @@ use crate::api::{
 use crate::client::ControlPlane;
 use crate::error::Error;
 use crate::store::{
-    AuditEvent, KeyUpdate, KeyView, NewKey, Owner, PriceView, ProjectUpdate, ProjectView,
-    StatusChange, Store, UsageBatchView,
+    AuditEvent, CreatedDataplaneToken, DataplaneTokenView, KeyUpdate, KeyView, NewKey, Owner,
+    Permission, PriceView, ProjectUpdate, ProjectView, RefusedBatchView, StatusChange, Store,
+    UsageBatchView,
 };
 use crate::units::{now, parse_duration_seconds};
 
@@ -46,6 +47,16 @@ pub trait Admin {
     fn remove_price(&mut self, model: &str) -> Result<PriceView, Error>;
     fn usage_batches(&mut self, limit: u64) -> Result<Vec<UsageBatchView>, Error>;
     fn audit_events(&mut self, limit: Option<u64>) -> Result<Vec<AuditEvent>, Error>;
+    /// The usage batches refused, newest first.
+    fn refused_usage_batches(&mut self, limit: u64) -> Result<Vec<RefusedBatchView>, Error>;
+    /// The new token is in the answer, this once.
+    fn create_dataplane_token(
+        &mut self,
+        name: &str,
+        permissions: &[Permission],
+    ) -> Result<CreatedDataplaneToken, Error>;
+    fn dataplane_tokens(&mut self) -> Result<Vec<DataplaneTokenView>, Error>;
+    fn revoke_dataplane_token(&mut self, name: &str) -> Result<DataplaneTokenView, Error>;
 }
 
 /// Local mode: the store, changes recorded as `actor`.
@@ -140,6 +151,27 @@ impl Admin for Local {
     fn audit_events(&mut self, limit: Option<u64>) -> Result<Vec<AuditEvent>, Error> {
         self.store.audit_events(limit)
     }
+
+    fn refused_usage_batches(&mut self, limit: u64) -> Result<Vec<RefusedBatchView>, Error> {
+        self.store.refused_usage_batches(limit)
+    }
+
+    fn create_dataplane_token(
+        &mut self,
+        name: &str,
+        permissions: &[Permission],
+    ) -> Result<CreatedDataplaneToken, Error> {
+        self.store
+            .create_dataplane_token(&self.actor, now(), name, permissions)
+    }
+
+    fn dataplane_tokens(&mut self) -> Result<Vec<DataplaneTokenView>, Error> {
+        self.store.dataplane_tokens()
+    }
+
+    fn revoke_dataplane_token(&mut self, name: &str) -> Result<DataplaneTokenView, Error> {
+        self.store.revoke_dataplane_token(&self.actor, now(), name)
+    }
 }
 
 /// Remote mode: a running control plane's admin API, with an admin token.
@@ -163,21 +195,10 @@ impl Remote {
     /// Connects to `server` with the admin token in `token_file` (`NAME:TOKEN` or `TOKEN`, the
     /// first token line; the file should be mode 0600).
     pub fn new(server: &str, token_file: &Path, ca_file: Option<&Path>) -> Result<Remote, Error> {
-        let text = crate::secrets::read_secret_file(token_file, "admin token")?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with('#'))
-            .ok_or_else(|| {
-                Error::invalid(
-                    "invalid_admin_token_file",
-                    format!("{}: no token in it", token_file.display()),
-                )
-            })?;
-        let token = line.split_once(':').map_or(line, |(_, token)| token.trim());
+        let token = crate::secrets::read_token_file(token_file, "admin token")?;
         Ok(Remote {
             plane: ControlPlane::with_ca(server, ca_file)?,
-            token: token.to_owned(),
+            token,
         })
     }
 
@@ -345,6 +366,30 @@ impl Admin for Remote {
             None => "/v1/audit".to_owned(),
         };
         self.get::<List<AuditEvent>>(&path).map(|list| list.data)
+    }
+
+    fn refused_usage_batches(&mut self, limit: u64) -> Result<Vec<RefusedBatchView>, Error> {
+        self.get::<List<RefusedBatchView>>(&format!("/v1/usage/refused?limit={limit}"))
+            .map(|list| list.data)
+    }
+
+    fn create_dataplane_token(
+        &mut self,
+        name: &str,
+        permissions: &[Permission],
+    ) -> Result<CreatedDataplaneToken, Error> {
+        let body = serde_json::json!({"name": name, "permissions": permissions});
+        self.plane
+            .call("POST", "/v1/dataplane-tokens", &self.token, Some(&body))
+    }
+
+    fn dataplane_tokens(&mut self) -> Result<Vec<DataplaneTokenView>, Error> {
+        self.get::<List<DataplaneTokenView>>("/v1/dataplane-tokens")
+            .map(|list| list.data)
+    }
+
+    fn revoke_dataplane_token(&mut self, name: &str) -> Result<DataplaneTokenView, Error> {
+        self.post(&format!("/v1/dataplane-tokens/{}/revoke", segment(name)))
     }
 }
 

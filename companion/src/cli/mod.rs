@@ -2,6 +2,7 @@
 //! dispatch.
 
 mod admin;
+mod dataplane;
 mod key;
 pub mod output;
 mod price;
@@ -23,6 +24,7 @@ use crate::units::{format_time, now};
 use crate::{audit, explain};
 use admin::{Admin, Local, Remote};
 use output::{print_list_json, print_table};
+pub use shared::load_public_keys;
 use std::path::PathBuf;
 
 /// Who a change is recorded as: 1 to 64 characters of `A-Z a-z 0-9 _ - . @`.
@@ -103,6 +105,9 @@ enum Command {
     /// Generate the control plane's own secrets into new files (mode 0600).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Credentials of the data planes: tokens that read snapshots and report usage.
+    #[command(subcommand)]
+    Dataplane(dataplane::DataplaneCommand),
     /// Create the store (./keyward.db, or --db) and bring its schema up to date.
     Init,
 }
@@ -252,7 +257,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         | Command::Key(_)
         | Command::Price(_)
         | Command::Spend { .. }
-        | Command::Usage(_) => {}
+        | Command::Usage(_)
+        | Command::Dataplane(_) => {}
         Command::Audit(args) if !args.policy.requested() => {}
         Command::Snapshot(_) => local_only(&remote, "snapshot")?,
         Command::Serve(_) => local_only(&remote, "serve")?,
@@ -268,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             spend::spend(target()?.as_mut(), project.as_deref(), json)
         }
         Command::Usage(command) => spend::usage(target()?.as_mut(), command),
+        Command::Dataplane(command) => dataplane::run(target()?.as_mut(), command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
         Command::Audit(args) => audit_trail(target()?.as_mut(), args.limit, args.json),

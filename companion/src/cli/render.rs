@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::output::print_json;
-use super::shared::SigningKeyArgs;
+use super::shared::load_public_keys;
 use crate::error::Error;
 use crate::presets::{self, Preset};
 use crate::render;
 use crate::secrets;
+use crate::upstream_tls::{self, Tls};
 
 #[derive(Subcommand)]
 pub enum RenderCommand {
@@ -21,6 +21,83 @@ pub enum RenderCommand {
     /// Istio resources: a WasmPlugin (the filter, with a lease-mode policy sync) and a
     /// ServiceEntry for the control plane. JSON documents separated by `---` (YAML).
     Istio(RenderIstioArgs),
+}
+
+/// What the filters trust and present to the control plane.
+#[derive(Args)]
+pub struct TrustArgs {
+    /// A public key the filters trust: ID=FILE, the `.pub` file `keyward secret signing-key`
+    /// wrote (or a PEM public key). Repeat it while keys rotate: the filters accept snapshots
+    /// signed with any of them. The private key is never needed here.
+    #[arg(long = "public-key", value_name = "ID=FILE", required = true)]
+    public_keys: Vec<String>,
+    /// A file holding the data-plane token the filters send (`keyward dataplane token create`).
+    /// keyward serve answers snapshot polls and usage reports only with one.
+    #[arg(long)]
+    dataplane_token_file: Option<PathBuf>,
+    /// Speak TLS to the control plane (implied by an https:// --control-plane).
+    #[arg(long)]
+    control_plane_tls: bool,
+    /// The CA bundle that verifies the control plane's certificate, as a path the proxy sees
+    /// (default: the system bundle, /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, value_name = "PATH")]
+    control_plane_ca: Option<String>,
+    /// TLS to the control plane WITHOUT checking its certificate: anyone on the path can pose
+    /// as it. Flagged by `keyward audit --envoy-config`.
+    #[arg(long)]
+    control_plane_insecure_skip_verify: bool,
+    /// Write the configuration to this file (created 0600: it holds the data-plane token)
+    /// instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// The parts of [`TrustArgs`] the renderers take.
+struct Trust {
+    public_keys: Vec<keyward_engine::signature::PublicKey>,
+    dataplane_token: Option<String>,
+    control_plane_tls: Tls,
+    out: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn resolve(self, control_plane: &str) -> Result<Trust, Error> {
+        let https = render::split_scheme(control_plane).1;
+        let dataplane_token = self
+            .dataplane_token_file
+            .as_deref()
+            .map(|path| secrets::read_token_file(path, "data-plane token"))
+            .transpose()?;
+        if dataplane_token.is_none() {
+            eprintln!(
+                "warning: no --dataplane-token-file: keyward serve will refuse the filters' \
+                 snapshot polls and usage reports"
+            );
+        }
+        Ok(Trust {
+            public_keys: load_public_keys(&self.public_keys)?,
+            dataplane_token,
+            control_plane_tls: Tls::from_flags(
+                "control-plane",
+                self.control_plane_tls || https,
+                self.control_plane_ca,
+                self.control_plane_insecure_skip_verify,
+            )?,
+            out: self.out,
+        })
+    }
+}
+
+/// Prints the rendering, or writes it 0600 to `out`.
+fn emit(out: Option<&Path>, text: &str) -> Result<(), Error> {
+    match out {
+        Some(path) => {
+            secrets::write_private_file(path, text)?;
+            eprintln!("wrote {} (mode 0600)", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 /// How the filter's policy sync polls the control plane.
@@ -43,21 +120,30 @@ pub struct RenderEnvoyArgs {
     /// Path of keyward.wasm as Envoy will see it.
     #[arg(long)]
     wasm: String,
-    /// Where `keyward serve` listens, as Envoy reaches it: HOST:PORT.
+    /// Where `keyward serve` listens, as Envoy reaches it: HOST:PORT, or https://HOST:PORT.
     #[arg(long)]
     control_plane: String,
     #[command(flatten)]
-    signing: SigningKeyArgs,
+    trust: TrustArgs,
     #[arg(long, default_value = "127.0.0.1:10000")]
     listen: String,
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: String,
-    /// The provider (or any upstream) requests go to: HOST:PORT.
+    /// The provider (or any upstream) requests go to: HOST:PORT, or https://HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:10001")]
     upstream: String,
-    /// Speak TLS to the upstream (SNI and Host set to its host name).
+    /// Speak TLS to the upstream (SNI and Host set to its host name), verifying its certificate
+    /// against --upstream-ca and its name against the host.
     #[arg(long)]
     upstream_tls: bool,
+    /// The CA bundle that verifies the upstream's certificate, as a path Envoy sees (default:
+    /// the system bundle, /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, value_name = "PATH")]
+    upstream_ca: Option<String>,
+    /// TLS to the upstream WITHOUT checking its certificate: anyone on the path can pose as the
+    /// provider and receive identity headers. Flagged by `keyward audit --envoy-config`.
+    #[arg(long)]
+    upstream_insecure_skip_verify: bool,
     #[command(flatten)]
     sync: SyncArgs,
     /// A named Envoy route, NAME=PATH_PREFIX (repeatable), placed before the catch-all
@@ -90,11 +176,13 @@ pub struct RenderIstioArgs {
     /// image manifest's digest.
     #[arg(long)]
     oci_layout: Option<PathBuf>,
-    /// Where `keyward serve` listens, as the proxies reach it: HOST:PORT (a host name).
+    /// Where `keyward serve` listens, as the proxies reach it: HOST:PORT or https://HOST:PORT
+    /// (a host name). With TLS, a DestinationRule has the sidecar originate it and verify the
+    /// control plane's certificate.
     #[arg(long)]
     control_plane: String,
     #[command(flatten)]
-    signing: SigningKeyArgs,
+    trust: TrustArgs,
     /// The WasmPlugin's name (the ServiceEntry is NAME-control-plane).
     #[arg(long, default_value = "keyward")]
     name: String,
@@ -183,17 +271,24 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
             .as_deref(),
         args.oci_layout.as_deref(),
     )?;
+    let trust = args.trust.resolve(&args.control_plane)?;
+    let host = render::split_scheme(&args.control_plane).0;
+    if let Some(warning) = upstream_tls::warnings(
+        "the control plane",
+        host.rsplit_once(':').map_or(host, |(host, _)| host),
+        &trust.control_plane_tls,
+    ) {
+        eprintln!("{warning}");
+    }
     let options = render::IstioOptions {
         name: args.name,
         namespace: args.namespace,
         wasm_url: args.wasm_url,
         sha256,
         control_plane: args.control_plane,
-        signing_secret_base64: secrets::signing_key_base64(
-            &args.signing.signing_key_id,
-            &args.signing.signing_key_file,
-        )?,
-        signing_key_id: args.signing.signing_key_id,
+        control_plane_tls: trust.control_plane_tls,
+        public_keys: trust.public_keys,
+        dataplane_token: trust.dataplane_token,
         target,
         match_mode: args.match_mode,
         base_config,
@@ -203,14 +298,15 @@ fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
         timeout_ms: args.sync.timeout_ms,
         chunked: args.sync.chunked_sync,
     };
-    print!(
-        "{}",
-        render::yaml_stream(&render::istio_resources(&options)?)?
-    );
-    eprintln!(
-        "note: the WasmPlugin's pluginConfig carries the snapshot signing secret; protect it like \
-         the signing key file (who can read WasmPlugins in that namespace can read it)"
-    );
+    let text = render::yaml_stream(&render::istio_resources(&options)?)?;
+    emit(trust.out.as_deref(), &text)?;
+    if options.dataplane_token.is_some() {
+        eprintln!(
+            "note: the WasmPlugin's pluginConfig carries the data-plane token (it reads \
+             snapshots and reports usage, it cannot sign); who can read WasmPlugins in that \
+             namespace can read it"
+        );
+    }
     Ok(())
 }
 
@@ -226,11 +322,13 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
     let RenderEnvoyArgs {
         wasm,
         control_plane,
-        signing,
+        trust,
         listen,
         admin,
         upstream,
         upstream_tls,
+        upstream_ca,
+        upstream_insecure_skip_verify,
         sync,
         routes,
         disabled_on,
@@ -251,14 +349,33 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
     if let Some(warning) = presets::enforcement_warning(plugin_config.as_ref()) {
         eprintln!("{warning}");
     }
+    let trust = trust.resolve(&control_plane)?;
+    let (upstream_address, upstream_https) = render::split_scheme(&upstream);
+    let upstream_tls = Tls::from_flags(
+        "upstream",
+        upstream_tls || upstream_https,
+        upstream_ca,
+        upstream_insecure_skip_verify,
+    )?;
+    for (what, address, tls) in [
+        (
+            "the control plane",
+            render::split_scheme(&control_plane).0,
+            &trust.control_plane_tls,
+        ),
+        ("the upstream", upstream_address, &upstream_tls),
+    ] {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        if let Some(warning) = upstream_tls::warnings(what, host.trim_matches(['[', ']']), tls) {
+            eprintln!("{warning}");
+        }
+    }
     let options = render::EnvoyOptions {
         wasm,
         control_plane,
-        signing_secret_base64: secrets::signing_key_base64(
-            &signing.signing_key_id,
-            &signing.signing_key_file,
-        )?,
-        signing_key_id: signing.signing_key_id,
+        control_plane_tls: trust.control_plane_tls,
+        public_keys: trust.public_keys,
+        dataplane_token: trust.dataplane_token,
         listen,
         admin,
         upstream,
@@ -270,10 +387,14 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         disabled_on,
         plugin_config,
     };
-    print_json(&render::envoy_bootstrap(&options)?)?;
-    eprintln!(
-        "note: this configuration carries the snapshot signing secret; protect it like \
-         the signing key file"
-    );
+    let mut text = serde_json::to_string_pretty(&render::envoy_bootstrap(&options)?)?;
+    text.push('\n');
+    emit(trust.out.as_deref(), &text)?;
+    if options.dataplane_token.is_some() {
+        eprintln!(
+            "note: this configuration carries the data-plane token (it reads snapshots and \
+             reports usage, it cannot sign): keep it 0600 (--out writes it so)"
+        );
+    }
     Ok(())
 }

@@ -11,10 +11,21 @@ use crate::secrets;
 
 #[derive(Subcommand)]
 pub enum SecretCommand {
-    /// A new snapshot signing secret (32 random bytes, base64).
+    /// A new snapshot signing key pair (Ed25519): the private key (PKCS#8 PEM, mode 0600) for
+    /// `keyward serve` only, and its public key (base64) for the filters' `sync.public_keys`.
     SigningKey {
+        /// The private key file (created 0600; must not exist).
         #[arg(long)]
         out: PathBuf,
+        /// The public key file (default: OUT.pub).
+        #[arg(long)]
+        public_out: Option<PathBuf>,
+    },
+    /// Print the public key (base64) of a signing key file, e.g. to configure filters again.
+    PublicKey {
+        /// The private key file.
+        #[arg(long)]
+        signing_key_file: PathBuf,
     },
     /// A new admin token, written as `NAME:TOKEN`.
     AdminToken {
@@ -27,9 +38,35 @@ pub enum SecretCommand {
 
 pub fn run(command: SecretCommand) -> Result<ExitCode, Error> {
     match command {
-        SecretCommand::SigningKey { out } => {
-            secrets::write_secret_file(&out, &secrets::generate_signing_secret()?)?;
-            eprintln!("wrote a new signing secret to {}", out.display());
+        SecretCommand::SigningKey { out, public_out } => {
+            let public_out = public_out.unwrap_or_else(|| {
+                let mut name = out.clone().into_os_string();
+                name.push(".pub");
+                PathBuf::from(name)
+            });
+            if public_out.exists() {
+                return Err(Error::invalid(
+                    "cannot_write_public_key",
+                    format!("{} exists already", public_out.display()),
+                ));
+            }
+            let (private_pem, public) = secrets::generate_signing_key("signing-key")?;
+            secrets::write_secret_file(&out, &private_pem)?;
+            // Public: readable by anyone is fine (and what the filters are configured with).
+            std::fs::write(&public_out, format!("{}\n", public.to_base64())).map_err(|error| {
+                Error::internal(format!("cannot write {}: {error}", public_out.display()))
+            })?;
+            println!("{}", public.to_base64());
+            eprintln!(
+                "wrote a new Ed25519 signing key to {} (private, 0600: for keyward serve only) \
+                 and its public key to {} (for the filters' sync.public_keys)",
+                out.display(),
+                public_out.display()
+            );
+        }
+        SecretCommand::PublicKey { signing_key_file } => {
+            let key = secrets::load_signing_key("signing-key", &signing_key_file)?;
+            println!("{}", key.public_key().to_base64());
         }
         SecretCommand::AdminToken { name, out } => {
             if !valid_actor(&name) {

@@ -9,9 +9,11 @@ use clap::Args;
 use super::shared::SigningKeyArgs;
 use super::StoreArg;
 use crate::error::Error;
+use crate::publish::DEFAULT_SNAPSHOT_TTL;
 use crate::secrets;
 use crate::server;
-use crate::units::parse_duration_seconds;
+use crate::store::UsageLimits;
+use crate::units::{parse_duration_seconds, parse_usd};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -25,9 +27,25 @@ pub struct ServeArgs {
     admin_token_file: PathBuf,
     #[command(flatten)]
     signing: SigningKeyArgs,
-    /// Re-issue an unchanged snapshot (new issued_at) this often, for filters with a max age.
+    /// Re-issue an unchanged snapshot (new issued_at and expires_at) this often; at least twice
+    /// per --snapshot-ttl whatever this says.
     #[arg(long, default_value_t = 300)]
     reissue_seconds: u64,
+    /// How long a snapshot is valid: filters refuse it afterwards (a captured snapshot cannot be
+    /// replayed longer), and a data plane cut off from the control plane that long fails closed.
+    #[arg(long, default_value = DEFAULT_SNAPSHOT_TTL)]
+    snapshot_ttl: String,
+    /// Usage reports: the most one request may be charged without usage, in USD. Keep it at or
+    /// above the filters' metering.reservation_ceiling_microusd (default $1).
+    #[arg(long, default_value = "1")]
+    max_request_charge_usd: String,
+    /// Usage reports: input plus output tokens one request may report.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_request_tokens: u64,
+    /// Usage reports: the most one batch (one data plane, one report interval) may add up to,
+    /// in USD. A batch over it is refused and kept for audit.
+    #[arg(long, default_value = "1000")]
+    max_report_usd: String,
     /// Fold reported spend into a new snapshot version at most this often (milliseconds; 0:
     /// with every usage batch). Every version makes every Envoy recompile its policy: with a
     /// million keys, set it above the time they take to apply one (see docs/scale.md).
@@ -47,6 +65,18 @@ pub struct ServeArgs {
     drain: String,
 }
 
+/// `--snapshot-ttl`: at least 2 s, so that a snapshot can be re-issued within its lifetime.
+pub fn snapshot_ttl_seconds(text: &str) -> Result<u64, Error> {
+    let seconds = parse_duration_seconds(text)?;
+    if seconds < 2 {
+        return Err(Error::invalid(
+            "invalid_snapshot_ttl",
+            "--snapshot-ttl must be at least 2s",
+        ));
+    }
+    Ok(seconds)
+}
+
 pub fn run(db: &StoreArg, args: ServeArgs) -> Result<ExitCode, Error> {
     // Check the address before touching any file, so a refused address changes nothing.
     server::resolve_listen(&args.listen, args.allow_non_loopback)?;
@@ -61,6 +91,13 @@ pub fn run(db: &StoreArg, args: ServeArgs) -> Result<ExitCode, Error> {
             &args.signing.signing_key_file,
         )?,
         reissue_seconds: args.reissue_seconds,
+        snapshot_ttl_seconds: snapshot_ttl_seconds(&args.snapshot_ttl)?,
+        usage_limits: UsageLimits {
+            max_request_charge_microusd: parse_usd(&args.max_request_charge_usd)?,
+            max_tokens_per_request: args.max_request_tokens,
+            max_batch_cost_microusd: parse_usd(&args.max_report_usd)?,
+            ..UsageLimits::default()
+        },
         spend_publish_ms: args.spend_publish_ms,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),

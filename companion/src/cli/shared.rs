@@ -1,20 +1,45 @@
 //! Arguments several commands take, defined once: signing keys, spend caps, expiry, lists.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
+use keyward_engine::signature::PublicKey;
 
 use crate::error::Error;
+use crate::secrets;
 use crate::units::{now, parse_duration_seconds, parse_usd};
 
 #[derive(Args)]
 pub struct SigningKeyArgs {
-    /// The signing key's id (the filter's `signing_keys[].id`).
+    /// The signing key's id (the filters' `sync.public_keys[].id`).
     #[arg(long, env = "KEYWARD_SIGNING_KEY_ID")]
     pub signing_key_id: String,
-    /// File holding the base64 signing secret (at least 32 bytes; `keyward secret signing-key`).
+    /// The Ed25519 private key (PKCS#8 PEM, mode 0600; `keyward secret signing-key`). Only the
+    /// control plane holds it.
     #[arg(long, env = "KEYWARD_SIGNING_KEY_FILE")]
     pub signing_key_file: PathBuf,
+}
+
+/// `ID=FILE` public keys, as the filters hold them.
+pub fn load_public_keys(specs: &[String]) -> Result<Vec<PublicKey>, Error> {
+    let mut keys: Vec<PublicKey> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (id, file) = spec.split_once('=').ok_or_else(|| {
+            Error::invalid(
+                "invalid_public_key",
+                format!("--public-key {spec}: expected ID=FILE"),
+            )
+        })?;
+        let key = secrets::load_public_key(id, Path::new(file))?;
+        if keys.iter().any(|known| known.id == key.id) {
+            return Err(Error::invalid(
+                "invalid_public_key",
+                format!("--public-key: the id {id:?} is given twice"),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 #[derive(Args)]

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use keyward_engine::signed_snapshot::verify_snapshot;
 use keyward_engine::snapshot::KeyStatus;
 
-use super::shared::SigningKeyArgs;
+use super::shared::{load_public_keys, SigningKeyArgs};
 use super::StoreArg;
 use crate::error::Error;
 use crate::publish;
@@ -21,6 +21,9 @@ pub enum SnapshotCommand {
     Build {
         #[command(flatten)]
         signing: SigningKeyArgs,
+        /// How long it is valid: filters refuse it afterwards.
+        #[arg(long, default_value = crate::publish::DEFAULT_SNAPSHOT_TTL)]
+        ttl: String,
         /// Write it here (atomically) instead of to standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -31,8 +34,13 @@ pub enum SnapshotCommand {
     /// Check a signed snapshot: exit 0 and print what it holds, or exit 1 with the reason.
     Verify {
         file: PathBuf,
-        #[command(flatten)]
-        signing: SigningKeyArgs,
+        /// A public key to verify with: ID=FILE (repeatable, as filters hold several while keys
+        /// rotate).
+        #[arg(long = "public-key", value_name = "ID=FILE", required = true)]
+        public_keys: Vec<String>,
+        /// Check expiry as of this Unix time instead of now.
+        #[arg(long)]
+        now: Option<u64>,
     },
 }
 
@@ -88,13 +96,15 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
             println!("imported {projects} projects, {keys} keys and {prices} prices");
             Ok(ExitCode::SUCCESS)
         }
-        SnapshotCommand::Build { signing, out } => {
+        SnapshotCommand::Build { signing, ttl, out } => {
             let key =
                 secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
+            let ttl = super::serve::snapshot_ttl_seconds(&ttl)?;
             let mut store = db.open()?;
-            let signed = publish::build_signed(&mut store, &key, now())?;
+            let now = now();
+            let signed = publish::build_signed(&mut store, &key, now, ttl)?;
             // The filter must accept what we publish: check with its own verifier.
-            verify_snapshot(signed.envelope.as_bytes(), std::slice::from_ref(&key)).map_err(
+            verify_snapshot(signed.envelope.as_bytes(), &[key.public_key()], now).map_err(
                 |error| Error::internal(format!("the built snapshot does not verify: {error}")),
             )?;
             match out {
@@ -107,17 +117,20 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
             );
             Ok(ExitCode::SUCCESS)
         }
-        SnapshotCommand::Verify { file, signing } => {
-            let key =
-                secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
+        SnapshotCommand::Verify {
+            file,
+            public_keys,
+            now: at,
+        } => {
+            let keys = load_public_keys(&public_keys)?;
             let bytes = fs::read(&file).map_err(|error| {
                 Error::invalid(
                     "unreadable_file",
                     format!("cannot read {}: {error}", file.display()),
                 )
             })?;
-            let given = key.id.clone();
-            match verify_snapshot(&bytes, &[key]) {
+            let given: Vec<String> = keys.iter().map(|key| key.id.clone()).collect();
+            match verify_snapshot(&bytes, &keys, at.unwrap_or_else(now)) {
                 Ok(policy) => {
                     let count = |status: KeyStatus| {
                         policy
@@ -127,9 +140,10 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                             .count()
                     };
                     println!(
-                        "ok: version {}, issued_at {}, {} keys ({} active, {} paused, {} revoked), {} projects",
+                        "ok: version {}, issued_at {}, expires_at {}, {} keys ({} active, {} paused, {} revoked), {} projects",
                         policy.version,
                         policy.issued_at,
+                        policy.expires_at.unwrap_or_default(),
                         policy.keys().len(),
                         count(KeyStatus::Active),
                         count(KeyStatus::Paused),
@@ -142,7 +156,8 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                     let signed_with = envelope_key_id(&bytes)
                         .map(|id| {
                             format!(
-                                "; the envelope names key {id:?}, --signing-key-id is {given:?}"
+                                "; the envelope names key {id:?}, --public-key gives {}",
+                                given.join(", ")
                             )
                         })
                         .unwrap_or_default();

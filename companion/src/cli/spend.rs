@@ -22,6 +22,13 @@ pub enum UsageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The most recent usage batches refused (kept for audit), newest first.
+    Refused {
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn spend(admin: &mut dyn Admin, project: Option<&str>, json: bool) -> Result<ExitCode, Error> {
@@ -157,6 +164,39 @@ pub fn usage(admin: &mut dyn Admin, command: UsageCommand) -> Result<ExitCode, E
                 print_table(
                     &[
                         "RECEIVED", "REPORTER", "BATCH", "VERSION", "APPLIED", "COST", "REQUESTS",
+                    ],
+                    rows,
+                );
+            }
+        }
+        UsageCommand::Refused { limit, json } => {
+            let refused = admin.refused_usage_batches(limit)?;
+            if json {
+                print_list_json(&refused)?;
+            } else {
+                let rows = refused
+                    .iter()
+                    .map(|batch| {
+                        vec![
+                            format_time(batch.received_at),
+                            batch.token_name.clone(),
+                            batch.reporter.clone(),
+                            batch.batch_id.clone(),
+                            batch.entries.to_string(),
+                            dollars(batch.cost_microusd),
+                            batch.reasons.first().cloned().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "RECEIVED",
+                        "DATA PLANE",
+                        "REPORTER",
+                        "BATCH",
+                        "ENTRIES",
+                        "CLAIMED",
+                        "FIRST REASON",
                     ],
                     rows,
                 );

@@ -1,7 +1,9 @@
-//! `keyward serve`: the admin API (bearer admin token), the snapshot endpoint the filter's
-//! policy sync polls (no token: it carries hashes only and is signed), and the usage endpoint the
-//! data plane reports spend to (no token: each report is signed with the snapshot signing key).
+//! `keyward serve`: the admin API (bearer admin token), the snapshot endpoints the filter's
+//! policy sync polls and the usage endpoint the data plane reports spend to (both with a bearer
+//! data-plane token, which can do nothing else). Snapshots are signed with the control plane's
+//! Ed25519 key, which never leaves this process, and expire.
 
+mod dataplane;
 mod keys;
 mod observe;
 mod openapi;
@@ -18,11 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyward_engine::signed_snapshot::SigningKey;
+use keyward_engine::signature::SigningKey;
 
 use crate::error::Error;
 use crate::secrets::AdminTokens;
-use crate::store::{Location, Store};
+use crate::store::{Location, Store, UsageLimits};
 use crate::units::now;
 use observe::Metrics;
 pub use routes::not_found;
@@ -39,6 +41,10 @@ pub struct ServeOptions {
     pub tokens: AdminTokens,
     pub signing_key: SigningKey,
     pub reissue_seconds: u64,
+    /// How long a served snapshot is valid (its `expires_at` is its `issued_at` plus this).
+    pub snapshot_ttl_seconds: u64,
+    /// What a usage report may claim.
+    pub usage_limits: UsageLimits,
     /// How often reported spend becomes a new snapshot version; 0: with every usage batch.
     pub spend_publish_ms: u64,
     /// Serve HTTPS with this certificate chain and private key (PEM files).
@@ -59,6 +65,8 @@ pub(super) struct AppState {
     tokens: AdminTokens,
     signing_key: SigningKey,
     reissue_seconds: u64,
+    snapshot_ttl_seconds: u64,
+    usage_limits: UsageLimits,
     spend_publish_ms: u64,
     /// Held while a snapshot is built, so concurrent polls wait for one build and share it.
     published: tokio::sync::Mutex<Option<Arc<Published>>>,
@@ -95,6 +103,13 @@ where
         state.metrics.store_error();
     }
     result
+}
+
+/// How often an unchanged snapshot is issued again: as asked, but at least twice per lifetime,
+/// so a filter always holds a snapshot with half its lifetime left while the control plane
+/// answers.
+pub fn reissue_interval(reissue_seconds: u64, ttl_seconds: u64) -> u64 {
+    reissue_seconds.min(ttl_seconds / 2).max(1)
 }
 
 /// Resolves `listen` and refuses anything but loopback unless allowed.
@@ -146,7 +161,12 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             store: Arc::new(Mutex::new(store)),
             tokens: options.tokens,
             signing_key: options.signing_key,
-            reissue_seconds: options.reissue_seconds.max(1),
+            reissue_seconds: reissue_interval(
+                options.reissue_seconds,
+                options.snapshot_ttl_seconds,
+            ),
+            snapshot_ttl_seconds: options.snapshot_ttl_seconds.max(1),
+            usage_limits: options.usage_limits,
             spend_publish_ms: options.spend_publish_ms,
             published: tokio::sync::Mutex::new(None),
             chunked: tokio::sync::Mutex::new(ChunkedSlots::default()),
@@ -253,6 +273,13 @@ async fn sweep_rotations(state: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_are_reissued_at_least_twice_per_lifetime() {
+        assert_eq!(reissue_interval(300, 86_400), 300);
+        assert_eq!(reissue_interval(300, 240), 120);
+        assert_eq!(reissue_interval(300, 1), 1);
+    }
 
     #[test]
     fn only_loopback_is_accepted_by_default() {

@@ -5,14 +5,15 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{keys, prices, projects, snapshot, usage};
+use super::{dataplane, keys, prices, projects, snapshot, usage};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "keyward control plane",
         description = "Admin API (bearer admin token), signed policy snapshots for the filter's \
-                       sync, and the usage endpoint the data plane reports spend to."
+                       sync, and the usage endpoint the data plane reports spend to (both with \
+                       a bearer data-plane token)."
     ),
     paths(
         projects::create,
@@ -35,6 +36,10 @@ use super::{keys, prices, projects, snapshot, usage};
         prices::remove,
         usage::report,
         usage::batches,
+        dataplane::refused,
+        dataplane::create,
+        dataplane::list,
+        dataplane::revoke,
         snapshot::snapshot,
         snapshot::snapshot_manifest,
         snapshot::snapshot_chunk,
@@ -43,16 +48,19 @@ use super::{keys, prices, projects, snapshot, usage};
 )]
 pub struct ApiDoc;
 
-/// The `admin_token` security scheme: `Authorization: Bearer <admin token>`.
+/// The security schemes: `Authorization: Bearer <admin token>` (`admin_token`) and
+/// `Authorization: Bearer <data-plane token>` (`dataplane_token`).
 struct AdminToken;
 
 impl Modify for AdminToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        for scheme in ["admin_token", "dataplane_token"] {
+            components.add_security_scheme(
+                scheme,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use super::usage::MAX_USAGE_REPORT_BYTES;
-use super::{keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor, Shared};
+use super::{
+    dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor, Shared,
+};
 use crate::error::Error;
 
 /// Request bodies are small JSON documents.
@@ -29,12 +31,14 @@ impl IntoResponse for Error {
         let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // The usage endpoint authenticates with a signature, not a bearer token.
-        if status == StatusCode::UNAUTHORIZED && self.code != "invalid_signature" {
-            headers.insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keyward-admin\""),
-            );
+        if status == StatusCode::UNAUTHORIZED {
+            // The snapshot and usage endpoints take a data-plane token, the rest an admin token.
+            let realm = if self.code.contains("dataplane") {
+                "Bearer realm=\"keyward-dataplane\""
+            } else {
+                "Bearer realm=\"keyward-admin\""
+            };
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(realm));
         }
         response
     }
@@ -61,21 +65,43 @@ pub(super) fn router(state: Shared) -> Router {
             put(prices::set).get(prices::get).delete(prices::remove),
         )
         .route("/v1/usage/batches", get(usage::batches))
+        .route("/v1/usage/refused", get(dataplane::refused))
+        .route(
+            "/v1/dataplane-tokens",
+            get(dataplane::list).post(dataplane::create),
+        )
+        .route(
+            "/v1/dataplane-tokens/{name}/revoke",
+            post(dataplane::revoke),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
         ));
-    Router::new()
+    // What the data plane calls: a data-plane token (see server/dataplane.rs).
+    let snapshots = Router::new()
         .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/snapshot/manifest", get(snapshot::snapshot_manifest))
         .route(
             "/v1/snapshot/chunks/{sha256}",
             get(snapshot::snapshot_chunk),
         )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            dataplane::require_snapshot_reader,
+        ));
+    let usage_reports = Router::new()
         .route(
             "/v1/usage",
             post(usage::report).layer(DefaultBodyLimit::max(MAX_USAGE_REPORT_BYTES)),
         )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            dataplane::require_usage_reporter,
+        ));
+    Router::new()
+        .merge(snapshots)
+        .merge(usage_reports)
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(observe::metrics))
@@ -91,7 +117,7 @@ pub(super) fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme

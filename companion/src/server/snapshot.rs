@@ -1,6 +1,7 @@
 //! The snapshot endpoints the filter's policy sync polls: the signed envelope, and the chunked
-//! layout (a signed manifest and content-addressed chunks). No token: they carry hashes only,
-//! and the signature is what the filter trusts.
+//! layout (a signed manifest and content-addressed chunks). They need a data-plane token
+//! (server/dataplane.rs): a snapshot holds no secret, but it lists every key id, owner, scope
+//! and spend, which is nobody else's business. The signature is what the filter trusts.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keyward_engine::signed_snapshot::SigningKey;
+use keyward_engine::signature::SigningKey;
 
 use super::{not_found, with_store, Shared};
 use crate::error::{Error, ErrorBody};
@@ -17,8 +18,8 @@ use crate::publish::{build_chunked, build_signed, ChunkedSnapshot, SignedSnapsho
 use crate::store::Store;
 use crate::units::now;
 
-/// Builds a snapshot at an issue time; returns it and its version.
-type Builder<T> = fn(&mut Store, &SigningKey, u64) -> Result<(T, u64), Error>;
+/// Builds a snapshot at an issue time, valid for a lifetime; returns it and its version.
+type Builder<T> = fn(&mut Store, &SigningKey, u64, u64) -> Result<(T, u64), Error>;
 
 /// Issue agreements tried before serving what was read.
 const MAX_ISSUE_ATTEMPTS: usize = 3;
@@ -60,6 +61,7 @@ async fn rebuild_if_stale<T: Send + 'static>(
     build: Builder<T>,
 ) -> Result<Option<T>, Error> {
     let reissue_seconds = state.reissue_seconds;
+    let ttl = state.snapshot_ttl_seconds;
     let key = state.signing_key.clone();
     with_store(state, move |store| {
         let now = now();
@@ -71,13 +73,13 @@ async fn rebuild_if_stale<T: Send + 'static>(
             if cached == Some(issue) {
                 return Ok(None);
             }
-            let (built, version) = build(store, &key, issue.1)?;
+            let (built, version) = build(store, &key, issue.1, ttl)?;
             if version == issue.0 {
                 return Ok(Some(built));
             }
         }
         // The policy kept changing: serve what was read; the next poll agrees again.
-        build(store, &key, now).map(|(built, _)| Some(built))
+        build(store, &key, now, ttl).map(|(built, _)| Some(built))
     })
     .await
 }
@@ -89,8 +91,8 @@ async fn current_snapshot(state: &Shared) -> Result<Arc<Published>, Error> {
     let cached = slot
         .as_ref()
         .map(|published| (published.version, published.issued_at));
-    let build = |store: &mut Store, key: &SigningKey, issued_at: u64| {
-        build_signed(store, key, issued_at).map(|signed| {
+    let build = |store: &mut Store, key: &SigningKey, issued_at: u64, ttl: u64| {
+        build_signed(store, key, issued_at, ttl).map(|signed| {
             let version = signed.version;
             (signed, version)
         })
@@ -112,8 +114,8 @@ async fn current_chunked(state: &Shared) -> Result<Arc<ChunkedSnapshot>, Error> 
         .current
         .as_ref()
         .map(|published| (published.version, published.issued_at));
-    let build = |store: &mut Store, key: &SigningKey, issued_at: u64| {
-        build_chunked(store, key, issued_at, None).map(|built| {
+    let build = |store: &mut Store, key: &SigningKey, issued_at: u64, ttl: u64| {
+        build_chunked(store, key, issued_at, ttl, None).map(|built| {
             let version = built.version;
             (built, version)
         })
@@ -159,7 +161,7 @@ fn conditional(headers: &HeaderMap, etag: &str, body: Bytes) -> Result<Response,
 }
 
 /// `GET /v1/snapshot`: the signed envelope, with ETag.
-#[utoipa::path(operation_id = "snapshot", get, path = "/v1/snapshot", tag = "snapshot", summary = "The signed policy snapshot (no token: hashes only, and signed)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed envelope", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
+#[utoipa::path(operation_id = "snapshot", get, path = "/v1/snapshot", tag = "snapshot", summary = "The signed policy snapshot (data-plane token)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed envelope", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given"), (status = 401, description = "Missing, invalid or revoked data-plane token", body = ErrorBody)), security(("dataplane_token" = [])))]
 pub(super) async fn snapshot(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -169,7 +171,7 @@ pub(super) async fn snapshot(
 }
 
 /// `GET /v1/snapshot/manifest`: the signed manifest of the chunked layout, with ETag.
-#[utoipa::path(operation_id = "snapshot_manifest", get, path = "/v1/snapshot/manifest", tag = "snapshot", summary = "The signed manifest of the chunked layout", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed manifest", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given")))]
+#[utoipa::path(operation_id = "snapshot_manifest", get, path = "/v1/snapshot/manifest", tag = "snapshot", summary = "The signed manifest of the chunked layout (data-plane token)", params(("if-none-match" = Option<String>, Header, description = "A previous ETag")), responses((status = 200, description = "The signed manifest", body = Object, content_type = "application/json"), (status = 304, description = "Unchanged since the ETag given"), (status = 401, description = "Missing, invalid or revoked data-plane token", body = ErrorBody)), security(("dataplane_token" = [])))]
 pub(super) async fn snapshot_manifest(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -184,7 +186,7 @@ pub(super) async fn snapshot_manifest(
 
 /// `GET /v1/snapshot/chunks/{sha256}`: a chunk of the current or the previous manifest. Its
 /// name is its hash, so it never changes: cacheable for good.
-#[utoipa::path(operation_id = "snapshot_chunk", get, path = "/v1/snapshot/chunks/{sha256}", tag = "snapshot", summary = "A chunk of the current or previous manifest, by its SHA-256", params(("sha256" = String, Path, description = "The chunk's hex SHA-256")), responses((status = 200, description = "The chunk (NDJSON)", body = String, content_type = "application/x-ndjson"), (status = 404, description = "No such chunk", body = ErrorBody)))]
+#[utoipa::path(operation_id = "snapshot_chunk", get, path = "/v1/snapshot/chunks/{sha256}", tag = "snapshot", summary = "A chunk of the current or previous manifest, by its SHA-256", params(("sha256" = String, Path, description = "The chunk's hex SHA-256")), responses((status = 200, description = "The chunk (NDJSON)", body = String, content_type = "application/x-ndjson"), (status = 401, description = "Missing, invalid or revoked data-plane token", body = ErrorBody), (status = 404, description = "No such chunk", body = ErrorBody)), security(("dataplane_token" = [])))]
 pub(super) async fn snapshot_chunk(
     State(state): State<Shared>,
     Path(sha256): Path<String>,
@@ -208,7 +210,8 @@ pub(super) async fn snapshot_chunk(
     );
     headers.insert(
         CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
+        // Private: a shared cache would hand the chunk to callers without a token.
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(response)
 }

@@ -1,22 +1,23 @@
-//! `/v1/usage`: signed usage reports from the data plane (no token: the signature is the
-//! credential), and `/v1/usage/batches`, the reports applied.
+//! `/v1/usage`: usage reports from the data plane (with a data-plane token that may report
+//! usage; see server/dataplane.rs), checked entry by entry against the store before anything is
+//! applied (store/usage_check.rs); and `/v1/usage/batches`, the reports applied.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::header::CACHE_CONTROL;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use keyward_engine::usage_report::{verify_report, ReportRejected, UsageReport, SIGNATURE_HEADER};
+use axum::{Extension, Json};
+use keyward_engine::usage_report::{parse_report, UsageReport};
 use serde::Deserialize;
 
 use super::observe::ReportOutcome;
 use super::routes::query;
-use super::{with_store, AppState, Shared};
+use super::{with_store, Shared};
 use crate::api::{List, UsageAckBody};
 use crate::error::{Error, ErrorBody};
-use crate::store::UsageBatchView;
+use crate::store::{DataplaneIdentity, RefusedBatchView, UsageBatchView};
 use crate::units::now;
 
 /// A usage report holds up to `MAX_ENTRIES_PER_REPORT` (2000) entries: allow it room.
@@ -33,24 +34,44 @@ pub(super) struct BatchesQuery {
     limit: Option<u64>,
 }
 
-/// `POST /v1/usage`: a signed usage report from the data plane. The signature (HMAC-SHA256 of
-/// the exact body with the snapshot signing key) is checked before the body is parsed.
-#[utoipa::path(operation_id = "usage_report", post, path = "/v1/usage", tag = "usage", summary = "A signed usage report from the data plane (no token: the x-keyward-signature header is the credential)", request_body(content = Object, description = "A usage report (keyward.usage-report.v1), signed with the snapshot signing key"), responses((status = 200, description = "Applied, or a duplicate of a batch applied before", body = UsageAckBody), (status = 400, description = "Invalid report", body = ErrorBody), (status = 401, description = "Bad or missing signature", body = ErrorBody), (status = 413, description = "Report too large", body = ErrorBody)))]
+/// Refusal reasons shown in an answer and logged per batch (all are kept in the store).
+const MAX_SHOWN_REASONS: usize = 5;
+
+/// `POST /v1/usage`: a usage report from a data plane. Refused whole (400, kept for audit) when
+/// any entry breaks a rule; otherwise applied once per batch id of this data-plane token.
+#[utoipa::path(operation_id = "usage_report", post, path = "/v1/usage", tag = "usage", summary = "A usage report from the data plane (data-plane token with the usage permission)", request_body(content = Object, description = "A usage report (keyward.usage-report.v1)"), responses((status = 200, description = "Applied, or a duplicate of a batch applied before", body = UsageAckBody), (status = 400, description = "Invalid report, or refused: an entry the store cannot explain (kept, see /v1/usage/refused)", body = ErrorBody), (status = 401, description = "Missing, invalid or revoked data-plane token", body = ErrorBody), (status = 403, description = "The token may not report usage", body = ErrorBody), (status = 413, description = "Report too large", body = ErrorBody)), security(("dataplane_token" = [])))]
 pub(super) async fn report(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Extension(caller): Extension<DataplaneIdentity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let report = match verified(&state, &headers, body) {
-        Ok(report) => report,
+    let (mut report, body) = match parsed(body) {
+        Ok(parsed) => parsed,
         Err(error) => {
             state.metrics.report(ReportOutcome::Refused);
             return Err(error);
         }
     };
+    let limits = state.usage_limits;
+    let now = now();
+    let checked = report.clone();
+    let violations = with_store(&state, move |store| {
+        store.usage_report_violations(&checked, &limits, now)
+    })
+    .await
+    .inspect_err(|_| state.metrics.report(ReportOutcome::Failed))?;
+    if !violations.is_empty() {
+        state.metrics.report(ReportOutcome::Refused);
+        return Err(refuse(&state, &caller, &report, &body, violations, now).await);
+    }
+    // Batch ids and the audit actor belong to the data-plane token: one fleet can neither
+    // pre-empt another's batch ids nor report as anyone but itself.
+    let batch_id = std::mem::take(&mut report.batch_id);
+    report.batch_id = format!("{}/{batch_id}", caller.name);
+    report.reporter = format!("{}/{}", caller.actor(), report.reporter);
     let publish_now = state.spend_publish_ms == 0;
     let applied = with_store(&state, move |store| {
-        store.apply_usage_report(&report, now(), publish_now)
+        store.apply_usage_report(&report, now, publish_now)
     })
     .await
     .inspect_err(|_| state.metrics.report(ReportOutcome::Failed))?;
@@ -69,7 +90,7 @@ pub(super) async fn report(
         );
     }
     let ack = UsageAckBody {
-        batch_id: applied.ack.batch_id,
+        batch_id,
         version: applied.ack.version,
         duplicate: applied.ack.duplicate,
     };
@@ -80,12 +101,8 @@ pub(super) async fn report(
     Ok(response)
 }
 
-/// The report in `body`, its signature checked before it is parsed.
-fn verified(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<UsageReport, Error> {
+/// The report in `body`, parsed, and the body itself (kept when the report is refused).
+fn parsed(body: Result<Bytes, BytesRejection>) -> Result<(UsageReport, Bytes), Error> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::new(
@@ -97,24 +114,70 @@ fn verified(
             Error::invalid("invalid_body", rejection.body_text())
         }
     })?;
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|value| value.to_str().ok());
-    verify_report(&body, signature, std::slice::from_ref(&state.signing_key)).map_err(|rejected| {
-        match rejected {
-            ReportRejected::Signature => Error::new(
-                401,
-                "invalid_signature",
-                format!(
-                    "The {SIGNATURE_HEADER} header is missing, names an unknown key, or does not \
-                     verify over this body."
-                ),
-            ),
-            ReportRejected::Invalid(error) => {
-                Error::invalid("invalid_report", format!("Invalid usage report: {error}"))
-            }
+    let report = parse_report(&body).map_err(|error| {
+        Error::invalid("invalid_report", format!("Invalid usage report: {error}"))
+    })?;
+    Ok((report, body))
+}
+
+/// Keeps a refused batch for audit and answers 400 with the first reasons. The data plane drops
+/// a batch answered 400 (its spend still counts in that Envoy), so a refusal is final.
+async fn refuse(
+    state: &Shared,
+    caller: &DataplaneIdentity,
+    report: &UsageReport,
+    body: &Bytes,
+    reasons: Vec<String>,
+    now: u64,
+) -> Error {
+    let shown = reasons
+        .iter()
+        .take(MAX_SHOWN_REASONS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let more = reasons.len().saturating_sub(MAX_SHOWN_REASONS);
+    let refused = RefusedBatchView {
+        received_at: now,
+        token_name: caller.name.clone(),
+        reporter: report.reporter.clone(),
+        batch_id: report.batch_id.clone(),
+        entries: u64::try_from(report.entries.len()).unwrap_or(u64::MAX),
+        cost_microusd: report
+            .entries
+            .iter()
+            .fold(0u64, |sum, entry| sum.saturating_add(entry.cost_microusd)),
+        reasons,
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    eprintln!(
+        "keyward: warning: usage batch {:?} from data plane {} refused: {shown}{}",
+        refused.batch_id.chars().take(80).collect::<String>(),
+        caller.name,
+        if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
         }
+    );
+    if let Err(error) = with_store(state, move |store| {
+        store.record_refused_usage(now, &refused)
     })
+    .await
+    {
+        return error;
+    }
+    Error::invalid(
+        "usage_report_refused",
+        format!(
+            "Usage report refused, nothing applied: {shown}{}",
+            if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            }
+        ),
+    )
 }
 
 #[utoipa::path(operation_id = "usage_batches", get, path = "/v1/usage/batches", tag = "usage", summary = "The most recent usage batches applied, newest first", params(("limit" = Option<u64>, Query, description = "At most this many (default 100)")), responses((status = 200, description = "The batches", body = List<UsageBatchView>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or invalid admin token", body = ErrorBody)), security(("admin_token" = [])))]

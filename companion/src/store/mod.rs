@@ -7,6 +7,7 @@
 //! against the query layer (`sql`); a backend (`sqlite`) supplies transactions and migrations.
 
 mod change;
+mod dataplane;
 mod keys;
 mod migrate;
 mod model;
@@ -18,6 +19,7 @@ mod snapshot;
 mod sql;
 mod sqlite;
 mod usage;
+mod usage_check;
 mod validate;
 
 #[cfg(test)]
@@ -30,6 +32,11 @@ pub use model::{
     AuditEvent, KeySettings, KeyUpdate, KeyView, NewKey, Owner, PriceView, ProjectUpdate,
     ProjectView, StatusChange, UsageBatchView,
 };
+
+pub use dataplane::{
+    CreatedDataplaneToken, DataplaneIdentity, DataplaneTokenView, Permission, RefusedBatchView,
+};
+pub use usage_check::UsageLimits;
 
 use crate::error::Error;
 use postgresql::PostgresBackend;

@@ -38,6 +38,7 @@ impl SqliteBackend {
                 ));
             }
         }
+        create_private(path)?;
         let conn = Connection::open(path).map_err(|error| {
             Error::internal(format!("cannot open the store {}: {error}", path.display()))
         })?;
@@ -95,6 +96,45 @@ impl SqliteBackend {
         tx.commit()?;
         Ok(result)
     }
+}
+
+/// Creates a missing store file readable by its owner only. SQLite creates the WAL and shared
+/// memory files (`-wal`, `-shm`) with the database file's permissions, so they are 0600 too: the
+/// store holds key hashes, spend and the audit trail. A store others may read already is left as
+/// it is (another account may run the CLI on purpose), with a warning.
+fn create_private(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(metadata) = std::fs::metadata(path) {
+                    if metadata.permissions().mode() & 0o077 != 0 {
+                        eprintln!(
+                            "warning: the store {} is readable by other users; chmod 600 it \
+                             (and its -wal and -shm files)",
+                            path.display()
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                return Err(Error::internal(format!(
+                    "cannot create the store {}: {error}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// A store written before versioned migrations has no migration history: this finds which
@@ -300,7 +340,8 @@ PRAGMA user_version = 1;
                 "initial",
                 "soft_caps_rate_limits_prices_usage",
                 "pending_spend",
-                "snapshot_issue"
+                "snapshot_issue",
+                "dataplane_tokens"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);
@@ -421,5 +462,22 @@ PRAGMA user_version = 1;
         let mut store = Store::open(&path).unwrap();
         assert_eq!(history(&mut store).len(), SQLITE.len());
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_store_and_its_wal_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .create_project("t", 1, "proj_a", "org_1", None, None)
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("private.db{suffix}"));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
     }
 }

@@ -14,6 +14,16 @@ pub(super) fn store_with_project() -> Store {
     store
 }
 
+/// `store_with_project` (`proj_a` of `org_1`), plus `proj_b` of the same org and `proj_x` of
+/// another (`org_2`).
+pub(super) fn store_with_org_projects() -> Store {
+    let mut store = store_with_project();
+    for (id, org) in [("proj_b", "org_1"), ("proj_x", "org_2")] {
+        store.create_project("a", 1, id, org, None, None).unwrap();
+    }
+    store
+}
+
 pub(super) fn new_key(owner: Owner, format: Format) -> NewKey {
     NewKey {
         owner,

@@ -396,13 +396,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_foreign_projects_are_skipped_not_fatal() {
-        let mut store = store_with_project();
-        store
-            .create_project("a", 1, "proj_b", "org_1", None, None)
-            .unwrap();
-        store
-            .create_project("a", 1, "proj_x", "org_2", None, None)
-            .unwrap();
+        let mut store = store_with_org_projects();
         let own = key_in(&mut store, Owner::Project("proj_a".into()));
         let org_key = key_in(&mut store, Owner::Org("org_1".into()));
         let report = UsageReport::new(

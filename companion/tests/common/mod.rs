@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use keyward_engine::signed_snapshot::SigningKey;
+use keyward_engine::signature::PublicKey;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -55,9 +55,39 @@ impl Workspace {
         line.trim().split_once(':').unwrap().1.to_owned()
     }
 
-    pub fn signing_key(&self) -> SigningKey {
-        let secret = fs::read_to_string(self.path("signing.key")).unwrap();
-        SigningKey::from_base64(SIGNING_KEY_ID, secret.trim()).unwrap()
+    /// The public half of the signing key (`signing.key.pub`), as the filters hold it.
+    pub fn public_key(&self) -> PublicKey {
+        let text = fs::read_to_string(self.path("signing.key.pub")).unwrap();
+        PublicKey::from_base64(SIGNING_KEY_ID, text.trim()).unwrap()
+    }
+
+    /// `--public-key ops-1=<dir>/signing.key.pub`
+    pub fn public_key_args(&self) -> Vec<String> {
+        vec![
+            "--public-key".into(),
+            format!(
+                "{SIGNING_KEY_ID}={}",
+                self.path("signing.key.pub").to_string_lossy()
+            ),
+        ]
+    }
+
+    /// A data-plane token (created in the store on first use, named `fleet-test`), as the
+    /// filters send it.
+    pub fn dataplane_token(&self) -> String {
+        let file = self.path("dataplane.token");
+        if !file.exists() {
+            self.ok(&[
+                "dataplane",
+                "token",
+                "create",
+                "--name",
+                "fleet-test",
+                "--out",
+                file.to_str().unwrap(),
+            ]);
+        }
+        fs::read_to_string(file).unwrap().trim().to_owned()
     }
 
     /// `--signing-key-id ops-1 --signing-key-file <dir>/signing.key`
@@ -140,7 +170,7 @@ impl Workspace {
             "verify".to_owned(),
             out.to_string_lossy().into_owned(),
         ];
-        verify.extend(self.signing_args());
+        verify.extend(self.public_key_args());
         let printed = self.ok(&verify);
         assert!(printed.starts_with("ok: version "), "{printed}");
         fs::read(out).unwrap()
@@ -221,4 +251,12 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(ws: &Workspace, args: &[S]) -> (Ch
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     (child, base)
+}
+
+/// The clock, in Unix seconds (what signed snapshots' expiry is checked against).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
