@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use keyward_engine::config::{PluginConfig, Role};
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
@@ -41,7 +42,7 @@ struct KeywardRoot {
     /// This VM's number among those sharing the vm_id, claimed once (see claim_instance_number).
     instance_number: Option<u64>,
     state: Option<Rc<FilterState>>,
-    metrics: Option<Rc<Metrics>>,
+    metrics: Option<Arc<Metrics>>,
     role: Role,
     sync: Option<SyncSettings>,
     poller: Option<SnapshotPoller>,
@@ -75,12 +76,12 @@ impl KeywardRoot {
         let config =
             PluginConfig::from_json(&bytes).map_err(|e| format!("invalid configuration: {e}"))?;
         let metrics = match &self.metrics {
-            Some(metrics) => Rc::clone(metrics),
+            Some(metrics) => Arc::clone(metrics),
             None => {
                 let defined = Metrics::define(|kind, name| host.define_metric(kind, name))
                     .map_err(|e| format!("cannot define metrics (host status {})", e.status))?;
-                let defined = Rc::new(defined);
-                self.metrics = Some(Rc::clone(&defined));
+                let defined = Arc::new(defined);
+                self.metrics = Some(Arc::clone(&defined));
                 defined
             }
         };
@@ -137,8 +138,8 @@ impl KeywardRoot {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
             self.state = Some(Rc::new(FilterState {
-                settings: Rc::new(config.settings),
-                policy: config.policy.map(Rc::new),
+                settings: Arc::new(config.settings),
+                policy: config.policy.map(Arc::new),
                 metrics,
                 activity,
             }));
@@ -240,9 +241,9 @@ impl KeywardRoot {
             return;
         }
         self.state = Some(Rc::new(FilterState {
-            settings: Rc::clone(&state.settings),
-            policy: Some(Rc::new(policy)),
-            metrics: Rc::clone(&state.metrics),
+            settings: Arc::clone(&state.settings),
+            policy: Some(Arc::new(policy)),
+            metrics: Arc::clone(&state.metrics),
             activity: state.activity.clone(),
         }));
         self.log_policy("policy updated");

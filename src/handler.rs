@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use keyward_engine::config::{Mode, Settings};
 use keyward_engine::decision::{decide, Identity, Outcome, Rejection};
@@ -24,12 +25,13 @@ const KEYWARD_HEADER_PREFIX: &str = "x-keyward-";
 pub const SHADOW_HEADER: &str = "x-keyward-shadow-denied";
 
 /// State shared by every request context of one root context. Immutable, except the VM's
-/// usage activity, which requests add to and the root context's tick flushes.
+/// usage activity, which requests add to and the root context's tick flushes. Settings, policy
+/// and metrics are `Arc`s so that a native host can share one copy between worker threads.
 #[derive(Debug)]
 pub struct FilterState {
-    pub settings: Rc<Settings>,
-    pub policy: Option<Rc<Policy>>,
-    pub metrics: Rc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub policy: Option<Arc<Policy>>,
+    pub metrics: Arc<Metrics>,
     /// Present when usage is reported to a control plane (a `sync` block is configured).
     pub activity: Option<Rc<RefCell<Activity>>>,
 }
@@ -174,7 +176,7 @@ fn admitted(
     let format = state.settings.route_at(ticket.route).error_format;
     let shadow = state.settings.mode == Mode::Shadow;
     let log_ticket = Ticket {
-        policy: Rc::clone(&ticket.policy),
+        policy: Arc::clone(&ticket.policy),
         key: ticket.key,
         project: ticket.project,
         route: ticket.route,
@@ -401,7 +403,7 @@ fn handle(
             }
             let request_id = request.request_id();
             let ticket = Ticket {
-                policy: Rc::clone(policy),
+                policy: Arc::clone(policy),
                 key: identity.key.position,
                 project: identity.project.map(|project| project.position),
                 route: route_position,

@@ -166,9 +166,9 @@ fn state(extra: &str) -> FilterState {
     })
     .expect("metrics");
     FilterState {
-        settings: Rc::new(config.settings),
-        policy: config.policy.map(Rc::new),
-        metrics: Rc::new(metrics),
+        settings: Arc::new(config.settings),
+        policy: config.policy.map(Arc::new),
+        metrics: Arc::new(metrics),
         activity: None,
     }
 }

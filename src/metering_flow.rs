@@ -3,7 +3,7 @@
 //! with a reservation, local rate limits, and, when the response ends, settlement of the
 //! reservation to the cost the provider reported. Host-agnostic, tested with a fake host.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use keyward_engine::decision::check_body_model;
 use keyward_engine::denial::{Denial, DenyCode};
@@ -28,7 +28,7 @@ use crate::usage_activity::Usage;
 /// An allowed request waiting for its body (or admitted right away when it has none).
 #[derive(Debug)]
 pub struct Ticket {
-    pub policy: Rc<Policy>,
+    pub policy: Arc<Policy>,
     pub key: usize,
     pub project: Option<usize>,
     pub route: Option<usize>,

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use keyward_engine::config::PluginConfig;
 use keyward_engine::hash::sha256;
@@ -56,9 +57,9 @@ fn state_with(project_fields: &str, key_fields: &str) -> FilterState {
     })
     .expect("metrics");
     FilterState {
-        settings: Rc::new(config.settings),
-        policy: config.policy.map(Rc::new),
-        metrics: Rc::new(metrics),
+        settings: Arc::new(config.settings),
+        policy: config.policy.map(Arc::new),
+        metrics: Arc::new(metrics),
         activity: Some(Rc::new(RefCell::new(Activity::default()))),
     }
 }
