@@ -33,6 +33,9 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
 # serde code for the configuration, snapshot and report types.
 WASM_MAX     := 720000
+# The native build (issue #18): an Envoy dynamic module, Linux only. Envoy loads it as
+# lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH; integration/harness.py links it there.
+NATIVE_SO    := target/keyward.so
 DEMO_DIR     := $(TOOLS)/demo
 # Validators generated from Istio's CRD schemas (npm, pinned), for integration/test_istio.py.
 ISTIO_MODELS_VER   := 3.0.1
@@ -43,7 +46,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := credential_and_decision plugin_config snapshot usage_reader request_body
 CARGO_FUZZ   := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
 
-.PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean oci
+.PHONY: fuzz tools wasm-target wasm native test rust-checks size-check integration run clean distclean oci
 
 ## tools: install everything the build and tests need (idempotent)
 tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) $(ISTIO_MODELS_STAMP) wasm-target
@@ -74,6 +77,12 @@ wasm: wasm-target $(WASM_OPT_STAMP)
 	$(WASM_OPT) -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 		--enable-nontrapping-float-to-int $(CARGO_WASM) -o $(WASM)
 
+## native: release build of the Envoy dynamic module (target/keyward.so); unwinds so that a
+## panic fails the request closed instead of aborting Envoy (profile native-release)
+native:
+	cargo build --profile native-release -p keyward-native
+	cp target/native-release/libkeyward_native.so $(NATIVE_SO)
+
 # binaryen from the npm registry (runs on the machine's node), project-local and pinned.
 $(WASM_OPT_STAMP):
 	mkdir -p $(TOOLS)/binaryen
@@ -97,6 +106,7 @@ oci: wasm
 test: tools
 	$(MAKE) --no-print-directory rust-checks
 	$(MAKE) --no-print-directory wasm
+	$(MAKE) --no-print-directory native
 	$(MAKE) --no-print-directory size-check
 	$(MAKE) --no-print-directory integration
 
@@ -116,7 +126,7 @@ size-check:
 integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP)
 	cargo build -p keyward
 	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
-		$(PY) -m pytest integration -q
+		KEYWARD_NATIVE=$(CURDIR)/$(NATIVE_SO) $(PY) -m pytest integration -q
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it
 run: $(VENV_STAMP) wasm

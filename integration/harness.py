@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WASM = REPO_ROOT / "target" / "keyward.wasm"
+DEFAULT_NATIVE = REPO_ROOT / "target" / "keyward.so"
 LOOPBACK = "127.0.0.1"
 HTTP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0
@@ -49,6 +50,11 @@ def find_envoy() -> str:
 
 def wasm_path() -> Path:
     return Path(os.environ.get("KEYWARD_WASM", str(DEFAULT_WASM)))
+
+
+def native_path() -> Path:
+    """The native build (an Envoy dynamic module, `make native`)."""
+    return Path(os.environ.get("KEYWARD_NATIVE", str(DEFAULT_NATIVE)))
 
 
 def free_port() -> int:
@@ -316,6 +322,37 @@ def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
     }
 
 
+# Envoy looks a dynamic module up as lib<name>.so in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE_MODULE_NAME = "keyward"
+
+
+def native_filter(plugin_config: dict) -> dict:
+    """The keyward filter as an Envoy dynamic module; the same plugin configuration as Wasm."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": NATIVE_MODULE_NAME},
+            "filter_name": "keyward",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": json.dumps(plugin_config, separators=(",", ":")),
+            },
+        },
+    }
+
+
+def native_search_dir(workdir: Path, module: Path) -> Path:
+    """A directory holding lib<name>.so -> module, for ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
+    directory = Path(workdir) / "dynamic-modules"
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / f"lib{NATIVE_MODULE_NAME}.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(module).resolve())
+    return directory
+
+
 def render_bootstrap(
     listen_port: int,
     admin_port: int,
@@ -323,14 +360,20 @@ def render_bootstrap(
     plugin_config: Optional[dict] = None,
     wasm: Optional[Path] = None,
     routes: Iterable[dict] = DEFAULT_ROUTES,
+    host: str = "wasm",
 ) -> dict:
     """Envoy bootstrap as a dict (written as JSON, which Envoy reads as YAML).
 
     plugin_config None: a plain proxy without the keyward filter (harness self-test).
+    host: "wasm" (the proxy-wasm build) or "native" (the dynamic module; the Envoy process needs
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which `Envoy` sets).
     """
     http_filters = []
     if plugin_config is not None:
-        http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
+        if host == "native":
+            http_filters.append(native_filter(plugin_config))
+        else:
+            http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -425,6 +468,8 @@ class Envoy:
         routes: Iterable[dict] = DEFAULT_ROUTES,
         upstream: Optional[EchoUpstream] = None,
         render=None,
+        host: str = "wasm",
+        native: Optional[Path] = None,
     ):
         """render: optional callable (listen_port, admin_port, upstream_port) -> YAML text, used
         instead of render_bootstrap (e.g. the rendered demo config)."""
@@ -441,13 +486,21 @@ class Envoy:
         self.admin_port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.render = render
+        self.host = host
+        self.native = native
         self.config_path = self.workdir / (f"{name}.yaml" if render else f"{name}.json")
         self.log_path = self.workdir / f"{name}.log"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "Envoy":
-        if self.plugin_config is not None or self.render is not None:
+        env = dict(os.environ)
+        if self.host == "native":
+            module = self.native or native_path()
+            if not module.is_file():
+                raise EnvoyStartError(f"keyward native module not found at {module}: build it first (make native)")
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native_search_dir(self.workdir / self.name, module))
+        elif self.plugin_config is not None or self.render is not None:
             wasm = self.wasm or wasm_path()
             if not wasm.is_file():
                 raise EnvoyStartError(
@@ -463,11 +516,11 @@ class Envoy:
                 self.config_path.write_text(self.render(self.port, self.admin_port, self.upstream.port))
             else:
                 cfg = render_bootstrap(
-                    self.port, self.admin_port, self.upstream.port, self.plugin_config, self.wasm, self.routes
+                    self.port, self.admin_port, self.upstream.port, self.plugin_config, self.wasm, self.routes, self.host
                 )
                 self.config_path.write_text(json.dumps(cfg, indent=1))
             try:
-                self._spawn()
+                self._spawn(env)
                 RUNNING.append(self)
                 return self
             except EnvoyStartError as e:
@@ -478,7 +531,7 @@ class Envoy:
             self.upstream.stop()
         raise EnvoyStartError(last_error)
 
-    def _spawn(self) -> None:
+    def _spawn(self, env: dict) -> None:
         cmd = [
             find_envoy(),
             "-c",
@@ -490,13 +543,13 @@ class Envoy:
             "-l",
             "info",
             "--component-log-level",
-            "wasm:debug",
+            "wasm:debug,dynamic_modules:debug",
         ]
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"=== {' '.join(cmd)}\n".encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
         )
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:

@@ -1,0 +1,30 @@
+//! keyward as an Envoy dynamic module (issue #18): a native shared library that Envoy loads
+//! through `envoy.filters.http.dynamic_modules` and calls through a C ABI, with no VM in between.
+//! The same engine and filter logic as the Wasm build; one policy copy per Envoy process.
+//!
+//! Layers, each in its own module:
+//! - `abi`: hand-written declarations of the ABI v0.2.0 callbacks and types (Envoy 1.40.0),
+//!   each checked against the pinned binary (native/ABI.md);
+//! - `host`: the safe layer: owned copies of headers and bodies, checked statuses, metrics,
+//!   local replies, configuration callouts and the scheduler;
+//! - `hooks` + `exports`: the `envoy_dynamic_module_on_*` symbols, every one behind the panic
+//!   barrier of `guard`, failing closed;
+//! - `glue`: the interim wiring of keyward-filter's request handler onto that host;
+//! - `shared_data`: process-wide entries with Envoy's shared-data CAS rules.
+//!
+//! Linux only: on any other target (wasm32 included) the crate is empty.
+
+#![cfg(target_os = "linux")]
+
+pub mod abi;
+mod exports;
+pub mod glue;
+pub mod guard;
+pub mod hooks;
+pub mod host;
+pub mod shared_data;
+
+#[cfg(test)]
+mod fake_envoy;
+#[cfg(test)]
+mod tests;
