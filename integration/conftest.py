@@ -27,8 +27,17 @@ def wasm() -> Path:
     return path
 
 
-def _envoy(name, workdir, config, wasm):
-    env = harness.Envoy(name, workdir, plugin_config=config, wasm=wasm)
+@pytest.fixture(scope="session")
+def native_module() -> Path:
+    path = harness.native_path()
+    if not path.is_file():
+        # a hard failure, not a skip, as for the wasm
+        pytest.fail(f"keyward native module not found at {path}; run `make native` (or set KEYWARD_NATIVE)", pytrace=False)
+    return path
+
+
+def _envoy(name, workdir, config, wasm, host="wasm", native=None):
+    env = harness.Envoy(name, workdir, plugin_config=config, wasm=wasm, host=host, native=native)
     try:
         env.start()
         return env
@@ -49,6 +58,14 @@ def plain_envoy(envoy_workdir):
 @pytest.fixture(scope="session")
 def main_envoy(envoy_workdir, wasm):
     env = _envoy("enforce", envoy_workdir, world.enforce_config(), wasm)
+    yield env
+    env.stop()
+
+
+@pytest.fixture(scope="session")
+def native_envoy(envoy_workdir, native_module):
+    """The enforce world on the native build (the Envoy dynamic module)."""
+    env = _envoy("enforce-native", envoy_workdir, world.enforce_config(), None, host="native", native=native_module)
     yield env
     env.stop()
 
