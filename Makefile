@@ -82,6 +82,9 @@ wasm: wasm-target $(WASM_OPT_STAMP)
 native:
 	cargo build --profile native-release -p keyward-native
 	cp target/native-release/libkeyward_native.so $(NATIVE_SO)
+	@# test-only: the configuration callout/scheduler probe (integration/test_native.py)
+	cargo build -p keyward-native --features abi-probe
+	cp target/debug/libkeyward_native.so target/keyward-abi-probe.so
 
 # binaryen from the npm registry (runs on the machine's node), project-local and pinned.
 $(WASM_OPT_STAMP):

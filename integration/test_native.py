@@ -115,3 +115,34 @@ def _answer(env, method, path, headers):
 @pytest.mark.parametrize("method,path,headers", SAME_ANSWER, ids=[f"{m} {p[:20]} {i}" for i, (m, p, _) in enumerate(SAME_ANSWER)])
 def test_both_builds_give_the_same_answer(main_envoy, native_envoy, method, path, headers):
     assert _answer(native_envoy, method, path, headers) == _answer(main_envoy, method, path, headers)
+
+
+def test_config_level_callout_and_scheduler_work_in_envoy(envoy_workdir):
+    """The callbacks the policy sync will be built on (configuration scheduler committed from a
+    module thread, configuration callout, its reply hook), proven against the real Envoy with
+    the test-only probe build (`--features abi-probe`, built by `make native`)."""
+    import json
+
+    import harness
+
+    probe = harness.REPO_ROOT / "target" / "keyward-abi-probe.so"
+    if not probe.is_file():
+        pytest.fail(f"{probe} missing: run `make native`", pytrace=False)
+
+    def render(listen_port, admin_port, upstream_port):
+        cfg = harness.render_bootstrap(listen_port, admin_port, upstream_port, {}, host="native")
+        module = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        module["typed_config"]["filter_name"] = "keyward-abi-probe"
+        module["typed_config"]["filter_config"]["value"] = "upstream"  # the cluster to call
+        return json.dumps(cfg)
+
+    env = harness.Envoy("abi-probe", envoy_workdir, render=render, host="native", native=probe)
+    env.start()
+    try:
+        log = env.wait_for_log(lambda t: "keyward probe: callout" in t and "answered" in t, timeout=10)
+        assert "keyward probe: scheduled event 7 on the main thread" in log, env.log_problems()
+        assert "keyward probe: callout 1 answered status 200 with" in log, env.log_problems()
+        assert [r.path for r in env.upstream.snapshot()] == ["/abi-probe"]
+        assert env.metric("keyward.abi_probe.callout_replies") == 1, env.stats()
+    finally:
+        env.stop()

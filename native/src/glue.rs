@@ -47,12 +47,22 @@ pub struct KeywardConfig {
     settings: Arc<Settings>,
     policy: Option<Arc<Policy>>,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "abi-probe")]
+    probe: Option<crate::abi_probe::Probe>,
 }
 
 impl FilterConfig for KeywardConfig {
     type Filter = KeywardStream;
 
-    fn new(config: ConfigHandle, _name: &str, bytes: &[u8]) -> Result<Self, String> {
+    fn new(config: ConfigHandle, name: &str, bytes: &[u8]) -> Result<Self, String> {
+        #[cfg(feature = "abi-probe")]
+        if name == crate::abi_probe::PROBE_FILTER_NAME {
+            let probe = crate::abi_probe::Probe::start(config, bytes);
+            let mut loaded = KeywardConfig::new(config, "keyward", b"{}")?;
+            loaded.probe = Some(probe);
+            return Ok(loaded);
+        }
+        let _ = name;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -73,6 +83,8 @@ impl FilterConfig for KeywardConfig {
             settings: Arc::new(parsed.settings),
             policy: parsed.policy.map(Arc::new),
             metrics: Arc::new(metrics),
+            #[cfg(feature = "abi-probe")]
+            probe: None,
         };
         loaded.log_policy(config);
         Ok(loaded)
@@ -87,6 +99,25 @@ impl FilterConfig for KeywardConfig {
                 activity: None,
             },
             stage: Stage::Deciding,
+        }
+    }
+
+    #[cfg(feature = "abi-probe")]
+    fn on_scheduled(&self, config: ConfigHandle, event_id: u64) {
+        if let Some(probe) = &self.probe {
+            probe.on_scheduled(config, event_id);
+        }
+    }
+
+    #[cfg(feature = "abi-probe")]
+    fn on_http_callout_done(
+        &self,
+        config: ConfigHandle,
+        callout_id: u64,
+        response: Option<host::CalloutResponse>,
+    ) {
+        if let Some(probe) = &self.probe {
+            probe.on_http_callout_done(config, callout_id, response);
         }
     }
 }

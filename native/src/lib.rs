@@ -17,6 +17,8 @@
 #![cfg(target_os = "linux")]
 
 pub mod abi;
+#[cfg(feature = "abi-probe")]
+mod abi_probe;
 mod exports;
 pub mod glue;
 pub mod guard;
