@@ -123,6 +123,22 @@ unsafe fn module_bytes<'a>(buffer: ModuleBuffer) -> &'a [u8] {
     }
 }
 
+unsafe fn module_headers(headers: *const ModuleHttpHeader, size: usize) -> Vec<(String, Vec<u8>)> {
+    let views = if size == 0 {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(headers, size) }
+    };
+    views
+        .iter()
+        .map(|h| unsafe {
+            let name = std::slice::from_raw_parts(h.key_ptr, h.key_length);
+            let value = std::slice::from_raw_parts(h.value_ptr, h.value_length);
+            (String::from_utf8_lossy(name).into_owned(), value.to_vec())
+        })
+        .collect()
+}
+
 unsafe fn filter<'a>(ptr: EnvoyPtr) -> &'a mut FakeFilter {
     unsafe { &mut *ptr.cast::<FakeFilter>() }
 }
@@ -204,19 +220,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_send_response(
     body: ModuleBuffer,
     details: ModuleBuffer,
 ) {
-    let views = if headers_size == 0 {
-        &[][..]
-    } else {
-        unsafe { std::slice::from_raw_parts(headers, headers_size) }
-    };
-    let headers = views
-        .iter()
-        .map(|h| unsafe {
-            let name = std::slice::from_raw_parts(h.key_ptr, h.key_length);
-            let value = std::slice::from_raw_parts(h.value_ptr, h.value_length);
-            (String::from_utf8_lossy(name).into_owned(), value.to_vec())
-        })
-        .collect();
+    let headers = unsafe { module_headers(headers, headers_size) };
     let reply = unsafe {
         SentReply {
             status: status_code,
@@ -428,21 +432,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_c
     if cluster == "missing" {
         return 2; // ClusterNotFound
     }
-    let views = if headers_size == 0 {
-        &[][..]
-    } else {
-        unsafe { std::slice::from_raw_parts(headers, headers_size) }
-    };
-    let headers = views
-        .iter()
-        .map(|h| unsafe {
-            (
-                String::from_utf8_lossy(std::slice::from_raw_parts(h.key_ptr, h.key_length))
-                    .into_owned(),
-                std::slice::from_raw_parts(h.value_ptr, h.value_length).to_vec(),
-            )
-        })
-        .collect();
+    let headers = unsafe { module_headers(headers, headers_size) };
     let fake = unsafe { config(ptr) };
     fake.callouts.push((
         cluster,

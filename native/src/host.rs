@@ -44,6 +44,36 @@ unsafe fn copy_envoy_bytes(ptr: *const u8, length: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr, length) }.to_vec()
 }
 
+/// Copies one header view, name lower-cased.
+///
+/// # Safety
+/// The view's pointers must be null or valid for their lengths during the call.
+unsafe fn copy_header(view: &EnvoyHttpHeader) -> Result<Header, MalformedHeaders> {
+    // SAFETY: guaranteed by the caller.
+    let (name, value) = unsafe {
+        (
+            copy_envoy_bytes(view.key_ptr, view.key_length),
+            copy_envoy_bytes(view.value_ptr, view.value_length),
+        )
+    };
+    let mut name = String::from_utf8(name).map_err(|_| MalformedHeaders)?;
+    name.make_ascii_lowercase();
+    Ok((name, value))
+}
+
+/// Joins body slices into one owned buffer.
+///
+/// # Safety
+/// Each slice must be null or valid for its length during the call.
+unsafe fn copy_chunks(chunks: &[EnvoyBuffer]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(chunks.iter().map(|chunk| chunk.length).sum());
+    for chunk in chunks {
+        // SAFETY: guaranteed by the caller.
+        body.extend_from_slice(&unsafe { copy_envoy_bytes(chunk.ptr, chunk.length) });
+    }
+    body
+}
+
 /// The per-stream Envoy filter, for the duration of one hook.
 #[derive(Debug)]
 pub struct FilterHandle {
@@ -89,19 +119,9 @@ impl FilterHandle {
         }
         views
             .iter()
-            .map(|view| {
-                // SAFETY: Envoy filled each view with pointers into its header map, valid until
-                // the next setter call; they are copied here, before any.
-                let (name, value) = unsafe {
-                    (
-                        copy_envoy_bytes(view.key_ptr, view.key_length),
-                        copy_envoy_bytes(view.value_ptr, view.value_length),
-                    )
-                };
-                let mut name = String::from_utf8(name).map_err(|_| MalformedHeaders)?;
-                name.make_ascii_lowercase();
-                Ok((name, value))
-            })
+            // SAFETY: Envoy filled each view with pointers into its header map, valid until the
+            // next setter call; they are copied here, before any.
+            .map(|view| unsafe { copy_header(view) })
             .collect()
     }
 
@@ -211,12 +231,8 @@ impl FilterHandle {
         if !ok {
             return Vec::new();
         }
-        let mut body = Vec::with_capacity(chunks.iter().map(|chunk| chunk.length).sum());
-        for chunk in &chunks {
-            // SAFETY: each slice points into Envoy's buffer, valid during this hook.
-            body.extend_from_slice(&unsafe { copy_envoy_bytes(chunk.ptr, chunk.length) });
-        }
-        body
+        // SAFETY: each slice points into Envoy's buffer, valid during this hook.
+        unsafe { copy_chunks(&chunks) }
     }
 
     fn body_size(&self, body_type: u32) -> usize {
@@ -275,30 +291,32 @@ impl FilterHandle {
 
     /// Best effort: a failed metric update never changes a decision.
     pub fn increment_counter(&self, id: MetricId, delta: u64) {
-        // SAFETY: no labels (null, 0); plain values otherwise.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.ptr,
-                id.0,
-                std::ptr::null(),
-                0,
-                delta,
-            )
-        };
+        update_metric(
+            abi::envoy_dynamic_module_callback_http_filter_increment_counter,
+            self.ptr,
+            id,
+            delta,
+        );
     }
 
     pub fn set_gauge(&self, id: MetricId, value: u64) {
-        // SAFETY: as above.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_set_gauge(
-                self.ptr,
-                id.0,
-                std::ptr::null(),
-                0,
-                value,
-            )
-        };
+        update_metric(
+            abi::envoy_dynamic_module_callback_http_filter_set_gauge,
+            self.ptr,
+            id,
+            value,
+        );
     }
+}
+
+/// The shape of every metric update callback (labels unused by keyward).
+type MetricUpdate = unsafe extern "C" fn(EnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+
+/// Best effort: a failed metric update (unknown id) never changes a decision.
+fn update_metric(update: MetricUpdate, ptr: EnvoyPtr, id: MetricId, value: u64) {
+    // SAFETY: `ptr` is the filter or configuration the callback expects (callers pass their
+    // own); no labels (null, 0); plain values otherwise.
+    let _ = unsafe { update(ptr, id.0, std::ptr::null(), 0, value) };
 }
 
 /// A metric id as Envoy returned it (counter and gauge ids are separate spaces).
@@ -372,29 +390,21 @@ impl ConfigHandle {
 
     /// For work outside a request (a policy installed by the scheduler, a callout reply).
     pub fn increment_counter(&self, id: MetricId, delta: u64) {
-        // SAFETY: no labels; plain values otherwise.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
-                self.ptr,
-                id.0,
-                std::ptr::null(),
-                0,
-                delta,
-            )
-        };
+        update_metric(
+            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter,
+            self.ptr,
+            id,
+            delta,
+        );
     }
 
     pub fn set_gauge(&self, id: MetricId, value: u64) {
-        // SAFETY: as above.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                self.ptr,
-                id.0,
-                std::ptr::null(),
-                0,
-                value,
-            )
-        };
+        update_metric(
+            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge,
+            self.ptr,
+            id,
+            value,
+        );
     }
 
     /// Starts a one-shot HTTP call to `cluster` (main thread only). Headers must include
@@ -514,27 +524,15 @@ impl CalloutResponse {
             // SAFETY: guaranteed by the caller.
             unsafe { std::slice::from_raw_parts(body_chunks, body_chunks_size) }
         };
-        let mut copied = Vec::with_capacity(header_views.len());
-        for view in header_views {
+        let headers = header_views
+            .iter()
             // SAFETY: each view points at bytes valid during the hook (caller).
-            let (name, value) = unsafe {
-                (
-                    copy_envoy_bytes(view.key_ptr, view.key_length),
-                    copy_envoy_bytes(view.value_ptr, view.value_length),
-                )
-            };
-            let mut name = String::from_utf8(name).map_err(|_| MalformedHeaders)?;
-            name.make_ascii_lowercase();
-            copied.push((name, value));
-        }
-        let mut body = Vec::new();
-        for chunk in chunk_views {
-            // SAFETY: as above.
-            body.extend_from_slice(&unsafe { copy_envoy_bytes(chunk.ptr, chunk.length) });
-        }
+            .map(|view| unsafe { copy_header(view) })
+            .collect::<Result<Vec<Header>, MalformedHeaders>>()?;
         Ok(CalloutResponse {
-            headers: copied,
-            body,
+            headers,
+            // SAFETY: as above.
+            body: unsafe { copy_chunks(chunk_views) },
         })
     }
 }
