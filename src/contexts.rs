@@ -324,6 +324,7 @@ impl RootContext for KeywardRoot {
         Some(Box::new(KeywardRequest {
             state,
             stage: Stage::Deciding,
+            body_size: 0,
         }))
     }
 
@@ -345,6 +346,8 @@ enum Stage {
 struct KeywardRequest {
     state: Rc<FilterState>,
     stage: Stage,
+    /// The buffered body size Envoy last reported, for a body that ends with trailers.
+    body_size: usize,
 }
 
 impl KeywardRequest {
@@ -388,6 +391,7 @@ impl HttpContext for KeywardRequest {
         if !matches!(self.stage, Stage::AwaitingBody(_)) {
             return Action::Continue;
         }
+        self.body_size = body_size;
         let too_large = body_size > self.state.settings.metering.max_request_body_bytes;
         if !end_of_stream && !too_large {
             // Envoy keeps buffering; the request stays here until the body is complete.
@@ -397,6 +401,17 @@ impl HttpContext for KeywardRequest {
             return Action::Continue;
         };
         let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, body_size);
+        self.apply(verdict)
+    }
+
+    /// Trailers end a request whose last body chunk did not carry end-of-stream: the body is
+    /// complete here and must be decided before anything goes upstream (without this, a request
+    /// with trailers skipped the body's model check and reservation).
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Stage::AwaitingBody(ticket) = std::mem::replace(&mut self.stage, Stage::Done) else {
+            return Action::Continue;
+        };
+        let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, self.body_size);
         self.apply(verdict)
     }
 
