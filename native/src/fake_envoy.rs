@@ -119,6 +119,7 @@ unsafe fn module_bytes<'a>(buffer: ModuleBuffer) -> &'a [u8] {
     if buffer.ptr.is_null() {
         &[]
     } else {
+        // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
         unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }
     }
 }
@@ -127,10 +128,12 @@ unsafe fn module_headers(headers: *const ModuleHttpHeader, size: usize) -> Vec<(
     let views = if size == 0 {
         &[][..]
     } else {
+        // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
         unsafe { std::slice::from_raw_parts(headers, size) }
     };
     views
         .iter()
+        // SAFETY: pointers from the module under test, valid during the call.
         .map(|h| unsafe {
             let name = std::slice::from_raw_parts(h.key_ptr, h.key_length);
             let value = std::slice::from_raw_parts(h.value_ptr, h.value_length);
@@ -140,15 +143,18 @@ unsafe fn module_headers(headers: *const ModuleHttpHeader, size: usize) -> Vec<(
 }
 
 unsafe fn filter<'a>(ptr: EnvoyPtr) -> &'a mut FakeFilter {
+    // SAFETY: pointers from the module under test, valid during the call.
     unsafe { &mut *ptr.cast::<FakeFilter>() }
 }
 
 unsafe fn config<'a>(ptr: EnvoyPtr) -> &'a mut FakeConfig {
+    // SAFETY: pointers from the module under test, valid during the call.
     unsafe { &mut *ptr.cast::<FakeConfig>() }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer) {
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let text = String::from_utf8_lossy(unsafe { module_bytes(message) }).into_owned();
     // try_lock: the panic hook logs too, possibly while a failing test holds the lock.
     if let Ok(mut logs) = LOGS.try_lock() {
@@ -166,6 +172,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_headers_size(
     ptr: EnvoyPtr,
     header_type: u32,
 ) -> usize {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { filter(ptr) }
         .map(header_type)
         .map_or(0, |map| map.len())
@@ -177,10 +184,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_headers(
     header_type: u32,
     result: *mut EnvoyHttpHeader,
 ) -> bool {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let Some(map) = unsafe { filter(ptr) }.map(header_type) else {
         return false;
     };
     for (index, (name, value)) in map.iter().enumerate() {
+        // SAFETY: pointers from the module under test, valid during the call.
         unsafe {
             *result.add(index) = EnvoyHttpHeader {
                 key_ptr: name.as_ptr(),
@@ -200,7 +209,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_set_header(
     key: ModuleBuffer,
     value: ModuleBuffer,
 ) -> bool {
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let (key, value) = unsafe { (module_bytes(key).to_vec(), module_bytes(value).to_vec()) };
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let Some(map) = unsafe { filter(ptr) }.map(header_type) else {
         return false;
     };
@@ -220,7 +231,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_send_response(
     body: ModuleBuffer,
     details: ModuleBuffer,
 ) {
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let headers = unsafe { module_headers(headers, headers_size) };
+    // SAFETY: pointers from the module under test, valid during the call.
     let reply = unsafe {
         SentReply {
             status: status_code,
@@ -229,6 +242,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_send_response(
             details: String::from_utf8_lossy(module_bytes(details)).into_owned(),
         }
     };
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { filter(ptr) }.sent.push(reply);
 }
 
@@ -237,6 +251,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_body_chunks_size
     ptr: EnvoyPtr,
     body_type: u32,
 ) -> usize {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { filter(ptr) }
         .body(body_type)
         .map_or(0, |body| body.len().div_ceil(SLICE))
@@ -248,10 +263,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_body_chunks(
     body_type: u32,
     result: *mut EnvoyBuffer,
 ) -> bool {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let Some(body) = unsafe { filter(ptr) }.body(body_type) else {
         return false;
     };
     for (index, chunk) in body.chunks(SLICE).enumerate() {
+        // SAFETY: pointers from the module under test, valid during the call.
         unsafe {
             *result.add(index) = EnvoyBuffer {
                 ptr: chunk.as_ptr(),
@@ -267,6 +284,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_body_size(
     ptr: EnvoyPtr,
     body_type: u32,
 ) -> usize {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { filter(ptr) }
         .body(body_type)
         .map_or(0, |body| body.len())
@@ -278,6 +296,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_drain_body(
     body_type: u32,
     number_of_bytes: usize,
 ) -> bool {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     match unsafe { filter(ptr) }.body(body_type) {
         Some(body) => {
             body.drain(..number_of_bytes.min(body.len()));
@@ -294,7 +313,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_append_body(
     body_type: u32,
     data: ModuleBuffer,
 ) -> bool {
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let data = unsafe { module_bytes(data) }.to_vec();
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     match unsafe { filter(ptr) }.body(body_type) {
         Some(body) => {
             body.extend_from_slice(&data);
@@ -310,9 +331,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute
     attribute_id: u32,
     result: *mut EnvoyBuffer,
 ) -> bool {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let fake = unsafe { filter(ptr) };
     match (&fake.route_name, attribute_id) {
         (Some(name), ATTRIBUTE_XDS_ROUTE_NAME) => {
+            // SAFETY: pointers from the module under test, valid during the call.
             unsafe {
                 *result = EnvoyBuffer {
                     ptr: name.as_ptr(),
@@ -331,13 +354,16 @@ unsafe fn define(
     out: *mut usize,
     pick: fn(&mut FakeConfig) -> &mut Vec<String>,
 ) -> u32 {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let fake = unsafe { config(ptr) };
     if fake.frozen {
         return 3; // Frozen
     }
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let name = String::from_utf8_lossy(unsafe { module_bytes(name) }).into_owned();
     let names = pick(fake);
     names.push(name);
+    // SAFETY: the caller sized the out-array or passed a valid out-pointer (the contract under test).
     unsafe { *out = names.len() };
     0
 }
@@ -350,6 +376,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define
     _labels_length: usize,
     id: *mut usize,
 ) -> u32 {
+    // SAFETY: pointers from the module under test, valid during the call.
     unsafe { define(ptr, name, id, |c| &mut c.counters) }
 }
 
@@ -361,6 +388,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define
     _labels_length: usize,
     id: *mut usize,
 ) -> u32 {
+    // SAFETY: pointers from the module under test, valid during the call.
     unsafe { define(ptr, name, id, |c| &mut c.gauges) }
 }
 
@@ -375,6 +403,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_increment_cou
     if id == 0 {
         return 1; // MetricNotFound
     }
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     *unsafe { filter(ptr) }.counters.entry(id).or_default() += value;
     0
 }
@@ -390,6 +419,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_set_gauge(
     if id == 0 {
         return 1;
     }
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { filter(ptr) }.gauges.insert(id, value);
     0
 }
@@ -402,6 +432,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_increm
     _labels_length: usize,
     value: u64,
 ) -> u32 {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     *unsafe { config(ptr) }.counter_values.entry(id).or_default() += value;
     0
 }
@@ -414,6 +445,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_ga
     _labels_length: usize,
     value: u64,
 ) -> u32 {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     unsafe { config(ptr) }.gauge_values.insert(id, value);
     0
 }
@@ -428,18 +460,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_c
     body: ModuleBuffer,
     timeout_milliseconds: u64,
 ) -> u32 {
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let cluster = String::from_utf8_lossy(unsafe { module_bytes(cluster_name) }).into_owned();
     if cluster == "missing" {
         return 2; // ClusterNotFound
     }
+    // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
     let headers = unsafe { module_headers(headers, headers_size) };
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let fake = unsafe { config(ptr) };
     fake.callouts.push((
         cluster,
         headers,
+        // SAFETY: the module passes buffers valid for their lengths during the call (the contract under test).
         unsafe { module_bytes(body) }.to_vec(),
         timeout_milliseconds,
     ));
+    // SAFETY: the caller sized the out-array or passed a valid out-pointer (the contract under test).
     unsafe { *callout_id_out = fake.callouts.len() as u64 };
     0
 }
@@ -452,6 +489,7 @@ struct FakeScheduler {
 pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
     ptr: EnvoyPtr,
 ) -> SchedulerPtr {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
     let fake = unsafe { config(ptr) };
     *fake.live_schedulers.lock().expect("lock") += 1;
     Box::into_raw(Box::new(FakeScheduler { config: ptr.cast() })).cast()
@@ -462,7 +500,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_schedu
     scheduler: SchedulerPtr,
     event_id: u64,
 ) {
+    // SAFETY: the scheduler pointer came from scheduler_new and is used before delete.
     let scheduler = unsafe { &*scheduler.cast::<FakeScheduler>() };
+    // SAFETY: the scheduler pointer came from scheduler_new and is used before delete.
     let fake = unsafe { &*scheduler.config };
     fake.commits.lock().expect("lock").push(event_id);
 }
@@ -471,7 +511,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_schedu
 pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
     scheduler: SchedulerPtr,
 ) {
+    // SAFETY: the scheduler pointer came from scheduler_new and is used before delete.
     let scheduler = unsafe { Box::from_raw(scheduler.cast::<FakeScheduler>()) };
+    // SAFETY: the scheduler pointer came from scheduler_new and is used before delete.
     let fake = unsafe { &*scheduler.config };
     *fake.live_schedulers.lock().expect("lock") -= 1;
 }

@@ -15,6 +15,8 @@
 //! Linux only: on any other target (wasm32 included) the crate is empty.
 
 #![cfg(target_os = "linux")]
+// Every `unsafe` block says why it is sound (a SAFETY: comment), checked by clippy.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
 #[cfg(feature = "abi-probe")]
