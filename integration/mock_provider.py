@@ -17,13 +17,13 @@ OpenAI chat streams carry a usage chunk only when the request asked for it with
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Optional
 
-LOOPBACK = "127.0.0.1"
+from keyward_testkit.http_servers import RecordingHTTPServer, read_body, send_json
+
 CHUNK_BYTES = 23  # small and odd, so chunk boundaries fall inside JSON tokens
 
 
@@ -65,34 +65,18 @@ def _usage_anthropic(inp: int, out: int, cached: int) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
 
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
-            raw = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return raw
-                raw += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _record(self, served: Served) -> None:
+        self.server.owner.record(served)  # type: ignore[attr-defined]
 
     def do_GET(self):  # noqa: N802
-        payload = json.dumps({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
 
     def do_POST(self):  # noqa: N802
-        raw = self._read_body()
+        raw = read_body(self)
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -111,13 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
             key_id=h.get("x-keyward-key-id"), body=body,
         )
         if "x-mock-status" in h:
-            payload = json.dumps({"error": {"message": "mock failure", "type": "server_error"}}).encode()
-            self.send_response(int(h["x-mock-status"]))
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-            self.server.record(record)
+            send_json(self, {"error": {"message": "mock failure", "type": "server_error"}}, int(h["x-mock-status"]))
+            self._record(record)
             return
 
         if self.path.startswith("/v1/messages"):
@@ -140,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
             if cut_after is not None and index >= cut_after:
                 record.cut = True
                 record.input_tokens = record.output_tokens = None
-                self.server.record(record)
+                self._record(record)
                 self.wfile.flush()
                 self.close_connection = True
                 # An abrupt end: no terminating chunk.
@@ -152,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-        self.server.record(record)
+        self._record(record)
 
     @staticmethod
     def _sse(obj, event: Optional[str] = None) -> bytes:
@@ -202,42 +181,13 @@ class _Handler(BaseHTTPRequestHandler):
         return pieces, True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # Twenty concurrent streams per test: the default backlog of 5 drops connections.
-    request_queue_size = 128
+class MockProvider(RecordingHTTPServer):
+    """Has the `port`/`start`/`stop` of the harness's echo upstream, so an Envoy can use it;
+    `recorded()` lists what it served, `clear()` forgets it."""
 
     def __init__(self):
-        super().__init__((LOOPBACK, 0), _Handler)
-        self.lock = threading.Lock()
-        self.served: list[Served] = []
-
-    def record(self, served: Served) -> None:
-        with self.lock:
-            self.served.append(served)
-
-
-class MockProvider:
-    """Has the `port`/`start`/`stop` of the harness's echo upstream, so an Envoy can use it."""
-
-    def __init__(self):
-        self.server = _Server()
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "MockProvider":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        # Twenty concurrent streams per test: the default backlog of 5 drops connections.
+        super().__init__(_Handler, backlog=128)
 
     def served(self) -> list[Served]:
-        with self.server.lock:
-            return list(self.server.served)
-
-    def clear(self) -> None:
-        with self.server.lock:
-            self.server.served.clear()
+        return self.recorded()

@@ -1,6 +1,6 @@
 """A stand-in control plane for the filter's sync tests: serves signed snapshot envelopes with
 ETag / If-None-Match, and can be told to fail, tamper, or serve old versions. The envelope format
-and the HMAC are those of engine/src/signed_snapshot.rs; the real control plane (`keyward serve`)
+and the signature are those of engine/src/signed_snapshot.rs (keyward_testkit.signing); the real control plane (`keyward serve`)
 is exercised in test_control_plane.py.
 
 It also serves the chunked layout (engine/src/chunked.rs): a signed manifest at
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Optional
 
-LOOPBACK = "127.0.0.1"
-FORMAT = "keyward.signed-snapshot.v1"
-MANIFEST_FORMAT = "keyward.signed-manifest.v1"
+from keyward_testkit.http_servers import BackgroundHTTPServer
+from keyward_testkit.signing import sign_envelope
+
 MANIFEST_PATH = "/v1/snapshot/manifest"
 CHUNK_PATH = "/v1/snapshot/chunks/"
 SIGNING_KEY_ID = "test-signing-key"
@@ -28,10 +27,13 @@ SIGNING_SECRET = b"integration-test-signing-secret-0123456789"
 SIGNING_SECRET_B64 = base64.b64encode(SIGNING_SECRET).decode()
 
 
+def compact(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def sign(snapshot: dict, key_id: str = SIGNING_KEY_ID, secret: bytes = SIGNING_SECRET) -> bytes:
-    body = json.dumps(snapshot, separators=(",", ":"))
-    signature = hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
-    return ('{"format":"%s","key_id":"%s","signature":"%s","snapshot":%s}' % (FORMAT, key_id, signature, body)).encode()
+    """The signed envelope of a snapshot, under the test signing key by default."""
+    return sign_envelope(compact(snapshot), key_id, secret)
 
 
 def sync_block(
@@ -61,20 +63,17 @@ def split_chunked(
     refs = []
     for start in range(0, len(keys), keys_per_chunk):
         part = keys[start : start + keys_per_chunk]
-        body = "".join(json.dumps(k, separators=(",", ":")) + "\n" for k in part).encode()
+        body = b"".join(compact(k) + b"\n" for k in part)
         digest = hashlib.sha256(body).hexdigest()
         chunks[digest] = body
         refs.append({"sha256": digest, "keys": len(part), "bytes": len(body)})
     manifest = {k: v for k, v in snapshot.items() if k != "keys"}
     manifest["keys"] = len(keys)
     manifest["chunks"] = refs
-    text = json.dumps(manifest, separators=(",", ":"))
-    signature = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
-    envelope = '{"format":"%s","key_id":"%s","signature":"%s","manifest":%s}' % (MANIFEST_FORMAT, key_id, signature, text)
-    return envelope.encode(), chunks
+    return sign_envelope(compact(manifest), key_id, secret, kind="manifest"), chunks
 
 
-class SnapshotServer:
+class SnapshotServer(BackgroundHTTPServer):
     """Serves whatever `body` holds at GET /v1/snapshot; `status` overrides the answer."""
 
     def __init__(self):
@@ -98,78 +97,39 @@ class SnapshotServer:
 
             def do_GET(self):  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
-                if path == MANIFEST_PATH or path.startswith(CHUNK_PATH):
-                    return self.chunked(path)
-                with server.lock:
-                    server.requests += 1
-                    body, etag, status = server.body, server.etag, server.status
-                if status != 200 or body is None:
-                    payload = b'{"error":"unavailable"}'
-                    self.send_response(status if status != 200 else 503)
-                    self.send_header("content-type", "application/json")  # like keyward serve
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                if self.headers.get("if-none-match") == etag:
-                    with server.lock:
-                        server.conditional_hits += 1
-                    self.send_response(304)
-                    self.send_header("etag", etag)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("etag", etag)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def chunked(self, path: str) -> None:
+                content_type, missing = "application/json", 503
                 with server.lock:
                     status = server.status
                     if path == MANIFEST_PATH:
                         server.requests += 1
-                        body, etag = server.manifest, server.manifest_etag
-                    else:
+                        body, etag, missing = server.manifest, server.manifest_etag, 404
+                    elif path.startswith(CHUNK_PATH):
                         server.chunk_requests += 1
-                        body, etag = server.chunks.get(path[len(CHUNK_PATH) :]), ""
+                        body, etag, missing = server.chunks.get(path[len(CHUNK_PATH) :]), "", 404
+                        content_type = "application/x-ndjson"
+                    else:
+                        server.requests += 1
+                        body, etag = server.body, server.etag
                 if status != 200 or body is None:
-                    payload = b'{"error":"unavailable"}'
-                    self.send_response(status if status != 200 else 404)
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                if etag and self.headers.get("if-none-match") == etag:
+                    self.answer(status if status != 200 else missing, b'{"error":"unavailable"}', "application/json")
+                elif etag and self.headers.get("if-none-match") == etag:
                     with server.lock:
                         server.conditional_hits += 1
-                    self.send_response(304)
-                    self.send_header("etag", etag)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "application/json" if etag else "application/x-ndjson")
+                    self.answer(304, b"", None, etag)
+                else:
+                    self.answer(200, body, content_type, etag)
+
+            def answer(self, status: int, body: bytes, content_type: Optional[str], etag: str = "") -> None:
+                self.send_response(status)
+                if content_type:
+                    self.send_header("content-type", content_type)  # errors too, like keyward serve
                 if etag:
                     self.send_header("etag", etag)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def start(self) -> "SnapshotServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
     def publish(self, envelope: bytes) -> None:
         with self.lock:

@@ -5,8 +5,6 @@ by the filter in Envoy with two workers."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,43 +12,30 @@ from pathlib import Path
 import pytest
 
 import harness
+from keyward_testkit.control_plane import ControlPlane
 
-REPO = Path(__file__).resolve().parent.parent
-KEYWARD = Path(os.environ.get("KEYWARD_BIN", REPO / "target" / "debug" / "keyward"))
+KEYWARD = harness.KEYWARD_BIN
 INTERVAL_MS = 500
 PROPAGATION_S = INTERVAL_MS / 1000 + 1.0
 
 
 def keyward(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KEYWARD_DB=str(workdir / "keyward.db"), KEYWARD_ACTOR="integration")
-    return subprocess.run(
-        [str(KEYWARD), *args], env=env, capture_output=True, text=True, timeout=30, check=True, stdin=subprocess.DEVNULL
-    )
+    return ControlPlane(KEYWARD, workdir).cli(*args)
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory, envoy_workdir, wasm):
-    if not KEYWARD.is_file():
-        pytest.fail(f"keyward binary not found at {KEYWARD}: cargo build -p keyward", pytrace=False)
+def plane(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
     work = tmp_path_factory.mktemp("control-plane")
-    keyward(work, "secret", "signing-key", "--out", str(work / "signing.key"))
-    keyward(work, "secret", "admin-token", "--out", str(work / "admin.tokens"))
+    plane = ControlPlane(keyward_bin, work)
+    plane.create_secrets()
     keyward(work, "project", "create", "proj_e2e", "--org", "org_e2e")
     created = json.loads(keyward(work, "key", "create", "--project", "proj_e2e", "--json").stdout)
-    server = subprocess.Popen(
-        [str(KEYWARD), "serve", "--listen", "127.0.0.1:0", "--admin-token-file", str(work / "admin.tokens"),
-         "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key")],
-        env=dict(os.environ, KEYWARD_DB=str(work / "keyward.db")),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-    )
+    address = plane.start()
     try:
-        first_line = server.stdout.readline()
-        address = re.search(r"http://([0-9.]+:\d+)", first_line)
-        assert address, f"unexpected first line from keyward serve: {first_line!r}"
 
         def render(listen_port, admin_port, upstream_port):
             return keyward(
-                work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address.group(1),
+                work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
                 "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
@@ -58,11 +43,10 @@ def plane(tmp_path_factory, envoy_workdir, wasm):
 
         env = harness.Envoy("control-plane", envoy_workdir, render=render, concurrency=2)
         env.start()
-        yield env, work, created, address.group(1)
+        yield env, work, created, address
         env.stop()
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        plane.stop()
 
 
 def answers(env, key: str, n: int = 16) -> set[tuple[int, str | None]]:

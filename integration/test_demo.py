@@ -2,12 +2,19 @@
 
 import hashlib
 import json
+import os
+import re
 import shlex
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 
 import harness
+from keyward_testkit.http_servers import BackgroundHTTPServer
+from keyward_testkit.net import LOOPBACK, free_port, port_taken
 
 sys.path.insert(0, str(harness.REPO_ROOT / "scripts"))
 import render_demo  # noqa: E402
@@ -84,21 +91,28 @@ def test_demo_scenario(demo_envoy, scenario):
             assert got.header("x-keyward-project") == "proj_demo", got.headers
 
 
-def test_make_run_follows_the_control_plane(tmp_path, wasm):
-    """`make run`'s runner: the control plane seeded with the demo keys, the printed curl lines
-    answered as documented, and a key minted and a key revoked live with the printed commands."""
-    import os
-    import re
-    import subprocess
-    import time
+RUN_DEMO = harness.REPO_ROOT / "scripts" / "run_demo.py"
+PORT_FLAGS = ("--listen-port", "--admin-port", "--upstream-port", "--control-plane-port")
+MAKE_VARIABLES = ("DEMO_PORT", "DEMO_ADMIN_PORT", "DEMO_UPSTREAM_PORT", "DEMO_CONTROL_PLANE_PORT")
 
-    keyward = os.environ.get("KEYWARD_BIN", str(harness.REPO_ROOT / "target" / "debug" / "keyward"))
-    listen, admin, upstream, control = (harness.free_port() for _ in range(4))
+
+def run_demo_command(tmp_path, wasm, keyward_bin, ports) -> list[str]:
+    """`make run`'s runner with its files in tmp_path and the given four ports."""
+    command = [sys.executable, str(RUN_DEMO), "--config", str(tmp_path / "envoy.yaml"),
+               "--log", str(tmp_path / "envoy.log"), "--wasm", str(wasm), "--keyward", str(keyward_bin)]
+    for flag, port in zip(PORT_FLAGS, ports):
+        command += [flag, str(port)]
+    return command
+
+
+def test_make_run_follows_the_control_plane(tmp_path, wasm, keyward_bin):
+    """`make run`'s runner on ports other than the defaults: the control plane seeded with the
+    demo keys, the printed curl lines answered as documented, and a key minted and a key revoked
+    live with the printed commands."""
+    keyward = str(keyward_bin)
+    listen, admin, upstream, control = ports = [free_port() for _ in range(4)]
     runner = subprocess.Popen(
-        [sys.executable, str(harness.REPO_ROOT / "scripts" / "run_demo.py"), "--config", str(tmp_path / "envoy.yaml"),
-         "--log", str(tmp_path / "envoy.log"), "--wasm", str(wasm), "--keyward", keyward,
-         "--listen-port", str(listen), "--admin-port", str(admin), "--upstream-port", str(upstream),
-         "--control-plane-port", str(control)],
+        run_demo_command(tmp_path, wasm, keyward_bin, ports),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )
     try:
@@ -142,6 +156,65 @@ def test_make_run_follows_the_control_plane(tmp_path, wasm):
             time.sleep(0.1)
         minted = harness.http_request(listen, "GET", "/v1/models", [("authorization", f"Bearer {created['key']}")])
         assert minted.status == 200, minted
+        assert oct(os.stat(tmp_path / "envoy.yaml").st_mode & 0o777) == "0o600", "the config holds the signing secret"
     finally:
         runner.terminate()
         runner.wait(timeout=15)
+    # SIGTERM, like Ctrl-C, stops everything the runner started
+    assert runner.returncode == 0, runner.returncode
+    assert [port_taken(p) for p in ports] == [None] * 4
+
+
+def _reuse_port_listener() -> socket.socket:
+    """A listener like an Envoy listener (SO_REUSEPORT): another Envoy could silently share it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((LOOPBACK, 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("taken", range(4), ids=MAKE_VARIABLES)
+def test_make_run_refuses_a_taken_port(tmp_path, wasm, keyward_bin, taken):
+    """With something already on one of its ports, the runner starts nothing, names the port and
+    the `make run` variable that moves it, and exits non-zero; it never prints that it is ready."""
+    ports = [free_port() for _ in range(4)]
+    foreign = _reuse_port_listener() if taken == 0 else BackgroundHTTPServer(harness.AlwaysLive).start()
+    ports[taken] = foreign.getsockname()[1] if taken == 0 else foreign.port
+    try:
+        done = subprocess.run(run_demo_command(tmp_path, wasm, keyward_bin, ports), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    finally:
+        foreign.close() if taken == 0 else foreign.stop()
+    said = done.stdout + done.stderr
+    assert done.returncode == 3, said
+    assert f"port {ports[taken]}" in said and f"{MAKE_VARIABLES[taken]}=" in said and "taken" in said, said
+    assert "demo ready" not in said and "curl" not in said, said
+    assert not (tmp_path / "envoy.yaml").exists() and not (tmp_path / "control-plane").exists()
+    assert [port_taken(p) for i, p in enumerate(ports) if i != taken] == [None] * 3
+
+
+def test_make_run_refuses_one_port_twice(tmp_path, wasm, keyward_bin):
+    port = free_port()
+    done = subprocess.run(run_demo_command(tmp_path, wasm, keyward_bin, [port, port, free_port(), free_port()]),
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 3 and f"both on port {port}" in done.stderr, done.stderr
+
+
+def test_make_run_passes_its_port_variables(tmp_path):
+    """`make run DEMO_PORT=... DEMO_ADMIN_PORT=...` reaches the port check (before the build)
+    and the runner (a dry run: nothing is built or started)."""
+    ports = [free_port() for _ in range(4)]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-C", str(harness.REPO_ROOT), "run",
+         *(f"{var}={port}" for var, port in zip(MAKE_VARIABLES, ports))],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    runner_lines = [line for line in done.stdout.replace("\\\n", " ").splitlines() if "scripts/run_demo.py" in line]
+    assert len(runner_lines) == 2 and "--check-ports" in runner_lines[0], done.stdout
+    expected = " ".join(f"{flag} {port}" for flag, port in zip(PORT_FLAGS, ports))
+    for line in runner_lines:
+        assert expected in " ".join(line.split()), line

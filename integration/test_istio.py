@@ -21,10 +21,10 @@ import pytest
 
 import harness
 from keys import ak_key
+from keyward_testkit.envoy_config import static_cluster
 from snapshot_server import SIGNING_KEY_ID, SIGNING_SECRET_B64, SnapshotServer, sign
 
 REPO = Path(__file__).resolve().parent.parent
-KEYWARD = Path(os.environ.get("KEYWARD_BIN", REPO / "target" / "debug" / "keyward"))
 ISTIO_MODELS = Path(os.environ.get("ISTIO_MODELS_DIR", REPO / ".tools" / "istio-models"))
 VALIDATE = REPO / "integration" / "istio" / "validate.mjs"
 BAD_EXAMPLE = REPO / "integration" / "istio" / "bad-wasmplugin.json"
@@ -45,18 +45,12 @@ ALLOWED_SPEC_FIELDS = {
         "addresses", "endpoints", "exportTo", "hosts", "location", "ports", "resolution", "subjectAltNames",
         "workloadSelector",
     },
+    "EnvoyFilter": {"configPatches", "priority", "targetRefs", "workloadSelector"},
 }
 ALLOWED_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec"}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def keyward_bin() -> Path:
-    if not KEYWARD.is_file():
-        pytest.fail(f"{KEYWARD} not found: run `cargo build -p keyward` (or set KEYWARD_BIN)", pytrace=False)
-    return KEYWARD
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +138,20 @@ def test_rendered_resources_validate_against_the_istio_schema(keyward_bin, signi
     docs = documents(res.stdout)
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1", "ServiceEntry"),
     ]
     check_schema(istio_models, tmp_path, docs)
 
-    plugin, entry = docs
+    plugin, hardening, entry = docs
+    # Envoy's own request hardening for the same workloads (keyward holds without it too).
+    assert hardening["spec"]["workloadSelector"] == {"labels": {"app": "llm-gateway"}}
+    patch = hardening["spec"]["configPatches"][0]
+    assert patch["applyTo"] == "NETWORK_FILTER" and patch["patch"]["operation"] == "MERGE"
+    manager = patch["patch"]["value"]["typed_config"]
+    assert manager["normalize_path"] is True and manager["merge_slashes"] is True
+    assert manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert manager["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
     spec = plugin["spec"]
     assert spec["url"] == WASM_URL
     # oci://: Istio compares the image manifest's digest (istio/istio pkg/wasm/imagefetcher.go)
@@ -173,7 +176,8 @@ def test_gateway_target_match_and_base_config(keyward_bin, signing_key_file, was
                        "--no-service-entry", "--name", "keyward-gw")
     assert res.returncode == 0, res.stderr
     docs = documents(res.stdout)
-    assert [d["kind"] for d in docs] == ["WasmPlugin"]
+    assert [d["kind"] for d in docs] == ["WasmPlugin", "EnvoyFilter"]
+    assert docs[1]["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "llm"}]
     check_schema(istio_models, tmp_path, docs)
     spec = docs[0]["spec"]
     assert spec["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "llm"}]
@@ -263,16 +267,7 @@ def test_allow_list_catches_unknown_spec_fields():
 
 def outbound_cluster(name: str, port: int) -> dict:
     """A cluster named as Istio names it (`outbound|PORT||HOST`), here to a loopback port."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "0.5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": harness.LOOPBACK, "port_value": port}}}}]}],
-        },
-    }
+    return static_cluster(name, port, connect_timeout="0.5s")
 
 
 def test_plugin_config_passes_envoy_validate(keyward_bin, signing_key_file, wasm, oci_layout, tmp_path):

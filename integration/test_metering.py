@@ -12,24 +12,22 @@ import hashlib
 import http.client
 import json
 import math
-import os
-import re
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 import harness
+from keyward_testkit.control_plane import ControlPlane
+from keyward_testkit.http_servers import BackgroundHTTPServer
 from mock_provider import MockProvider
 
-REPO = Path(__file__).resolve().parent.parent
-KEYWARD = Path(os.environ.get("KEYWARD_BIN", REPO / "target" / "debug" / "keyward"))
+KEYWARD = harness.KEYWARD_BIN
 INTERVAL_MS = 300
 REPORT_INTERVAL_MS = 300
 CEILING = 100_000  # $0.10 per request at most
@@ -42,13 +40,10 @@ def cost(inp: int, out: int, cached: int = 0) -> int:
 
 
 def keyward(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KEYWARD_DB=str(workdir / "keyward.db"), KEYWARD_ACTOR="integration")
-    return subprocess.run(
-        [str(KEYWARD), *args], env=env, capture_output=True, text=True, timeout=30, check=True, stdin=subprocess.DEVNULL
-    )
+    return ControlPlane(KEYWARD, workdir).cli(*args)
 
 
-class AckDropper:
+class AckDropper(BackgroundHTTPServer):
     """Between Envoy and `keyward serve`: passes everything through, but for the first N usage
     reports it forwards the report (so the control plane applies it) and answers Envoy 503, as if
     the acknowledgement was lost. Envoy must retry the same batch, and it must count once."""
@@ -95,14 +90,8 @@ class AckDropper:
             def do_POST(self):  # noqa: N802
                 self._forward("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.start()
 
 
 PLUGIN_CONFIG = {
@@ -120,28 +109,19 @@ PLUGIN_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def metered(tmp_path_factory, envoy_workdir, wasm):
-    if not KEYWARD.is_file():
-        pytest.fail(f"keyward binary not found at {KEYWARD}: cargo build -p keyward", pytrace=False)
+def metered(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
     work = tmp_path_factory.mktemp("metering")
-    keyward(work, "secret", "signing-key", "--out", str(work / "signing.key"))
-    keyward(work, "secret", "admin-token", "--out", str(work / "admin.tokens"))
+    plane = ControlPlane(keyward_bin, work)
+    plane.create_secrets()
     keyward(work, "project", "create", "proj_m", "--org", "org_m")
     keyward(work, "price", "set", "--model", "gpt-4o*", "--input", "2", "--output", "10")
     (work / "plugin.json").write_text(json.dumps(PLUGIN_CONFIG))
-    server = subprocess.Popen(
-        [str(KEYWARD), "serve", "--listen", "127.0.0.1:0", "--admin-token-file", str(work / "admin.tokens"),
-         "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key")],
-        env=dict(os.environ, KEYWARD_DB=str(work / "keyward.db")),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-    )
+    address = plane.start()
     provider = MockProvider().start()
     dropper = None
     env = None
     try:
-        address = re.search(r"http://([0-9.]+:\d+)", server.stdout.readline())
-        assert address, "keyward serve did not print its address"
-        dropper = AckDropper(address.group(1), drop=1)
+        dropper = AckDropper(address, drop=1)
 
         def render(listen_port, admin_port, upstream_port):
             return keyward(
@@ -161,8 +141,7 @@ def metered(tmp_path_factory, envoy_workdir, wasm):
         if dropper is not None:
             dropper.stop()
         provider.stop()
-        server.terminate()
-        server.wait(timeout=10)
+        plane.stop()
 
 
 def new_key(work: Path, *flags: str) -> tuple[str, str]:

@@ -126,7 +126,7 @@ def test_config_level_callout_and_scheduler_work_in_envoy(envoy_workdir):
         log = env.wait_for_log(lambda t: "keyward probe: callout" in t and "answered" in t, timeout=10)
         assert "keyward probe: scheduled event 7 on the main thread" in log, env.log_problems()
         assert "keyward probe: callout 1 answered status 200 with" in log, env.log_problems()
-        assert [r.path for r in env.upstream.snapshot()] == ["/abi-probe"]
+        assert [r.path for r in env.upstream.recorded()] == ["/abi-probe"]
         assert env.metric("keyward.abi_probe.callout_replies") == 1, env.stats()
     finally:
         env.stop()

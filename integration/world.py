@@ -195,14 +195,23 @@ AK_FORMAT = {
     "key_id": {"charset": "alphanumeric", "min_length": 4, "max_length": 32},
     "secret": {"charset": "base62", "min_length": 16, "max_length": 128},
 }
-CKS_FORMAT = {
-    "name": "cks",
-    "type": "prefixed_opaque",
-    "prefix": "cks_",
-    "environments": ["live", "test"],
-    "body": {"charset": "base62", "min_length": 24, "max_length": 64},
-    "checksum": "crc32_base62",
-}
+
+
+def opaque_format(
+    name: str, environments: tuple[str, ...] = ("live", "test"), max_length: int = 64, checksum: str = "none"
+) -> dict:
+    """A `prefixed_opaque` key format `<name>_<environment>_<base62 body>`."""
+    return {
+        "name": name,
+        "type": "prefixed_opaque",
+        "prefix": f"{name}_",
+        "environments": list(environments),
+        "body": {"charset": "base62", "min_length": 24, "max_length": max_length},
+        "checksum": checksum,
+    }
+
+
+CKS_FORMAT = opaque_format("cks", checksum="crc32_base62")
 ALT_IDENTITY = {
     "key_id": "x-auth-key-id",
     "project": "x-auth-project",

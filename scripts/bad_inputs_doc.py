@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Rewrite the generated table of docs/bad-inputs.md from integration/bad_inputs.py.
+"""Rewrite the generated tables of docs/bad-inputs.md from integration/bad_inputs.py (the
+credential battery) and integration/bypass_cases.py (the bypass battery).
 
     .tools/venv/bin/python scripts/bad_inputs_doc.py          # rewrite the doc
     .tools/venv/bin/python scripts/bad_inputs_doc.py --check  # exit 1 if it is out of date
 
-Only the text between the two generated-section markers changes; the rest is prose.
+Only the text between each pair of generated-section markers changes; the rest is prose.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "bad-inputs.md"
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(REPO / "pylib"))
 
 import bad_inputs  # noqa: E402
+import bypass_cases  # noqa: E402
 
 
 def main() -> int:
@@ -25,7 +28,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check that the doc is up to date")
     args = parser.parse_args()
     current = DOC.read_text()
-    wanted = bad_inputs.replace_generated(current)
+    wanted = bypass_cases.replace_generated(bad_inputs.replace_generated(current))
     if args.check:
         if wanted != current:
             print(f"{DOC.relative_to(REPO)} is out of date: run scripts/bad_inputs_doc.py", file=sys.stderr)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Demo upstream: answers every request with 200 and a JSON echo of what it received.
 
-Binds 127.0.0.1 only. Standard library only.
+Binds 127.0.0.1 only and prints `listening 127.0.0.1:PORT` on stdout once bound. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
+from keyward_testkit.http_servers import read_body, send_json, serve_until_interrupted  # noqa: E402
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -22,8 +27,7 @@ class Echo(BaseHTTPRequestHandler):
         sys.stderr.write("upstream: %s\n" % (format % args))
 
     def _handle(self):
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(min(length, 1 << 20)) if length else b""
+        body = read_body(self, limit=1 << 20)
         echo = {
             "upstream": "keyward demo echo",
             "method": self.command,
@@ -36,13 +40,7 @@ class Echo(BaseHTTPRequestHandler):
             prompt_tokens = max(1, len(body) // 4)
             echo["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": 20,
                              "total_tokens": prompt_tokens + 20}
-        payload = json.dumps(echo, indent=2).encode() + b"\n"
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        send_json(self, json.dumps(echo, indent=2).encode() + b"\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
@@ -51,16 +49,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=10001)
     args = ap.parse_args(argv)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Echo)
-    server.daemon_threads = True
-    print(f"demo upstream on http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_interrupted(Echo, args.port)
 
 
 if __name__ == "__main__":

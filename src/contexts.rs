@@ -2,9 +2,7 @@
 //! `sync`, follows pushed policies (and polls, when it is the sync service or the lease holder);
 //! one request context per HTTP stream hands its headers to `handler`.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use keyward_engine::config::{PluginConfig, Role};
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
@@ -12,16 +10,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
-use crate::handler::{
-    on_request_body, on_request_headers, on_response_body, on_response_headers, on_stream_end,
-    FilterState, Verdict,
-};
+use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow, SharedLedger};
 use crate::host::{LogLevel, SharedData, Telemetry};
-use crate::metering_flow::{Admitted, Ticket};
-use crate::metrics::Metrics;
-use crate::sync_agent::{
-    claim_instance_number, ChunkMetrics, Followed, PolicyFollower, SnapshotPoller,
-};
+use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
+use crate::panic_log::log_panic;
+use crate::sync::{claim_instance_number, Followed, PolicyFollower, SnapshotPoller};
 use crate::usage_activity::{flush, Activity};
 use crate::usage_reporter::UsageReporter;
 
@@ -34,6 +27,9 @@ const LOADING_BUDGET_MS: u64 = 8;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(SdkLogLevel::Info);
+    // After set_log_level, which installs the SDK's hook (the whole message, unfiltered, and a
+    // failing log call panics again inside it): ours replaces it, for every panic of this VM.
+    std::panic::set_hook(Box::new(|info| log_panic(&EnvoyHost, info)));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(KeywardRoot::default()) });
 }}
 
@@ -41,19 +37,18 @@ proxy_wasm::main! {{
 struct KeywardRoot {
     /// This VM's number among those sharing the vm_id, claimed once (see claim_instance_number).
     instance_number: Option<u64>,
-    state: Option<Rc<FilterState>>,
+    state: Option<Arc<FilterState>>,
     metrics: Option<Arc<Metrics>>,
     role: Role,
     sync: Option<SyncSettings>,
     poller: Option<SnapshotPoller>,
     reporter: Option<UsageReporter>,
     follower: PolicyFollower,
-    chunk_metrics: Option<ChunkMetrics>,
     /// The tick period set now, and the one to return to after a load.
     tick_ms: u32,
     base_tick_ms: u32,
     /// This VM's usage since its last flush; survives policy updates and reconfiguration.
-    activity: Rc<RefCell<Activity>>,
+    activity: Arc<Mutex<Activity>>,
 }
 
 impl KeywardRoot {
@@ -61,12 +56,7 @@ impl KeywardRoot {
         let host = EnvoyHost;
         let bytes = host
             .plugin_configuration()
-            .map_err(|e| {
-                format!(
-                    "cannot read the plugin configuration (host status {})",
-                    e.status
-                )
-            })?
+            .map_err(|e| format!("cannot read the plugin configuration ({})", e))?
             .unwrap_or_default();
         let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}".to_vec()
@@ -79,27 +69,9 @@ impl KeywardRoot {
             Some(metrics) => Arc::clone(metrics),
             None => {
                 let defined = Metrics::define(|kind, name| host.define_metric(kind, name))
-                    .map_err(|e| format!("cannot define metrics (host status {})", e.status))?;
+                    .map_err(|e| format!("cannot define metrics ({})", e))?;
                 let defined = Arc::new(defined);
                 self.metrics = Some(Arc::clone(&defined));
-                defined
-            }
-        };
-        let chunk_metrics = match self.chunk_metrics {
-            Some(defined) => defined,
-            None => {
-                let counter = |name: &str| {
-                    host.define_metric(crate::host::MetricKind::Counter, name)
-                        .map(Some)
-                        .map_err(|e| format!("cannot define metrics (host status {})", e.status))
-                };
-                let defined = ChunkMetrics {
-                    fetched: counter("keyward.sync.chunks_fetched")?,
-                    reused: counter("keyward.sync.chunks_reused")?,
-                    mismatched: counter("keyward.sync.rejected.chunk_mismatch")?,
-                    invalid: counter("keyward.sync.rejected.uncompilable_snapshot")?,
-                };
-                self.chunk_metrics = Some(defined);
                 defined
             }
         };
@@ -112,15 +84,12 @@ impl KeywardRoot {
             Some(sync) if config.role == Role::SyncService || sync.poller == Poller::Lease => {
                 let number = match self.instance_number {
                     Some(number) => number,
-                    None => claim_instance_number(&host).map_err(|e| {
-                        format!("cannot claim a sync instance id (host status {})", e.status)
-                    })?,
+                    None => claim_instance_number(&host)
+                        .map_err(|e| format!("cannot claim a sync instance id ({})", e))?,
                 };
                 self.instance_number = Some(number);
                 let me = format!("vm{number}");
-                let mut poller = SnapshotPoller::new(sync.clone(), me);
-                poller.chunk_metrics = chunk_metrics;
-                Some(poller)
+                Some(SnapshotPoller::new(sync.clone(), me))
             }
             _ => None,
         };
@@ -133,11 +102,11 @@ impl KeywardRoot {
             )),
             _ => None,
         };
-        let activity = config.sync.is_some().then(|| Rc::clone(&self.activity));
+        let activity = config.sync.is_some().then(|| Arc::clone(&self.activity));
         if config.role == Role::SyncService {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
-            self.state = Some(Rc::new(FilterState {
+            self.state = Some(Arc::new(FilterState {
                 settings: Arc::new(config.settings),
                 policy: config.policy.map(Arc::new),
                 metrics,
@@ -145,15 +114,15 @@ impl KeywardRoot {
             }));
             self.log_policy("configured");
         }
-        if self.sync.is_some() {
-            let period = match (&self.poller, self.role) {
-                (Some(poller), Role::SyncService) => {
-                    (poller.settings.interval_ms / 4).clamp(50, 1000) as u32
-                }
-                _ => FOLLOW_TICK_MS,
+        if let Some(sync) = &self.sync {
+            // The sync service polls; filter VMs look at what it published, a lease holder
+            // among them polling on those ticks too.
+            let period = match self.role {
+                Role::SyncService => (sync.interval_ms / 4).clamp(50, 1000) as u32,
+                Role::Filter => FOLLOW_TICK_MS,
             };
             host.set_tick_period_ms(period)
-                .map_err(|e| format!("cannot set the tick period (host status {})", e.status))?;
+                .map_err(|e| format!("cannot set the tick period ({})", e))?;
             self.tick_ms = period;
             self.base_tick_ms = period;
             // The first tick comes one period late: look and poll right away.
@@ -199,17 +168,15 @@ impl KeywardRoot {
         match followed {
             Ok(Followed::Updated(policy)) => self.install(*policy),
             Ok(Followed::Rejected) => {
-                if let Some(id) = self.chunk_metrics.and_then(|m| m.invalid) {
+                let uncompilable = SyncOutcome::Rejected(RejectionReason::UncompilableSnapshot);
+                if let Some(id) = state.metrics.sync_counter(uncompilable) {
                     EnvoyHost.increment_metric(id, 1);
                 }
             }
             Ok(Followed::Nothing | Followed::Loading) => {}
             Err(error) => EnvoyHost.log(
                 LogLevel::Warn,
-                &format!(
-                    "keyward: cannot read the published policy (host status {})",
-                    error.status
-                ),
+                &format!("keyward: cannot read the published policy ({})", error),
             ),
         }
         // Tick fast while a snapshot is being compiled, a bounded slice each time.
@@ -240,7 +207,7 @@ impl KeywardRoot {
         if !newer {
             return;
         }
-        self.state = Some(Rc::new(FilterState {
+        self.state = Some(Arc::new(FilterState {
             settings: Arc::clone(&state.settings),
             policy: Some(Arc::new(policy)),
             metrics: Arc::clone(&state.metrics),
@@ -292,7 +259,7 @@ impl RootContext for KeywardRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Ok(mut activity) = self.activity.try_borrow_mut() {
+        if let Ok(mut activity) = self.activity.try_lock() {
             if let Ok(now_ms) = EnvoyHost.now_ms() {
                 activity.set_clock_s(now_ms / 1000);
             }
@@ -302,7 +269,7 @@ impl RootContext for KeywardRoot {
             if let Err(error) = poller.on_tick(&EnvoyHost, metrics) {
                 EnvoyHost.log(
                     LogLevel::Warn,
-                    &format!("keyward sync: tick failed (host status {})", error.status),
+                    &format!("keyward sync: tick failed ({})", error),
                 );
             }
             let polls = self.role == Role::SyncService || poller.holds_lease();
@@ -310,7 +277,7 @@ impl RootContext for KeywardRoot {
                 if let Err(error) = reporter.on_tick(&EnvoyHost, metrics) {
                     EnvoyHost.log(
                         LogLevel::Warn,
-                        &format!("keyward usage: tick failed (host status {})", error.status),
+                        &format!("keyward usage: tick failed ({})", error),
                     );
                 }
             }
@@ -319,13 +286,14 @@ impl RootContext for KeywardRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Only reached after a successful on_configure of the filter role.
-        let state = Rc::clone(self.state.as_ref()?);
-        Some(Box::new(KeywardRequest {
-            state,
-            stage: Stage::Deciding,
-            body_size: 0,
-        }))
+        // Always a context: the SDK's dispatcher panics on `None`, which kills the worker's VM.
+        // Without a filter state (a `sync_service` configuration used as an HTTP filter, or a
+        // configuration that failed), every request is refused.
+        let flow = self
+            .state
+            .as_ref()
+            .map(|state| RequestFlow::new(Arc::clone(state)));
+        Some(Box::new(KeywardRequest { flow }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -333,49 +301,15 @@ impl RootContext for KeywardRoot {
     }
 }
 
-/// Where a request is in its life.
-enum Stage {
-    Deciding,
-    /// Allowed so far; the buffered body decides the rest.
-    AwaitingBody(Box<Ticket>),
-    /// Upstream; the response is watched and settled at the end.
-    Forwarded(Box<Admitted>),
-    Done,
-}
-
+/// One HTTP stream: its glue, or nothing when this VM has no filter state.
 struct KeywardRequest {
-    state: Rc<FilterState>,
-    stage: Stage,
-    /// The buffered body size Envoy last reported, for a body that ends with trailers.
-    body_size: usize,
+    flow: Option<RequestFlow>,
 }
 
-impl KeywardRequest {
-    fn apply(&mut self, verdict: Verdict) -> Action {
-        match verdict {
-            Verdict::Continue => {
-                self.stage = Stage::Done;
-                Action::Continue
-            }
-            Verdict::Forward(admitted) => {
-                self.stage = Stage::Forwarded(admitted);
-                Action::Continue
-            }
-            Verdict::AwaitBody(ticket) => {
-                self.stage = Stage::AwaitingBody(ticket);
-                // Holding the headers needs Envoy's allow_on_headers_stop_iteration; without
-                // it, a pause here would also stop the body (see metering.hold_headers).
-                if self.state.settings.metering.hold_headers {
-                    Action::Pause
-                } else {
-                    Action::Continue
-                }
-            }
-            Verdict::Stop => {
-                self.stage = Stage::Done;
-                Action::Pause
-            }
-        }
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
     }
 }
 
@@ -383,58 +317,54 @@ impl Context for KeywardRequest {}
 
 impl HttpContext for KeywardRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let verdict = on_request_headers(&EnvoyHost, &self.state, end_of_stream);
-        self.apply(verdict)
+        match self.flow.as_mut() {
+            Some(flow) => action(flow.on_request_headers(
+                &EnvoyHost,
+                &mut SharedLedger(&EnvoyHost),
+                end_of_stream,
+            )),
+            None => action(refuse_unconfigured(&EnvoyHost)),
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !matches!(self.stage, Stage::AwaitingBody(_)) {
-            return Action::Continue;
+        match self.flow.as_mut() {
+            Some(flow) => action(flow.on_request_body(
+                &EnvoyHost,
+                &mut SharedLedger(&EnvoyHost),
+                body_size,
+                end_of_stream,
+            )),
+            None => Action::Pause,
         }
-        self.body_size = body_size;
-        let too_large = body_size > self.state.settings.metering.max_request_body_bytes;
-        if !end_of_stream && !too_large {
-            // Envoy keeps buffering; the request stays here until the body is complete.
-            return Action::Pause;
-        }
-        let Stage::AwaitingBody(ticket) = std::mem::replace(&mut self.stage, Stage::Done) else {
-            return Action::Continue;
-        };
-        let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, body_size);
-        self.apply(verdict)
     }
 
-    /// Trailers end a request whose last body chunk did not carry end-of-stream: the body is
-    /// complete here and must be decided before anything goes upstream (without this, a request
-    /// with trailers skipped the body's model check and reservation).
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Stage::AwaitingBody(ticket) = std::mem::replace(&mut self.stage, Stage::Done) else {
-            return Action::Continue;
-        };
-        let verdict = on_request_body(&EnvoyHost, &self.state, *ticket, self.body_size);
-        self.apply(verdict)
+        match self.flow.as_mut() {
+            Some(flow) => {
+                action(flow.on_request_trailers(&EnvoyHost, &mut SharedLedger(&EnvoyHost)))
+            }
+            None => Action::Pause,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_response_headers(&EnvoyHost, admitted);
-            if end_of_stream {
-                on_response_body(&EnvoyHost, admitted, 0, true);
-            }
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_response_headers(&EnvoyHost, end_of_stream);
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_response_body(&EnvoyHost, admitted, body_size, end_of_stream);
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_response_body(&EnvoyHost, body_size, end_of_stream);
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        if let Stage::Forwarded(admitted) = &mut self.stage {
-            on_stream_end(&EnvoyHost, &self.state, admitted);
+        if let Some(flow) = self.flow.as_mut() {
+            flow.on_log(&EnvoyHost, &mut SharedLedger(&EnvoyHost));
         }
     }
 }

@@ -7,8 +7,9 @@ use std::ptr::null_mut;
 use keyward_engine::request::Header;
 
 use crate::header_map::{parse_header_map, serialize_pairs};
-use crate::host::{Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, Telemetry};
-use crate::sync_agent::SyncHost;
+use crate::host::{
+    Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, SyncHost, Telemetry,
+};
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
@@ -97,7 +98,7 @@ fn check(status: u32) -> Result<(), HostError> {
     if status == STATUS_OK {
         Ok(())
     } else {
-        Err(HostError { status })
+        Err(HostError::Status(status))
     }
 }
 
@@ -149,7 +150,7 @@ fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
     let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
     check(status)?;
     let bytes = unsafe { take_host_buffer(data, size) };
-    parse_header_map(&bytes).ok_or(HostError { status: 3 })
+    parse_header_map(&bytes).ok_or(HostError::Malformed)
 }
 
 fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostError> {
@@ -160,7 +161,7 @@ fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostErro
     match status {
         STATUS_OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
         STATUS_NOT_FOUND => Ok(None),
-        status => Err(HostError { status }),
+        status => Err(HostError::Status(status)),
     }
 }
 
@@ -178,7 +179,7 @@ impl SharedData for EnvoyHost {
             STATUS_OK if data.is_null() => Ok(Some((Vec::new(), cas))),
             STATUS_OK => Ok(Some((unsafe { take_host_buffer(data, size) }, cas))),
             STATUS_NOT_FOUND => Ok(None),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 
@@ -201,7 +202,7 @@ impl SharedData for EnvoyHost {
         match status {
             STATUS_OK => Ok(SetOutcome::Written),
             STATUS_CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 
@@ -230,9 +231,7 @@ impl SyncHost for EnvoyHost {
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
         )
-        .map_err(|status| HostError {
-            status: status as u32,
-        })
+        .map_err(|status| HostError::Status(status as u32))
     }
 
     fn dispatch_post(
@@ -249,9 +248,7 @@ impl SyncHost for EnvoyHost {
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
         )
-        .map_err(|status| HostError {
-            status: status as u32,
-        })
+        .map_err(|status| HostError::Status(status as u32))
     }
 
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
@@ -282,7 +279,7 @@ impl Host for EnvoyHost {
                 Ok((!value.is_empty()).then_some(value))
             }
             STATUS_NOT_FOUND => Ok(None),
-            status => Err(HostError { status }),
+            status => Err(HostError::Status(status)),
         }
     }
 
@@ -388,7 +385,6 @@ impl Telemetry for EnvoyHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
-            LogLevel::Debug => 1,
             LogLevel::Info => 2,
             LogLevel::Warn => 3,
             LogLevel::Error => 4,

@@ -1,17 +1,45 @@
-//! The few host operations the filter needs, behind a trait so the request handling is tested
-//! natively with a fake host. The Envoy implementation lives in `envoy_host`.
+//! The few host operations the filter needs, behind traits so the glue is tested natively with
+//! one fake host (`test_support`). The Envoy implementation lives in `envoy_host`.
 
 use keyward_engine::request::Header;
 
-/// A host call that did not succeed; carries the proxy-wasm status code.
+use core::fmt;
+
+/// A host operation that did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError {
-    pub status: u32,
+pub enum HostError {
+    /// The host call returned this proxy-wasm status (not `Ok`).
+    Status(u32),
+    /// What the host returned, or a shared-data record, cannot be decoded (never read as
+    /// empty or zero).
+    Malformed,
+    /// A shared-data record kept changing under compare-and-swap.
+    Contended,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Status(status) => write!(f, "host status {status}"),
+            HostError::Malformed => f.write_str("unreadable host data"),
+            HostError::Contended => f.write_str("shared record stayed contended"),
+        }
+    }
+}
+
+impl From<HostError> for keyward_engine::ledger::LedgerError {
+    fn from(error: HostError) -> Self {
+        use keyward_engine::ledger::LedgerError;
+        match error {
+            HostError::Status(status) => LedgerError::Host(status),
+            HostError::Malformed => LedgerError::Corrupt,
+            HostError::Contended => LedgerError::Contended,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
-    Debug,
     Info,
     Warn,
     Error,
@@ -56,8 +84,39 @@ pub trait SharedData {
     fn now_ms(&self) -> Result<u64, HostError>;
 }
 
-/// What a request context asks of its host.
-pub trait Host: Telemetry + SharedData {
+/// Calls to the control plane (policy sync, usage reports), answered later by token.
+pub trait SyncHost: Telemetry + SharedData {
+    /// Starts a GET; returns the call's token.
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+    /// Starts a POST; returns the call's token.
+    fn dispatch_post(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+    /// The headers of the answer being handled (`:status` included).
+    fn call_response_headers(&self) -> Result<Vec<Header>, HostError>;
+    fn call_response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+}
+
+/// The first value of header `name` as text (`None` when missing or not UTF-8).
+pub fn header_text<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(candidate, _)| candidate == name)
+        .and_then(|(_, value)| core::str::from_utf8(value).ok())
+}
+
+/// What a request context asks of its host. Counters (spend, rate limits) are not here: the
+/// request glue is handed a ledger, so a host keeps them where it likes.
+pub trait Host: Telemetry {
     /// All request headers, read in one host call (pseudo-headers included).
     fn request_headers(&self) -> Result<Vec<Header>, HostError>;
     /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.

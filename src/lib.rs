@@ -1,23 +1,28 @@
 //! keyward as a proxy-wasm HTTP filter: thin contexts over `keyward-engine`.
 //!
-//! The request logic (`handler`) talks to the host only through the `Host` trait, so it is
-//! tested natively with a fake host; `envoy_host` implements it on the raw proxy-wasm ABI and
-//! the contexts below are compiled for wasm32 only.
+//! Public: the host-agnostic glue another host (the Envoy dynamic module in `native/`) reuses:
+//! the request glue (`handler`), the host traits (`host`), the metrics, and the usage activity
+//! and reporter. The rest is private so rustc reports what nothing uses. Modules only the Wasm
+//! contexts use are compiled for wasm32 (and the tests) only: `cargo clippy --target
+//! wasm32-unknown-unknown` is the build that sees whether they are used.
 
 pub mod handler;
 pub mod host;
-pub mod metering_flow;
 pub mod metrics;
-pub mod shared_record;
-pub mod sync_agent;
 pub mod usage_activity;
 pub mod usage_reporter;
 
-#[cfg(test)]
-mod test_support;
+mod shared_record;
 
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;
+#[cfg(any(target_arch = "wasm32", test))]
+mod panic_log;
+#[cfg(any(target_arch = "wasm32", test))]
+mod sync;
+
+#[cfg(test)]
+mod test_support;
 
 #[cfg(target_arch = "wasm32")]
 mod contexts;

@@ -5,9 +5,6 @@ use crate::host::{HostError, SetOutcome, SharedData, CREATE_ONLY};
 
 /// Retries before giving up: each failed attempt means another worker just wrote the record.
 const CAS_ATTEMPTS: usize = 32;
-/// Status reported when the record stayed contended or could not be read.
-const STATUS_CONTENDED: u32 = 8;
-const STATUS_CORRUPT: u32 = 3;
 
 /// A record type stored in shared data.
 pub trait Record: Default {
@@ -38,9 +35,7 @@ pub fn read<R: Record>(host: &impl SharedData, entry: &str) -> Result<R, HostErr
     match host.shared_get(entry)? {
         None => Ok(R::default()),
         Some((bytes, _)) if bytes.is_empty() => Ok(R::default()),
-        Some((bytes, _)) => R::decode(&bytes).ok_or(HostError {
-            status: STATUS_CORRUPT,
-        }),
+        Some((bytes, _)) => R::decode(&bytes).ok_or(HostError::Malformed),
     }
 }
 
@@ -57,12 +52,7 @@ pub fn update<R: Record, T>(
         let (mut record, cas) = match &current {
             None => (R::default(), CREATE_ONLY),
             Some((bytes, cas)) if bytes.is_empty() => (R::default(), *cas),
-            Some((bytes, cas)) => (
-                R::decode(bytes).ok_or(HostError {
-                    status: STATUS_CORRUPT,
-                })?,
-                *cas,
-            ),
+            Some((bytes, cas)) => (R::decode(bytes).ok_or(HostError::Malformed)?, *cas),
         };
         let (write, result) = change(&mut record);
         if !write {
@@ -72,7 +62,5 @@ pub fn update<R: Record, T>(
             return Ok(result);
         }
     }
-    Err(HostError {
-        status: STATUS_CONTENDED,
-    })
+    Err(HostError::Contended)
 }

@@ -86,14 +86,8 @@ impl Activity {
     }
 }
 
-/// One request's contribution.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub cost_microusd: u64,
-    pub requests: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
+/// One request's contribution (the engine's settlement says what it is).
+pub use keyward_engine::settlement::Usage;
 
 /// The shared pending record: JSON, since only ticks and the reporter read it.
 #[derive(Debug, Default)]
@@ -135,8 +129,7 @@ pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
             host.log(
                 LogLevel::Warn,
                 &format!(
-                    "keyward metering: cannot hand usage to the reporter (host status {}); kept for the next tick",
-                    error.status
+                    "keyward metering: cannot hand usage to the reporter ({error}); kept for the next tick",
                 ),
             );
             activity.merge(mine.into_entries());

@@ -12,10 +12,9 @@ use keyward_engine::usage_report::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::host::{HostError, LogLevel, SetOutcome};
+use crate::host::{header_text, HostError, LogLevel, SetOutcome, SyncHost};
 use crate::metrics::Metrics;
 use crate::shared_record::{read, update, Record};
-use crate::sync_agent::SyncHost;
 use crate::usage_activity::{PendingUsage, PENDING_ENTRY};
 
 pub const INFLIGHT_ENTRY: &str = "keyward/usage/inflight";
@@ -131,8 +130,8 @@ impl UsageReporter {
                 host.log(
                     LogLevel::Warn,
                     &format!(
-                        "keyward usage: cannot call cluster {:?} (host status {}); batch {} kept",
-                        self.cluster, error.status, batch.batch_id
+                        "keyward usage: cannot call cluster {:?} ({error}); batch {} kept",
+                        self.cluster, batch.batch_id
                     ),
                 );
             }
@@ -187,7 +186,7 @@ impl UsageReporter {
             }
         }
         let report = UsageReport::new(&sequence.0, &batch_id, entries);
-        let body = serde_json::to_string(&report).map_err(|_| HostError { status: 3 })?;
+        let body = serde_json::to_string(&report).map_err(|_| HostError::Malformed)?;
         let batch = InflightBatch {
             batch_id,
             body,
@@ -217,10 +216,7 @@ impl UsageReporter {
             host.increment_metric(metrics.metering.reports_failed, 1);
             host.log(
                 LogLevel::Warn,
-                &format!(
-                    "keyward usage: report failed (host status {}); will retry",
-                    error.status
-                ),
+                &format!("keyward usage: report failed ({error}); will retry",),
             );
         }
     }
@@ -232,11 +228,7 @@ impl UsageReporter {
         body_size: usize,
     ) -> Result<(), HostError> {
         let headers = host.call_response_headers()?;
-        let status = headers
-            .iter()
-            .find(|(name, _)| name == ":status")
-            .and_then(|(_, value)| core::str::from_utf8(value).ok())
-            .unwrap_or("");
+        let status = header_text(&headers, ":status").unwrap_or("");
         if status == "400" || status == "413" {
             // The control plane can never accept these bytes: resending them would block every
             // later batch. The spend stays in this Envoy's counters (never acknowledged, so it

@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     /// The HTTP status this error maps to (the CLI exits 1 for all of them).
@@ -58,15 +61,31 @@ impl Error {
     }
 
     /// The JSON error body.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "code": self.code,
-                "type": self.error_type(),
-                "message": self.message,
-            }
-        })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                kind: self.error_type().to_owned(),
+                message: self.message.clone(),
+            },
+        }
     }
+}
+
+/// `{"error": {"code", "type", "message"}}`: the filter's error shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Short, stable, machine-readable (`key_not_found`).
+    pub code: String,
+    /// `authentication_error`, `permission_error`, `invalid_request_error` or `api_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
 }
 
 impl fmt::Display for Error {
@@ -109,7 +128,7 @@ mod tests {
             "invalid_request_error"
         );
         assert_eq!(Error::internal("x").error_type(), "api_error");
-        let body = Error::invalid("bad", "Bad.").body();
+        let body = serde_json::to_value(Error::invalid("bad", "Bad.").body()).unwrap();
         assert_eq!(body["error"]["code"], "bad");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["message"], "Bad.");

@@ -24,7 +24,18 @@ pub const KEY_ID_LENGTH: usize = 12;
 pub const SECRET_LENGTH: usize = 32;
 
 /// Which of the built-in formats a key has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// `ak_<key_id>.<secret>`
@@ -52,7 +63,18 @@ impl Format {
 }
 
 /// The environment a key belongs to (the filter's routes may accept only one of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
     #[default]

@@ -19,6 +19,38 @@ pub const UPSTREAM_CLUSTER: &str = "upstream";
 pub const VM_ID: &str = "keyward";
 const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const CONNECTION_MANAGER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+/// Envoy's buffer over keyward's body limit: one more chunk fits before Envoy's own 413.
+const BUFFER_HEADROOM: usize = 256 * 1024;
+
+/// Envoy's own request hardening, set on every connection manager keyward renders: paths are
+/// normalized (RFC 3986), slashes merged, escaped slashes and header names with underscores
+/// refused. keyward holds without them (it decides on its own canonical view and refuses
+/// ambiguous spellings); with them, such requests never reach any filter or upstream.
+fn hardening_fields() -> Value {
+    json!({
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}
+    })
+}
+
+fn plugin_fields_case_insensitive(plugin_config: &Value) -> bool {
+    plugin_config
+        .get("case_insensitive_paths")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn hardened_connection_manager(mut manager: Value) -> Value {
+    if let (Some(fields), Value::Object(hardening)) = (manager.as_object_mut(), hardening_fields())
+    {
+        fields.extend(hardening);
+    }
+    manager
+}
 
 pub struct EnvoyOptions {
     /// Sync in the chunked layout (large key counts, see docs/scale.md).
@@ -193,9 +225,8 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     plugin_fields.insert("sync".into(), sync.clone());
     let plugin_text = serde_json::to_string(&plugin_config)
         .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
-    keyward_engine::config::PluginConfig::from_json(plugin_text.as_bytes())
-        .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
-
+    // Envoy picks the route whose name keyward matches on: it must fold case as keyward does.
+    let case_sensitive = !plugin_fields_case_insensitive(&plugin_config);
     let mut envoy_routes = Vec::new();
     for (name, prefix) in &options.routes {
         if name.is_empty() || name == "default" || !prefix.starts_with('/') {
@@ -216,8 +247,11 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 format!("--route {name}: named twice"),
             ));
         }
-        envoy_routes
-            .push(json!({"name": name, "match": {"prefix": prefix}, "route": route.clone()}));
+        envoy_routes.push(json!({
+            "name": name,
+            "match": {"prefix": prefix, "case_sensitive": case_sensitive},
+            "route": route.clone()
+        }));
     }
     envoy_routes.push(json!({"name": "default", "match": {"prefix": "/"}, "route": route}));
     for name in &options.disabled_on {
@@ -269,6 +303,13 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
             }
         }
     });
+    let parsed = keyward_engine::config::PluginConfig::from_json(plugin_text.as_bytes())
+        .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
+    let buffer_limit = parsed
+        .settings
+        .metering
+        .max_request_body_bytes
+        .saturating_add(BUFFER_HEADROOM);
     Ok(json!({
         "admin": {"address": admin.socket_address()},
         "bootstrap_extensions": [sync_service],
@@ -279,8 +320,8 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 "filter_chains": [{
                     "filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "typed_config": hardened_connection_manager(json!({
+                            "@type": CONNECTION_MANAGER_TYPE,
                             "stat_prefix": "keyward",
                             "route_config": {
                                 "name": "keyward",
@@ -299,9 +340,12 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                                     }
                                 }
                             ]
-                        }
+                        }))
                     }]
-                }]
+                }],
+                // Room for a body keyward reads whole, so that keyward, not Envoy's buffer
+                // limit, answers one that is too large (with its JSON error).
+                "per_connection_buffer_limit_bytes": buffer_limit
             }],
             "clusters": [cluster(CONTROL_PLANE_CLUSTER, &control_plane), upstream_cluster]
         }
@@ -336,6 +380,8 @@ pub struct IstioOptions {
     /// A keyward plugin configuration (routes, mode, …) to which the `sync` block is added.
     pub base_config: Option<Value>,
     pub service_entry: bool,
+    /// An `EnvoyFilter` with Envoy's own request hardening for the same workloads.
+    pub hardening: bool,
     pub interval_ms: u64,
     pub timeout_ms: u64,
 }
@@ -614,12 +660,50 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
         istio_plugin_config(options, &control_plane)?,
     );
 
+    let hardening_target = spec
+        .get("selector")
+        .map(|selector| {
+            (
+                "workloadSelector",
+                json!({"labels": selector["matchLabels"]}),
+            )
+        })
+        .or_else(|| {
+            spec.get("targetRefs")
+                .map(|refs| ("targetRefs", refs.clone()))
+        });
     let mut resources = vec![json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": metadata(&options.name, namespace),
         "spec": spec
     })];
+    if options.hardening {
+        let mut hardening = json!({
+            "configPatches": [{
+                "applyTo": "NETWORK_FILTER",
+                "match": {"listener": {"filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager"
+                }}}},
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"typed_config": hardened_connection_manager(
+                        json!({"@type": CONNECTION_MANAGER_TYPE})
+                    )}
+                }
+            }]
+        });
+        if let (Some((field, value)), Some(fields)) = (hardening_target, hardening.as_object_mut())
+        {
+            fields.insert(field.into(), value);
+        }
+        resources.push(json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": metadata(&format!("{}-hardening", options.name), namespace),
+            "spec": hardening
+        }));
+    }
     if options.service_entry {
         resources.push(json!({
             "apiVersion": "networking.istio.io/v1",
@@ -718,6 +802,17 @@ mod tests {
             true
         );
         assert!(routes[0].get("typed_per_filter_config").is_none());
+        assert_eq!(hcm["normalize_path"], true);
+        assert_eq!(hcm["merge_slashes"], true);
+        assert_eq!(hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST");
+        assert_eq!(
+            hcm["common_http_protocol_options"]["headers_with_underscores_action"],
+            "REJECT_REQUEST"
+        );
+        assert_eq!(
+            bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"],
+            (1 << 20) + BUFFER_HEADROOM
+        );
         let text = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
             .unwrap();
@@ -802,6 +897,7 @@ mod tests {
             match_mode: None,
             base_config: None,
             service_entry: true,
+            hardening: true,
             interval_ms: 1000,
             chunked: false,
             timeout_ms: 2000,
@@ -811,7 +907,11 @@ mod tests {
     #[test]
     fn the_istio_plugin_config_is_a_lease_sync_through_the_outbound_cluster() {
         let resources = istio_resources(&istio_options()).unwrap();
-        assert_eq!(resources.len(), 2);
+        let kinds: Vec<&str> = resources
+            .iter()
+            .filter_map(|r| r["kind"].as_str())
+            .collect();
+        assert_eq!(kinds, ["WasmPlugin", "EnvoyFilter", "ServiceEntry"]);
         let plugin = &resources[0];
         assert_eq!(plugin["kind"], "WasmPlugin");
         assert_eq!(plugin["metadata"]["namespace"], "llm-gateway");
@@ -831,7 +931,23 @@ mod tests {
             sync.cluster,
             "outbound|7070||keyward.keyward-system.svc.cluster.local"
         );
-        let entry = &resources[1];
+        let hardening = &resources[1]["spec"];
+        assert_eq!(
+            hardening["workloadSelector"]["labels"]["app"],
+            "llm-gateway"
+        );
+        let manager = &hardening["configPatches"][0]["patch"]["value"]["typed_config"];
+        assert_eq!(manager["normalize_path"], true);
+        assert_eq!(manager["merge_slashes"], true);
+        assert_eq!(
+            manager["path_with_escaped_slashes_action"],
+            "REJECT_REQUEST"
+        );
+        assert_eq!(
+            manager["common_http_protocol_options"]["headers_with_underscores_action"],
+            "REJECT_REQUEST"
+        );
+        let entry = &resources[2];
         assert_eq!(entry["kind"], "ServiceEntry");
         assert_eq!(
             entry["spec"]["hosts"][0],
@@ -851,7 +967,10 @@ mod tests {
         options.base_config = Some(json!({"mode": "shadow"}));
         options.service_entry = false;
         let resources = istio_resources(&options).unwrap();
-        assert_eq!(resources.len(), 1);
+        assert_eq!(resources.len(), 2, "the WasmPlugin and its EnvoyFilter");
+        assert_eq!(resources[1]["spec"]["targetRefs"][0]["name"], "llm");
+        options.hardening = false;
+        assert_eq!(istio_resources(&options).unwrap().len(), 1);
         let spec = &resources[0]["spec"];
         assert_eq!(spec["targetRefs"][0]["group"], "gateway.networking.k8s.io");
         assert!(spec.get("selector").is_none());

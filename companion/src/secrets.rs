@@ -128,7 +128,7 @@ impl AdminTokens {
                     format!("admin token file, line {}: {message}", number + 1),
                 )
             };
-            if !crate::valid_actor(name) {
+            if !crate::cli::valid_actor(name) {
                 return Err(bad(
                     "the name must be 1 to 64 characters of A-Z a-z 0-9 _ - . @",
                 ));

@@ -639,8 +639,16 @@ PRAGMA user_version = 1;
     assert_eq!(key.rate_limits.unwrap().requests_per_minute, Some(30));
     assert_eq!(key.spent_microusd, 1_000_000);
     let conn = rusqlite::Connection::open(ws.db()).unwrap();
+    // Versioned migrations now: the history names every one, and user_version 3 keeps a
+    // keyward from before them (which knows up to 2) from opening the store.
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let migrations: i64 = conn
+        .query_row("SELECT COUNT(*) FROM refinery_schema_history", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(migrations, 4);
 }

@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -92,21 +91,7 @@ fn start(ws: &Workspace, extra: &[&str]) -> Server {
     ];
     args.extend(ws.signing_args());
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    let mut child = ws
-        .command()
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("keyward: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let (child, base) = common::spawn_serve(ws, &args);
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -7,8 +7,10 @@ use crate::credential::{CredentialLookup, CredentialSource};
 use crate::field_error::{from_json, FieldError};
 use crate::key_format::KeyFormat;
 use crate::metering::{MeteringDoc, MeteringSettings};
-use crate::request::Request;
-use crate::route::{is_header_name, ErrorFormat, Route, RouteConfig, RouteDefaults};
+use crate::request::{Header, Request};
+use crate::route::{
+    is_header_name, ErrorFormat, ModelSource, ProjectSource, Route, RouteConfig, RouteDefaults,
+};
 use crate::snapshot::{Policy, Snapshot};
 use crate::sync::{SyncDoc, SyncSettings};
 
@@ -77,6 +79,26 @@ impl IdentityHeaders {
     }
 }
 
+/// What a request that no configured route matches gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedPaths {
+    /// A valid key, nothing more (the fallback route).
+    #[default]
+    Authenticate,
+    /// 404 `route_not_found`: only the paths the routes name are served.
+    Deny,
+}
+
+/// Query parameters that carry keys on common APIs; removed from every forwarded request, so a
+/// key sent where keyward does not read it never reaches the upstream's logs.
+fn default_credential_query_parameters() -> Vec<String> {
+    ["api_key", "api-key", "apikey", "key", "access_token"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn default_max_credential_bytes() -> usize {
     256
 }
@@ -117,6 +139,12 @@ struct ConfigDocument {
     #[serde(default)]
     log_allowed: bool,
     #[serde(default)]
+    unmatched_paths: UnmatchedPaths,
+    #[serde(default)]
+    case_insensitive_paths: bool,
+    #[serde(default = "default_credential_query_parameters")]
+    credential_query_parameters: Vec<String>,
+    #[serde(default)]
     routes: Vec<RouteConfig>,
     policy: Option<Snapshot>,
     sync: Option<SyncDoc>,
@@ -137,8 +165,18 @@ pub struct Settings {
     pub error_header: String,
     pub spend_cap_status: u16,
     pub log_allowed: bool,
+    pub unmatched_paths: UnmatchedPaths,
+    /// Paths are folded to lower case before matching and forwarding.
+    pub case_insensitive_paths: bool,
     pub routes: Vec<Route>,
     pub fallback_route: Route,
+    /// Query parameters removed from every forwarded request: the configured credential names
+    /// and every route's `query_parameter`.
+    pub credential_query_names: Vec<String>,
+    /// Header names keyward reads or writes (credential, identity, project and model headers);
+    /// their `_` spellings are removed from every request, since CGI-style servers read
+    /// `x_project_id` as `x-project-id`.
+    pub guarded_header_names: Vec<String>,
     /// Body limits, reservations and reporting for metered routes (defaults when absent).
     pub metering: MeteringSettings,
     /// Whether any route matches on Envoy's route name: decided once here, read per request.
@@ -163,6 +201,7 @@ impl PluginConfig {
         let defaults = RouteDefaults {
             deny_browser_requests: document.deny_browser_requests,
             error_format: document.error_format,
+            case_insensitive_paths: document.case_insensitive_paths,
         };
         if !(16..=4096).contains(&document.max_credential_bytes) {
             return Err(FieldError::new(
@@ -210,6 +249,20 @@ impl PluginConfig {
             .policy
             .map(|snapshot| Policy::compile(snapshot).map_err(|e| e.within("policy")))
             .transpose()?;
+        for (position, name) in document.credential_query_parameters.iter().enumerate() {
+            if name.is_empty() || name.contains(['&', '=', '?', '#']) {
+                return Err(FieldError::new(
+                    format!("credential_query_parameters[{position}]"),
+                    "must be a plain parameter name",
+                ));
+            }
+        }
+        let mut credential_query_names = document.credential_query_parameters;
+        credential_query_names.extend(routes.iter().filter_map(|r| r.query_parameter.clone()));
+        credential_query_names.sort();
+        credential_query_names.dedup();
+        let guarded_header_names =
+            guarded_header_names(&credential_sources, &document.identity_headers, &routes);
         Ok(PluginConfig {
             settings: Settings {
                 mode: document.mode,
@@ -222,9 +275,16 @@ impl PluginConfig {
                 error_header: document.error_header,
                 spend_cap_status: document.spend_cap_status,
                 log_allowed: document.log_allowed,
+                unmatched_paths: document.unmatched_paths,
+                case_insensitive_paths: document.case_insensitive_paths,
                 reads_route_name: routes.iter().any(Route::matches_by_route_name),
                 routes,
-                fallback_route: Route::fallback(defaults),
+                fallback_route: Route::fallback(
+                    defaults,
+                    document.unmatched_paths == UnmatchedPaths::Deny,
+                ),
+                credential_query_names,
+                guarded_header_names,
                 metering,
             },
             policy,
@@ -235,6 +295,11 @@ impl PluginConfig {
 }
 
 impl Settings {
+    /// The request's canonical view under this configuration (case folded when paths fold).
+    pub fn request<'r>(&self, headers: &'r [Header], route_name: Option<&'r str>) -> Request<'r> {
+        Request::with_case_folding(headers, route_name, self.case_insensitive_paths)
+    }
+
     /// The first configured route the request matches, or the fallback.
     pub fn route_for(&self, request: &Request<'_>) -> &Route {
         self.route_at(self.route_position_for(request))
@@ -264,6 +329,29 @@ impl Settings {
             max_bytes: self.max_credential_bytes,
         }
     }
+}
+
+fn guarded_header_names(
+    sources: &[CredentialSource],
+    identity: &IdentityHeaders,
+    routes: &[Route],
+) -> Vec<String> {
+    let mut names: Vec<String> = sources
+        .iter()
+        .map(|source| source.header_name().to_owned())
+        .chain(identity.all().map(str::to_owned))
+        .collect();
+    for route in routes {
+        if let Some(ProjectSource::Header(name)) = &route.project {
+            names.push(name.clone());
+        }
+        if let Some(ModelSource::Header(name)) = &route.model {
+            names.push(name.clone());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn validate_key_formats(formats: &[KeyFormat]) -> Result<(), FieldError> {

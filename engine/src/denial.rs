@@ -8,6 +8,8 @@ use crate::route::ErrorFormat;
 /// Every reason keyward refuses a request, in decision-table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DenyCode {
+    InvalidRequest,
+    RouteNotFound,
     PolicyUnavailable,
     MissingApiKey,
     MalformedApiKey,
@@ -33,7 +35,9 @@ pub enum DenyCode {
 }
 
 impl DenyCode {
-    pub const ALL: [DenyCode; 19] = [
+    pub const ALL: [DenyCode; 21] = [
+        DenyCode::InvalidRequest,
+        DenyCode::RouteNotFound,
         DenyCode::PolicyUnavailable,
         DenyCode::MissingApiKey,
         DenyCode::MalformedApiKey,
@@ -57,6 +61,8 @@ impl DenyCode {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            DenyCode::InvalidRequest => "invalid_request",
+            DenyCode::RouteNotFound => "route_not_found",
             DenyCode::PolicyUnavailable => "policy_unavailable",
             DenyCode::MissingApiKey => "missing_api_key",
             DenyCode::MalformedApiKey => "malformed_api_key",
@@ -91,7 +97,8 @@ impl DenyCode {
             DenyCode::SpendCapExceeded => spend_cap_status,
             DenyCode::RateLimited => 429,
             DenyCode::RequestTooLarge => 413,
-            DenyCode::InvalidRequestBody => 400,
+            DenyCode::InvalidRequestBody | DenyCode::InvalidRequest => 400,
+            DenyCode::RouteNotFound => 404,
             DenyCode::InternalError => 500,
             _ => 403,
         }
@@ -99,6 +106,10 @@ impl DenyCode {
 
     fn default_message(self) -> &'static str {
         match self {
+            DenyCode::InvalidRequest => {
+                "The request's path or host is ambiguous, so this gateway cannot check it."
+            }
+            DenyCode::RouteNotFound => "No route of this gateway serves this path.",
             DenyCode::PolicyUnavailable => {
                 "The API key policy is not available right now. Try again later."
             }
@@ -137,6 +148,7 @@ pub fn error_type(status: u16) -> &'static str {
         402 | 403 => "permission_error",
         429 => "rate_limit_error",
         400 | 413 => "invalid_request_error",
+        404 => "not_found_error",
         _ => "api_error",
     }
 }

@@ -39,6 +39,11 @@ fn default_report_path() -> String {
 fn default_report_interval_ms() -> u64 {
     1000
 }
+/// More tokens than any model reads and writes in one request today (context windows reach 2M):
+/// a report above it is a broken or lying upstream.
+fn default_max_tokens_per_request() -> u64 {
+    10_000_000
+}
 fn default_warning_header() -> String {
     "x-keyward-spend-warning".to_owned()
 }
@@ -89,6 +94,8 @@ pub(crate) struct MeteringDoc {
     soft_cap_header: String,
     #[serde(default = "default_hold_headers")]
     hold_headers: bool,
+    #[serde(default = "default_max_tokens_per_request")]
+    max_tokens_per_request: u64,
 }
 
 fn default_hold_headers() -> bool {
@@ -112,6 +119,9 @@ pub struct MeteringSettings {
     /// WasmPlugin cannot set that knob), the headers go upstream first and a refusal after the
     /// body resets the upstream request before its body is sent.
     pub hold_headers: bool,
+    /// Reported usage above this many tokens is not believed: charged the reservation and
+    /// counted as `usage_invalid`.
+    pub max_tokens_per_request: u64,
 }
 
 impl MeteringSettings {
@@ -140,6 +150,12 @@ impl MeteringSettings {
                 "must be from 100 to 3600000",
             ));
         }
+        if doc.max_tokens_per_request == 0 {
+            return Err(FieldError::new(
+                "max_tokens_per_request",
+                "must be at least 1",
+            ));
+        }
         if !crate::route::is_header_name(&doc.soft_cap_header) {
             return Err(FieldError::new(
                 "soft_cap_header",
@@ -157,6 +173,7 @@ impl MeteringSettings {
             report_interval_ms: doc.report_interval_ms,
             soft_cap_header: doc.soft_cap_header,
             hold_headers: doc.hold_headers,
+            max_tokens_per_request: doc.max_tokens_per_request,
         })
     }
 }
@@ -176,16 +193,20 @@ impl Estimate {
     }
 }
 
-/// Input tokens from the body size (a generous bound for text), output tokens from the
-/// request's own maximum or the configured default.
+/// Input tokens from the body size (`bytes_per_token` bytes a token), output tokens from the
+/// request's own largest output limit (or the configured default) times the completions it asks
+/// for (`n`).
 pub fn estimate(
     settings: &MeteringSettings,
     price: Option<Price>,
     body_bytes: usize,
     max_output_tokens: Option<u64>,
+    choices: u64,
 ) -> Estimate {
     let input_tokens = (body_bytes as u64).div_ceil(settings.bytes_per_token);
-    let output_tokens = max_output_tokens.unwrap_or(settings.default_max_output_tokens);
+    let output_tokens = max_output_tokens
+        .unwrap_or(settings.default_max_output_tokens)
+        .saturating_mul(choices.max(1));
     let cost = price.map_or(0, |price| {
         price.cost_microusd(&TokenCounts {
             input: input_tokens,
@@ -383,16 +404,23 @@ mod tests {
             cached_input: 0,
             cache_write: 0,
         };
-        let small = estimate(&settings(), Some(price), 400, Some(100));
+        let small = estimate(&settings(), Some(price), 400, Some(100), 1);
         assert_eq!((small.input_tokens, small.output_tokens), (100, 100));
         assert_eq!(small.reservation_microusd, 200 + 1000);
-        let large = estimate(&settings(), Some(price), 400, Some(1_000_000));
+        let large = estimate(&settings(), Some(price), 400, Some(1_000_000), 1);
         assert_eq!(large.reservation_microusd, 200_000, "the ceiling bounds it");
-        let default_output = estimate(&settings(), Some(price), 0, None);
+        let default_output = estimate(&settings(), Some(price), 0, None, 1);
         assert_eq!(default_output.output_tokens, 4096);
         assert_eq!(
-            estimate(&settings(), None, 400, None).reservation_microusd,
+            estimate(&settings(), None, 400, None, 1).reservation_microusd,
             0
+        );
+        let many = estimate(&settings(), Some(price), 0, Some(10), 128);
+        assert_eq!(many.output_tokens, 1280, "n multiplies the output");
+        let absurd = estimate(&settings(), Some(price), 0, Some(u64::MAX), u64::MAX);
+        assert_eq!(
+            absurd.reservation_microusd, 200_000,
+            "saturates, then the ceiling"
         );
     }
 
@@ -501,6 +529,7 @@ mod tests {
             r#"{"reservation_ceiling_microusd": 0}"#,
             r#"{"report_path": "v1"}"#,
             r#"{"soft_cap_header": "X-Bad"}"#,
+            r#"{"max_tokens_per_request": 0}"#,
         ] {
             let doc: MeteringDoc = serde_json::from_str(bad).expect("doc");
             assert!(MeteringSettings::compile(doc).is_err(), "{bad}");

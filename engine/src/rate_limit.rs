@@ -161,6 +161,17 @@ impl RateState {
         }
     }
 
+    /// Returns what [`RateState::admit`] took: one request and `tokens` (a refusal after the
+    /// take must not cost the caller its place).
+    pub fn give_back(&mut self, limits: &RateLimits, tokens: u64) {
+        if let (Some(limit), Some(bucket)) = (limits.requests_per_minute, self.requests.as_mut()) {
+            bucket.give_back(1, u64::from(limit));
+        }
+        if let (Some(limit), Some(bucket)) = (limits.tokens_per_minute, self.tokens.as_mut()) {
+            bucket.give_back(tokens, limit);
+        }
+    }
+
     /// Corrects the token bucket from the estimate taken at admission to the real usage.
     pub fn settle_tokens(&mut self, limits: &RateLimits, estimated: u64, actual: u64) {
         let (Some(limit), Some(bucket)) = (limits.tokens_per_minute, self.tokens.as_mut()) else {

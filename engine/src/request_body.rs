@@ -21,10 +21,15 @@ pub struct RequestBodyFacts {
     /// keyward can price or match. A caller that restricts models must therefore treat `None` as
     /// "not an allowed model", never as "any model".
     pub model: Option<String>,
-    /// The first of `max_completion_tokens`, `max_tokens`, `max_output_tokens` that holds a
-    /// non-negative integer (`null` and other values count as absent; an integer beyond `u64`
-    /// saturates).
+    /// The largest output limit the body states in any field a provider reads
+    /// (`max_completion_tokens`, `max_tokens`, `max_output_tokens`,
+    /// `generationConfig.maxOutputTokens`), every duplicate included, read leniently (see
+    /// [`lenient_count`]): a provider may take any one of them, so the reservation assumes the
+    /// largest. `None` when no field holds a usable number.
     pub max_output_tokens: Option<u64>,
+    /// How many completions the request asks for (`n`, `best_of`,
+    /// `generationConfig.candidateCount`; the largest), at least 1.
+    pub choices: u64,
     /// `"stream": true` at the top level.
     pub stream: bool,
     /// `stream_options.include_usage` is `true`.
@@ -37,6 +42,9 @@ pub enum BodyError {
     NotJsonObject,
     /// Longer than the caller's limit; not parsed.
     TooLarge,
+    /// `model` is given more than once with different values: parsers differ on which one
+    /// counts, so the model checked might not be the model used.
+    ConflictingModel,
 }
 
 impl fmt::Display for BodyError {
@@ -44,11 +52,15 @@ impl fmt::Display for BodyError {
         f.write_str(match self {
             BodyError::NotJsonObject => "request body is not a JSON object",
             BodyError::TooLarge => "request body is too large",
+            BodyError::ConflictingModel => "request body names more than one model",
         })
     }
 }
 
 const OUTPUT_LIMIT_KEYS: [&str; 3] = ["max_completion_tokens", "max_tokens", "max_output_tokens"];
+const CHOICE_KEYS: [&str; 2] = ["n", "best_of"];
+/// Google's generation settings, nested one level down.
+const GENERATION_CONFIG: &str = "generationConfig";
 
 pub fn read_request_body(body: &[u8], max_bytes: usize) -> Result<RequestBodyFacts, BodyError> {
     if body.len() > max_bytes {
@@ -56,6 +68,12 @@ pub fn read_request_body(body: &[u8], max_bytes: usize) -> Result<RequestBodyFac
     }
     let text = core::str::from_utf8(body).map_err(|_| BodyError::NotJsonObject)?;
     let entries = object_entries(text).ok_or(BodyError::NotJsonObject)?;
+    let mut models = entries.iter().filter(|(name, _)| name == "model");
+    if let Some((_, first)) = models.next() {
+        if models.any(|(_, other)| other.get() != first.get()) {
+            return Err(BodyError::ConflictingModel);
+        }
+    }
     Ok(facts_of(&entries))
 }
 
@@ -68,10 +86,106 @@ fn facts_of(entries: &[(String, &RawValue)]) -> RequestBodyFacts {
         stream_usage_requested: last(entries, "stream_options").is_some_and(includes_usage),
         ..RequestBodyFacts::default()
     };
-    facts.max_output_tokens = OUTPUT_LIMIT_KEYS
+    let generation: Vec<(String, &RawValue)> = entries
         .iter()
-        .find_map(|key| last(entries, key).and_then(json_u64));
+        .filter(|(name, _)| name == GENERATION_CONFIG)
+        .filter_map(|(_, raw)| object_entries(raw.get()))
+        .flatten()
+        .collect();
+    let largest = |pairs: &[(String, &RawValue)], keys: &[&str]| {
+        pairs
+            .iter()
+            .filter(|(name, _)| keys.contains(&name.as_str()))
+            .filter_map(|(_, raw)| lenient_count(raw))
+            .max()
+    };
+    facts.max_output_tokens = largest(entries, &OUTPUT_LIMIT_KEYS)
+        .into_iter()
+        .chain(largest(&generation, &["maxOutputTokens"]))
+        .max();
+    facts.choices = largest(entries, &CHOICE_KEYS)
+        .into_iter()
+        .chain(largest(&generation, &["candidateCount"]))
+        .max()
+        .unwrap_or(1)
+        .max(1);
     facts
+}
+
+/// A count as a lenient provider would read it: an integer; a fraction or exponent rounded up
+/// (`1.5`, `4e3`); the same inside a string (`"4000"`); beyond `u64`, saturated. Negative
+/// numbers, `null` and everything else are `None`: no provider runs such a request. Used where
+/// reading more than the strict value errs on the safe side (the reservation).
+pub fn lenient_count(raw: &RawValue) -> Option<u64> {
+    let text = raw.get();
+    let text = match serde_json::from_str::<&str>(text) {
+        Ok(inner) => inner.trim(),
+        Err(_) => text,
+    };
+    ceil_decimal(text)
+}
+
+/// The smallest integer at or above the non-negative decimal `text` (JSON number grammar),
+/// saturated at `u64::MAX`; `None` for anything else. Integer arithmetic only: no float
+/// rounding, and no float parser in the module.
+fn ceil_decimal(text: &str) -> Option<u64> {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (text.get(..at)?, text.get(at + 1..)?),
+        None => (text, "0"),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_ok = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits_ok(whole) || !digits_ok(fraction) {
+        return None;
+    }
+    if mantissa.contains('.') && fraction.is_empty() {
+        return None;
+    }
+    let (negative_exponent, exponent_digits) = match exponent.as_bytes().first() {
+        Some(b'-') => (true, exponent.get(1..)?),
+        Some(b'+') => (false, exponent.get(1..)?),
+        _ => (false, exponent),
+    };
+    if exponent_digits.is_empty() || !digits_ok(exponent_digits) {
+        return None;
+    }
+    // All significant digits, and where the decimal point sits among them.
+    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
+    let first = digits.iter().position(|&d| d != b'0');
+    let Some(first) = first else {
+        return Some(0);
+    };
+    let exponent: i64 = exponent_digits
+        .parse()
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4);
+    let exponent = if negative_exponent {
+        -exponent
+    } else {
+        exponent
+    };
+    let significant = digits.get(first..)?;
+    let point = i64::try_from(whole.len()).ok()? - i64::try_from(first).ok()? + exponent;
+    if point > 20 {
+        return Some(u64::MAX);
+    }
+    let integer_len = usize::try_from(point.max(0)).ok()?;
+    let mut value: u64 = 0;
+    for position in 0..integer_len {
+        let digit = significant.get(position).map_or(0, |d| u64::from(d - b'0'));
+        value = match value.checked_mul(10).and_then(|v| v.checked_add(digit)) {
+            Some(next) => next,
+            None => return Some(u64::MAX),
+        };
+    }
+    let rest_nonzero = significant
+        .get(integer_len.min(significant.len())..)
+        .is_some_and(|rest| rest.iter().any(|&d| d != b'0'));
+    Some(if rest_nonzero {
+        value.saturating_add(1)
+    } else {
+        value
+    })
 }
 
 fn includes_usage(stream_options: &RawValue) -> bool {
@@ -209,7 +323,10 @@ impl<'de> Visitor<'de> for EntriesVisitor {
 /// counts that large only come from a broken peer, and saturating errs toward more spend).
 /// Fractions, exponents, negatives and non-numbers are `None`.
 pub(crate) fn json_u64(raw: &RawValue) -> Option<u64> {
-    let text = raw.get();
+    json_u64_text(raw.get())
+}
+
+fn json_u64_text(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -253,6 +370,7 @@ mod tests {
             RequestBodyFacts {
                 model: Some("gpt-4o-mini".to_owned()),
                 max_output_tokens: Some(512),
+                choices: 1,
                 stream: true,
                 stream_usage_requested: false,
             }
@@ -268,6 +386,7 @@ mod tests {
             RequestBodyFacts {
                 model: Some("claude-sonnet-4-5".to_owned()),
                 max_output_tokens: Some(1024),
+                choices: 1,
                 stream: true,
                 stream_usage_requested: false,
             }
@@ -282,6 +401,7 @@ mod tests {
             RequestBodyFacts {
                 model: Some("gpt-4.1".to_owned()),
                 max_output_tokens: Some(2000),
+                choices: 1,
                 stream: false,
                 stream_usage_requested: false,
             }
@@ -289,25 +409,73 @@ mod tests {
     }
 
     #[test]
-    fn output_limit_prefers_max_completion_tokens_and_skips_unusable_values() {
+    fn output_limit_is_the_largest_any_provider_could_read() {
         let cases = [
             (r#"{"max_tokens":10,"max_completion_tokens":20}"#, Some(20)),
+            (
+                r#"{"max_completion_tokens":1,"max_tokens":4000}"#,
+                Some(4000),
+            ),
             (
                 r#"{"max_completion_tokens":null,"max_tokens":10}"#,
                 Some(10),
             ),
-            (r#"{"max_output_tokens":7,"max_tokens":"9"}"#, Some(7)),
+            (r#"{"max_output_tokens":7,"max_tokens":"9"}"#, Some(9)),
             (r#"{"max_tokens":-1}"#, None),
-            (r#"{"max_tokens":1.5}"#, None),
-            (r#"{"max_tokens":1e3}"#, None),
+            (r#"{"max_tokens":-1,"max_output_tokens":3}"#, Some(3)),
+            (r#"{"max_tokens":1.5}"#, Some(2)),
+            (r#"{"max_tokens":1e3}"#, Some(1000)),
+            (r#"{"max_tokens":"4e3"}"#, Some(4000)),
+            (r#"{"max_tokens":1e400}"#, Some(u64::MAX)),
+            (r#"{"max_tokens":1e-400}"#, Some(1)),
+            (r#"{"max_tokens":0.0}"#, Some(0)),
+            (r#"{"max_tokens":12.30e1}"#, Some(123)),
+            (r#"{"max_tokens":12.31e1}"#, Some(124)),
+            (r#"{"max_tokens":"1."}"#, None),
+            (r#"{"max_tokens":"+5"}"#, None),
+            (r#"{"max_tokens":"0x10"}"#, None),
             (r#"{"max_tokens":0}"#, Some(0)),
             (r#"{"max_tokens":99999999999999999999999}"#, Some(u64::MAX)),
-            (r#"{"max_tokens":1,"max_tokens":2}"#, Some(2)),
+            (r#"{"max_tokens":2,"max_tokens":1}"#, Some(2)),
+            (r#"{"max_tokens":true}"#, None),
+            (
+                r#"{"generationConfig":{"maxOutputTokens":8192},"max_tokens":5}"#,
+                Some(8192),
+            ),
             (r#"{}"#, None),
         ];
         for (body, expected) in cases {
             assert_eq!(facts(body).max_output_tokens, expected, "{body}");
         }
+    }
+
+    #[test]
+    fn choices_take_the_largest_of_n_best_of_and_candidate_count() {
+        let cases = [
+            (r#"{}"#, 1),
+            (r#"{"n":128}"#, 128),
+            (r#"{"n":0}"#, 1),
+            (r#"{"n":-5}"#, 1),
+            (r#"{"n":2,"best_of":5}"#, 5),
+            (r#"{"n":"3"}"#, 3),
+            (r#"{"n":2.5}"#, 3),
+            (r#"{"generationConfig":{"candidateCount":4}}"#, 4),
+            (r#"{"n":1e30}"#, u64::MAX),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(facts(body).choices, expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn conflicting_models_are_refused() {
+        let body = br#"{"model":"o3","model":"gpt-4o-mini"}"#;
+        assert_eq!(
+            read_request_body(body, LIMIT),
+            Err(BodyError::ConflictingModel)
+        );
+        let same = br#"{"model":"o3","model":"o3"}"#;
+        assert!(read_request_body(same, LIMIT).is_ok());
     }
 
     #[test]
@@ -327,8 +495,8 @@ mod tests {
             Some(MAX_MODEL_BYTES)
         );
         assert_eq!(
-            facts(r#"{"model":"a","model":"b"}"#).model.as_deref(),
-            Some("b")
+            read_request_body(br#"{"model":"a","model":"b"}"#, LIMIT),
+            Err(BodyError::ConflictingModel)
         );
     }
 

@@ -22,9 +22,11 @@ pub enum ErrorFormat {
 pub struct RouteMatch {
     /// Envoy's route `name` (property `xds.route_name`).
     pub route_name: Option<String>,
-    /// `:authority` without port; compared case-insensitively.
+    /// The host, compared with the request's canonical host (lower case, without port or
+    /// trailing dot).
     pub host: Option<String>,
-    /// Prefix of `:path` without the query.
+    /// Leading whole segments of the canonical path: `/healthz` matches `/healthz` and
+    /// `/healthz/x`, never `/healthzfoo`.
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
@@ -104,6 +106,9 @@ pub struct Route {
     pub error_format: ErrorFormat,
     pub meter: bool,
     pub add_stream_usage: bool,
+    case_insensitive_paths: bool,
+    /// The fallback route of `unmatched_paths: deny`: every request on it is refused.
+    pub denies_all: bool,
 }
 
 /// Defaults a route inherits from the top level of the configuration.
@@ -111,6 +116,8 @@ pub struct Route {
 pub struct RouteDefaults {
     pub deny_browser_requests: bool,
     pub error_format: ErrorFormat,
+    /// Compare path prefixes and project path patterns without case (for upstreams that do).
+    pub case_insensitive_paths: bool,
 }
 
 pub fn is_header_name(name: &str) -> bool {
@@ -121,8 +128,9 @@ pub fn is_header_name(name: &str) -> bool {
 }
 
 impl Route {
-    /// The route used when no configured route matches: a valid key, nothing more.
-    pub fn fallback(defaults: RouteDefaults) -> Route {
+    /// The route used when no configured route matches: a valid key, nothing more, or (with
+    /// `denies_all`) a refusal.
+    pub fn fallback(defaults: RouteDefaults, denies_all: bool) -> Route {
         Route {
             name: String::new(),
             route_name: None,
@@ -140,6 +148,8 @@ impl Route {
             error_format: defaults.error_format,
             meter: false,
             add_stream_usage: false,
+            case_insensitive_paths: defaults.case_insensitive_paths,
+            denies_all,
         }
     }
 
@@ -159,8 +169,27 @@ impl Route {
             methods,
         } = config.matcher;
         if let Some(prefix) = &path_prefix {
-            if !prefix.starts_with('/') {
-                return Err(FieldError::new("match.path_prefix", "must start with /"));
+            let canonical = crate::canonical::canonical_path(prefix);
+            if !canonical
+                .as_deref()
+                .is_ok_and(|canonical| canonical == prefix)
+            {
+                return Err(FieldError::new(
+                    "match.path_prefix",
+                    "must be a canonical path: start with /, no //, . or .. segments, no %2F, ; or \\\\",
+                ));
+            }
+        }
+        if let Some(wanted) = &host {
+            let canonical = crate::canonical::canonical_host(wanted);
+            let plain = canonical.as_deref().is_ok_and(|canonical| {
+                canonical.eq_ignore_ascii_case(wanted.trim_end_matches('.'))
+            });
+            if wanted.is_empty() || !plain || wanted.contains(':') && !wanted.starts_with('[') {
+                return Err(FieldError::new(
+                    "match.host",
+                    "must be a host name without port or user information",
+                ));
             }
         }
         for (position, method) in methods.iter().enumerate() {
@@ -220,7 +249,7 @@ impl Route {
         Ok(Route {
             name: config.name,
             route_name,
-            host: host.map(|host| host.to_ascii_lowercase()),
+            host: host.map(|host| host.trim_end_matches('.').to_ascii_lowercase()),
             path_prefix,
             methods,
             exempt: config.exempt,
@@ -239,12 +268,32 @@ impl Route {
             error_format: config.error_format.unwrap_or(defaults.error_format),
             meter: config.meter,
             add_stream_usage: config.add_stream_usage,
+            case_insensitive_paths: defaults.case_insensitive_paths,
+            denies_all: false,
         })
     }
 
     /// Whether matching this route needs Envoy's route name (a host call per request).
     pub fn matches_by_route_name(&self) -> bool {
         self.route_name.is_some()
+    }
+
+    /// The Envoy route name this route matches, if it matches on one.
+    pub fn envoy_route_name(&self) -> Option<&str> {
+        self.route_name.as_deref()
+    }
+
+    /// The host this route matches, if it matches on one (canonical: lower case).
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    pub fn path_prefix(&self) -> Option<&str> {
+        self.path_prefix.as_deref()
+    }
+
+    pub fn methods(&self) -> &[String] {
+        &self.methods
     }
 
     pub fn matches(&self, request: &Request<'_>) -> bool {
@@ -255,19 +304,26 @@ impl Route {
         let host_ok = self
             .host
             .as_deref()
-            .is_none_or(|wanted| request.host().eq_ignore_ascii_case(wanted));
-        let path_ok = self
-            .path_prefix
-            .as_deref()
-            .is_none_or(|prefix| request.path_without_query().starts_with(prefix));
-        let method_ok =
-            self.methods.is_empty() || self.methods.iter().any(|m| m == request.method());
+            .is_none_or(|wanted| request.host() == wanted);
+        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| {
+            segment_prefix(
+                prefix,
+                request.path_without_query(),
+                self.case_insensitive_paths,
+            )
+        });
+        // Methods compare without case: some servers upper-case what they receive.
+        let method_ok = self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(request.method()));
         route_name_ok && host_ok && path_ok && method_ok
     }
 
     /// What the request says about the project it targets. Bytes that cannot be read are a
     /// named project that matches nothing, never "no project".
-    pub fn requested_project<'r>(&self, request: &Request<'r>) -> RequestedProject<'r> {
+    pub fn requested_project<'q>(&self, request: &'q Request<'_>) -> RequestedProject<'q> {
         match &self.project {
             None => RequestedProject::None,
             Some(ProjectSource::Header(name)) => {
@@ -282,10 +338,12 @@ impl Route {
                     (Some(_), Some(_)) => RequestedProject::Unreadable,
                 }
             }
-            Some(ProjectSource::PathPattern(pattern)) => {
-                project_from_path(pattern, request.path_without_query())
-                    .map_or(RequestedProject::None, RequestedProject::Named)
-            }
+            Some(ProjectSource::PathPattern(pattern)) => project_from_path(
+                pattern,
+                request.path_without_query(),
+                self.case_insensitive_paths,
+            )
+            .map_or(RequestedProject::None, RequestedProject::Named),
         }
     }
 
@@ -313,13 +371,43 @@ pub enum RequestedProject<'r> {
     Unreadable,
 }
 
-fn project_from_path<'p>(pattern: &str, path: &'p str) -> Option<&'p str> {
+/// Whether `prefix` is made of leading whole segments of `path`. A trailing `/` in the prefix
+/// does not matter: `/v1/chat/` matches `/v1/chat` too, since servers often treat them alike.
+pub fn segment_prefix(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    same && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+fn strip_prefix_with_case<'p>(
+    path: &'p str,
+    prefix: &str,
+    case_insensitive: bool,
+) -> Option<&'p str> {
+    let head = path.get(..prefix.len())?;
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    same.then(|| path.get(prefix.len()..)).flatten()
+}
+
+fn project_from_path<'p>(pattern: &str, path: &'p str, case_insensitive: bool) -> Option<&'p str> {
     let (before, after) = pattern.split_once("{project}")?;
-    let rest = path.strip_prefix(before)?;
+    let rest = strip_prefix_with_case(path, before, case_insensitive)?;
     let end = rest.find('/').unwrap_or(rest.len());
     let (segment, tail) = rest.split_at(end);
-    let tail_ok =
-        after.is_empty() || tail.starts_with(after) || tail == after.trim_end_matches('/');
+    // What follows `{project}` must match whole segments too: `/p/{project}/runs` names no
+    // project in `/p/x/runsX`.
+    let tail_ok = segment_prefix(after, tail, case_insensitive);
     (!segment.is_empty() && tail_ok).then_some(segment)
 }
 
@@ -333,6 +421,7 @@ mod tests {
     const DEFAULTS: RouteDefaults = RouteDefaults {
         deny_browser_requests: false,
         error_format: ErrorFormat::Openai,
+        case_insensitive_paths: false,
     };
 
     fn route(json: &str) -> Result<Route, FieldError> {
@@ -376,26 +465,37 @@ mod tests {
     #[test]
     fn project_from_path_pattern() {
         assert_eq!(
-            project_from_path("/v1/projects/{project}/", "/v1/projects/p1/chat"),
+            project_from_path("/v1/projects/{project}/", "/v1/projects/p1/chat", false),
             Some("p1")
         );
         assert_eq!(
-            project_from_path("/v1/projects/{project}/", "/v1/projects/p1"),
+            project_from_path("/v1/projects/{project}/", "/v1/projects/p1", false),
             Some("p1")
         );
         assert_eq!(
-            project_from_path("/v1/projects/{project}/", "/v1/projects//chat"),
+            project_from_path("/v1/projects/{project}/", "/v1/projects//chat", false),
             None
         );
         assert_eq!(
-            project_from_path("/v1/projects/{project}/", "/v2/projects/p1/"),
+            project_from_path("/v1/projects/{project}/", "/v2/projects/p1/", false),
             None
         );
         assert_eq!(
-            project_from_path("/p/{project}/runs", "/p/x/runs"),
+            project_from_path("/p/{project}/runs", "/p/x/runs", false),
             Some("x")
         );
-        assert_eq!(project_from_path("/p/{project}/runs", "/p/x/other"), None);
+        assert_eq!(
+            project_from_path("/p/{project}/runs", "/p/x/other", false),
+            None
+        );
+        assert_eq!(
+            project_from_path("/p/{project}/runs", "/p/x/runsX", false),
+            None
+        );
+        assert_eq!(
+            project_from_path("/P/{project}/runs", "/p/x/RUNS/1", true),
+            Some("x")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ const MODELS = {
   "extensions.istio.io/v1alpha1/WasmPlugin": "extensions.istio.io/v1alpha1/WasmPlugin.js",
   "networking.istio.io/v1/ServiceEntry": "networking.istio.io/v1/ServiceEntry.js",
   "networking.istio.io/v1beta1/ServiceEntry": "networking.istio.io/v1beta1/ServiceEntry.js",
+  "networking.istio.io/v1alpha3/EnvoyFilter": "networking.istio.io/v1alpha3/EnvoyFilter.js",
 };
 
 function fail(message) {

@@ -9,7 +9,8 @@
 //!   local replies, configuration callouts and the scheduler;
 //! - `hooks` + `exports`: the `envoy_dynamic_module_on_*` symbols, every one behind the panic
 //!   barrier of `guard`, failing closed;
-//! - `glue`: the interim wiring of keyward-filter's request handler onto that host;
+//! - `glue`: keyward's filter configuration and streams: keyward-filter's request glue
+//!   (`RequestFlow`) on that host, through `native_host` (its `Host` traits);
 //! - `shared_data`: process-wide entries with Envoy's shared-data CAS rules.
 //!
 //! Linux only: on any other target (wasm32 included) the crate is empty.
@@ -26,6 +27,7 @@ pub mod glue;
 pub mod guard;
 pub mod hooks;
 pub mod host;
+pub mod native_host;
 pub mod shared_data;
 
 #[cfg(test)]

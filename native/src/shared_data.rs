@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use keyward_filter::host::{HostError, SetOutcome, SharedData};
+
 /// The value and its CAS token.
 type Entry = (Vec<u8>, u32);
 
@@ -63,6 +65,32 @@ impl SharedEntries {
             .entries
             .insert(key.to_owned(), (value.to_vec(), token));
         Written::Yes
+    }
+}
+
+/// Envoy's shared data as keyward-filter's `SharedData` trait, over one process-wide map.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessShared<'a>(pub &'a SharedEntries);
+
+impl SharedData for ProcessShared<'_> {
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Ok(self.0.get(key))
+    }
+
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<SetOutcome, HostError> {
+        Ok(match self.0.set(key, value, cas) {
+            Written::Yes => SetOutcome::Written,
+            Written::CasMismatch => SetOutcome::CasMismatch,
+        })
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        crate::native_host::now_ms()
     }
 }
 

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use keyward_engine::signed_snapshot::SigningKey;
 use serde_json::Value;
@@ -199,4 +200,25 @@ pub fn assert_store_never_holds(db: &Path, needles: &[&str]) {
         }
     }
     assert!(cells > 0);
+}
+
+/// Starts `keyward ARGS` (a `serve`) with stdout piped; returns the child and the base URL it
+/// printed on its first line (`keyward: listening on http://127.0.0.1:PORT`).
+pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(ws: &Workspace, args: &[S]) -> (Child, String) {
+    let mut child = ws
+        .command()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("keyward: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, base)
 }

@@ -1,137 +1,20 @@
-//! The sync against a fake host whose shared data behaves like Envoy's (one CAS counter, a
-//! missing key accepts any CAS, cas 0 overwrites).
+//! The sync against the fake host: publication by the poller, the lease, and what followers
+//! pick up, in the envelope and the chunked layouts.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-
+use keyward_engine::chunked::{sign_manifest, split_snapshot, SplitSnapshot};
 use keyward_engine::signed_snapshot::{sign_snapshot, SigningKey};
-use keyward_engine::sync::{Poller, SyncSettings};
+use keyward_engine::snapshot::{KeyStatus, Policy, Snapshot};
+use keyward_engine::sync::{
+    Layout, Poller, SnapshotStamp, SyncSettings, LEASE_ENTRY, MANIFEST_ENTRY, SNAPSHOT_ENTRY,
+    SNAPSHOT_STAMP_ENTRY,
+};
 
 use super::*;
-use crate::host::{LogLevel, MetricKind, Telemetry};
+use crate::host::{SetOutcome, SharedData, CREATE_ONLY};
+use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
+use crate::test_support::{metrics, FakeHost};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
-
-#[derive(Default)]
-struct SharedMap {
-    entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    next_cas: Cell<u32>,
-}
-
-/// A canned control-plane answer: headers and body.
-type CannedResponse = (Vec<(String, Vec<u8>)>, Vec<u8>);
-
-#[derive(Default)]
-struct FakeHost<'s> {
-    shared: Option<&'s SharedMap>,
-    now: Cell<u64>,
-    calls: RefCell<Vec<Vec<(String, String)>>>,
-    posted_bodies: RefCell<Vec<Vec<u8>>>,
-    response: RefCell<Option<CannedResponse>>,
-    metrics: RefCell<HashMap<u32, i64>>,
-    /// A fake control plane: answers by `:path` (used by `serve`).
-    routes: RefCell<HashMap<String, CannedResponse>>,
-    logs: RefCell<Vec<String>>,
-    cluster_missing: bool,
-}
-
-impl Telemetry for FakeHost<'_> {
-    fn increment_metric(&self, id: u32, delta: i64) {
-        *self.metrics.borrow_mut().entry(id).or_default() += delta;
-    }
-    fn record_metric(&self, _id: u32, _value: u64) {}
-    fn log(&self, _level: LogLevel, message: &str) {
-        self.logs.borrow_mut().push(message.to_owned());
-    }
-}
-
-impl crate::host::SharedData for FakeHost<'_> {
-    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        let shared = self.shared.ok_or(HostError { status: 10 })?;
-        Ok(shared.entries.borrow().get(key).cloned())
-    }
-    fn shared_set(
-        &self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<SetOutcome, HostError> {
-        let shared = self.shared.ok_or(HostError { status: 10 })?;
-        let mut entries = shared.entries.borrow_mut();
-        if let (Some((_, current)), Some(cas)) = (entries.get(key), cas) {
-            if cas != 0 && *current != cas {
-                return Ok(SetOutcome::CasMismatch);
-            }
-        }
-        shared.next_cas.set(shared.next_cas.get() + 1);
-        entries.insert(key.to_owned(), (value.to_vec(), shared.next_cas.get()));
-        Ok(SetOutcome::Written)
-    }
-    fn now_ms(&self) -> Result<u64, HostError> {
-        Ok(self.now.get())
-    }
-}
-
-impl SyncHost for FakeHost<'_> {
-    fn dispatch_get(
-        &self,
-        _cluster: &str,
-        headers: &[(&str, &str)],
-        _timeout_ms: u64,
-    ) -> Result<u32, HostError> {
-        if self.cluster_missing {
-            return Err(HostError { status: 2 });
-        }
-        let mut calls = self.calls.borrow_mut();
-        calls.push(
-            headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        Ok(calls.len() as u32)
-    }
-    fn dispatch_post(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, HostError> {
-        self.posted_bodies.borrow_mut().push(body.to_vec());
-        self.dispatch_get(cluster, headers, timeout_ms)
-    }
-    fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
-        Ok(self
-            .response
-            .borrow()
-            .as_ref()
-            .map(|(h, _)| h.clone())
-            .unwrap_or_default())
-    }
-    fn call_response_body(&self, _size: usize) -> Result<Vec<u8>, HostError> {
-        Ok(self
-            .response
-            .borrow()
-            .as_ref()
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default())
-    }
-}
-
-impl FakeHost<'_> {
-    fn respond(&self, status: &str, etag: &str, body: &str) {
-        let headers = vec![
-            (":status".to_owned(), status.as_bytes().to_vec()),
-            ("etag".to_owned(), etag.as_bytes().to_vec()),
-        ];
-        *self.response.borrow_mut() = Some((headers, body.as_bytes().to_vec()));
-    }
-    fn count(&self, metrics: &Metrics, outcome: SyncOutcome) -> i64 {
-        let id = metrics.sync_counter(outcome).expect("defined");
-        self.metrics.borrow().get(&id).copied().unwrap_or(0)
-    }
-}
 
 fn settings(poller: Poller) -> SyncSettings {
     SyncSettings {
@@ -148,15 +31,6 @@ fn settings(poller: Poller) -> SyncSettings {
     }
 }
 
-fn metrics() -> Metrics {
-    let mut next = 0;
-    Metrics::define(|_kind: MetricKind, _name: &str| {
-        next += 1;
-        Ok(next)
-    })
-    .expect("metrics")
-}
-
 fn envelope(version: u64, issued_at: u64) -> String {
     let snapshot = format!(
         r#"{{"version": {version}, "issued_at": {issued_at}, "projects": [{{"id": "p", "org": "o", "status": "active"}}], "keys": []}}"#
@@ -171,7 +45,7 @@ fn envelope(version: u64, issued_at: u64) -> String {
 /// Looks at the published snapshot until the follower is done (one slice per call).
 fn follow(
     follower: &mut PolicyFollower,
-    host: &FakeHost<'_>,
+    host: &FakeHost,
     settings: &SyncSettings,
     current: Option<SnapshotStamp>,
 ) -> Option<Policy> {
@@ -186,34 +60,24 @@ fn follow(
 }
 
 /// One poll: tick, then answer the call the tick made.
-fn poll(
-    poller: &mut SnapshotPoller,
-    host: &FakeHost<'_>,
-    metrics: &Metrics,
-    status: &str,
-    body: &str,
-) {
-    host.now.set(host.now.get() + 5_000);
+fn poll(poller: &mut SnapshotPoller, host: &FakeHost, metrics: &Metrics, status: &str, body: &str) {
+    host.now_ms.set(host.now_ms.get() + 5_000);
     poller.on_tick(host, metrics).expect("tick");
     let token = host.calls.borrow().len() as u32;
-    host.respond(status, &format!("\"{token}\""), body);
+    host.answer(status, &[("etag", &format!("\"{token}\""))], body);
     poller.on_response(host, metrics, token, body.len());
 }
 
 #[test]
 fn publishes_verified_snapshots_and_followers_pick_them_up() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
+    let host = FakeHost::default();
     let metrics = metrics();
     let mut poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     let mut follower = PolicyFollower::default();
     assert!(follow(&mut follower, &host, &settings(Poller::SyncService), None).is_none());
 
     poll(&mut poller, &host, &metrics, "200", &envelope(1, 100));
-    assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::Published), 1);
     let policy =
         follow(&mut follower, &host, &settings(Poller::SyncService), None).expect("new policy");
     assert_eq!(policy.version, 1);
@@ -233,10 +97,10 @@ fn publishes_verified_snapshots_and_followers_pick_them_up() {
     poll(&mut poller, &host, &metrics, "304", "");
     let last_call = host.calls.borrow().last().cloned().expect("a call");
     assert!(
-        last_call.contains(&("if-none-match".to_owned(), "\"1\"".to_owned())),
+        last_call.header("if-none-match") == Some("\"1\""),
         "{last_call:?}"
     );
-    assert_eq!(host.count(&metrics, SyncOutcome::NotModified), 1);
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::NotModified), 1);
 
     poll(&mut poller, &host, &metrics, "200", &envelope(2, 90));
     let policy = follow(
@@ -251,37 +115,42 @@ fn publishes_verified_snapshots_and_followers_pick_them_up() {
 
 #[test]
 fn bad_pushes_never_replace_the_last_good_snapshot() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
+    let host = FakeHost::default();
     let metrics = metrics();
     let mut poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     poll(&mut poller, &host, &metrics, "200", &envelope(5, 100));
-    let published = shared.entries.borrow().get(SNAPSHOT_ENTRY).cloned();
+    let published = host.shared.borrow().get(SNAPSHOT_ENTRY).cloned();
 
     let tampered = envelope(6, 100).replace("\"active\"", "\"archived\"");
     poll(&mut poller, &host, &metrics, "200", &tampered);
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Rejected("bad_signature")),
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::BadSignature)
+        ),
         1
     );
     let unsigned = r#"{"version": 7, "issued_at": 1}"#;
     poll(&mut poller, &host, &metrics, "200", unsigned);
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Rejected("not_an_envelope")),
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::NotAnEnvelope)
+        ),
         1
     );
     poll(&mut poller, &host, &metrics, "200", &envelope(4, 500));
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Rejected("stale_version")),
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::StaleVersion)
+        ),
         1
     );
     poll(&mut poller, &host, &metrics, "500", "oops");
-    assert_eq!(host.count(&metrics, SyncOutcome::HttpError), 1);
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::HttpError), 1);
     // Envoy's own answer when the control plane does not answer: plain text, not JSON.
-    let unreachable_before = host.count(&metrics, SyncOutcome::Unreachable);
+    let unreachable_before = host.sync_count(&metrics, SyncOutcome::Unreachable);
     poll(
         &mut poller,
         &host,
@@ -290,43 +159,29 @@ fn bad_pushes_never_replace_the_last_good_snapshot() {
         "upstream connect error or disconnect/reset before headers",
     );
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Unreachable),
+        host.sync_count(&metrics, SyncOutcome::Unreachable),
         unreachable_before + 1
     );
-    assert_eq!(
-        shared.entries.borrow().get(SNAPSHOT_ENTRY).cloned(),
-        published
-    );
-    let stamp = shared
-        .entries
-        .borrow()
-        .get(SNAPSHOT_STAMP_ENTRY)
-        .map(|(v, _)| v.clone());
-    assert_eq!(stamp.as_deref(), Some(&b"5:100"[..]));
+    assert_eq!(host.shared.borrow().get(SNAPSHOT_ENTRY).cloned(), published);
+    assert_eq!(stamp(&host).as_deref(), Some("5:100"));
 }
 
 #[test]
 fn unreachable_control_plane_is_counted_not_fatal() {
-    let shared = SharedMap::default();
     let host = FakeHost {
-        shared: Some(&shared),
         cluster_missing: true,
         ..FakeHost::default()
     };
     let metrics = metrics();
     let mut poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     poller.on_tick(&host, &metrics).expect("tick");
-    assert_eq!(host.count(&metrics, SyncOutcome::Unreachable), 1);
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::Unreachable), 1);
 }
 
 #[test]
 fn only_the_lease_holder_polls_and_the_lease_moves_when_it_stops() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    host.now.set(10_000);
+    let host = FakeHost::default();
+    host.now_ms.set(10_000);
     let metrics = metrics();
     let mut first = SnapshotPoller::new(settings(Poller::Lease), "vm1".into());
     let mut second = SnapshotPoller::new(settings(Poller::Lease), "vm2".into());
@@ -336,13 +191,13 @@ fn only_the_lease_holder_polls_and_the_lease_moves_when_it_stops() {
     assert_eq!(host.calls.borrow().len(), 1, "only the holder polled");
 
     // The holder keeps renewing while it ticks.
-    host.now.set(12_000);
+    host.now_ms.set(12_000);
     first.on_tick(&host, &metrics).expect("tick");
     second.on_tick(&host, &metrics).expect("tick");
     assert!(first.holds_lease() && !second.holds_lease());
 
     // It stops ticking (its worker is gone): after the TTL the other VM takes over.
-    host.now
+    host.now_ms
         .set(12_000 + settings(Poller::Lease).lease_ttl_ms() + 1);
     second.on_tick(&host, &metrics).expect("tick");
     assert!(second.holds_lease());
@@ -352,12 +207,8 @@ fn only_the_lease_holder_polls_and_the_lease_moves_when_it_stops() {
 
 #[test]
 fn racing_creators_get_one_lease() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    host.now.set(1);
+    let host = FakeHost::default();
+    host.now_ms.set(1);
     // Both saw the lease missing; the second create must fail on the CAS.
     assert_eq!(
         host.shared_set(LEASE_ENTRY, b"vm1:3001", Some(CREATE_ONLY))
@@ -373,11 +224,7 @@ fn racing_creators_get_one_lease() {
 
 #[test]
 fn every_vm_claims_a_different_instance_number() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
+    let host = FakeHost::default();
     let numbers: Vec<u64> = (0..5)
         .map(|_| claim_instance_number(&host).expect("claim"))
         .collect();
@@ -385,10 +232,6 @@ fn every_vm_claims_a_different_instance_number() {
 }
 
 // ---- chunked layout -------------------------------------------------------------------------
-
-use keyward_engine::chunked::{sign_manifest, split_snapshot, SplitSnapshot};
-use keyward_engine::snapshot::{KeyStatus, Snapshot};
-use keyward_engine::sync::Layout;
 
 const MANIFEST_PATH: &str = "/v1/snapshot/manifest";
 const CHUNK_PATH: &str = "/v1/snapshot/chunks/";
@@ -401,16 +244,14 @@ fn chunked_settings(poller: Poller) -> SyncSettings {
     }
 }
 
-fn chunk_metrics() -> ChunkMetrics {
-    ChunkMetrics {
-        fetched: Some(9001),
-        reused: Some(9002),
-        mismatched: Some(9003),
-        invalid: Some(9004),
-    }
+/// `keys` keys, ids k0000.., those in `revoked` revoked, split into chunks of about `per`.
+/// A sync service polling the chunked layout, on a fresh host.
+fn chunked_service() -> (FakeHost, Metrics, SyncSettings, SnapshotPoller) {
+    let settings = chunked_settings(Poller::SyncService);
+    let poller = SnapshotPoller::new(settings.clone(), "a".into());
+    (FakeHost::default(), metrics(), settings, poller)
 }
 
-/// `keys` keys, ids k0000.., those in `revoked` revoked, split into chunks of about `per`.
 fn chunked(
     version: u64,
     issued_at: u64,
@@ -435,90 +276,49 @@ fn chunked(
     split_snapshot(snapshot, per).expect("split")
 }
 
-impl FakeHost<'_> {
-    fn route(&self, path: &str, status: &str, etag: &str, body: &[u8]) {
-        let headers = vec![
-            (":status".to_owned(), status.as_bytes().to_vec()),
-            ("etag".to_owned(), etag.as_bytes().to_vec()),
-        ];
-        self.routes
-            .borrow_mut()
-            .insert(path.to_owned(), (headers, body.to_vec()));
-    }
-
-    /// Serves `split` as the control plane would: its signed manifest and its chunks.
-    fn serve_chunked(&self, split: &SplitSnapshot) {
-        let json = serde_json::to_string(&split.manifest).expect("json");
-        let envelope = sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key"))
-            .expect("signed");
-        let etag = format!(
-            "\"{}-{}\"",
-            split.manifest.version, split.manifest.issued_at
+/// Serves `split` as the control plane would: its signed manifest and its chunks.
+fn serve_chunked(host: &FakeHost, split: &SplitSnapshot) {
+    let json = serde_json::to_string(&split.manifest).expect("json");
+    let envelope =
+        sign_manifest(&json, &SigningKey::from_base64("k1", SECRET).expect("key")).expect("signed");
+    let etag = format!(
+        "\"{}-{}\"",
+        split.manifest.version, split.manifest.issued_at
+    );
+    host.route(MANIFEST_PATH, "200", &etag, envelope.as_bytes());
+    for (chunk, body) in split.manifest.chunks.iter().zip(&split.chunks) {
+        host.route(
+            &format!("{CHUNK_PATH}{}", chunk.sha256),
+            "200",
+            "",
+            body.as_bytes(),
         );
-        self.route(MANIFEST_PATH, "200", &etag, envelope.as_bytes());
-        for (chunk, body) in split.manifest.chunks.iter().zip(&split.chunks) {
-            self.route(
-                &format!("{CHUNK_PATH}{}", chunk.sha256),
-                "200",
-                "",
-                body.as_bytes(),
-            );
-        }
-    }
-
-    fn metric(&self, id: Option<u32>) -> i64 {
-        id.and_then(|id| self.metrics.borrow().get(&id).copied())
-            .unwrap_or(0)
-    }
-
-    fn stamp(&self) -> Option<String> {
-        self.shared
-            .and_then(|shared| shared.entries.borrow().get(SNAPSHOT_STAMP_ENTRY).cloned())
-            .map(|(value, _)| String::from_utf8(value).expect("utf-8"))
-    }
-
-    fn entry_len(&self, entry: &str) -> Option<usize> {
-        self.shared
-            .and_then(|shared| shared.entries.borrow().get(entry).map(|(v, _)| v.len()))
     }
 }
 
-/// Answers the poller's call in flight from the routes (honouring If-None-Match); false when
-/// nothing was in flight.
-fn serve_one(poller: &mut SnapshotPoller, host: &FakeHost<'_>, metrics: &Metrics) -> bool {
-    let Some((token, _)) = poller.in_flight else {
+/// The published stamp entry.
+fn stamp(host: &FakeHost) -> Option<String> {
+    host.entry(SNAPSHOT_STAMP_ENTRY)
+        .map(|value| String::from_utf8(value).expect("utf-8"))
+}
+
+fn entry_len(host: &FakeHost, entry: &str) -> Option<usize> {
+    host.entry(entry).map(|value| value.len())
+}
+
+/// Answers the poller's call in flight from the routes; false when nothing was in flight.
+fn serve_one(poller: &mut SnapshotPoller, host: &FakeHost, metrics: &Metrics) -> bool {
+    let Some(token) = poller.call_in_flight() else {
         return false;
     };
-    let call = host.calls.borrow()[token as usize - 1].clone();
-    let header = |name: &str| call.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let path = header(":path").expect("a path");
-    let answer = host.routes.borrow().get(&path).cloned();
-    let (headers, body) = match answer {
-        None => (
-            vec![(":status".to_owned(), b"404".to_vec())],
-            b"{}".to_vec(),
-        ),
-        Some((headers, body)) => {
-            let etag = headers
-                .iter()
-                .find(|(n, _)| n == "etag")
-                .map(|(_, v)| String::from_utf8(v.clone()).expect("utf-8"));
-            if etag.is_some() && header("if-none-match") == etag {
-                (vec![(":status".to_owned(), b"304".to_vec())], vec![])
-            } else {
-                (headers, body)
-            }
-        }
-    };
-    let size = body.len();
-    *host.response.borrow_mut() = Some((headers, body));
+    let size = host.answer_from_routes(token);
     poller.on_response(host, metrics, token, size);
     true
 }
 
 /// A poll: time moves past the interval, a tick, then every call answered until none is left.
-fn poll_all(poller: &mut SnapshotPoller, host: &FakeHost<'_>, metrics: &Metrics) {
-    host.now.set(host.now.get() + 5_000);
+fn poll_all(poller: &mut SnapshotPoller, host: &FakeHost, metrics: &Metrics) {
+    host.now_ms.set(host.now_ms.get() + 5_000);
     poller.on_tick(host, metrics).expect("tick");
     for _ in 0..10_000 {
         if !serve_one(poller, host, metrics) {
@@ -530,34 +330,26 @@ fn poll_all(poller: &mut SnapshotPoller, host: &FakeHost<'_>, metrics: &Metrics)
 
 #[test]
 fn chunked_snapshots_publish_only_when_complete_and_fetch_only_changed_chunks() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    let metrics = metrics();
-    let settings = chunked_settings(Poller::SyncService);
-    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
-    poller.chunk_metrics = chunk_metrics();
+    let (host, metrics, settings, mut poller) = chunked_service();
     let v1 = chunked(1, 100, 2000, &[], 250);
     assert_eq!(v1.manifest.chunks.len(), 8);
-    host.serve_chunked(&v1);
+    serve_chunked(&host, &v1);
 
     // Manifest and three chunks: nothing is published yet, followers see nothing.
-    host.now.set(5_000);
+    host.now_ms.set(5_000);
     poller.on_tick(&host, &metrics).expect("tick");
     for _ in 0..4 {
         assert!(serve_one(&mut poller, &host, &metrics));
     }
-    assert_eq!(host.stamp(), None);
+    assert_eq!(stamp(&host), None);
     let mut follower = PolicyFollower::default();
     assert!(follow(&mut follower, &host, &settings, None).is_none());
-    assert_eq!(host.metric(chunk_metrics().fetched), 3);
+    assert_eq!(host.count(metrics.chunks_fetched), 3);
 
     while serve_one(&mut poller, &host, &metrics) {}
-    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
-    assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
-    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+    assert_eq!(stamp(&host).as_deref(), Some("1:100:chunked"));
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::Published), 1);
+    assert_eq!(host.count(metrics.chunks_fetched), 8);
 
     // The follower builds it a slice at a time (budget 0: one slice per look).
     let mut slices = 0;
@@ -583,8 +375,8 @@ fn chunked_snapshots_publish_only_when_complete_and_fetch_only_changed_chunks() 
 
     // Unchanged: a conditional poll, nothing fetched.
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.count(&metrics, SyncOutcome::NotModified), 1);
-    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::NotModified), 1);
+    assert_eq!(host.count(metrics.chunks_fetched), 8);
 
     // One key revoked: one chunk changes, only it is fetched; the replaced one is emptied.
     let v2 = chunked(2, 200, 2000, &[5], 250);
@@ -595,12 +387,12 @@ fn chunked_snapshots_publish_only_when_complete_and_fetch_only_changed_chunks() 
         .filter(|c| !v2.manifest.chunks.contains(c))
         .collect();
     assert_eq!(replaced.len(), 1);
-    host.serve_chunked(&v2);
+    serve_chunked(&host, &v2);
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
-    assert_eq!(host.metric(chunk_metrics().fetched), 9);
-    assert_eq!(host.metric(chunk_metrics().reused), 7);
-    assert_eq!(host.entry_len(&replaced[0].entry()), Some(0));
+    assert_eq!(stamp(&host).as_deref(), Some("2:200:chunked"));
+    assert_eq!(host.count(metrics.chunks_fetched), 9);
+    assert_eq!(host.count(metrics.chunks_reused), 7);
+    assert_eq!(entry_len(&host, &replaced[0].entry()), Some(0));
     let policy = follow(&mut follower, &host, &settings, current).expect("v2");
     assert_eq!(policy.version, 2);
     assert_eq!(
@@ -611,39 +403,40 @@ fn chunked_snapshots_publish_only_when_complete_and_fetch_only_changed_chunks() 
 
 #[test]
 fn tampered_or_missing_chunks_never_replace_the_last_good_policy() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    let metrics = metrics();
-    let settings = chunked_settings(Poller::SyncService);
-    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
-    poller.chunk_metrics = chunk_metrics();
-    host.serve_chunked(&chunked(1, 100, 600, &[], 100));
+    let (host, metrics, settings, mut poller) = chunked_service();
+    serve_chunked(&host, &chunked(1, 100, 600, &[], 100));
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    assert_eq!(stamp(&host).as_deref(), Some("1:100:chunked"));
 
     // v2 with one chunk's bytes altered in transit.
     let v2 = chunked(2, 200, 600, &[1, 2, 3], 100);
-    host.serve_chunked(&v2);
+    serve_chunked(&host, &v2);
     let victim = &v2.manifest.chunks[v2.manifest.chunks.len() - 1];
     let path = format!("{CHUNK_PATH}{}", victim.sha256);
     let tampered = v2.chunks[v2.chunks.len() - 1].replace("revoked", "active ");
     host.route(&path, "200", "", tampered.as_bytes());
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.metric(chunk_metrics().mismatched), 1);
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Rejected("bad_signature")),
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::ChunkMismatch)
+        ),
         1
     );
-    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    assert_eq!(
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::BadSignature)
+        ),
+        1
+    );
+    assert_eq!(stamp(&host).as_deref(), Some("1:100:chunked"));
 
     // The chunk is gone from the control plane: counted, nothing changes.
     host.routes.borrow_mut().remove(&path);
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.count(&metrics, SyncOutcome::HttpError), 1);
-    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::HttpError), 1);
+    assert_eq!(stamp(&host).as_deref(), Some("1:100:chunked"));
 
     // A tampered manifest is refused outright.
     let json = serde_json::to_string(&v2.manifest).expect("json");
@@ -653,14 +446,17 @@ fn tampered_or_missing_chunks_never_replace_the_last_good_policy() {
     host.route(MANIFEST_PATH, "200", "\"x\"", envelope.as_bytes());
     poll_all(&mut poller, &host, &metrics);
     assert_eq!(
-        host.count(&metrics, SyncOutcome::Rejected("bad_signature")),
+        host.sync_count(
+            &metrics,
+            SyncOutcome::Rejected(RejectionReason::BadSignature)
+        ),
         2
     );
 
     // Repaired: v2 goes through, reusing the chunks fetched by the failed attempts.
-    host.serve_chunked(&v2);
+    serve_chunked(&host, &v2);
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
+    assert_eq!(stamp(&host).as_deref(), Some("2:200:chunked"));
     let mut follower = PolicyFollower::default();
     let policy = follow(&mut follower, &host, &settings, None).expect("v2");
     assert_eq!(policy.version, 2);
@@ -668,16 +464,9 @@ fn tampered_or_missing_chunks_never_replace_the_last_good_policy() {
 
 #[test]
 fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    let metrics = metrics();
-    let settings = chunked_settings(Poller::SyncService);
-    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
+    let (host, metrics, settings, mut poller) = chunked_service();
     let v1 = chunked(1, 100, 1000, &[], 200);
-    host.serve_chunked(&v1);
+    serve_chunked(&host, &v1);
     poll_all(&mut poller, &host, &metrics);
 
     // A chunk entry goes missing under a follower: it waits, and never yields a policy.
@@ -689,7 +478,7 @@ fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
         ));
     }
     let last = v1.manifest.chunks.last().expect("a chunk").entry();
-    let saved = shared.entries.borrow().get(&last).cloned().expect("stored");
+    let saved = host.shared.borrow().get(&last).cloned().expect("stored");
     host.shared_set(&last, b"", None).expect("set");
     assert!(follow(&mut follower, &host, &settings, None).is_none());
     assert!(
@@ -700,7 +489,7 @@ fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
     host.shared_set(&last, b"{\"id\":\"x\"}\n", None)
         .expect("set");
     assert!(follow(&mut follower, &host, &settings, None).is_none());
-    shared.entries.borrow_mut().insert(last, saved);
+    host.shared.borrow_mut().insert(last, saved);
     assert_eq!(
         follow(&mut follower, &host, &settings, None).map(|p| p.keys().len()),
         Some(1000)
@@ -711,7 +500,7 @@ fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
     for _ in 0..3 {
         second.refresh(&host, &settings, None, 0).expect("ok");
     }
-    host.serve_chunked(&chunked(2, 200, 1000, &[7], 200));
+    serve_chunked(&host, &chunked(2, 200, 1000, &[7], 200));
     poll_all(&mut poller, &host, &metrics);
     let policy = follow(&mut second, &host, &settings, None).expect("v2");
     assert_eq!(policy.version, 2);
@@ -723,18 +512,10 @@ fn followers_never_use_a_torn_set_and_restart_on_a_newer_stamp() {
 
 #[test]
 fn a_newer_manifest_mid_load_replaces_the_one_being_loaded() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
-    let metrics = metrics();
-    let settings = chunked_settings(Poller::SyncService);
-    let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
-    poller.chunk_metrics = chunk_metrics();
+    let (host, metrics, settings, mut poller) = chunked_service();
     let v1 = chunked(1, 100, 1600, &[], 200);
-    host.serve_chunked(&v1);
-    host.now.set(5_000);
+    serve_chunked(&host, &v1);
+    host.now_ms.set(5_000);
     poller.on_tick(&host, &metrics).expect("tick");
     for _ in 0..3 {
         assert!(serve_one(&mut poller, &host, &metrics));
@@ -744,18 +525,18 @@ fn a_newer_manifest_mid_load_replaces_the_one_being_loaded() {
     // The control plane moves on to v2 (different keys in every chunk); it still serves v1's
     // chunks for a while, as `keyward serve` does.
     let v2 = chunked(2, 200, 900, &[], 200);
-    host.serve_chunked(&v2);
-    host.now.set(host.now.get() + 5_000);
+    serve_chunked(&host, &v2);
+    host.now_ms.set(host.now_ms.get() + 5_000);
     for _ in 0..1000 {
         if !serve_one(&mut poller, &host, &metrics) {
             break;
         }
     }
-    assert_eq!(host.stamp().as_deref(), Some("2:200:chunked"));
-    assert_eq!(host.count(&metrics, SyncOutcome::Published), 1);
+    assert_eq!(stamp(&host).as_deref(), Some("2:200:chunked"));
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::Published), 1);
     // The v1 chunks fetched before were emptied when v2 was published.
     for chunk in &v1.manifest.chunks[..3] {
-        assert_ne!(host.entry_len(&chunk.entry()), Some(chunk.bytes as usize));
+        assert_ne!(entry_len(&host, &chunk.entry()), Some(chunk.bytes as usize));
     }
     let mut follower = PolicyFollower::default();
     let policy = follow(&mut follower, &host, &settings, None).expect("v2");
@@ -764,20 +545,14 @@ fn a_newer_manifest_mid_load_replaces_the_one_being_loaded() {
 
 #[test]
 fn lease_handover_mid_load_keeps_the_fetched_chunks() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
+    let host = FakeHost::default();
     let metrics = metrics();
     let settings = chunked_settings(Poller::Lease);
     let mut first = SnapshotPoller::new(settings.clone(), "vm1".into());
     let mut second = SnapshotPoller::new(settings.clone(), "vm2".into());
-    first.chunk_metrics = chunk_metrics();
-    second.chunk_metrics = chunk_metrics();
     let v1 = chunked(1, 100, 1600, &[], 200);
-    host.serve_chunked(&v1);
-    host.now.set(10_000);
+    serve_chunked(&host, &v1);
+    host.now_ms.set(10_000);
     first.on_tick(&host, &metrics).expect("tick");
     second.on_tick(&host, &metrics).expect("tick");
     assert!(first.holds_lease() && !second.holds_lease());
@@ -785,16 +560,16 @@ fn lease_handover_mid_load_keeps_the_fetched_chunks() {
     for _ in 0..4 {
         assert!(serve_one(&mut first, &host, &metrics));
     }
-    assert_eq!(host.stamp(), None);
+    assert_eq!(stamp(&host), None);
 
-    host.now.set(10_000 + settings.lease_ttl_ms() + 1);
+    host.now_ms.set(10_000 + settings.lease_ttl_ms() + 1);
     second.on_tick(&host, &metrics).expect("tick");
     assert!(second.holds_lease());
     while serve_one(&mut second, &host, &metrics) {}
-    assert_eq!(host.stamp().as_deref(), Some("1:100:chunked"));
+    assert_eq!(stamp(&host).as_deref(), Some("1:100:chunked"));
     // Three chunks were found in shared data and checked, the rest fetched.
-    assert_eq!(host.metric(chunk_metrics().reused), 3);
-    assert_eq!(host.metric(chunk_metrics().fetched), 8);
+    assert_eq!(host.count(metrics.chunks_reused), 3);
+    assert_eq!(host.count(metrics.chunks_fetched), 8);
 
     // The old holder comes back: it waits, and its late answers change nothing.
     first.on_tick(&host, &metrics).expect("tick");
@@ -806,11 +581,7 @@ fn lease_handover_mid_load_keeps_the_fetched_chunks() {
 
 #[test]
 fn switching_layouts_frees_the_other_layouts_entries() {
-    let shared = SharedMap::default();
-    let host = FakeHost {
-        shared: Some(&shared),
-        ..FakeHost::default()
-    };
+    let host = FakeHost::default();
     let metrics = metrics();
     let mut envelope_poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     poll(
@@ -821,16 +592,16 @@ fn switching_layouts_frees_the_other_layouts_entries() {
         &envelope(1, 100),
     );
     // The envelope poller hands its parsed policy over instead of a second parse.
-    let (stamp, policy) = envelope_poller.take_fresh().expect("fresh");
-    assert_eq!((stamp.as_slice(), policy.version), (&b"1:100"[..], 1));
+    let (fresh_stamp, policy) = envelope_poller.take_fresh().expect("fresh");
+    assert_eq!((fresh_stamp.as_slice(), policy.version), (&b"1:100"[..], 1));
 
     let settings = chunked_settings(Poller::SyncService);
     let mut poller = SnapshotPoller::new(settings.clone(), "a".into());
     let v2 = chunked(2, 100, 300, &[], 100);
-    host.serve_chunked(&v2);
+    serve_chunked(&host, &v2);
     poll_all(&mut poller, &host, &metrics);
-    assert_eq!(host.stamp().as_deref(), Some("2:100:chunked"));
-    assert_eq!(host.entry_len(SNAPSHOT_ENTRY), Some(0));
+    assert_eq!(stamp(&host).as_deref(), Some("2:100:chunked"));
+    assert_eq!(entry_len(&host, SNAPSHOT_ENTRY), Some(0));
     let mut follower = PolicyFollower::default();
     let current = Some(SnapshotStamp {
         version: 1,
@@ -849,9 +620,9 @@ fn switching_layouts_frees_the_other_layouts_entries() {
         "200",
         &envelope(3, 100),
     );
-    assert_eq!(host.stamp().as_deref(), Some("3:100"));
-    assert_eq!(host.entry_len(MANIFEST_ENTRY), Some(0));
+    assert_eq!(stamp(&host).as_deref(), Some("3:100"));
+    assert_eq!(entry_len(&host, MANIFEST_ENTRY), Some(0));
     for chunk in &v2.manifest.chunks {
-        assert_eq!(host.entry_len(&chunk.entry()), Some(0));
+        assert_eq!(entry_len(&host, &chunk.entry()), Some(0));
     }
 }

@@ -1,0 +1,261 @@
+//! `keyward render`: ready Envoy and Istio configurations.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::output::print_json;
+use super::shared::SigningKeyArgs;
+use crate::error::Error;
+use crate::render;
+use crate::secrets;
+
+#[derive(Subcommand)]
+pub enum RenderCommand {
+    /// An Envoy bootstrap: listener with the keyward filter, the policy sync singleton, the
+    /// control-plane and upstream clusters. JSON, which Envoy also reads as YAML.
+    Envoy(RenderEnvoyArgs),
+    /// Istio resources: a WasmPlugin (the filter, with a lease-mode policy sync) and a
+    /// ServiceEntry for the control plane. JSON documents separated by `---` (YAML).
+    Istio(RenderIstioArgs),
+}
+
+/// How the filter's policy sync polls the control plane.
+#[derive(Args)]
+pub struct SyncArgs {
+    /// Milliseconds between polls.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Milliseconds before a poll is given up.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Sync with the chunked layout: a signed manifest and content-addressed chunks, for
+    /// large key counts (docs/scale.md). Default: one signed envelope.
+    #[arg(long)]
+    chunked_sync: bool,
+}
+
+#[derive(Args)]
+pub struct RenderEnvoyArgs {
+    /// Path of keyward.wasm as Envoy will see it.
+    #[arg(long)]
+    wasm: String,
+    /// Where `keyward serve` listens, as Envoy reaches it: HOST:PORT.
+    #[arg(long)]
+    control_plane: String,
+    #[command(flatten)]
+    signing: SigningKeyArgs,
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: String,
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// The provider (or any upstream) requests go to: HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:10001")]
+    upstream: String,
+    /// Speak TLS to the upstream (SNI and Host set to its host name).
+    #[arg(long)]
+    upstream_tls: bool,
+    #[command(flatten)]
+    sync: SyncArgs,
+    /// A named Envoy route, NAME=PATH_PREFIX (repeatable), placed before the catch-all
+    /// `default` route; plugin routes match it with `match.route_name`.
+    #[arg(long = "route", value_name = "NAME=PREFIX")]
+    routes: Vec<String>,
+    /// Switch the filter off on this Envoy route (repeatable): FilterConfig{disabled: true}.
+    #[arg(long = "disable-on", value_name = "ROUTE")]
+    disabled_on: Vec<String>,
+    /// The rest of the plugin configuration (routes, mode, key formats...) as a JSON file;
+    /// the sync block is added.
+    #[arg(long)]
+    plugin_config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RenderIstioArgs {
+    /// Where Istio fetches the module: oci://REGISTRY/REPO:TAG, file://PATH or https://URL.
+    #[arg(long)]
+    wasm_url: String,
+    /// The module itself (target/keyward.wasm): its sha256, for file:// and http(s):// URLs;
+    /// with oci://, checked against the layout's Wasm layer.
+    #[arg(long)]
+    wasm_file: Option<PathBuf>,
+    /// The OCI image layout `make oci` wrote (target/oci), for oci:// URLs: Istio checks the
+    /// image manifest's digest.
+    #[arg(long)]
+    oci_layout: Option<PathBuf>,
+    /// Where `keyward serve` listens, as the proxies reach it: HOST:PORT (a host name).
+    #[arg(long)]
+    control_plane: String,
+    #[command(flatten)]
+    signing: SigningKeyArgs,
+    /// The WasmPlugin's name (the ServiceEntry is NAME-control-plane).
+    #[arg(long, default_value = "keyward")]
+    name: String,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Workloads to run on: LABEL=VALUE[,LABEL=VALUE]. Without it (and without a target ref),
+    /// every workload of the namespace.
+    #[arg(long, conflicts_with_all = ["target_ref_kind", "target_ref_name"])]
+    selector: Option<String>,
+    /// Attach to a resource instead, e.g. `Gateway` (group gateway.networking.k8s.io) or `Service`.
+    #[arg(long, requires = "target_ref_name")]
+    target_ref_kind: Option<String>,
+    #[arg(long, requires = "target_ref_kind")]
+    target_ref_name: Option<String>,
+    /// `spec.match[].mode`: CLIENT, SERVER or CLIENT_AND_SERVER.
+    #[arg(long)]
+    match_mode: Option<String>,
+    /// A keyward plugin configuration (JSON: routes, mode, …); `sync` is added to it.
+    #[arg(long)]
+    plugin_config: Option<PathBuf>,
+    /// Leave out the ServiceEntry (the control plane is already a Service in the mesh).
+    #[arg(long)]
+    no_service_entry: bool,
+    /// Leave out the EnvoyFilter that turns on Envoy's own path normalization and refuses
+    /// escaped slashes and header names with underscores (keyward still refuses ambiguous
+    /// requests itself; see docs/deploy-istio.md).
+    #[arg(long)]
+    no_hardening: bool,
+    #[command(flatten)]
+    sync: SyncArgs,
+}
+
+/// The `--plugin-config` file of the renderers: a JSON document, or an error naming the flag.
+fn read_plugin_config(path: Option<&Path>) -> Result<Option<serde_json::Value>, Error> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let bytes = fs::read(path).map_err(|error| {
+        Error::invalid(
+            "unreadable_file",
+            format!(
+                "cannot read the plugin configuration {}: {error}",
+                path.display()
+            ),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|error| {
+        Error::invalid(
+            "invalid_plugin_config",
+            format!("--plugin-config: not JSON: {error}"),
+        )
+    })
+}
+
+fn render_istio(args: RenderIstioArgs) -> Result<(), Error> {
+    let read = |path: &PathBuf, what: &str| {
+        fs::read(path).map_err(|error| {
+            Error::invalid(
+                "unreadable_file",
+                format!("cannot read the {what} {}: {error}", path.display()),
+            )
+        })
+    };
+    let base_config = read_plugin_config(args.plugin_config.as_deref())?;
+    let target = match (args.target_ref_kind, args.target_ref_name) {
+        (Some(kind), Some(name)) => render::IstioTarget::TargetRef { kind, name },
+        _ => render::IstioTarget::Selector(render::parse_selector(
+            args.selector.as_deref().unwrap_or(""),
+        )?),
+    };
+    let sha256 = render::wasm_plugin_sha256(
+        &args.wasm_url,
+        args.wasm_file
+            .as_ref()
+            .map(|path| read(path, "Wasm module"))
+            .transpose()?
+            .as_deref(),
+        args.oci_layout.as_deref(),
+    )?;
+    let options = render::IstioOptions {
+        name: args.name,
+        namespace: args.namespace,
+        wasm_url: args.wasm_url,
+        sha256,
+        control_plane: args.control_plane,
+        signing_secret_base64: secrets::signing_key_base64(
+            &args.signing.signing_key_id,
+            &args.signing.signing_key_file,
+        )?,
+        signing_key_id: args.signing.signing_key_id,
+        target,
+        match_mode: args.match_mode,
+        base_config,
+        service_entry: !args.no_service_entry,
+        hardening: !args.no_hardening,
+        interval_ms: args.sync.interval_ms,
+        timeout_ms: args.sync.timeout_ms,
+        chunked: args.sync.chunked_sync,
+    };
+    print!(
+        "{}",
+        render::yaml_stream(&render::istio_resources(&options)?)?
+    );
+    eprintln!(
+        "note: the WasmPlugin's pluginConfig carries the snapshot signing secret; protect it like \
+         the signing key file (who can read WasmPlugins in that namespace can read it)"
+    );
+    Ok(())
+}
+
+pub fn run(command: RenderCommand) -> Result<ExitCode, Error> {
+    match command {
+        RenderCommand::Envoy(args) => render_envoy(args)?,
+        RenderCommand::Istio(args) => render_istio(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
+    let RenderEnvoyArgs {
+        wasm,
+        control_plane,
+        signing,
+        listen,
+        admin,
+        upstream,
+        upstream_tls,
+        sync,
+        routes,
+        disabled_on,
+        plugin_config,
+    } = args;
+    let routes = routes
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, prefix)) => Ok((name.to_owned(), prefix.to_owned())),
+            None => Err(Error::invalid(
+                "invalid_route",
+                format!("--route {spec}: expected NAME=PREFIX"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let plugin_config = read_plugin_config(plugin_config.as_deref())?;
+    let options = render::EnvoyOptions {
+        wasm,
+        control_plane,
+        signing_secret_base64: secrets::signing_key_base64(
+            &signing.signing_key_id,
+            &signing.signing_key_file,
+        )?,
+        signing_key_id: signing.signing_key_id,
+        listen,
+        admin,
+        upstream,
+        upstream_tls,
+        interval_ms: sync.interval_ms,
+        timeout_ms: sync.timeout_ms,
+        chunked: sync.chunked_sync,
+        routes,
+        disabled_on,
+        plugin_config,
+    };
+    print_json(&render::envoy_bootstrap(&options)?)?;
+    eprintln!(
+        "note: this configuration carries the snapshot signing secret; protect it like \
+         the signing key file"
+    );
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The CLI's HTTP client for a running control plane (`--server URL`, `--control-plane URL`), on
+//! ureq: http and https (rustls; the web PKI roots, or the CA certificates of `--ca-file` /
+//! `KEYWARD_CA_FILE`), with timeouts and a size bound on what it reads.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use crate::error::{Error, ErrorBody};
+
+/// A whole snapshot of a million keys is a few hundred megabytes; nothing larger is read.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A control plane at a base URL (`http://127.0.0.1:7070`, `https://keyward.example`).
+pub struct ControlPlane {
+    agent: ureq::Agent,
+    base: String,
+}
+
+fn unreachable(message: String) -> Error {
+    Error::invalid("unreachable_control_plane", message)
+}
+
+/// The CA certificates in a PEM file, for a control plane whose certificate a private CA signed.
+fn roots(ca_file: &Path) -> Result<RootCerts, Error> {
+    let pem = std::fs::read(ca_file).map_err(|error| {
+        Error::invalid(
+            "unreadable_file",
+            format!("cannot read the CA file {}: {error}", ca_file.display()),
+        )
+    })?;
+    let certificates = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(Ok(certificate)),
+            Ok(_) => None,
+            Err(error) => Some(Err(error)),
+        })
+        .collect::<Result<Vec<Certificate<'static>>, _>>()
+        .map_err(|error| {
+            Error::invalid(
+                "invalid_ca_file",
+                format!("{}: not PEM certificates: {error}", ca_file.display()),
+            )
+        })?;
+    if certificates.is_empty() {
+        return Err(Error::invalid(
+            "invalid_ca_file",
+            format!("{}: no certificate in it", ca_file.display()),
+        ));
+    }
+    Ok(RootCerts::new_with_certs(&certificates))
+}
+
+impl ControlPlane {
+    /// A control plane at `base`; https is verified against `KEYWARD_CA_FILE` when set.
+    pub fn new(base: &str) -> Result<ControlPlane, Error> {
+        let ca_file = std::env::var_os("KEYWARD_CA_FILE").map(std::path::PathBuf::from);
+        ControlPlane::with_ca(base, ca_file.as_deref())
+    }
+
+    /// A control plane at `base`, its https certificate verified against `ca_file` (PEM) when
+    /// given, else against the web PKI.
+    pub fn with_ca(base: &str, ca_file: Option<&Path>) -> Result<ControlPlane, Error> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid(
+                "invalid_url",
+                format!("{base:?}: the control plane's URL starts with http:// or https://"),
+            ));
+        }
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            // Statuses are answers to report, not transport errors.
+            .http_status_as_error(false);
+        if let Some(ca_file) = ca_file {
+            config = config.tls_config(TlsConfig::builder().root_certs(roots(ca_file)?).build());
+        }
+        let agent = config.build().new_agent();
+        Ok(ControlPlane {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `GET path`; the body of a 200 answer, any other status is an error.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("accept", "application/json")
+            .call()
+            .map_err(|error| unreachable(format!("GET {url}: {error}")))?;
+        let status = response.status();
+        if status != 200 {
+            return Err(unreachable(format!(
+                "GET {url} answered {status}, expected 200"
+            )));
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_vec()
+            .map_err(|error| unreachable(format!("GET {url}: cannot read the answer: {error}")))
+    }
+}
+
+impl ControlPlane {
+    /// One admin API call: `method path` with the bearer `token` and an optional JSON body. A
+    /// 2xx answer is parsed as `T`; an error answer becomes an error with the server's status,
+    /// code and message.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        let url = format!("{}{path}", self.base);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json");
+        let sent = match body {
+            Some(body) => {
+                let json = serde_json::to_vec(body)?;
+                let request = request
+                    .header("content-type", "application/json")
+                    .body(json)
+                    .map_err(|error| Error::internal(format!("{method} {url}: {error}")))?;
+                self.agent.run(request)
+            }
+            None => {
+                let request = request
+                    .body(())
+                    .map_err(|error| Error::internal(format!("{method} {url}: {error}")))?;
+                self.agent.run(request)
+            }
+        };
+        let mut response = sent.map_err(|error| unreachable(format!("{method} {url}: {error}")))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_vec()
+            .map_err(|error| {
+                unreachable(format!("{method} {url}: cannot read the answer: {error}"))
+            })?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|error| {
+                Error::internal(format!(
+                    "{method} {url}: an answer keyward cannot read: {error}"
+                ))
+            });
+        }
+        let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(ErrorBody { error }) => format!("{} ({})", error.message, error.code),
+            Err(_) => format!("{method} {url} answered {status}"),
+        };
+        Err(Error::new(status, "control_plane_error", message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_are_taken() {
+        assert_eq!(
+            ControlPlane::new("ftp://x").err().map(|e| e.code),
+            Some("invalid_url")
+        );
+        assert_eq!(
+            ControlPlane::new("127.0.0.1:7070").err().map(|e| e.code),
+            Some("invalid_url")
+        );
+        let plane = ControlPlane::new("http://127.0.0.1:9/").unwrap();
+        assert_eq!(plane.base, "http://127.0.0.1:9");
+        // Port 9 (discard) has no listener here: a clear error, not a panic.
+        assert_eq!(
+            plane.get_bytes("/v1/snapshot").unwrap_err().code,
+            "unreachable_control_plane"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! What the store accepts: every record is checked with the filter's own snapshot compiler, and
+//! free text is kept printable and bounded.
+
+use keyward_engine::snapshot::{KeyRecord, Policy, PriceRecord, ProjectRecord, Snapshot};
+
+use super::model::KeySettings;
+use crate::error::Error;
+
+/// Checks records with the filter's own snapshot validation, so the control plane never
+/// accepts what the data plane would refuse. The error names the field.
+pub(super) fn validate_with_engine(
+    projects: Vec<ProjectRecord>,
+    keys: Vec<KeyRecord>,
+    prices: Vec<PriceRecord>,
+) -> Result<(), Error> {
+    let snapshot = Snapshot {
+        version: 1,
+        issued_at: 0,
+        expires_at: None,
+        projects,
+        keys,
+        prices,
+    };
+    Policy::compile(snapshot).map(|_| ()).map_err(|error| {
+        let path = ["keys[0]", "projects[0]", "prices[0]"]
+            .iter()
+            .find_map(|prefix| error.path.strip_prefix(prefix))
+            .unwrap_or(&error.path)
+            .trim_start_matches('.');
+        let message = if path.is_empty() {
+            error.message.clone()
+        } else {
+            format!("{path}: {}", error.message)
+        };
+        Error::invalid("invalid_field", message)
+    })
+}
+
+/// Free-text fields end up in terminals, logs and JSON: keep them printable and bounded.
+pub(super) fn validate_text(field: &str, value: Option<&str>, max: usize) -> Result<(), Error> {
+    if let Some(value) = value {
+        if value.chars().count() > max || value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("{field}: at most {max} characters, no control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_list(field: &str, values: &[String]) -> Result<(), Error> {
+    for value in values {
+        if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("{field}: each entry must be 1 to 128 printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_settings(settings: &KeySettings) -> Result<(), Error> {
+    validate_list("scopes", &settings.scopes)?;
+    if let Some(models) = &settings.models {
+        validate_list("models", models)?;
+    }
+    validate_text("label", settings.label.as_deref(), 128)?;
+    validate_text("note", settings.note.as_deref(), 1000)?;
+    Ok(())
+}
+
+/// An update that names nothing to change.
+pub(super) fn nothing_to_change() -> Error {
+    Error::invalid("nothing_to_change", "Name at least one setting to change.")
+}
