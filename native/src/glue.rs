@@ -3,26 +3,27 @@
 //! on every worker shares; each stream runs keyward-filter's request glue (`RequestFlow`), the
 //! same code the Wasm contexts run, with this host's `Host` and ledger. No decision is made here.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use keyward_engine::config::{PluginConfig, Role};
-use keyward_filter::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow, SharedLedger};
+use keyward_filter::handler::{FilterState, Flow, RequestFlow};
 use keyward_filter::metrics::Metrics;
 
 use crate::hooks::{self, FilterConfig, HttpFilter};
 use crate::host::{ConfigHandle, FilterHandle};
+use crate::ledger::LedgerHandle;
 use crate::native_host::{define_metric, gauge_id, log, NativeHost};
-use crate::shared_data::{ProcessShared, SharedEntries};
+use crate::process::PROCESS;
 use keyward_filter::host::LogLevel;
-
-/// Spend counters and rate-limit state of every keyward filter in this Envoy process (Wasm:
-/// shared data of one vm_id).
-static SHARED: LazyLock<SharedEntries> = LazyLock::new(SharedEntries::new);
 
 /// One Envoy filter configuration: compiled once on the main thread, read by every worker.
 #[derive(Debug)]
 pub struct KeywardConfig {
-    state: Option<Arc<FilterState>>,
+    /// The settings and policy in force: one copy for all workers, replaced in one atomic step
+    /// (a stream keeps the state it started with).
+    state: ArcSwap<FilterState>,
     #[cfg(feature = "abi-probe")]
     probe: Option<crate::abi_probe::Probe>,
 }
@@ -63,7 +64,7 @@ impl FilterConfig for KeywardConfig {
         };
         log_policy(config, &state, "configured (native)");
         Ok(KeywardConfig {
-            state: Some(Arc::new(state)),
+            state: ArcSwap::from_pointee(state),
             #[cfg(feature = "abi-probe")]
             probe: None,
         })
@@ -71,10 +72,7 @@ impl FilterConfig for KeywardConfig {
 
     fn new_filter(&self) -> KeywardStream {
         KeywardStream {
-            flow: self
-                .state
-                .as_ref()
-                .map(|state| RequestFlow::new(Arc::clone(state))),
+            flow: RequestFlow::new(self.state.load_full()),
         }
     }
 
@@ -124,11 +122,10 @@ fn log_policy(config: ConfigHandle, state: &FilterState, event: &str) {
     }
 }
 
-/// One HTTP stream: keyward-filter's request glue, or nothing when the configuration has no
-/// filter state (every request is then refused).
+/// One HTTP stream: keyward-filter's request glue.
 #[derive(Debug)]
 pub struct KeywardStream {
-    flow: Option<RequestFlow>,
+    flow: RequestFlow,
 }
 
 fn headers_flow(flow: Flow) -> hooks::RequestFlow {
@@ -153,15 +150,11 @@ impl HttpFilter for KeywardStream {
         filter: &FilterHandle,
         end_of_stream: bool,
     ) -> hooks::RequestFlow {
-        let host = NativeHost { filter };
-        headers_flow(match self.flow.as_mut() {
-            Some(flow) => flow.on_request_headers(
-                &host,
-                &mut SharedLedger(&ProcessShared(&SHARED)),
-                end_of_stream,
-            ),
-            None => refuse_unconfigured(&host),
-        })
+        headers_flow(self.flow.on_request_headers(
+            &NativeHost { filter },
+            &mut LedgerHandle(&PROCESS.ledger),
+            end_of_stream,
+        ))
     }
 
     fn on_request_body(
@@ -169,13 +162,10 @@ impl HttpFilter for KeywardStream {
         filter: &FilterHandle,
         end_of_stream: bool,
     ) -> hooks::RequestFlow {
-        let Some(flow) = self.flow.as_mut() else {
-            return hooks::RequestFlow::Stop;
-        };
         let body_size = filter.request_body_size();
-        body_flow(flow.on_request_body(
+        body_flow(self.flow.on_request_body(
             &NativeHost { filter },
-            &mut SharedLedger(&ProcessShared(&SHARED)),
+            &mut LedgerHandle(&PROCESS.ledger),
             body_size,
             end_of_stream,
         ))
@@ -184,34 +174,25 @@ impl HttpFilter for KeywardStream {
     /// Trailers end a request whose body never carried end-of-stream: the body is complete here
     /// and is decided before anything goes upstream.
     fn on_request_trailers(&mut self, filter: &FilterHandle) -> hooks::RequestFlow {
-        let Some(flow) = self.flow.as_mut() else {
-            return hooks::RequestFlow::Stop;
-        };
-        headers_flow(flow.on_request_trailers(
-            &NativeHost { filter },
-            &mut SharedLedger(&ProcessShared(&SHARED)),
-        ))
+        headers_flow(
+            self.flow
+                .on_request_trailers(&NativeHost { filter }, &mut LedgerHandle(&PROCESS.ledger)),
+        )
     }
 
     fn on_response_headers(&mut self, filter: &FilterHandle, end_of_stream: bool) {
-        if let Some(flow) = self.flow.as_mut() {
-            flow.on_response_headers(&NativeHost { filter }, end_of_stream);
-        }
+        self.flow
+            .on_response_headers(&NativeHost { filter }, end_of_stream);
     }
 
     fn on_response_body(&mut self, filter: &FilterHandle, end_of_stream: bool) {
-        if let Some(flow) = self.flow.as_mut() {
-            let chunk_size = filter.response_body_chunk_size();
-            flow.on_response_body(&NativeHost { filter }, chunk_size, end_of_stream);
-        }
+        let chunk_size = filter.response_body_chunk_size();
+        self.flow
+            .on_response_body(&NativeHost { filter }, chunk_size, end_of_stream);
     }
 
     fn on_stream_complete(&mut self, filter: &FilterHandle) {
-        if let Some(flow) = self.flow.as_mut() {
-            flow.on_log(
-                &NativeHost { filter },
-                &mut SharedLedger(&ProcessShared(&SHARED)),
-            );
-        }
+        self.flow
+            .on_log(&NativeHost { filter }, &mut LedgerHandle(&PROCESS.ledger));
     }
 }

@@ -11,7 +11,9 @@
 //!   barrier of `guard`, failing closed;
 //! - `glue`: keyward's filter configuration and streams: keyward-filter's request glue
 //!   (`RequestFlow`) on that host, through `native_host` (its `Host` traits);
-//! - `shared_data`: process-wide entries with Envoy's shared-data CAS rules.
+//! - `ledger`: spend counters and rate buckets in process memory (the engine's `Ledger`);
+//! - `shared_data`: process-wide entries with Envoy's shared-data CAS rules (sync, usage);
+//! - `process`: what every keyward configuration in the process shares.
 //!
 //! Linux only: on any other target (wasm32 included) the crate is empty.
 
@@ -27,7 +29,9 @@ pub mod glue;
 pub mod guard;
 pub mod hooks;
 pub mod host;
+pub mod ledger;
 pub mod native_host;
+pub mod process;
 pub mod shared_data;
 
 #[cfg(test)]
