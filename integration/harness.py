@@ -51,6 +51,19 @@ def native_path() -> Path:
     return Path(os.environ.get("KEYWARD_NATIVE", str(DEFAULT_NATIVE)))
 
 
+HOSTS = ("wasm", "native")
+
+
+def default_host() -> str:
+    """The build the suite runs against: KEYWARD_HOST=native runs it on the native build (the
+    Envoy dynamic module), anything else is an error; the Wasm build by default. Every Envoy the
+    harness starts without naming a host uses this one."""
+    host = os.environ.get("KEYWARD_HOST", "wasm")
+    if host not in HOSTS:
+        raise ValueError(f"KEYWARD_HOST={host!r}: expected one of {HOSTS}")
+    return host
+
+
 def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex
 
@@ -247,7 +260,7 @@ def render_bootstrap(
     plugin_config: Optional[dict] = None,
     wasm: Optional[Path] = None,
     routes: Iterable[dict] = DEFAULT_ROUTES,
-    host: str = "wasm",
+    host: Optional[str] = None,
 ) -> dict:
     """Envoy bootstrap as a dict (written as JSON, which Envoy reads as YAML).
 
@@ -257,7 +270,7 @@ def render_bootstrap(
     """
     http_filters = []
     if plugin_config is not None:
-        if host == "native":
+        if (host or default_host()) == "native":
             http_filters.append(native_filter(plugin_config))
         else:
             http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
@@ -307,7 +320,7 @@ class Envoy:
         routes: Iterable[dict] = DEFAULT_ROUTES,
         upstream: Optional[EchoUpstream] = None,
         render=None,
-        host: str = "wasm",
+        host: Optional[str] = None,
         native: Optional[Path] = None,
     ):
         """render: optional callable (listen_port, admin_port, upstream_port) -> YAML text, used
@@ -325,7 +338,7 @@ class Envoy:
         self.admin_port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.render = render
-        self.host = host
+        self.host = host or default_host()
         self.native = native
         self.config_path = self.workdir / (f"{name}.yaml" if render else f"{name}.json")
         self.log_path = self.workdir / f"{name}.log"

@@ -12,11 +12,11 @@ use keyward_filter::handler::{FilterState, Flow, RequestFlow};
 use keyward_filter::metrics::Metrics;
 
 use crate::hooks::{self, FilterConfig, HttpFilter};
-use crate::host::{ConfigHandle, FilterHandle};
+use crate::host::{CalloutResponse, ConfigHandle, FilterHandle};
 use crate::ledger::LedgerHandle;
-use crate::native_host::{define_metric, gauge_id, log, NativeHost};
+use crate::native_host::{define_metric, NativeHost};
 use crate::process::PROCESS;
-use keyward_filter::host::LogLevel;
+use crate::sync::{log_policy, NativeSync};
 
 /// One Envoy filter configuration: compiled once on the main thread, read by every worker.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct KeywardConfig {
     /// The settings and policy in force: one copy for all workers, replaced in one atomic step
     /// (a stream keeps the state it started with).
     state: ArcSwap<FilterState>,
+    /// With a `sync` block: the poller, follower and usage reporter of this configuration.
+    sync: Option<NativeSync>,
     #[cfg(feature = "abi-probe")]
     probe: Option<crate::abi_probe::Probe>,
 }
@@ -47,10 +49,10 @@ impl FilterConfig for KeywardConfig {
         };
         let parsed =
             PluginConfig::from_json(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
-        if parsed.role == Role::SyncService || parsed.sync.is_some() {
+        if parsed.role == Role::SyncService {
             return Err(
-                "invalid configuration: the native module does not sync policies yet; use the \
-                 Wasm build for `sync` or an inline `policy`"
+                "invalid configuration: the native build has no sync service role; give the \
+                 filter configuration itself the `sync` block (it polls once per process)"
                     .to_owned(),
             );
         }
@@ -60,11 +62,25 @@ impl FilterConfig for KeywardConfig {
             settings: Arc::new(parsed.settings),
             policy: parsed.policy.map(Arc::new),
             metrics: Arc::new(metrics),
-            activity: None,
+            // Usage is recorded for the reporter only when there is one.
+            activity: parsed.sync.as_ref().map(|_| Arc::clone(&PROCESS.activity)),
         };
         log_policy(config, &state, "configured (native)");
+        let sync = match &parsed.sync {
+            Some(settings) => {
+                let metering = &state.settings.metering;
+                Some(NativeSync::start(
+                    config,
+                    settings,
+                    &metering.report_path,
+                    metering.report_interval_ms,
+                )?)
+            }
+            None => None,
+        };
         Ok(KeywardConfig {
             state: ArcSwap::from_pointee(state),
+            sync,
             #[cfg(feature = "abi-probe")]
             probe: None,
         })
@@ -76,49 +92,31 @@ impl FilterConfig for KeywardConfig {
         }
     }
 
-    #[cfg(feature = "abi-probe")]
     fn on_scheduled(&self, config: ConfigHandle, event_id: u64) {
+        #[cfg(feature = "abi-probe")]
         if let Some(probe) = &self.probe {
             probe.on_scheduled(config, event_id);
+            return;
+        }
+        if let Some(sync) = &self.sync {
+            sync.on_scheduled(config, event_id, &self.state);
         }
     }
 
-    #[cfg(feature = "abi-probe")]
     fn on_http_callout_done(
         &self,
         config: ConfigHandle,
         callout_id: u64,
-        response: Option<crate::host::CalloutResponse>,
+        response: Option<CalloutResponse>,
     ) {
+        #[cfg(feature = "abi-probe")]
         if let Some(probe) = &self.probe {
             probe.on_http_callout_done(config, callout_id, response);
+            return;
         }
-    }
-}
-
-/// The policy in force, as a log line and the policy-version gauge.
-fn log_policy(config: ConfigHandle, state: &FilterState, event: &str) {
-    match &state.policy {
-        Some(policy) => {
-            if let Some(id) = gauge_id(state.metrics.policy_version) {
-                config.set_gauge(id, policy.version);
-            }
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keyward: {event}; policy version {} with {} keys and {} projects",
-                    policy.version,
-                    policy.keys().len(),
-                    policy.projects().len()
-                ),
-            );
+        if let Some(sync) = &self.sync {
+            sync.on_callout_done(config, callout_id, response.as_ref(), &self.state);
         }
-        None => log(
-            LogLevel::Warn,
-            &format!(
-                "keyward: {event} without a policy; requests get policy_unavailable unless fail_open"
-            ),
-        ),
     }
 }
 

@@ -13,7 +13,9 @@
 //!   (`RequestFlow`) on that host, through `native_host` (its `Host` traits);
 //! - `ledger`: spend counters and rate buckets in process memory (the engine's `Ledger`);
 //! - `shared_data`: process-wide entries with Envoy's shared-data CAS rules (sync, usage);
-//! - `process`: what every keyward configuration in the process shares.
+//! - `process`: what every keyward configuration in the process shares;
+//! - `sync` + `sync_host`: policy sync and usage reports through the configuration's callouts
+//!   and scheduler, running keyward-filter's poller, follower and reporter.
 //!
 //! Linux only: on any other target (wasm32 included) the crate is empty.
 
@@ -33,6 +35,8 @@ pub mod ledger;
 pub mod native_host;
 pub mod process;
 pub mod shared_data;
+pub mod sync;
+pub mod sync_host;
 
 #[cfg(test)]
 mod fake_envoy;

@@ -2,6 +2,7 @@
 //! against the fake Envoy of `fake_envoy`.
 
 use keyward_engine::hash::sha256;
+use keyward_engine::signed_snapshot::{sign_snapshot, SigningKey};
 
 use crate::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModulePtr};
 use crate::exports::*;
@@ -379,12 +380,17 @@ fn an_invalid_configuration_is_refused_with_a_log_line() {
     let mut fake_config = FakeConfig::default();
     let config = new_config(&mut fake_config, r#"{"routes": 7}"#);
     assert!(config.is_null());
-    let sync = new_config(
+    let sync_service = new_config(
         &mut FakeConfig::default(),
-        r#"{"sync": {"cluster": "cp", "path": "/v1/snapshot", "authority": "cp", "poller": "lease",
-                     "signing_keys": [{"id": "k1", "secret_base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIz"}]}}"#,
+        &format!(
+            r#"{{"role": "sync_service", "sync": {{"cluster": "cp", "poller": "sync_service",
+                 "signing_keys": [{{"id": "k1", "secret_base64": "{SYNC_SECRET}"}}]}}}}"#
+        ),
     );
-    assert!(sync.is_null(), "sync is refused, not silently ignored");
+    assert!(
+        sync_service.is_null(),
+        "no sync service role in the native build"
+    );
     let errors: Vec<String> = LOGS
         .lock()
         .expect("logs")
@@ -401,8 +407,137 @@ fn an_invalid_configuration_is_refused_with_a_log_line() {
     assert!(
         errors
             .iter()
-            .any(|line| line.contains("does not sync policies yet")),
+            .any(|line| line.contains("no sync service role")),
         "{errors:?}"
+    );
+}
+
+const SYNC_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+
+/// A signed snapshot holding key `native1`, as the control plane serves it.
+fn signed_snapshot(version: u64) -> String {
+    let hash = hex(&sha256(SECRET.as_bytes()));
+    let snapshot = format!(
+        r#"{{"version": {version}, "issued_at": 1799999999,
+            "projects": [{{"id": "proj_n", "org": "org_n", "status": "active"}}],
+            "keys": [{{"id": "native1", "secret_sha256": "{hash}", "project": "proj_n", "status": "active"}}]}}"#
+    );
+    sign_snapshot(
+        &snapshot,
+        &SigningKey::from_base64("k1", SYNC_SECRET).expect("key"),
+    )
+    .expect("signed")
+}
+
+/// Answers configuration callout `id` as Envoy does, through the exported hook.
+fn answer_callout(fake: &mut FakeConfig, config: ModulePtr, id: u64, status: &str, body: &[u8]) {
+    let (name, value) = (b":status", status.as_bytes());
+    let headers = [EnvoyHttpHeader {
+        key_ptr: name.as_ptr(),
+        key_length: name.len(),
+        value_ptr: value.as_ptr(),
+        value_length: value.len(),
+    }];
+    let chunks = [buffer(body)];
+    // SAFETY: the arrays and bytes outlive the call; `config` is live.
+    unsafe {
+        envoy_dynamic_module_on_http_filter_config_http_callout_done(
+            fake.ptr(),
+            config,
+            id,
+            abi::CALLOUT_SUCCESS,
+            headers.as_ptr(),
+            1,
+            chunks.as_ptr(),
+            1,
+        )
+    };
+}
+
+#[test]
+fn a_sync_configuration_polls_through_its_callouts_and_swaps_the_policy_in() {
+    let mut fake_config = FakeConfig::default();
+    let config = new_config(
+        &mut fake_config,
+        &format!(
+            r#"{{"sync": {{"cluster": "cp", "path": "/v1/snapshot", "authority": "cp", "poller": "sync_service", "interval_ms": 100,
+                         "signing_keys": [{{"id": "k1", "secret_base64": "{SYNC_SECRET}"}}]}}}}"#
+        ),
+    );
+    assert!(!config.is_null());
+    let auth = format!("Bearer {KEY}");
+    let request = [
+        (":method", "GET"),
+        (":path", "/v1/models"),
+        ("authorization", auth.as_str()),
+    ];
+    let mut before = FakeFilter::with_request(&request);
+    assert_eq!(
+        run_request(config, &mut before),
+        abi::HEADERS_STOP_ITERATION
+    );
+    assert_eq!(
+        before.sent[0].header("x-keyward-error").as_deref(),
+        Some("policy_unavailable")
+    );
+
+    // The first poll is a scheduler event committed at configuration time.
+    assert_eq!(fake_config.commits.lock().expect("lock").first(), Some(&1));
+    // SAFETY: the pointers of this live configuration.
+    unsafe { envoy_dynamic_module_on_http_filter_config_scheduled(fake_config.ptr(), config, 1) };
+    let (cluster, headers, _, timeout) = fake_config.callouts.last().expect("a poll").clone();
+    assert_eq!((cluster.as_str(), timeout), ("cp", 2000));
+    assert!(headers.contains(&(":path".to_owned(), b"/v1/snapshot".to_vec())));
+    assert!(headers.contains(&(":authority".to_owned(), b"cp".to_vec())));
+    let id = fake_config.callouts.len() as u64;
+
+    // A tampered snapshot is refused: requests keep their answer.
+    let tampered = signed_snapshot(8).replace("native1", "native2");
+    answer_callout(&mut fake_config, config, id, "200", tampered.as_bytes());
+    let mut still = FakeFilter::with_request(&request);
+    assert_eq!(run_request(config, &mut still), abi::HEADERS_STOP_ITERATION);
+    assert_eq!(
+        fake_config.callouts.len() as u64,
+        id,
+        "no poll before the next is due"
+    );
+
+    // The next poll, once due (the interval is 100 ms).
+    std::thread::sleep(std::time::Duration::from_millis(150));
+
+    // SAFETY: as above.
+    unsafe { envoy_dynamic_module_on_http_filter_config_scheduled(fake_config.ptr(), config, 1) };
+    assert_eq!(fake_config.callouts.len() as u64, id + 1);
+    answer_callout(
+        &mut fake_config,
+        config,
+        id + 1,
+        "200",
+        signed_snapshot(8).as_bytes(),
+    );
+    let mut after = FakeFilter::with_request(&request);
+    assert_eq!(
+        run_request(config, &mut after),
+        abi::HEADERS_CONTINUE,
+        "{:?}",
+        LOGS.lock().expect("logs")
+    );
+    assert_eq!(
+        after.request_header("x-keyward-key-id").as_deref(),
+        Some("native1")
+    );
+    assert_eq!(
+        fake_config.gauge_values.values().max(),
+        Some(&8),
+        "policy version gauge"
+    );
+
+    // SAFETY: created above, destroyed once.
+    unsafe { envoy_dynamic_module_on_http_filter_config_destroy(config) };
+    assert_eq!(
+        *fake_config.live_schedulers.lock().expect("lock"),
+        0,
+        "the sync thread is joined and the scheduler deleted with the configuration"
     );
 }
 
