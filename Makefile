@@ -174,13 +174,18 @@ size-check:
 	if [ "$$size" -ge $(WASM_MAX) ]; then echo "$(WASM) is $$size bytes: limit is $(WASM_MAX)"; exit 1; fi; \
 	echo "$(WASM): $$size bytes (limit $(WASM_MAX))"
 
-# pytest exits 5 when it collected no tests: any non-zero status fails the build.
+# One suite, two builds: every test on the Wasm build, then again on the native build
+# (KEYWARD_HOST=native) except those marked one_host (integration/pytest.ini). pytest exits 5
+# when it collected no tests: any non-zero status fails the build.
 integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP) $(K8S_MODELS_STAMP)
 	cargo build -p keyward
 	url=$$(scripts/postgres.sh start $(PG_DIR)); \
-	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
-		K8S_MODELS_DIR=$(K8S_MODELS) KEYWARD_TEST_PG_URL=$$url KEYWARD_NATIVE=$(CURDIR)/$(NATIVE_SO) \
-		$(PY) -m pytest integration -q
+	export KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
+		K8S_MODELS_DIR=$(K8S_MODELS) KEYWARD_TEST_PG_URL=$$url KEYWARD_NATIVE=$(CURDIR)/$(NATIVE_SO); \
+	echo "== integration suite on the Wasm build"; \
+	$(PY) -m pytest integration -q && \
+	echo "== integration suite on the native build" && \
+	KEYWARD_HOST=native $(PY) -m pytest integration -q -m "not one_host"
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it.
 ## Ports: make run DEMO_PORT=11000 DEMO_ADMIN_PORT=11001 DEMO_UPSTREAM_PORT=11002 DEMO_CONTROL_PLANE_PORT=11003

@@ -41,7 +41,8 @@ def native_module() -> Path:
     return path
 
 
-def _envoy(name, workdir, config, wasm, host="wasm", native=None):
+def _envoy(name, workdir, config, wasm, host=None, native=None):
+    """An Envoy with the keyward filter; host None: the build under test (KEYWARD_HOST)."""
     env = harness.Envoy(name, workdir, plugin_config=config, wasm=wasm, host=host, native=native)
     try:
         env.start()
@@ -80,12 +81,26 @@ stale_envoy = _session_envoy("stale_envoy", "stale", world.stale_policy_config)
 alt_envoy = _session_envoy("alt_envoy", "alt", world.alt_config)
 
 
-@pytest.fixture(scope="session")
-def native_envoy(envoy_workdir, native_module):
-    """The enforce world on the native build (the Envoy dynamic module)."""
-    env = _envoy("enforce-native", envoy_workdir, world.enforce_config(), None, host="native", native=native_module)
-    yield env
-    env.stop()
+def _enforce_envoy_on(host: str):
+    """The enforce world on one build, whichever build the suite runs against: the same Envoy
+    as `main_envoy` when that build is the one under test."""
+
+    @pytest.fixture(scope="session", name=f"{host}_envoy")
+    def fixture(request, envoy_workdir):
+        if harness.default_host() == host:
+            yield request.getfixturevalue("main_envoy")
+            return
+        wasm = request.getfixturevalue("wasm") if host == "wasm" else None
+        native = request.getfixturevalue("native_module") if host == "native" else None
+        env = _envoy(f"enforce-{host}", envoy_workdir, world.enforce_config(), wasm, host=host, native=native)
+        yield env
+        env.stop()
+
+    return fixture
+
+
+wasm_envoy = _enforce_envoy_on("wasm")
+native_envoy = _enforce_envoy_on("native")
 
 
 @pytest.fixture(scope="session")

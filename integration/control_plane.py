@@ -76,7 +76,7 @@ class ControlPlane:
     def render_envoy(self, listen_port: int, admin_port: int, upstream_port: int, *extra: str,
                      interval_ms: int = 300) -> str:
         return self.cli(
-            "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", self.address,
+            "render", "envoy", *harness.render_build_args(), "--control-plane", self.address,
             "--signing-key-id", SIGNING_KEY_ID, "--signing-key-file", str(self.signing_key),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(interval_ms), *extra,

@@ -64,6 +64,13 @@ def default_host() -> str:
     return host
 
 
+def render_build_args(wasm: Optional[Path] = None) -> list[str]:
+    """The `keyward render envoy` arguments that pick the build under test (default_host)."""
+    if default_host() == "native":
+        return ["--host", "native"]
+    return ["--wasm", str(wasm or wasm_path())]
+
+
 def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex
 
@@ -253,11 +260,19 @@ def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
     return _wasm_filter(wasm, plugin_config, hold_headers=True)
 
 
+def keyward_filter(plugin_config: Union[dict, str], wasm: Optional[Path] = None, host: Optional[str] = None) -> dict:
+    """The keyward HTTP filter of the build under test (`host`, default_host() by default); a
+    str plugin_config is passed as is (e.g. to test text that is not JSON)."""
+    if (host or default_host()) == "native":
+        return native_filter(plugin_config)
+    return wasm_filter(plugin_config, wasm or wasm_path())
+
+
 def render_bootstrap(
     listen_port: int,
     admin_port: int,
     upstream_port: int,
-    plugin_config: Optional[dict] = None,
+    plugin_config: Optional[Union[dict, str]] = None,
     wasm: Optional[Path] = None,
     routes: Iterable[dict] = DEFAULT_ROUTES,
     host: Optional[str] = None,
@@ -270,10 +285,7 @@ def render_bootstrap(
     """
     http_filters = []
     if plugin_config is not None:
-        if (host or default_host()) == "native":
-            http_filters.append(native_filter(plugin_config))
-        else:
-            http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
+        http_filters.append(keyward_filter(plugin_config, wasm, host))
     http_filters.append(router_filter())
     envoy_routes = [
         {"name": r["name"], "match": {"prefix": r["prefix"]}, "route": {"cluster": "upstream", "timeout": "5s"}}
@@ -485,10 +497,16 @@ class Envoy:
         return http_request(self.port, method, path, headers, **kw)
 
 
-def envoy_validate(config_path: Path, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """`envoy --mode validate`: loads the wasm and runs on_configure."""
+def envoy_validate(config_path: Path, timeout: float = 60.0, host: Optional[str] = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`: loads the filter (Wasm: runs on_configure; native: creates the
+    filter configuration, which compiles the plugin configuration)."""
+    env = dict(os.environ)
+    if (host or default_host()) == "native":
+        search = native_search_dir(Path(config_path).parent / (Path(config_path).stem + "-validate"), native_path())
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(search)
     return subprocess.run(
         [find_envoy(), "--mode", "validate", "-c", str(config_path), "-l", "info"],
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -35,7 +35,7 @@ def plane(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
 
         def render(listen_port, admin_port, upstream_port):
             return keyward(
-                work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
+                work, "render", "envoy", *harness.render_build_args(wasm), "--control-plane", address,
                 "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
@@ -113,7 +113,7 @@ def test_rendered_routes_exemptions_and_per_route_off_switch(plane, envoy_workdi
     ]}))
     def render(listen_port, admin_port, upstream_port):
         return keyward(
-            work, "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", address,
+            work, "render", "envoy", *harness.render_build_args(), "--control-plane", address,
             "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
@@ -148,7 +148,7 @@ def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
 
     def render(listen_port, admin_port, upstream_port):
         rendered = keyward(
-            work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
+            work, "render", "envoy", *harness.render_build_args(wasm), "--control-plane", address,
             "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS), "--chunked-sync",

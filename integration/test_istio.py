@@ -24,6 +24,9 @@ from keys import ak_key
 from keyward_testkit.envoy_config import static_cluster
 from snapshot_server import SIGNING_KEY_ID, SIGNING_SECRET_B64, SnapshotServer, sign
 
+# Wasm only: Istio runs Wasm plugins: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 REPO = Path(__file__).resolve().parent.parent
 ISTIO_MODELS = Path(os.environ.get("ISTIO_MODELS_DIR", REPO / ".tools" / "istio-models"))
 VALIDATE = REPO / "integration" / "istio" / "validate.mjs"

@@ -154,7 +154,7 @@ def fleet(tmp_path_factory, envoy_workdir, wasm):
 
         def render(listen_port, admin_port, upstream_port):
             rendered = keyward(
-                "render", "envoy", "--wasm", str(wasm), "--control-plane", replicas[0].address,
+                "render", "envoy", *harness.render_build_args(wasm), "--control-plane", replicas[0].address,
                 "--signing-key-id", "ops-1", "--signing-key-file", str(work / "signing.key"),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),

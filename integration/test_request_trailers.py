@@ -15,6 +15,9 @@ import harness
 import world
 from world import WORLD as W
 
+# starts both builds itself: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 
 def _config() -> dict:
     cfg = world.enforce_config()

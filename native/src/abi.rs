@@ -145,6 +145,9 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    /// Makes the router match the route again (after header edits). Header writes through this
+    /// ABI do not clear the route cache by themselves, unlike proxy-wasm's.
+    pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: EnvoyPtr);
     /// `details` goes on the stack (no argument register is left for it).
     pub fn envoy_dynamic_module_callback_http_send_response(
         filter: EnvoyPtr,

@@ -49,6 +49,8 @@ pub struct FakeFilter {
     pub sent: Vec<SentReply>,
     pub counters: HashMap<usize, u64>,
     pub gauges: HashMap<usize, u64>,
+    /// How often the module asked the router to match the route again.
+    pub route_cache_clears: usize,
 }
 
 impl FakeFilter {
@@ -200,6 +202,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_headers(
         }
     }
     true
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_callback_http_clear_route_cache(ptr: EnvoyPtr) {
+    // SAFETY: the tests only hand the hooks pointers to their own live fakes.
+    unsafe { filter(ptr) }.route_cache_clears += 1;
 }
 
 #[no_mangle]

@@ -148,11 +148,12 @@ impl HttpFilter for KeywardStream {
         filter: &FilterHandle,
         end_of_stream: bool,
     ) -> hooks::RequestFlow {
-        headers_flow(self.flow.on_request_headers(
-            &NativeHost { filter },
-            &mut LedgerHandle(&PROCESS.ledger),
-            end_of_stream,
-        ))
+        let host = NativeHost::new(filter);
+        let flow =
+            self.flow
+                .on_request_headers(&host, &mut LedgerHandle(&PROCESS.ledger), end_of_stream);
+        host.finish();
+        headers_flow(flow)
     }
 
     fn on_request_body(
@@ -160,37 +161,41 @@ impl HttpFilter for KeywardStream {
         filter: &FilterHandle,
         end_of_stream: bool,
     ) -> hooks::RequestFlow {
-        let body_size = filter.request_body_size();
-        body_flow(self.flow.on_request_body(
-            &NativeHost { filter },
+        let host = NativeHost::new(filter);
+        let flow = self.flow.on_request_body(
+            &host,
             &mut LedgerHandle(&PROCESS.ledger),
-            body_size,
+            filter.request_body_size(),
             end_of_stream,
-        ))
+        );
+        host.finish();
+        body_flow(flow)
     }
 
     /// Trailers end a request whose body never carried end-of-stream: the body is complete here
     /// and is decided before anything goes upstream.
     fn on_request_trailers(&mut self, filter: &FilterHandle) -> hooks::RequestFlow {
-        headers_flow(
-            self.flow
-                .on_request_trailers(&NativeHost { filter }, &mut LedgerHandle(&PROCESS.ledger)),
-        )
+        let host = NativeHost::new(filter);
+        let flow = self
+            .flow
+            .on_request_trailers(&host, &mut LedgerHandle(&PROCESS.ledger));
+        host.finish();
+        headers_flow(flow)
     }
 
     fn on_response_headers(&mut self, filter: &FilterHandle, end_of_stream: bool) {
         self.flow
-            .on_response_headers(&NativeHost { filter }, end_of_stream);
+            .on_response_headers(&NativeHost::new(filter), end_of_stream);
     }
 
     fn on_response_body(&mut self, filter: &FilterHandle, end_of_stream: bool) {
         let chunk_size = filter.response_body_chunk_size();
         self.flow
-            .on_response_body(&NativeHost { filter }, chunk_size, end_of_stream);
+            .on_response_body(&NativeHost::new(filter), chunk_size, end_of_stream);
     }
 
     fn on_stream_complete(&mut self, filter: &FilterHandle) {
         self.flow
-            .on_log(&NativeHost { filter }, &mut LedgerHandle(&PROCESS.ledger));
+            .on_log(&NativeHost::new(filter), &mut LedgerHandle(&PROCESS.ledger));
     }
 }

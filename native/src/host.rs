@@ -161,6 +161,12 @@ impl FilterHandle {
         self.set_header(abi::HEADERS_RESPONSE, name, ModuleBuffer::of(value))
     }
 
+    /// Has the router pick the route again, from the request headers as they are now.
+    pub fn clear_route_cache(&self) {
+        // SAFETY: `self.ptr` is this hook's filter; nothing else is passed.
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.ptr) }
+    }
+
     /// Answers the request locally. Pass `content-type`: Envoy's default is `text/plain`.
     pub fn send_local_reply(
         &self,

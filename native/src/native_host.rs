@@ -2,6 +2,7 @@
 //! request glue (`keyward_filter::handler::RequestFlow`) reads from and asks of Envoy. Mapping
 //! only; every decision is the engine's.
 
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_engine::request::Header;
@@ -70,7 +71,27 @@ pub fn now_ms() -> Result<u64, HostError> {
 
 /// The host of one hook of one stream.
 pub struct NativeHost<'a> {
-    pub filter: &'a FilterHandle,
+    filter: &'a FilterHandle,
+    /// Whether a request header was written or removed in this hook.
+    edited: Cell<bool>,
+}
+
+impl<'a> NativeHost<'a> {
+    pub fn new(filter: &'a FilterHandle) -> NativeHost<'a> {
+        NativeHost {
+            filter,
+            edited: Cell::new(false),
+        }
+    }
+
+    /// Ends the hook: after a request header edit, the router picks the route again, as it
+    /// does after every header edit of the Wasm build (so a route matching a header keyward
+    /// sets, such as the environment, takes the request). One clear per hook, not per edit.
+    pub fn finish(self) {
+        if self.edited.get() {
+            self.filter.clear_route_cache();
+        }
+    }
 }
 
 fn checked(ok: bool) -> Result<(), HostError> {
@@ -119,10 +140,12 @@ impl Host for NativeHost<'_> {
     }
 
     fn replace_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.edited.set(true);
         checked(self.filter.set_request_header(name, value))
     }
 
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        self.edited.set(true);
         checked(self.filter.remove_request_header(name))
     }
 

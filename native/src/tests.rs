@@ -307,6 +307,10 @@ fn an_allowed_key_goes_upstream_with_identity_and_without_its_credential() {
         Some("proj_n")
     );
     assert_eq!(counter(&fake_config, &fake, "keyward.requests.allowed"), 1);
+    assert_eq!(
+        fake.route_cache_clears, 1,
+        "the route is matched again after the header edits, once"
+    );
     // SAFETY: created above, destroyed once.
     unsafe { envoy_dynamic_module_on_http_filter_config_destroy(config) };
 }
