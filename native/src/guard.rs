@@ -21,6 +21,8 @@ pub fn guarded<T>(hook: &str, body: impl FnOnce() -> T, fail_closed: impl FnOnce
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(_) => {
+            #[cfg(test)]
+            CAUGHT.with(|caught| caught.set(caught.get() + 1));
             crate::host::log_error(&format!(
                 "keyward: panic in {hook}; failing closed (see the panic location above)"
             ));
@@ -31,6 +33,12 @@ pub fn guarded<T>(hook: &str, body: impl FnOnce() -> T, fail_closed: impl FnOnce
             })
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Panics the barrier caught on this thread (tests: the corpora must cause none).
+    pub static CAUGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 static PANIC_HOOK: Once = Once::new();

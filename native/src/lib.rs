@@ -39,6 +39,8 @@ pub mod sync;
 pub mod sync_host;
 
 #[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
 mod fake_envoy;
 #[cfg(test)]
 mod tests;
