@@ -100,10 +100,13 @@ def snapshot(version: int, n: int) -> dict:
 
 
 def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path, host: str = "wasm") -> dict:
+    """Wasm: the filter follows what a sync_service singleton (same vm_id: they share data)
+    publishes. Native: the filter configuration polls itself (lease, once per process)."""
     if host == "native":
-        return native_bootstrap(listen, admin, upstream, cp)
-    sync = sync_block(poller="sync_service", interval_ms=1000, layout="chunked")
-
+        keyward = native_filter({"sync": sync_block(poller="lease", interval_ms=1000, layout="chunked")})
+    else:
+        sync = sync_block(poller="sync_service", interval_ms=1000, layout="chunked")
+        keyward = wasm_filter(wasm, {"sync": sync}, vm_id="keyward")
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": "scale",
@@ -111,42 +114,24 @@ def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path, host:
             "name": "scale",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}],
         },
-        # one vm_id for the filter and the sync service: they share data
-        "http_filters": [wasm_filter(wasm, {"sync": sync}, vm_id="keyward"), router_filter()],
+        "http_filters": [keyward, router_filter()],
     }
     cfg = static_bootstrap(
         admin, [http_listener("main", listen, hcm)],
         [static_cluster("upstream", upstream), static_cluster("keyward_control_plane", cp)],
     )
-    cfg["bootstrap_extensions"] = [
-        {
-            "name": "envoy.bootstrap.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-                "singleton": True,
-                "config": wasm_plugin(wasm, {"role": "sync_service", "sync": sync}, name="keyward_sync", vm_id="keyward"),
-            },
-        }
-    ]
+    if host == "wasm":
+        cfg["bootstrap_extensions"] = [
+            {
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": True,
+                    "config": wasm_plugin(wasm, {"role": "sync_service", "sync": sync}, name="keyward_sync", vm_id="keyward"),
+                },
+            }
+        ]
     return cfg
-
-
-def native_bootstrap(listen: int, admin: int, upstream: int, cp: int) -> dict:
-    """The native build: its filter configuration polls itself (once per process), no singleton."""
-    sync = sync_block(poller="lease", interval_ms=1000, layout="chunked")
-    hcm = {
-        "@type": HCM_TYPE,
-        "stat_prefix": "scale",
-        "route_config": {
-            "name": "scale",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}],
-        },
-        "http_filters": [native_filter({"sync": sync}), router_filter()],
-    }
-    return static_bootstrap(
-        admin, [http_listener("main", listen, hcm)],
-        [static_cluster("upstream", upstream), static_cluster("keyward_control_plane", cp)],
-    )
 
 
 def get(port: int, path: str, auth: Optional[str] = None, timeout: float = 5.0) -> int:

@@ -193,26 +193,14 @@ impl KeywardRoot {
     /// Swaps in a newer policy: one step, requests already running keep the one they started
     /// with.
     fn install(&mut self, policy: keyward_engine::snapshot::Policy) {
-        let Some(state) = &self.state else { return };
-        let newer = state.policy.as_ref().is_none_or(|current| {
-            SnapshotStamp {
-                version: policy.version,
-                issued_at: policy.issued_at,
-            }
-            .replaces(Some(SnapshotStamp {
-                version: current.version,
-                issued_at: current.issued_at,
-            }))
-        });
-        if !newer {
+        let Some(updated) = self
+            .state
+            .as_ref()
+            .and_then(|state| state.updated_to(policy))
+        else {
             return;
-        }
-        self.state = Some(Arc::new(FilterState {
-            settings: Arc::clone(&state.settings),
-            policy: Some(Arc::new(policy)),
-            metrics: Arc::clone(&state.metrics),
-            activity: state.activity.clone(),
-        }));
+        };
+        self.state = Some(Arc::new(updated));
         self.log_policy("policy updated");
     }
 }

@@ -13,6 +13,7 @@ use keyward_engine::ledger::{Ledger, LedgerError};
 use keyward_engine::metering::SpendCounter;
 use keyward_engine::rate_limit::RateState;
 use keyward_engine::snapshot::Policy;
+use keyward_engine::sync::SnapshotStamp;
 use keyward_engine::trace::NoTrace;
 use keyward_engine::watch::Watch;
 
@@ -35,6 +36,24 @@ pub struct FilterState {
 }
 
 impl FilterState {
+    /// This state with `policy` in force, if `policy` is newer than the one it holds (`None`
+    /// otherwise: an older or equal snapshot never replaces the one in use).
+    pub fn updated_to(&self, policy: Policy) -> Option<FilterState> {
+        let stamp = |policy: &Policy| SnapshotStamp {
+            version: policy.version,
+            issued_at: policy.issued_at,
+        };
+        if !stamp(&policy).replaces(self.policy.as_deref().map(stamp)) {
+            return None;
+        }
+        Some(FilterState {
+            settings: Arc::clone(&self.settings),
+            policy: Some(Arc::new(policy)),
+            metrics: Arc::clone(&self.metrics),
+            activity: self.activity.clone(),
+        })
+    }
+
     fn gate(&self) -> Gate<'_> {
         Gate {
             settings: &self.settings,

@@ -10,7 +10,6 @@
 //! no separate sync service: its configuration is one per process already); with `lease`, the
 //! configurations of one process elect one through the same lease the Wasm VMs use.
 
-use std::cell::RefCell;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -92,7 +91,11 @@ struct SyncState {
     poller: SnapshotPoller,
     reporter: Option<UsageReporter>,
     follower: PolicyFollower,
-    calls: RefCell<Calls>,
+    /// States replaced by a newer policy that streams may still hold. Freed here, on the main
+    /// thread that allocated them, once no stream holds them: freed by the last stream on a
+    /// worker, a policy's memory would fill that worker's allocator cache instead (measured as
+    /// resident memory creeping with every version under traffic).
+    retired: Vec<Arc<FilterState>>,
 }
 
 /// Policy sync for one filter configuration.
@@ -102,6 +105,7 @@ pub struct NativeSync {
     _ticker: Ticker,
     scheduler: Arc<Scheduler>,
     state: Mutex<SyncState>,
+    calls: Mutex<Calls>,
 }
 
 impl NativeSync {
@@ -113,7 +117,7 @@ impl NativeSync {
         report_path: &str,
         report_interval_ms: u64,
     ) -> Result<NativeSync, String> {
-        let calls = RefCell::new(Calls::default());
+        let calls = Mutex::new(Calls::default());
         let me = {
             let host = ConfigSyncHost {
                 config,
@@ -144,8 +148,9 @@ impl NativeSync {
                     report_interval_ms,
                 )),
                 follower: PolicyFollower::default(),
-                calls,
+                retired: Vec::new(),
             }),
+            calls,
         })
     }
 
@@ -155,10 +160,11 @@ impl NativeSync {
         let sync = &mut *guard;
         let host = ConfigSyncHost {
             config,
-            calls: &sync.calls,
+            calls: &self.calls,
             response: None,
         };
         let metrics = Arc::clone(&live.load().metrics);
+        sync.retired.retain(|state| Arc::strong_count(state) > 1);
         if event_id == EVENT_TICK {
             {
                 let mut activity = PROCESS
@@ -186,7 +192,7 @@ impl NativeSync {
                 }
             }
         }
-        self.follow(&mut sync.follower, &sync.settings, &host, &metrics, live);
+        self.follow(sync, &host, &metrics, live);
     }
 
     /// The answer to one of this configuration's callouts, on the main thread.
@@ -199,12 +205,17 @@ impl NativeSync {
     ) {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let sync = &mut *guard;
-        let Some(token) = sync.calls.borrow_mut().finish(callout_id) else {
+        let finished = self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finish(callout_id);
+        let Some(token) = finished else {
             return;
         };
         let host = ConfigSyncHost {
             config,
-            calls: &sync.calls,
+            calls: &self.calls,
             response,
         };
         let metrics = Arc::clone(&live.load().metrics);
@@ -219,17 +230,16 @@ impl NativeSync {
         // The policy the poller just verified and parsed is used as is (no second parse).
         if let Some((stamp, policy)) = sync.poller.take_fresh() {
             sync.follower.mark_seen(stamp);
-            install(&host, live, policy);
+            install(&host, live, policy, &mut sync.retired);
         }
-        self.follow(&mut sync.follower, &sync.settings, &host, &metrics, live);
+        self.follow(sync, &host, &metrics, live);
     }
 
     /// Picks up what was published (by this configuration's poller or another's), a chunked
     /// snapshot one slice per event.
     fn follow(
         &self,
-        follower: &mut PolicyFollower,
-        settings: &SyncSettings,
+        sync: &mut SyncState,
         host: &ConfigSyncHost<'_>,
         metrics: &Metrics,
         live: &ArcSwap<FilterState>,
@@ -238,8 +248,11 @@ impl NativeSync {
             version: policy.version,
             issued_at: policy.issued_at,
         });
-        match follower.refresh(host, settings, current, LOAD_SLICE_MS) {
-            Ok(Followed::Updated(policy)) => install(host, live, *policy),
+        match sync
+            .follower
+            .refresh(host, &sync.settings, current, LOAD_SLICE_MS)
+        {
+            Ok(Followed::Updated(policy)) => install(host, live, *policy, &mut sync.retired),
             Ok(Followed::Loading) => self.scheduler.commit(EVENT_CONTINUE_LOAD),
             Ok(Followed::Rejected) => {
                 let uncompilable = SyncOutcome::Rejected(RejectionReason::UncompilableSnapshot);
@@ -257,30 +270,19 @@ impl NativeSync {
 }
 
 /// Swaps in a newer policy: one atomic store; streams already running keep the one they
-/// started with.
-fn install(host: &ConfigSyncHost<'_>, live: &ArcSwap<FilterState>, policy: Policy) {
-    let current = live.load_full();
-    let newer = current.policy.as_ref().is_none_or(|held| {
-        SnapshotStamp {
-            version: policy.version,
-            issued_at: policy.issued_at,
-        }
-        .replaces(Some(SnapshotStamp {
-            version: held.version,
-            issued_at: held.issued_at,
-        }))
-    });
-    if !newer {
+/// started with, and the replaced state waits in `retired` until none does.
+fn install(
+    host: &ConfigSyncHost<'_>,
+    live: &ArcSwap<FilterState>,
+    policy: Policy,
+    retired: &mut Vec<Arc<FilterState>>,
+) {
+    // Only the main thread stores: the state cannot change between this load and the swap.
+    let Some(updated) = live.load().updated_to(policy) else {
         return;
-    }
-    let state = FilterState {
-        settings: Arc::clone(&current.settings),
-        policy: Some(Arc::new(policy)),
-        metrics: Arc::clone(&current.metrics),
-        activity: current.activity.clone(),
     };
-    log_policy(host.config, &state, "policy updated");
-    live.store(Arc::new(state));
+    log_policy(host.config, &updated, "policy updated");
+    retired.push(live.swap(Arc::new(updated)));
 }
 
 /// The policy in force, as a log line and the policy-version gauge.

@@ -7,7 +7,7 @@
 //! from the process ledger, so the reporter's reads and writes meet the requests' (the Wasm
 //! build keeps both in the same shared data).
 
-use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use keyward_engine::metering::{KEY_COUNTER_PREFIX, PROJECT_COUNTER_PREFIX};
 use keyward_engine::request::Header;
@@ -49,7 +49,7 @@ impl Calls {
 /// The host of one main-thread event of one filter configuration.
 pub struct ConfigSyncHost<'a> {
     pub config: ConfigHandle,
-    pub calls: &'a RefCell<Calls>,
+    pub calls: &'a Mutex<Calls>,
     /// The answer being handled (`None` outside a callout reply, or for a callout that failed:
     /// then there are no headers, as for a failed Wasm call).
     pub response: Option<&'a CalloutResponse>,
@@ -75,7 +75,11 @@ impl ConfigSyncHost<'_> {
             .config
             .http_callout(cluster, &headers, body, timeout_ms)
             .map_err(|refused| HostError::Status(STATUS_CALLOUT_REFUSED_BASE + refused.0))?;
-        Ok(self.calls.borrow_mut().add(callout_id))
+        Ok(self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(callout_id))
     }
 }
 
