@@ -1,13 +1,21 @@
-"""The native build (target/keyward.so, an Envoy dynamic module) in a real Envoy: the same
-decision table as the Wasm build, the same replies to the same requests, its counters, and the
-ABI version handshake. Full parametrization of every integration test over both hosts comes with
-the engine's sans-IO core (issue #18, later phase)."""
+"""The native build (target/keyward.so, an Envoy dynamic module) in a real Envoy, next to the
+Wasm build: the ABI version handshake, its metrics namespace, the configuration callout and
+scheduler it syncs through, and the same answers to the same requests from both builds
+(decisions, and a metered sequence: bodies sent upstream, rate limits, caps, counters). The
+rest of the integration suite runs on each build in turn (`make integration`)."""
+
+import json
+import time
 
 import pytest
+
+import harness
 
 import test_decisions as decisions
 import test_observability as observability
 from checks import assert_credential_stripped, bearer, xkey
+from keys import ak_key
+from mock_provider import MockProvider
 from test_decisions import ALLOWED, DENIALS, SPOOFED
 from world import WORLD
 
@@ -133,3 +141,113 @@ def test_config_level_callout_and_scheduler_work_in_envoy(envoy_workdir):
         assert env.metric("keyward.abi_probe.callout_replies") == 1, env.stats()
     finally:
         env.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metering: the same sequence of metered requests through both builds, interleaved so that rate
+# buckets refill alike, must give the same statuses, keyward headers, bodies sent upstream and
+# metering counters (reservations, settled micro-dollars).
+
+METERED_KEY = ak_key()
+CAPPED_KEY = ak_key()
+
+
+def _metered_config() -> dict:
+    now = int(time.time()) - 5
+    return {
+        "metering": {"reservation_ceiling_microusd": 100_000, "bytes_per_token": 4},
+        "routes": [
+            {"name": "chat", "match": {"path_prefix": "/v1/chat/completions"}, "meter": True},
+            {"name": "messages", "match": {"path_prefix": "/v1/messages"}, "meter": True, "error_format": "anthropic"},
+        ],
+        "policy": {
+            "version": 1, "issued_at": now,
+            "prices": [{"model": "gpt-4o*", "input_microusd_per_mtok": 2_000_000, "output_microusd_per_mtok": 10_000_000},
+                       {"model": "claude*", "input_microusd_per_mtok": 3_000_000, "output_microusd_per_mtok": 15_000_000}],
+            "projects": [{"id": "proj_m", "org": "org_m", "status": "active"}],
+            "keys": [
+                METERED_KEY.record(project="proj_m", status="active", models=["gpt-4o*", "claude*"],
+                                   rate_limits={"requests_per_minute": 6}, spend_soft_cap_microusd=1_500),
+                CAPPED_KEY.record(project="proj_m", status="active", spend_cap_microusd=2_000),
+            ],
+        },
+    }
+
+
+def _chat(key, model="gpt-4o-mini", stream=False, **extra) -> tuple[str, str, list, bytes]:
+    body = {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "hello there"}], **extra}
+    if stream:
+        body["stream"] = True
+    headers = [("authorization", f"Bearer {key.plaintext}"), ("content-type", "application/json"),
+               ("x-mock-input-tokens", "120"), ("x-mock-output-tokens", "40")]
+    return "POST", "/v1/chat/completions", headers, json.dumps(body).encode()
+
+
+def _messages(key) -> tuple[str, str, list, bytes]:
+    body = {"model": "claude-3-5-haiku", "max_tokens": 30, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = [("x-api-key", key.plaintext), ("content-type", "application/json"), ("anthropic-version", "2023-06-01"),
+               ("x-mock-input-tokens", "80"), ("x-mock-output-tokens", "20")]
+    return "POST", "/v1/messages", headers, json.dumps(body).encode()
+
+
+METERED_SEQUENCE = [
+    _chat(METERED_KEY),
+    _chat(METERED_KEY, stream=True),  # the body gets stream_options.include_usage
+    _messages(METERED_KEY),
+    _chat(METERED_KEY, model="o1-preview"),  # not on the key's allow-list
+    _chat(METERED_KEY, stream=True, stream_options={"include_usage": True}),
+    _chat(METERED_KEY),
+    _chat(METERED_KEY),
+    _chat(METERED_KEY),  # the seventh admitted request within a minute: rate limited
+    *[_chat(CAPPED_KEY) for _ in range(6)],  # settles past its cap, then refused
+]
+
+
+def _metered_answer(env, upstream, request) -> tuple:
+    method, path, headers, body = request
+    before = len(upstream.recorded())
+    resp = env.request(method, path, headers, body=body)
+    resp.body  # read whole: a streamed response settles when it ends
+    rid = resp.request_id
+    kept = sorted((k, v) for k, v in resp.headers
+                  if (k.startswith("x-keyward-") or k.startswith("x-ratelimit-")) and not k.startswith("x-ratelimit-reset"))
+    text = resp.body.decode("utf-8", "replace").replace(rid, "<rid>") if resp.status != 200 else "<provider>"
+    sent = [json.loads(s.body) if isinstance(s.body, (bytes, str)) and s.body else s.body for s in upstream.recorded()[before:]]
+    return resp.status, kept, text, sent
+
+
+@pytest.fixture(scope="module")
+def metered_pair(envoy_workdir, wasm, native_module):
+    envs = []
+    try:
+        for host in ("wasm", "native"):
+            provider = MockProvider().start()
+            env = harness.Envoy(f"metered-{host}", envoy_workdir, plugin_config=_metered_config(), wasm=wasm,
+                                host=host, native=native_module, upstream=provider, concurrency=2)
+            env.start()
+            envs.append((env, provider))
+        yield envs
+    finally:
+        for env, _provider in envs:
+            env.stop()
+
+
+def test_both_builds_meter_the_same(metered_pair):
+    (wasm_env, wasm_up), (native_env, native_up) = metered_pair
+    for index, request in enumerate(METERED_SEQUENCE):
+        expected = _metered_answer(wasm_env, wasm_up, request)
+        got = _metered_answer(native_env, native_up, request)
+        assert got == expected, f"request {index} ({request[1]}): native {got} != wasm {expected}"
+    metering = ("keyward.metering.reservations", "keyward.metering.settled_microusd",
+                "keyward.metering.soft_cap_warnings", "keyward.requests.denied.rate_limited",
+                "keyward.requests.denied.spend_cap_exceeded", "keyward.requests.denied.model_not_allowed")
+    time.sleep(0.2)  # the last stream's settlement runs as it ends
+    wasm_counts = {name: wasm_env.metric(name) or 0 for name in metering}
+    native_counts = {name: native_env.metric(name) or 0 for name in metering}
+    assert native_counts == wasm_counts
+    # The sequence reached what it is meant to reach, on both builds.
+    assert wasm_counts["keyward.requests.denied.rate_limited"] == 1, wasm_counts
+    assert wasm_counts["keyward.requests.denied.spend_cap_exceeded"] >= 1, wasm_counts
+    assert wasm_counts["keyward.requests.denied.model_not_allowed"] == 1, wasm_counts
+    assert wasm_counts["keyward.metering.soft_cap_warnings"] >= 1, wasm_counts
+    assert wasm_counts["keyward.metering.settled_microusd"] > 0, wasm_counts
