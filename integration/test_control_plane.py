@@ -166,3 +166,21 @@ def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
         print(f"chunked sync: revocation on every worker after {took:.2f}s")
     finally:
         env.stop()
+
+
+@pytest.mark.one_host
+@pytest.mark.parametrize("args,message", [
+    ([], "--wasm PATH is needed with --host wasm"),  # the default build needs the module's path
+    (["--host", "native", "--wasm", "/x/keyward.wasm"], "--wasm goes with --host wasm"),  # native has no .wasm
+])
+def test_render_envoy_refuses_a_build_it_cannot_render(tmp_path, keyward_bin, args, message):
+    plane = ControlPlane(keyward_bin, tmp_path)
+    plane.create_secrets()
+    done = subprocess.run(
+        [str(keyward_bin), "render", "envoy", *args, "--control-plane", "127.0.0.1:7070",
+         "--signing-key-id", "ops-1", "--signing-key-file", str(plane.signing_key_file)],
+        env=plane.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0, done.stdout[:500]
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""
