@@ -40,6 +40,9 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
 # serde code for the configuration, snapshot and report types.
 WASM_MAX     := 800000
+# The native build (issue #18): an Envoy dynamic module, Linux only. Envoy loads it as
+# lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH; integration/harness.py links it there.
+NATIVE_SO    := target/keyward.so
 DEMO_DIR     := $(TOOLS)/demo
 # The demo's ports (`make run DEMO_PORT=11000 ...`): Envoy listener and admin, demo upstream, keyward serve.
 DEMO_PORT               ?= 10000
@@ -68,7 +71,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := credential_and_decision plugin_config snapshot usage_reader request_body
 CARGO_FUZZ   := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
 
-.PHONY: fuzz tools wasm-target wasm test rust-checks size-check integration run clean distclean oci postgres postgres-stop image
+.PHONY: fuzz tools wasm-target wasm native test rust-checks size-check integration run clean distclean oci postgres postgres-stop image
 
 ## tools: install everything the build and tests need (idempotent)
 tools: $(VENV_STAMP) $(WBG_STAMP) $(WASM_OPT_STAMP) $(ISTIO_MODELS_STAMP) $(K8S_MODELS_STAMP) wasm-target
@@ -100,6 +103,15 @@ wasm: wasm-target $(WASM_OPT_STAMP)
 	cargo build --release --target $(WASM_TARGET) -p keyward-filter
 	$(WASM_OPT) -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 		--enable-nontrapping-float-to-int $(CARGO_WASM) -o $(WASM)
+
+## native: release build of the Envoy dynamic module (target/keyward.so); unwinds so that a
+## panic fails the request closed instead of aborting Envoy (profile native-release)
+native:
+	cargo build --profile native-release -p keyward-native
+	cp target/native-release/libkeyward_native.so $(NATIVE_SO)
+	@# test-only: the configuration callout/scheduler probe (integration/test_native.py)
+	cargo build -p keyward-native --features abi-probe
+	cp target/debug/libkeyward_native.so target/keyward-abi-probe.so
 
 # binaryen from the npm registry (runs on the machine's node), project-local and pinned.
 $(WASM_OPT_STAMP):
@@ -146,6 +158,7 @@ oci: wasm
 test: tools
 	$(MAKE) --no-print-directory rust-checks
 	$(MAKE) --no-print-directory wasm
+	$(MAKE) --no-print-directory native
 	$(MAKE) --no-print-directory size-check
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory postgres-stop
@@ -166,12 +179,18 @@ size-check:
 	if [ "$$size" -ge $(WASM_MAX) ]; then echo "$(WASM) is $$size bytes: limit is $(WASM_MAX)"; exit 1; fi; \
 	echo "$(WASM): $$size bytes (limit $(WASM_MAX))"
 
-# pytest exits 5 when it collected no tests: any non-zero status fails the build.
+# One suite, two builds: every test on the Wasm build, then again on the native build
+# (KEYWARD_HOST=native) except those marked one_host (integration/pytest.ini). pytest exits 5
+# when it collected no tests: any non-zero status fails the build.
 integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP) $(K8S_MODELS_STAMP)
 	cargo build -p keyward
 	url=$$(scripts/postgres.sh start $(PG_DIR)); \
-	KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
-		K8S_MODELS_DIR=$(K8S_MODELS) KEYWARD_TEST_PG_URL=$$url $(PY) -m pytest integration -q
+	export KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \
+		K8S_MODELS_DIR=$(K8S_MODELS) KEYWARD_TEST_PG_URL=$$url KEYWARD_NATIVE=$(CURDIR)/$(NATIVE_SO); \
+	echo "== integration suite on the Wasm build"; \
+	$(PY) -m pytest integration -q && \
+	echo "== integration suite on the native build" && \
+	KEYWARD_HOST=native $(PY) -m pytest integration -q -m "not one_host"
 
 ## run: the demo (Envoy + keyward + echo upstream); prints curl lines; Ctrl-C stops it.
 ## Ports: make run DEMO_PORT=11000 DEMO_ADMIN_PORT=11001 DEMO_UPSTREAM_PORT=11002 DEMO_CONTROL_PLANE_PORT=11003

@@ -21,9 +21,9 @@ BENCH_ARGS       ?=
 .PHONY: bench bench-tools
 
 ## bench: run the benchmark; results in bench/results/latest.{json,md}
-bench: $(VENV_STAMP) wasm bench-tools
-	$(BENCH_PYTHON) bench/run_bench.py --wasm $(CURDIR)/$(WASM) --noop-wasm $(BENCH_NOOP_WASM) \
-		--tools $(BENCH_TARGET_DIR)/release $(BENCH_ARGS)
+bench: $(VENV_STAMP) wasm native bench-tools
+	$(BENCH_PYTHON) bench/run_bench.py --wasm $(CURDIR)/$(WASM) --native-module $(CURDIR)/$(NATIVE_SO) \
+		--noop-wasm $(BENCH_NOOP_WASM) --tools $(BENCH_TARGET_DIR)/release $(BENCH_ARGS)
 
 ## bench-tools: build the no-op filter (plain and with keyward's host calls), the load generator + upstream and the ext_authz service
 bench-tools:
@@ -40,8 +40,12 @@ bench-tools:
 # request after it. About 2-3 minutes; not part of `make test`. See docs/scale.md.
 SCALE_ARGS ?=
 
-.PHONY: scale
+.PHONY: scale scale-native
 
 ## scale: measure the chunked policy sync at 1k/100k/1M keys; results in bench/results/scale.{json,md}
 scale: $(VENV_STAMP) wasm bench-tools
 	$(BENCH_PYTHON) bench/scale.py --wasm $(CURDIR)/$(WASM) --tools $(BENCH_TARGET_DIR)/release $(SCALE_ARGS)
+
+## scale-native: the same on the native build (1M keys applied once per process); results in bench/results/scale-native.{json,md}
+scale-native: $(VENV_STAMP) native bench-tools
+	$(BENCH_PYTHON) bench/scale.py --host native --native $(CURDIR)/$(NATIVE_SO) --tools $(BENCH_TARGET_DIR)/release $(SCALE_ARGS)

@@ -36,7 +36,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "pylib"))
 from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady, find_envoy  # noqa: E402
 from keyward_testkit.envoy_config import (  # noqa: E402
-    HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster, wasm_filter,
+    HCM_TYPE, http_listener, native_filter as keyward_native_filter, native_search_dir, router_filter, static_bootstrap,
+    static_cluster, wasm_filter,
 )
 from keyward_testkit.net import LOOPBACK, first_line, free_port  # noqa: E402
 from keyward_testkit.process import die_with_parent, terminate  # noqa: E402
@@ -46,6 +47,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 DEFAULT_WASM = REPO / "target" / "wasm32-unknown-unknown" / "release" / "keyward_filter.wasm"
+DEFAULT_NATIVE = REPO / "target" / "keyward.so"
 DEFAULT_TOOLS = BENCH / "target" / "release"
 DEFAULT_NOOP = BENCH / "target" / "wasm32-unknown-unknown" / "release" / "keyward_bench_noop.wasm"
 # the no-op filter built with `--features host-calls` (bench.mk builds it into its own target dir)
@@ -592,6 +594,13 @@ def summarize(variants: list[Variant], large: list[int]) -> dict:
         cmp("keyward metered stream vs no-op Wasm stream floor", "keyward_metered_stream", "noop_wasm_stream"),
         cmp("no-op Wasm stream vs no filter, same stream", "noop_wasm_stream", "baseline_stream"),
         cmp("ext_authz (Envoy + service) vs keyward accept", "ext_authz", "keyward_1k", total_a=True),
+        cmp("keyward native accept vs native api_key_auth", "keyward_native_1k", "native", target=1.10),
+        cmp("keyward native accept vs keyward Wasm accept", "keyward_native_1k", "keyward_1k"),
+        cmp("keyward native 1M keys vs native 1k keys", "keyward_native_1m", "keyward_native_1k"),
+        cmp("keyward native reject (401) vs native accept", "keyward_native_reject", "keyward_native_1k"),
+        cmp("keyward native metered stream vs no filter, same stream", "keyward_native_metered_stream", "baseline_stream"),
+        cmp("keyward native metered stream vs keyward Wasm metered stream", "keyward_native_metered_stream",
+            "keyward_metered_stream"),
     ]
     return {"variants": out, "comparisons": comparisons}
 
@@ -612,7 +621,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, {m['date']}, "
         f"load average at start {' '.join(m['loadavg_start'])}; Envoy {m['envoy_version']}; "
-        f"keyward {result['keyward_wasm']['size']} bytes (git {m['git_commit']}).",
+        f"keyward {result['keyward_wasm']['size']} bytes (Wasm), "
+        f"{result.get('keyward_native', {}).get('size', '?')} bytes (native .so) (git {m['git_commit']}).",
         "",
         f"{p['rounds_done']} interleaved rounds (order A→Z, then Z→A, alternating) × {len(s['variants'])} variants, "
         f"each on {p.get('instances', 1)} identical Envoy processes taking turns round by round (one for the "
@@ -717,6 +727,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=480.0, help="stop starting rounds after this many seconds")
     ap.add_argument("--only", default="", help="comma-separated variant keys (baseline is always run)")
     ap.add_argument("--wasm", type=Path, default=Path(os.environ.get("KEYWARD_WASM", DEFAULT_WASM)))
+    ap.add_argument("--native-module", type=Path, default=Path(os.environ.get("KEYWARD_NATIVE", DEFAULT_NATIVE)),
+                    help="keyward's native build (target/keyward.so, `make native`) for the keyward_native_* rows")
     ap.add_argument("--noop-wasm", type=Path, default=DEFAULT_NOOP)
     ap.add_argument("--host-calls-wasm", type=Path, default=DEFAULT_HOST_CALLS,
                     help="the no-op filter built with --features host-calls: keyward's accept-path host calls, no logic")
@@ -752,7 +764,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     t_start = time.monotonic()
     envoy_bin = find_envoy()
-    for f in (args.wasm, args.noop_wasm, args.host_calls_wasm, args.tools / "loadgen", args.tools / "bench-upstream", args.tools / "keyward-bench-extauthz"):
+    for f in (args.wasm, args.native_module, args.noop_wasm, args.host_calls_wasm, args.tools / "loadgen",
+              args.tools / "bench-upstream", args.tools / "keyward-bench-extauthz"):
         if not f.exists():
             raise SystemExit(f"missing {f}: run `make bench` (it builds everything)")
     work = args.workdir
@@ -769,6 +782,14 @@ def run(args) -> int:
     host_calls_copy = work / "noop_host_calls_filter.wasm"
     host_calls_copy.write_bytes(args.host_calls_wasm.read_bytes())
     keyward_wasm = {"path": str(args.wasm), "size": len(wasm_bytes), "sha256": hashlib.sha256(wasm_bytes).hexdigest()}
+    # The native build: a copy too, found by every Envoy this driver starts (they inherit the
+    # environment) as libkeyward.so.
+    native_bytes = args.native_module.read_bytes()
+    native_copy = work / "keyward.so"
+    native_copy.write_bytes(native_bytes)
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native_search_dir(work, native_copy))
+    keyward_native = {"path": str(args.native_module), "size": len(native_bytes),
+                      "sha256": hashlib.sha256(native_bytes).hexdigest()}
     ab_builds: list[tuple[str, Path]] = []
     for spec in args.ab_wasm:
         label, sep, path = spec.partition("=")
@@ -780,7 +801,7 @@ def run(args) -> int:
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     large = [int(x) for x in args.large_keys.split(",") if x.strip()]
-    streamed = {"noop_wasm_stream", "keyward_metered_stream"} | {
+    streamed = {"noop_wasm_stream", "keyward_metered_stream", "keyward_native_metered_stream"} | {
         f"keyward_metered_stream_{label}" for label, _ in ab_builds
     }
 
@@ -815,18 +836,31 @@ def run(args) -> int:
 
         return render
 
+    def keyward_native_cfg(n: int):
+        def render(lp, ap_):
+            text = json.dumps(bootstrap(lp, ap_, [keyward_native_filter("@PLUGIN@")], [up]))
+            return text.replace('"@PLUGIN@"', json.dumps(plugin_config_text(n)))
+
+        return render
+
+    def metered_plugin_text() -> str:
+        plugin = json.loads(plugin_config_text(1000))
+        plugin["policy"]["prices"] = STREAM_PRICES
+        plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
+        plugin["metering"] = {}
+        return json.dumps(plugin, separators=(",", ":"))
+
     def keyward_metered_cfg_of(wasm: Path):
         def render(lp, ap_):
-            plugin = json.loads(plugin_config_text(1000))
-            plugin["policy"]["prices"] = STREAM_PRICES
-            plugin["routes"] = [{"name": "chat", "match": {"path_prefix": STREAM_PATH}, "meter": True}]
-            plugin["metering"] = {}
-            config = json.dumps(plugin, separators=(",", ":"))
-            filt = wasm_filter(wasm, name="keyward", configuration=config, hold_headers=True)
+            filt = wasm_filter(wasm, name="keyward", configuration=metered_plugin_text(), hold_headers=True)
             return json.dumps(bootstrap(lp, ap_, [filt], [up]))
+
         return render
 
     keyward_metered_cfg = keyward_metered_cfg_of(wasm_copy)
+
+    def keyward_native_metered_cfg(lp, ap_):
+        return json.dumps(bootstrap(lp, ap_, [keyward_native_filter(metered_plugin_text())], [up]))
 
     # (variant key, label, envoy name, config renderer, auth file, expected status, service
     #  [, traffic, key of the no-filter variant with the same traffic])
@@ -850,6 +884,15 @@ def run(args) -> int:
              write_auth_file(work / f"auth-{label.lower()}.txt", n, args.sample_keys), 200, None)
         )  # fmt: skip
     specs.append(("keyward_reject", "keyward reject (401), 1k keys", "keyward-1k", keyward_cfg(1000), auth_reject, 401, None))
+    # the native build (an Envoy dynamic module): accept, reject, 1M keys
+    specs.append(("keyward_native_1k", "keyward native accept, 1k keys", "keyward-native-1k", keyward_native_cfg(1000),
+                  auth_1k, 200, None))
+    specs.append(("keyward_native_reject", "keyward native reject (401), 1k keys", "keyward-native-1k",
+                  keyward_native_cfg(1000), auth_reject, 401, None))
+    if 1_000_000 in large:
+        specs.append(("keyward_native_1m", "keyward native accept, 1M keys", "keyward-native-1m",
+                      keyward_native_cfg(1_000_000), write_auth_file(work / "auth-1m.txt", 1_000_000, args.sample_keys),
+                      200, None))
     specs.append(
         ("ext_authz", "ext_authz HTTP service, 1k keys", "extauthz",
          simple(lambda: [extauthz_filter(ext_port)], [static_cluster("extauthz", ext_port)]), auth_1k, 200, ext_proc)
@@ -862,6 +905,8 @@ def run(args) -> int:
          STREAM, "baseline_stream"),
         ("keyward_metered_stream", "keyward metered, streamed chat, 1k keys", "keyward-metered",
          keyward_metered_cfg, auth_1k, 200, None, STREAM, "baseline_stream"),
+        ("keyward_native_metered_stream", "keyward native metered, streamed chat, 1k keys", "keyward-native-metered",
+         keyward_native_metered_cfg, auth_1k, 200, None, STREAM, "baseline_stream"),
     ]  # fmt: skip
     for ab_label, ab_path in ab_builds:
         specs.append(
@@ -872,7 +917,7 @@ def run(args) -> int:
 
     envoys: dict[str, list[Envoy]] = {}
     variants: list[Variant] = []
-    large_keys = {f"keyward_{label_of(n).lower()}" for n in large}
+    large_keys = {f"keyward_{label_of(n).lower()}" for n in large} | {"keyward_native_1m"}
     base_ids = itertools.count(BASE_ID_FIRST)  # one --base-id per Envoy process
 
     for key, label, ename, render, auth, expect, service, *rest in specs:
@@ -1001,8 +1046,7 @@ def run(args) -> int:
             f"on {machine['nproc']} CPUs (this benchmark itself accounts for about 1.5)"
         )
 
-    metered = next((v for v in variants if v.key == "keyward_metered_stream" and not v.error), None)
-    if metered is not None:
+    for metered in [v for v in variants if v.key.endswith("metered_stream") and not v.error]:
         short: dict[str, int] = {}
         for e in metered.envoys:
             for k, n in admin_counters(e.admin_port, "keyward.metering").items():
@@ -1010,7 +1054,7 @@ def run(args) -> int:
                 short[name] = short.get(name, 0) + n
         answered = sum(r["requests"] for r in metered.runs)
         notes.append(
-            f"keyward_metered_stream: {answered} requests answered in the measured runs; metering counters at the "
+            f"{metered.key}: {answered} requests answered in the measured runs; metering counters at the "
             f"end (warm-up and probe included): "
             + (", ".join(f"{k} {n}" for k, n in sorted(short.items())) or "unavailable")
         )
@@ -1046,6 +1090,7 @@ def run(args) -> int:
             "load_timeout_s": args.load_timeout,
         },
         "keyward_wasm": keyward_wasm,
+        "keyward_native": keyward_native,
         "elapsed_s": time.monotonic() - t_start,
         "summary": summary,
         "startup": startup,

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO / "integration"))
 sys.path.insert(0, str(REPO / "pylib"))
 from keyward_testkit.envoy import EnvoyLaunch  # noqa: E402
 from keyward_testkit.envoy_config import (  # noqa: E402
-    HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster, wasm_filter, wasm_plugin,
+    HCM_TYPE, http_listener, native_filter, native_search_dir, router_filter, static_bootstrap, static_cluster,
+    wasm_filter, wasm_plugin,
 )
 from keyward_testkit.net import LOOPBACK, first_line, free_port  # noqa: E402
 from keyward_testkit.process import terminate  # noqa: E402
@@ -98,9 +99,14 @@ def snapshot(version: int, n: int) -> dict:
     return {"version": version, "issued_at": int(time.time()), "projects": [PROJECT], "keys": records(n)}
 
 
-def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path) -> dict:
-    sync = sync_block(poller="sync_service", interval_ms=1000, layout="chunked")
-
+def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path, host: str = "wasm") -> dict:
+    """Wasm: the filter follows what a sync_service singleton (same vm_id: they share data)
+    publishes. Native: the filter configuration polls itself (lease, once per process)."""
+    if host == "native":
+        keyward = native_filter({"sync": sync_block(poller="lease", interval_ms=1000, layout="chunked")})
+    else:
+        sync = sync_block(poller="sync_service", interval_ms=1000, layout="chunked")
+        keyward = wasm_filter(wasm, {"sync": sync}, vm_id="keyward")
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": "scale",
@@ -108,23 +114,23 @@ def bootstrap(listen: int, admin: int, upstream: int, cp: int, wasm: Path) -> di
             "name": "scale",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}],
         },
-        # one vm_id for the filter and the sync service: they share data
-        "http_filters": [wasm_filter(wasm, {"sync": sync}, vm_id="keyward"), router_filter()],
+        "http_filters": [keyward, router_filter()],
     }
     cfg = static_bootstrap(
         admin, [http_listener("main", listen, hcm)],
         [static_cluster("upstream", upstream), static_cluster("keyward_control_plane", cp)],
     )
-    cfg["bootstrap_extensions"] = [
-        {
-            "name": "envoy.bootstrap.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-                "singleton": True,
-                "config": wasm_plugin(wasm, {"role": "sync_service", "sync": sync}, name="keyward_sync", vm_id="keyward"),
-            },
-        }
-    ]
+    if host == "wasm":
+        cfg["bootstrap_extensions"] = [
+            {
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": True,
+                    "config": wasm_plugin(wasm, {"role": "sync_service", "sync": sync}, name="keyward_sync", vm_id="keyward"),
+                },
+            }
+        ]
     return cfg
 
 
@@ -182,7 +188,7 @@ def measure(args, n: int, base_id: int, workdir: Path) -> dict:
     server.publish_chunked(*split_chunked(snapshot(1, 1), args.keys_per_chunk))
     listen, admin = free_port(), free_port()
     cfg = workdir / f"envoy-{n}.json"
-    cfg.write_text(json.dumps(bootstrap(listen, admin, upstream_port, server.port, args.wasm)))
+    cfg.write_text(json.dumps(bootstrap(listen, admin, upstream_port, server.port, args.wasm, args.host)))
     envoy_log = workdir / f"envoy-{n}.log"
     envoy_log.write_text("")
     envoy = spawn(EnvoyLaunch(cfg, admin, base_id=base_id, concurrency=CONCURRENCY).command(), envoy_log)
@@ -211,7 +217,8 @@ def measure(args, n: int, base_id: int, workdir: Path) -> dict:
     cpu0 = cpu_seconds(envoy.pid)
     published_at = time.time()
     server.publish_chunked(manifest, chunks)
-    vms = CONCURRENCY + 1  # a root context per worker and one on the main thread
+    # Wasm: a root context per worker and one on the main thread; native: one policy per process
+    vms = 1 if args.host == "native" else CONCURRENCY + 1
     applied: list[float] = []
     poller_done: Optional[float] = None
     deadline = time.monotonic() + args.apply_timeout
@@ -285,11 +292,19 @@ def markdown(results: list[dict], meta: dict) -> str:
     def f(x, spec=".1f"):
         return "–" if x is None else format(x, spec)
 
+    if meta.get("host") == "native":
+        build = (f"the native build (keyward.so, {meta['module_bytes']} bytes): the filter configuration polls "
+                 f"(lease), compiles in slices of 50 ms on Envoy's main thread and swaps the policy once per process")
+        applied = "applied (once per process)"
+    else:
+        build = (f"sync_service poller, follower slices of 8 ms every 20 ms while loading; keyward.wasm "
+                 f"{meta['wasm_bytes']} bytes")
+        applied = "applied on every VM"
     lines = [
-        f"Machine: {meta['cpus']} CPUs, {meta['date']}; Envoy `--concurrency {CONCURRENCY}`, sync_service poller, chunks of {meta['keys_per_chunk']} keys, "
-        f"follower slices of 8 ms every 20 ms while loading; keyward.wasm {meta['wasm_bytes']} bytes.",
+        f"Machine: {meta['cpus']} CPUs, {meta['date']}, load average at start {meta.get('loadavg_start', '?')}; "
+        f"Envoy `--concurrency {CONCURRENCY}`, chunks of {meta['keys_per_chunk']} keys; {build}.",
         "",
-        "| keys | chunks (MB) | poller published | applied on every VM | Envoy CPU for the apply | RSS before → after (peak) MB | bytes/key | probe max / p99 / p50 ms during the load | Envoy CPU µs/req after |",
+        f"| keys | chunks (MB) | poller published | {applied} | Envoy CPU for the apply | RSS before → after (peak) MB | bytes/key | probe max / p99 / p50 ms during the load | Envoy CPU µs/req after |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -309,6 +324,8 @@ def markdown(results: list[dict], meta: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wasm", type=Path, default=REPO / "target" / "keyward.wasm")
+    ap.add_argument("--host", choices=["wasm", "native"], default="wasm", help="which build of the filter")
+    ap.add_argument("--native", type=Path, default=REPO / "target" / "keyward.so")
     ap.add_argument("--tools", type=Path, default=BENCH / "target" / "release")
     ap.add_argument("--sizes", default="1000,100000,1000000")
     ap.add_argument("--keys-per-chunk", type=int, default=8192)
@@ -322,6 +339,14 @@ def main() -> int:
     args.wasm = wasm_copy
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"keyward-scale-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
+    module_bytes = 0
+    if args.host == "native":
+        # a copy, so that a rebuild during the run does not mix builds
+        module = workdir / "keyward.so"
+        module.write_bytes(args.native.read_bytes())
+        module_bytes = module.stat().st_size
+        os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native_search_dir(workdir, module))
+    loadavg_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     results = []
     for index, n in enumerate(int(s) for s in args.sizes.split(",")):
         log(f"--- {n} keys")
@@ -333,11 +358,15 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "keys_per_chunk": args.keys_per_chunk,
         "wasm_bytes": wasm_copy.stat().st_size,
+        "host": args.host,
+        "module_bytes": module_bytes,
+        "loadavg_start": loadavg_start,
     }
     md = markdown(results, meta)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (args.out / "scale.md").write_text(md)
+    stem = "scale" if args.host == "wasm" else f"scale-{args.host}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0 if all(r["applied"] for r in results) else 1
 

@@ -47,7 +47,7 @@ def plain_bootstrap(listen_port: int, admin_port: int, upstream_port: int, contr
     routes = [{"name": name, "match": {"prefix": prefix}, "route": {"cluster": "upstream", "timeout": "10s"}}
               for name, prefix in C.ENVOY_ROUTES.items()]
     routes.append({"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "10s"}})
-    keyward = harness.wasm_filter(plugin, harness.wasm_path())
+    keyward = harness.keyward_filter(plugin)
     return {
         "admin": {"address": {"socket_address": {"address": harness.LOOPBACK, "port_value": admin_port}}},
         "static_resources": {

@@ -32,8 +32,18 @@ def keyward_bin() -> Path:
     return harness.KEYWARD_BIN
 
 
-def _envoy(name, workdir, config, wasm):
-    env = harness.Envoy(name, workdir, plugin_config=config, wasm=wasm)
+@pytest.fixture(scope="session")
+def native_module() -> Path:
+    path = harness.native_path()
+    if not path.is_file():
+        # a hard failure, not a skip, as for the wasm
+        pytest.fail(f"keyward native module not found at {path}; run `make native` (or set KEYWARD_NATIVE)", pytrace=False)
+    return path
+
+
+def _envoy(name, workdir, config, wasm, host=None, native=None):
+    """An Envoy with the keyward filter; host None: the build under test (KEYWARD_HOST)."""
+    env = harness.Envoy(name, workdir, plugin_config=config, wasm=wasm, host=host, native=native)
     try:
         env.start()
         return env
@@ -69,6 +79,28 @@ fail_closed_envoy = _session_envoy("fail_closed_envoy", "fail-closed", lambda: w
 fail_open_envoy = _session_envoy("fail_open_envoy", "fail-open", lambda: world.no_policy_config(fail_open=True))
 stale_envoy = _session_envoy("stale_envoy", "stale", world.stale_policy_config)
 alt_envoy = _session_envoy("alt_envoy", "alt", world.alt_config)
+
+
+def _enforce_envoy_on(host: str):
+    """The enforce world on one build, whichever build the suite runs against: the same Envoy
+    as `main_envoy` when that build is the one under test."""
+
+    @pytest.fixture(scope="session", name=f"{host}_envoy")
+    def fixture(request, envoy_workdir):
+        if harness.default_host() == host:
+            yield request.getfixturevalue("main_envoy")
+            return
+        wasm = request.getfixturevalue("wasm") if host == "wasm" else None
+        native = request.getfixturevalue("native_module") if host == "native" else None
+        env = _envoy(f"enforce-{host}", envoy_workdir, world.enforce_config(), wasm, host=host, native=native)
+        yield env
+        env.stop()
+
+    return fixture
+
+
+wasm_envoy = _enforce_envoy_on("wasm")
+native_envoy = _enforce_envoy_on("native")
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ class ControlPlane:
     def render_envoy(self, listen_port: int, admin_port: int, upstream_port: int, *extra: str,
                      interval_ms: int = 300) -> str:
         return self.cli(
-            "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", self.address,
+            "render", "envoy", *harness.render_build_args(), "--control-plane", self.address,
             "--public-key", f"{SIGNING_KEY_ID}={self.public_key}",
             "--dataplane-token-file", str(self.dataplane_token_file),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",

@@ -19,6 +19,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady, find_envoy
 from keyward_testkit.envoy_config import HCM_TYPE, http_listener, router_filter, static_bootstrap, static_cluster
+from keyward_testkit.envoy_config import native_filter, native_search_dir
 from keyward_testkit.envoy_config import wasm_filter as _wasm_filter
 from keyward_testkit.http_servers import RecordingHTTPServer, read_body, send_json
 from keyward_testkit.net import LOOPBACK, free_port
@@ -26,6 +27,7 @@ from keyward_testkit.process import terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WASM = REPO_ROOT / "target" / "keyward.wasm"
+DEFAULT_NATIVE = REPO_ROOT / "target" / "keyward.so"
 # the control plane and CLI (cargo build -p keyward; `make integration` sets KEYWARD_BIN)
 KEYWARD_BIN = Path(os.environ.get("KEYWARD_BIN", str(REPO_ROOT / "target" / "debug" / "keyward")))
 HTTP_TIMEOUT = 5.0
@@ -42,6 +44,31 @@ HeaderList = Sequence[tuple[str, HeaderValue]]
 
 def wasm_path() -> Path:
     return Path(os.environ.get("KEYWARD_WASM", str(DEFAULT_WASM)))
+
+
+def native_path() -> Path:
+    """The native build (an Envoy dynamic module, `make native`)."""
+    return Path(os.environ.get("KEYWARD_NATIVE", str(DEFAULT_NATIVE)))
+
+
+HOSTS = ("wasm", "native")
+
+
+def default_host() -> str:
+    """The build the suite runs against: KEYWARD_HOST=native runs it on the native build (the
+    Envoy dynamic module), anything else is an error; the Wasm build by default. Every Envoy the
+    harness starts without naming a host uses this one."""
+    host = os.environ.get("KEYWARD_HOST", "wasm")
+    if host not in HOSTS:
+        raise ValueError(f"KEYWARD_HOST={host!r}: expected one of {HOSTS}")
+    return host
+
+
+def render_build_args(wasm: Optional[Path] = None) -> list[str]:
+    """The `keyward render envoy` arguments that pick the build under test (default_host)."""
+    if default_host() == "native":
+        return ["--host", "native"]
+    return ["--wasm", str(wasm or wasm_path())]
 
 
 def new_request_id() -> str:
@@ -233,21 +260,32 @@ def wasm_filter(plugin_config: dict, wasm: Path) -> dict:
     return _wasm_filter(wasm, plugin_config, hold_headers=True)
 
 
+def keyward_filter(plugin_config: Union[dict, str], wasm: Optional[Path] = None, host: Optional[str] = None) -> dict:
+    """The keyward HTTP filter of the build under test (`host`, default_host() by default); a
+    str plugin_config is passed as is (e.g. to test text that is not JSON)."""
+    if (host or default_host()) == "native":
+        return native_filter(plugin_config)
+    return wasm_filter(plugin_config, wasm or wasm_path())
+
+
 def render_bootstrap(
     listen_port: int,
     admin_port: int,
     upstream_port: int,
-    plugin_config: Optional[dict] = None,
+    plugin_config: Optional[Union[dict, str]] = None,
     wasm: Optional[Path] = None,
     routes: Iterable[dict] = DEFAULT_ROUTES,
+    host: Optional[str] = None,
 ) -> dict:
     """Envoy bootstrap as a dict (written as JSON, which Envoy reads as YAML).
 
     plugin_config None: a plain proxy without the keyward filter (harness self-test).
+    host: "wasm" (the proxy-wasm build) or "native" (the dynamic module; the Envoy process needs
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which `Envoy` sets).
     """
     http_filters = []
     if plugin_config is not None:
-        http_filters.append(wasm_filter(plugin_config, wasm or wasm_path()))
+        http_filters.append(keyward_filter(plugin_config, wasm, host))
     http_filters.append(router_filter())
     envoy_routes = [
         {"name": r["name"], "match": {"prefix": r["prefix"]}, "route": {"cluster": "upstream", "timeout": "5s"}}
@@ -294,6 +332,8 @@ class Envoy:
         routes: Iterable[dict] = DEFAULT_ROUTES,
         upstream: Optional[EchoUpstream] = None,
         render=None,
+        host: Optional[str] = None,
+        native: Optional[Path] = None,
     ):
         """render: optional callable (listen_port, admin_port, upstream_port) -> YAML text, used
         instead of render_bootstrap (e.g. the rendered demo config)."""
@@ -310,13 +350,21 @@ class Envoy:
         self.admin_port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.render = render
+        self.host = host or default_host()
+        self.native = native
         self.config_path = self.workdir / (f"{name}.yaml" if render else f"{name}.json")
         self.log_path = self.workdir / f"{name}.log"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "Envoy":
-        if self.plugin_config is not None or self.render is not None:
+        env = dict(os.environ)
+        if self.host == "native":
+            module = self.native or native_path()
+            if not module.is_file():
+                raise EnvoyStartError(f"keyward native module not found at {module}: build it first (make native)")
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native_search_dir(self.workdir / self.name, module))
+        elif self.plugin_config is not None or self.render is not None:
             wasm = self.wasm or wasm_path()
             if not wasm.is_file():
                 raise EnvoyStartError(
@@ -332,11 +380,11 @@ class Envoy:
                 self.config_path.write_text(self.render(self.port, self.admin_port, self.upstream.port))
             else:
                 cfg = render_bootstrap(
-                    self.port, self.admin_port, self.upstream.port, self.plugin_config, self.wasm, self.routes
+                    self.port, self.admin_port, self.upstream.port, self.plugin_config, self.wasm, self.routes, self.host
                 )
                 self.config_path.write_text(json.dumps(cfg, indent=1))
             try:
-                self._spawn()
+                self._spawn(env)
                 RUNNING.append(self)
                 return self
             except EnvoyStartError as e:
@@ -347,18 +395,18 @@ class Envoy:
             self.upstream.stop()
         raise EnvoyStartError(last_error)
 
-    def _spawn(self) -> None:
+    def _spawn(self, env: dict) -> None:
         # the admin port doubles as the base id: distinct per concurrently running instance
         launch = EnvoyLaunch(
             self.config_path, self.admin_port, concurrency=self.concurrency,
-            extra=["--component-log-level", "wasm:debug"],
+            extra=["--component-log-level", "wasm:debug,dynamic_modules:debug"],
         )
         cmd = launch.command()
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"=== {' '.join(cmd)}\n".encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
         )
         try:
             launch.wait_ready(self.proc, READY_TIMEOUT)
@@ -460,10 +508,16 @@ class Envoy:
         return http_request(self.port, method, path, headers, **kw)
 
 
-def envoy_validate(config_path: Path, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """`envoy --mode validate`: loads the wasm and runs on_configure."""
+def envoy_validate(config_path: Path, timeout: float = 60.0, host: Optional[str] = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`: loads the filter (Wasm: runs on_configure; native: creates the
+    filter configuration, which compiles the plugin configuration)."""
+    env = dict(os.environ)
+    if (host or default_host()) == "native":
+        search = native_search_dir(Path(config_path).parent / (Path(config_path).stem + "-validate"), native_path())
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(search)
     return subprocess.run(
         [find_envoy(), "--mode", "validate", "-c", str(config_path), "-l", "info"],
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

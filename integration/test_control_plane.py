@@ -40,7 +40,7 @@ def plane(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
 
         def render(listen_port, admin_port, upstream_port):
             return keyward(
-                work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
+                work, "render", "envoy", *harness.render_build_args(wasm), "--control-plane", address,
                 *trust(work),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
@@ -118,7 +118,7 @@ def test_rendered_routes_exemptions_and_per_route_off_switch(plane, envoy_workdi
     ]}))
     def render(listen_port, admin_port, upstream_port):
         return keyward(
-            work, "render", "envoy", "--wasm", str(harness.wasm_path()), "--control-plane", address,
+            work, "render", "envoy", *harness.render_build_args(), "--control-plane", address,
             *trust(work),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
@@ -153,7 +153,7 @@ def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
 
     def render(listen_port, admin_port, upstream_port):
         rendered = keyward(
-            work, "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
+            work, "render", "envoy", *harness.render_build_args(wasm), "--control-plane", address,
             *trust(work),
             "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
             "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS), "--chunked-sync",
@@ -171,3 +171,21 @@ def test_chunked_sync_from_keyward_serve(plane, envoy_workdir, wasm):
         print(f"chunked sync: revocation on every worker after {took:.2f}s")
     finally:
         env.stop()
+
+
+@pytest.mark.one_host
+@pytest.mark.parametrize("args,message", [
+    ([], "--wasm PATH is needed with --host wasm"),  # the default build needs the module's path
+    (["--host", "native", "--wasm", "/x/keyward.wasm"], "--wasm goes with --host wasm"),  # native has no .wasm
+])
+def test_render_envoy_refuses_a_build_it_cannot_render(tmp_path, keyward_bin, args, message):
+    plane = ControlPlane(keyward_bin, tmp_path)
+    plane.create_secrets()
+    done = subprocess.run(
+        [str(keyward_bin), "render", "envoy", *args, "--control-plane", "127.0.0.1:7070",
+         "--signing-key-id", "ops-1", "--signing-key-file", str(plane.signing_key_file)],
+        env=plane.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0, done.stdout[:500]
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""

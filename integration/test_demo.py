@@ -19,6 +19,9 @@ from keyward_testkit.net import LOOPBACK, free_port, port_taken
 sys.path.insert(0, str(harness.REPO_ROOT / "scripts"))
 import render_demo  # noqa: E402
 
+# the demo runs the Wasm build: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 SCENARIOS = render_demo.scenarios()
 
 

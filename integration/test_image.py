@@ -12,6 +12,11 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
+# the control plane image, no filter: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 REPO = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("image", REPO / "scripts" / "image.py")
 image = importlib.util.module_from_spec(spec)

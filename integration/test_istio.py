@@ -26,6 +26,9 @@ from snapshot_server import (
     DATAPLANE_TOKEN, SIGNING_KEY, SIGNING_KEY_ID, SIGNING_PUBLIC_KEY_B64, SnapshotServer, sign,
 )
 
+# Wasm only: Istio runs Wasm plugins: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 REPO = Path(__file__).resolve().parent.parent
 ISTIO_MODELS = Path(os.environ.get("ISTIO_MODELS_DIR", REPO / ".tools" / "istio-models"))
 VALIDATE = REPO / "integration" / "istio" / "validate.mjs"

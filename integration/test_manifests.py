@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Kubernetes manifests, no filter: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 REPO = Path(__file__).resolve().parent.parent
 KEYWARD = Path(os.environ.get("KEYWARD_BIN", REPO / "target" / "debug" / "keyward"))
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))

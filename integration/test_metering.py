@@ -125,7 +125,7 @@ def metered(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
 
         def render(listen_port, admin_port, upstream_port):
             return keyward(
-                work, "render", "envoy", "--wasm", str(wasm), "--control-plane", f"127.0.0.1:{dropper.port}",
+                work, "render", "envoy", *harness.render_build_args(wasm), "--control-plane", f"127.0.0.1:{dropper.port}",
                 *plane.trust_args(),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),

@@ -156,7 +156,7 @@ def fleet(tmp_path_factory, envoy_workdir, wasm):
 
         def render(listen_port, admin_port, upstream_port):
             rendered = keyward(
-                "render", "envoy", "--wasm", str(wasm), "--control-plane", replicas[0].address,
+                "render", "envoy", *harness.render_build_args(wasm), "--control-plane", replicas[0].address,
                 "--public-key", f"ops-1={work / 'signing.key.pub'}",
                 "--dataplane-token-file", str(work / "dataplane.token"),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",

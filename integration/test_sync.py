@@ -55,7 +55,9 @@ def sync_envoy(workdir, wasm, name: str, cp_port: int, poller: str, layout: str 
     def render(listen_port, admin_port, upstream_port):
         cfg = harness.render_bootstrap(listen_port, admin_port, upstream_port, {"sync": sync}, wasm)
         cfg["static_resources"]["clusters"].append(control_plane_cluster(cp_port))
-        if poller == "sync_service":
+        # The native build has no separate sync service: its filter configuration polls itself
+        # (once per process), so only the Wasm build gets the bootstrap singleton.
+        if poller == "sync_service" and harness.default_host() == "wasm":
             cfg["bootstrap_extensions"] = [
                 {
                     "name": "envoy.bootstrap.wasm",

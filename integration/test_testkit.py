@@ -15,6 +15,9 @@ from keyward_testkit.http_servers import BackgroundHTTPServer
 from keyward_testkit.net import LOOPBACK, free_port, http_ok, port_taken
 from keyward_testkit.process import terminate
 
+# the test helpers themselves: not run again on the native pass (pytest.ini)
+pytestmark = pytest.mark.one_host
+
 
 @pytest.fixture
 def foreign_admin():

@@ -1,4 +1,5 @@
-"""`envoy --mode validate` loads the wasm and runs on_configure: bad plugin configs are refused."""
+"""`envoy --mode validate` loads the filter and compiles its configuration (Wasm: on_configure;
+native: the filter configuration): bad plugin configs are refused."""
 
 import copy
 import json
@@ -45,9 +46,8 @@ def test_invalid_config_fails_with_field_path(tmp_path, wasm, mutate, needle):
 
 
 def test_not_json_fails(tmp_path, wasm):
-    cfg = harness.render_bootstrap(10000, 9901, 10001, {}, wasm)
-    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0][
-        "typed_config"]["config"]["configuration"]["value"] = "{not json"
+    cfg = harness.render_bootstrap(10000, 9901, 10001, "{not json", wasm)
+    assert "{not json" in json.dumps(cfg)
     path = tmp_path / "validate.json"
     path.write_text(json.dumps(cfg))
     res = harness.envoy_validate(path)

@@ -16,10 +16,16 @@
 SOAK_SECONDS ?= 180
 SOAK_ARGS    ?=
 
-.PHONY: soak
+.PHONY: soak soak-native
 
 ## soak: bounded fault and soak run (SOAK_SECONDS, default 180); report in target/soak/
 soak: $(VENV_STAMP) wasm
 	cargo build -p keyward
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) soak/soak.py --keyward $(CURDIR)/target/debug/keyward \
 		--wasm $(CURDIR)/$(WASM) --out $(CURDIR)/target/soak $(SOAK_ARGS)
+
+## soak-native: the same run on the native build (the Envoy dynamic module); report in target/soak-native/
+soak-native: $(VENV_STAMP) native
+	cargo build -p keyward
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) soak/soak.py --host native --keyward $(CURDIR)/target/debug/keyward \
+		--native-module $(CURDIR)/$(NATIVE_SO) --out $(CURDIR)/target/soak-native $(SOAK_ARGS)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "pylib"))
 from faultproxy import FaultProxy, envelope_stamp  # noqa: E402
 from keyward_testkit.control_plane import ControlPlane as KeywardControlPlane  # noqa: E402
 from keyward_testkit.envoy import EnvoyExited, EnvoyLaunch, EnvoyNotReady  # noqa: E402
+from keyward_testkit.envoy_config import native_search_dir  # noqa: E402
 from keyward_testkit.net import LOOPBACK, free_port, http_ok  # noqa: E402
 from keyward_testkit.signing import sign_envelope  # noqa: E402
 
@@ -60,9 +61,10 @@ OUTCOME = {
     "unknown": (401, "invalid_api_key"),
 }
 
-# Lines in Envoy's log that mean a Wasm VM (or Envoy) failed.
+# Lines in Envoy's log that mean a Wasm VM, the native module (or Envoy) failed.
 CRASH_PATTERNS = [
     r"panicked at",
+    r"keyward: panic (?:at|in)",  # the native build's panic barrier (it failed closed, but a panic is a bug)
     r"Function: \S+ failed",
     r"Uncaught \w*Error",
     r"[Ww]asm VM (?:failed|crashed)",
@@ -72,6 +74,9 @@ CRASH_PATTERNS = [
     r"Caught (?:Segmentation fault|Aborted|Bus error|Illegal instruction|Floating point)",
     r"Backtrace \(use",
 ]
+# Where Envoy puts keyward's metrics: `wasmcustom.` for the Wasm build, `dynamicmodulescustom.`
+# for the native build (--host native).
+STATS_PREFIX = {"wasm": "wasmcustom", "native": "dynamicmodulescustom"}
 # Wasm stats that must not move during the run (Envoy 1.40 names; `wasm.<plugin name>.*`).
 WASM_FAILURE_STATS = ("vm_reload", "vm_reload_failure", "vm_reload_backoff")
 WASM_STABLE_STATS = ("wasm.envoy.wasm.runtime.v8.created", "wasm.envoy.wasm.runtime.v8.active", "wasm.wasm_vm_count")
@@ -665,9 +670,10 @@ def read_rss_kib(pid: int) -> Optional[int]:
 class Sampler(threading.Thread):
     """keyward stats every second (policy version gauge, sync counters), Envoy RSS every 2 s."""
 
-    def __init__(self, admin_port: int, envoy_pid: int, stop: threading.Event):
+    def __init__(self, admin_port: int, envoy_pid: int, stop: threading.Event, prefix: str = "wasmcustom"):
         super().__init__(name="sampler", daemon=True)
         self.admin_port, self.envoy_pid, self.stop_event = admin_port, envoy_pid, stop
+        self.prefix = prefix
         self.versions: list[tuple[float, int]] = []
         self.rss: list[tuple[float, int]] = []
         self.stats: list[tuple[float, dict]] = []
@@ -680,7 +686,7 @@ class Sampler(threading.Thread):
 
     def sample_stats(self) -> Optional[dict]:
         try:
-            status, _, body = http_get(self.admin_port, "/stats?filter=wasmcustom%5C.keyward%5C.(policy%7Csync)", timeout=2)
+            status, _, body = http_get(self.admin_port, f"/stats?filter={self.prefix}%5C.keyward%5C.(policy%7Csync)", timeout=2)
             if status != 200:
                 raise OSError(status)
         except OSError:
@@ -690,7 +696,7 @@ class Sampler(threading.Thread):
         now = time.time()
         with self.lock:
             self.stats.append((now, stats))
-            v = stats.get("wasmcustom.keyward.policy.version")
+            v = stats.get(f"{self.prefix}.keyward.policy.version")
             if v is not None:
                 self.versions.append((now, v))
         return stats
@@ -823,28 +829,33 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def render_envoy(cp: ControlPlane, wasm: Path, listen: int, admin: int, upstream: int, proxy: int,
+def render_envoy(cp: ControlPlane, wasm: Optional[Path], listen: int, admin: int, upstream: int, proxy: int,
                  interval_ms: int, access_log: Path, plant_leak: bool) -> dict:
     """`keyward render envoy`, then switched to a lease-mode sync among the filter VMs (no
-    bootstrap singleton), with an access log and a route that reads the key from the query."""
+    bootstrap singleton), with an access log and a route that reads the key from the query.
+    wasm None: the native build (`--host native`, whose rendered sync is lease-mode already)."""
     plugin = cp.work / "plugin.json"
     plugin.write_text(json.dumps({"routes": [
         {"name": "query", "match": {"route_name": "query"}, "query_parameter": "api_key"},
     ]}))
+    build = ["--host", "native"] if wasm is None else ["--wasm", str(wasm)]
     rendered = cp.cli(
-        "render", "envoy", "--wasm", str(wasm), "--control-plane", f"{LOOPBACK}:{proxy}",
+        "render", "envoy", *build, "--control-plane", f"{LOOPBACK}:{proxy}",
         *cp.trust_args(),
         "--listen", f"{LOOPBACK}:{listen}", "--admin", f"{LOOPBACK}:{admin}",
         "--upstream", f"{LOOPBACK}:{upstream}", "--interval-ms", str(interval_ms),
         "--route", "stream=/v1/stream/", "--route", "query=/v1/query/", "--plugin-config", str(plugin),
     ).stdout
     cfg = json.loads(rendered)
-    if "bootstrap_extensions" not in cfg:
-        raise RuntimeError("render envoy: expected a sync_service bootstrap extension to replace")
-    del cfg["bootstrap_extensions"]
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm_filter = next(f for f in hcm["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm"))
-    conf_field = wasm_filter["typed_config"]["config"]["configuration"]
+    keyward_filter = next(f for f in hcm["http_filters"] if f["name"] == "keyward")
+    if wasm is None:
+        conf_field = keyward_filter["typed_config"]["filter_config"]
+    else:
+        if not cfg.get("bootstrap_extensions"):
+            raise RuntimeError("render envoy: expected a sync_service bootstrap extension to replace")
+        conf_field = keyward_filter["typed_config"]["config"]["configuration"]
+    del cfg["bootstrap_extensions"]
     conf = json.loads(conf_field["value"])
     conf["sync"]["poller"] = "lease"
     conf_field["value"] = json.dumps(conf, separators=(",", ":"))
@@ -977,7 +988,10 @@ def backwards_steps(series: list[tuple[float, int]]) -> list[tuple[float, int, i
     return out
 
 
-POLICY_LINE = re.compile(r"^\[[^\]]+\]\[(\d+)\]\[\w+\]\[wasm\].*keyward: (?:policy updated|configured); policy version (\d+)")
+POLICY_LINE = re.compile(
+    r"^\[[^\]]+\]\[(\d+)\]\[\w+\]\[(?:wasm|dynamic_modules)\].*keyward: (?:policy updated|configured(?: \(native\))?); "
+    r"policy version (\d+)"
+)
 
 
 def per_vm_versions(envoy_log: str) -> dict[str, list[int]]:
@@ -1040,6 +1054,8 @@ class Fault:
 class Soak:
     def __init__(self, args):
         self.args = args
+        self.native = args.host == "native"
+        self.prefix = STATS_PREFIX[args.host]
         self.out: Path = args.out
         self.window = args.interval_ms / 1000.0 + 1.0 if args.window_s is None else args.window_s
         self.book = KeyBook()
@@ -1072,7 +1088,8 @@ class Soak:
         if self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True)
-        for path, what in ((a.keyward, "cargo build -p keyward"), (a.wasm, "make wasm")):
+        build = (a.native_module, "make native") if self.native else (a.wasm, "make wasm")
+        for path, what in ((a.keyward, "cargo build -p keyward"), build):
             if not Path(path).is_file():
                 raise RuntimeError(f"{path} missing: {what} (make soak does)")
         ports = {name: free_port() for name in ("cp", "proxy", "upstream", "listen", "admin")}
@@ -1091,13 +1108,17 @@ class Soak:
                                self.out / "upstream.log"))
         self.proxy = FaultProxy(ports["proxy"], ports["cp"], self.out / "proxy.log").start()
 
-        cfg = render_envoy(cp, Path(a.wasm).resolve(), ports["listen"], ports["admin"], ports["upstream"], ports["proxy"],
-                           a.interval_ms, self.out / "access.log", a.plant_leak)
+        cfg = render_envoy(cp, None if self.native else Path(a.wasm).resolve(), ports["listen"], ports["admin"],
+                           ports["upstream"], ports["proxy"], a.interval_ms, self.out / "access.log", a.plant_leak)
         config_path = self.tmp / "envoy.json"  # holds the data-plane token: stays in the temp dir
         config_path.write_text(json.dumps(cfg, indent=1))
         os.chmod(config_path, 0o600)
         launch = EnvoyLaunch(config_path, ports["admin"], concurrency=2)
-        self.envoy = Proc("envoy", launch.command(), self.out / "envoy.log")
+        env = None
+        if self.native:
+            env = dict(os.environ)
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native_search_dir(self.tmp, Path(a.native_module)))
+        self.envoy = Proc("envoy", launch.command(), self.out / "envoy.log", env=env)
         self.procs.append(self.envoy)
         try:
             launch.wait_ready(self.envoy.p, 60, also=lambda: http_ok(ports["upstream"], "/healthz"), poll_s=0.1)
@@ -1217,7 +1238,7 @@ class Soak:
 
     def stats_now(self) -> dict:
         try:
-            status, _, body = http_get(self.ports["admin"], "/stats?filter=wasmcustom%5C.keyward%5C.sync", timeout=2)
+            status, _, body = http_get(self.ports["admin"], f"/stats?filter={self.prefix}%5C.keyward%5C.sync", timeout=2)
             return parse_stats(body.decode()) if status == 200 else {}
         except OSError:
             return {}
@@ -1318,7 +1339,7 @@ class Soak:
     def run(self) -> dict:
         a = self.args
         self.setup()
-        self.sampler = Sampler(self.ports["admin"], self.envoy.pid, self.stop_sampler)
+        self.sampler = Sampler(self.ports["admin"], self.envoy.pid, self.stop_sampler, self.prefix)
         self.prober = Prober(self.ports["listen"], self.book, self.recorder, self.stop_load, hold_s=self.window + 1.5,
                              fault_active=lambda: any(f.end is None for f in self.faults))
         rate_each = a.rate / a.workers
@@ -1453,7 +1474,7 @@ class Soak:
         shots = {}
         for label, (shot, fault, before) in self.shots.items():
             reason = "bad_signature" if label == "tampered" else "stale_version"
-            name = f"wasmcustom.keyward.sync.rejected.{reason}"
+            name = f"{self.prefix}.keyward.sync.rejected.{reason}"
             # the first sample after the bad body was served (plus a poll's slack)
             after = None
             if shot.served_at is not None:
@@ -1495,13 +1516,14 @@ class Soak:
             "refused_as_unknown_after_accepted": rollbacks[:5],
         }
 
-        # 4. no VM crash
+        # 4. no VM crash (the native build has no VM: Envoy itself must live, its log stay clean)
         crashes = crash_lines(envoy_log)
         failure_stats = {k: v for k, v in wasm_after.items() if k.rsplit(".", 1)[-1] in WASM_FAILURE_STATS and v}
         moved = {k: (wasm_before.get(k), wasm_after.get(k)) for k in WASM_STABLE_STATS if wasm_before.get(k) != wasm_after.get(k)}
         criteria["no_vm_crash"] = {
             "pass": envoy_alive_at_end and still_serving == (401, "missing_api_key") and not crashes and not failure_stats and not moved
-            and bool(wasm_after) and envoy_rc == 0,
+            and (self.native or bool(wasm_after)) and envoy_rc == 0,
+            "build": self.args.host,
             "envoy_alive_at_end": envoy_alive_at_end,
             "final_request": still_serving,
             "envoy_exit_code_on_sigterm": envoy_rc,
@@ -1803,6 +1825,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "target" / "soak")
     ap.add_argument("--keyward", type=Path, default=REPO / "target" / "debug" / "keyward")
     ap.add_argument("--wasm", type=Path, default=Path(os.environ.get("KEYWARD_WASM", REPO / "target" / "keyward.wasm")))
+    ap.add_argument("--host", choices=["wasm", "native"], default=os.environ.get("SOAK_HOST", "wasm"),
+                    help="which build of the filter to soak: the Wasm module or the native dynamic module")
+    ap.add_argument("--native-module", type=Path,
+                    default=Path(os.environ.get("KEYWARD_NATIVE", REPO / "target" / "keyward.so")))
     ap.add_argument("--classes-off", default=os.environ.get("SOAK_CLASSES_OFF", ""),
                     help="comma-separated traffic classes to leave out, e.g. query_param (env SOAK_CLASSES_OFF)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (store, token, signing key)")

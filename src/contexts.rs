@@ -2,8 +2,7 @@
 //! `sync`, follows pushed policies (and polls, when it is the sync service or the lease holder);
 //! one request context per HTTP stream hands its headers to `handler`.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use keyward_engine::config::{PluginConfig, Role};
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
@@ -38,8 +37,8 @@ proxy_wasm::main! {{
 struct KeywardRoot {
     /// This VM's number among those sharing the vm_id, claimed once (see claim_instance_number).
     instance_number: Option<u64>,
-    state: Option<Rc<FilterState>>,
-    metrics: Option<Rc<Metrics>>,
+    state: Option<Arc<FilterState>>,
+    metrics: Option<Arc<Metrics>>,
     role: Role,
     sync: Option<SyncSettings>,
     poller: Option<SnapshotPoller>,
@@ -49,7 +48,7 @@ struct KeywardRoot {
     tick_ms: u32,
     base_tick_ms: u32,
     /// This VM's usage since its last flush; survives policy updates and reconfiguration.
-    activity: Rc<RefCell<Activity>>,
+    activity: Arc<Mutex<Activity>>,
 }
 
 impl KeywardRoot {
@@ -67,12 +66,12 @@ impl KeywardRoot {
         let config =
             PluginConfig::from_json(&bytes).map_err(|e| format!("invalid configuration: {e}"))?;
         let metrics = match &self.metrics {
-            Some(metrics) => Rc::clone(metrics),
+            Some(metrics) => Arc::clone(metrics),
             None => {
                 let defined = Metrics::define(|kind, name| host.define_metric(kind, name))
                     .map_err(|e| format!("cannot define metrics ({})", e))?;
-                let defined = Rc::new(defined);
-                self.metrics = Some(Rc::clone(&defined));
+                let defined = Arc::new(defined);
+                self.metrics = Some(Arc::clone(&defined));
                 defined
             }
         };
@@ -103,13 +102,13 @@ impl KeywardRoot {
             )),
             _ => None,
         };
-        let activity = config.sync.is_some().then(|| Rc::clone(&self.activity));
+        let activity = config.sync.is_some().then(|| Arc::clone(&self.activity));
         if config.role == Role::SyncService {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
-            self.state = Some(Rc::new(FilterState {
-                settings: Rc::new(config.settings),
-                policy: config.policy.map(Rc::new),
+            self.state = Some(Arc::new(FilterState {
+                settings: Arc::new(config.settings),
+                policy: config.policy.map(Arc::new),
                 metrics,
                 activity,
             }));
@@ -194,26 +193,14 @@ impl KeywardRoot {
     /// Swaps in a newer policy: one step, requests already running keep the one they started
     /// with.
     fn install(&mut self, policy: keyward_engine::snapshot::Policy) {
-        let Some(state) = &self.state else { return };
-        let newer = state.policy.as_ref().is_none_or(|current| {
-            SnapshotStamp {
-                version: policy.version,
-                issued_at: policy.issued_at,
-            }
-            .replaces(Some(SnapshotStamp {
-                version: current.version,
-                issued_at: current.issued_at,
-            }))
-        });
-        if !newer {
+        let Some(updated) = self
+            .state
+            .as_ref()
+            .and_then(|state| state.updated_to(policy))
+        else {
             return;
-        }
-        self.state = Some(Rc::new(FilterState {
-            settings: Rc::clone(&state.settings),
-            policy: Some(Rc::new(policy)),
-            metrics: Rc::clone(&state.metrics),
-            activity: state.activity.clone(),
-        }));
+        };
+        self.state = Some(Arc::new(updated));
         self.log_policy("policy updated");
     }
 }
@@ -260,7 +247,7 @@ impl RootContext for KeywardRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Ok(mut activity) = self.activity.try_borrow_mut() {
+        if let Ok(mut activity) = self.activity.try_lock() {
             if let Ok(now_ms) = EnvoyHost.now_ms() {
                 activity.set_clock_s(now_ms / 1000);
             }
@@ -293,7 +280,7 @@ impl RootContext for KeywardRoot {
         let flow = self
             .state
             .as_ref()
-            .map(|state| RequestFlow::new(Rc::clone(state)));
+            .map(|state| RequestFlow::new(Arc::clone(state)));
         Some(Box::new(KeywardRequest { flow }))
     }
 

@@ -4,8 +4,7 @@
 //! a ledger the host passes in: `SharedLedger` over Envoy's shared data in the Wasm filter), so
 //! it is tested natively with a fake host and serves any host.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use keyward_engine::config::Settings;
 use keyward_engine::effects::{Edit, Effects, Level, Reply};
@@ -14,6 +13,7 @@ use keyward_engine::ledger::{Ledger, LedgerError};
 use keyward_engine::metering::SpendCounter;
 use keyward_engine::rate_limit::RateState;
 use keyward_engine::snapshot::Policy;
+use keyward_engine::sync::SnapshotStamp;
 use keyward_engine::trace::NoTrace;
 use keyward_engine::watch::Watch;
 
@@ -22,18 +22,38 @@ use crate::metrics::Metrics;
 use crate::shared_record::update;
 use crate::usage_activity::Activity;
 
-/// State shared by every request context of one root context. Immutable, except the VM's
-/// usage activity, which requests add to and the root context's tick flushes.
+/// State shared by every request context of one root context. Immutable, except the usage
+/// activity, which requests add to and the root context's tick flushes. `Send + Sync` (`Arc`,
+/// `Mutex`) so that the native host holds one copy per process for all its worker threads; in
+/// the single-threaded Wasm VM the lock is never contended.
 #[derive(Debug)]
 pub struct FilterState {
-    pub settings: Rc<Settings>,
-    pub policy: Option<Rc<Policy>>,
-    pub metrics: Rc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub policy: Option<Arc<Policy>>,
+    pub metrics: Arc<Metrics>,
     /// Present when usage is reported to a control plane (a `sync` block is configured).
-    pub activity: Option<Rc<RefCell<Activity>>>,
+    pub activity: Option<Arc<Mutex<Activity>>>,
 }
 
 impl FilterState {
+    /// This state with `policy` in force, if `policy` is newer than the one it holds (`None`
+    /// otherwise: an older or equal snapshot never replaces the one in use).
+    pub fn updated_to(&self, policy: Policy) -> Option<FilterState> {
+        let stamp = |policy: &Policy| SnapshotStamp {
+            version: policy.version,
+            issued_at: policy.issued_at,
+        };
+        if !stamp(&policy).replaces(self.policy.as_deref().map(stamp)) {
+            return None;
+        }
+        Some(FilterState {
+            settings: Arc::clone(&self.settings),
+            policy: Some(Arc::new(policy)),
+            metrics: Arc::clone(&self.metrics),
+            activity: self.activity.clone(),
+        })
+    }
+
     fn gate(&self) -> Gate<'_> {
         Gate {
             settings: &self.settings,
@@ -65,7 +85,7 @@ enum Stage {
 /// One request's glue: its state (the policy it started with) and where it is.
 #[derive(Debug)]
 pub struct RequestFlow {
-    state: Rc<FilterState>,
+    state: Arc<FilterState>,
     stage: Stage,
     /// The buffered body size the host last reported: a body may end with trailers instead of
     /// an end-of-stream chunk.
@@ -102,7 +122,7 @@ impl<H: SharedData> Ledger for SharedLedger<'_, H> {
 }
 
 impl RequestFlow {
-    pub fn new(state: Rc<FilterState>) -> RequestFlow {
+    pub fn new(state: Arc<FilterState>) -> RequestFlow {
         RequestFlow {
             state,
             stage: Stage::Deciding,
@@ -116,7 +136,7 @@ impl RequestFlow {
         ledger: &mut dyn Ledger,
         end_of_stream: bool,
     ) -> Flow {
-        let state = Rc::clone(&self.state);
+        let state = Arc::clone(&self.state);
         let gate = state.gate();
         let headers = match host.request_headers() {
             Ok(headers) => headers,
@@ -164,7 +184,7 @@ impl RequestFlow {
             return Flow::Continue;
         }
         self.body_size = body_size;
-        let state = Rc::clone(&self.state);
+        let state = Arc::clone(&self.state);
         let gate = state.gate();
         let too_large = gate.body_too_large(body_size);
         if !end && !too_large {
@@ -258,7 +278,7 @@ impl RequestFlow {
         let Stage::Watching(watch) = &mut self.stage else {
             return;
         };
-        let state = Rc::clone(&self.state);
+        let state = Arc::clone(&self.state);
         let gate = state.gate();
         let effects = watch.settle(&gate, ledger);
         report(host, &state, &effects);
@@ -394,14 +414,15 @@ fn report(host: &impl Host, state: &FilterState, effects: &Effects<'_>) {
     let (Some(record), Some(activity)) = (&effects.usage, &state.activity) else {
         return;
     };
-    if let Ok(mut activity) = activity.try_borrow_mut() {
-        // The VM's tick keeps a clock for last-use times; before the first tick, ask the host.
-        let now_s = match activity.clock_s() {
-            0 => host.now_unix_seconds().unwrap_or(0),
-            seconds => seconds,
-        };
-        activity.record(record.key_id, record.project, record.usage, now_s);
-    }
+    // Nothing that holds this lock can panic half-way through a change (plain map updates), so
+    // a poisoned lock is used as is: usage is never dropped for it.
+    let mut activity = activity.lock().unwrap_or_else(PoisonError::into_inner);
+    // The VM's tick keeps a clock for last-use times; before the first tick, ask the host.
+    let now_s = match activity.clock_s() {
+        0 => host.now_unix_seconds().unwrap_or(0),
+        seconds => seconds,
+    };
+    activity.record(record.key_id, record.project, record.usage, now_s);
 }
 
 #[cfg(test)]

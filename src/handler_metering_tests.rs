@@ -2,7 +2,7 @@
 //! reservations, settlement, release, limits. The rules themselves are tested in the engine
 //! (`gate_tests`); these check that the glue carries them through a host.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use keyward_engine::hash::sha256;
 use keyward_engine::ledger::{Ledger, MemoryLedger};
@@ -15,7 +15,7 @@ const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
 
 /// $2 per 1M input tokens, $10 per 1M output tokens; a key capped at $1.00 with a soft cap.
-fn state(key_extra: &str) -> Rc<FilterState> {
+fn state(key_extra: &str) -> Arc<FilterState> {
     state_with(
         r#""spend_cap_microusd": 5000000"#,
         &format!(r#""spend_cap_microusd": 1000000, "spend_soft_cap_microusd": 900000 {key_extra}"#),
@@ -23,7 +23,7 @@ fn state(key_extra: &str) -> Rc<FilterState> {
 }
 
 /// The metered route and prices above, with these fields on the project and on key `good1`.
-fn state_with(project_fields: &str, key_fields: &str) -> Rc<FilterState> {
+fn state_with(project_fields: &str, key_fields: &str) -> Arc<FilterState> {
     let project_fields = if project_fields.is_empty() {
         String::new()
     } else {
@@ -60,7 +60,7 @@ fn chat_host(body: &str) -> FakeHost {
 
 /// Runs one request through headers and body; returns its glue. The request headers are those
 /// of `chat_host` again (the previous request stripped the key).
-fn send(host: &FakeHost, state: &Rc<FilterState>) -> RequestFlow {
+fn send(host: &FakeHost, state: &Arc<FilterState>) -> RequestFlow {
     send_counting_in(host, &mut SharedLedger(host), state)
 }
 
@@ -68,7 +68,7 @@ fn send(host: &FakeHost, state: &Rc<FilterState>) -> RequestFlow {
 fn send_counting_in(
     host: &FakeHost,
     ledger: &mut dyn Ledger,
-    state: &Rc<FilterState>,
+    state: &Arc<FilterState>,
 ) -> RequestFlow {
     let body = host.request_body.borrow().clone();
     *host.headers.borrow_mut() = chat_host(&String::from_utf8_lossy(&body))
@@ -76,7 +76,7 @@ fn send_counting_in(
         .borrow()
         .clone();
     host.reply.borrow_mut().take();
-    let mut flow = RequestFlow::new(Rc::clone(state));
+    let mut flow = RequestFlow::new(Arc::clone(state));
     let first = flow.on_request_headers(host, ledger, false);
     if matches!(flow.stage, Stage::AwaitingBody(_)) {
         assert_eq!(first, Flow::Pause, "the headers wait for the body");
@@ -139,7 +139,13 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
         host.spend_counter(&project_counter_entry("proj_a")).settled,
         4000
     );
-    let activity = state.activity.as_ref().expect("activity").borrow().clone();
+    let activity = state
+        .activity
+        .as_ref()
+        .expect("activity")
+        .lock()
+        .expect("activity")
+        .clone();
     let entries = activity.into_entries();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].cost_microusd, 4000);
@@ -336,7 +342,8 @@ fn budgets_without_a_cap_are_not_counted_per_request() {
         .activity
         .as_ref()
         .expect("activity")
-        .borrow()
+        .lock()
+        .expect("activity")
         .clone()
         .into_entries();
     assert_eq!(
@@ -381,7 +388,7 @@ fn a_body_ending_with_trailers_is_decided_before_it_goes_upstream() {
     // HTTP/2: the last body frame without end-of-stream, then trailers.
     let state = state("");
     let host = chat_host(r#"{"model":"o3","messages":[]}"#);
-    let mut flow = RequestFlow::new(Rc::clone(&state));
+    let mut flow = RequestFlow::new(Arc::clone(&state));
     assert_eq!(
         flow.on_request_headers(&host, &mut SharedLedger(&host), false),
         Flow::Pause

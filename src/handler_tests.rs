@@ -11,11 +11,11 @@ const SECRET: &str = "s3cr3tS3cr3tS3cr3tXY";
 const KEY: &str = "ak_good1.s3cr3tS3cr3tS3cr3tXY";
 
 /// Runs the headers step of one request.
-fn headers_step(host: &FakeHost, state: &Rc<FilterState>) -> Flow {
-    RequestFlow::new(Rc::clone(state)).on_request_headers(host, &mut SharedLedger(host), true)
+fn headers_step(host: &FakeHost, state: &Arc<FilterState>) -> Flow {
+    RequestFlow::new(Arc::clone(state)).on_request_headers(host, &mut SharedLedger(host), true)
 }
 
-fn state(extra: &str) -> Rc<FilterState> {
+fn state(extra: &str) -> Arc<FilterState> {
     let json = format!(
         r#"{{ {extra} "routes": [{{"name": "q", "match": {{"path_prefix": "/q"}}, "query_parameter": "api_key"}},
                                 {{"name": "health", "match": {{"path_prefix": "/healthz"}}, "exempt": true}}],

@@ -1,14 +1,15 @@
 //! keyward as a proxy-wasm HTTP filter: thin contexts over `keyward-engine`.
 //!
 //! Public: the host-agnostic glue another host (the Envoy dynamic module in `native/`) reuses:
-//! the request glue (`handler`), the host traits (`host`), the metrics, and the usage activity
-//! and reporter. The rest is private so rustc reports what nothing uses. Modules only the Wasm
+//! the request glue (`handler`), the host traits (`host`), the metrics, policy sync (`sync`:
+//! the poller and the follower), and the usage activity and reporter. The rest is private so rustc reports what nothing uses. Modules only the Wasm
 //! contexts use are compiled for wasm32 (and the tests) only: `cargo clippy --target
 //! wasm32-unknown-unknown` is the build that sees whether they are used.
 
 pub mod handler;
 pub mod host;
 pub mod metrics;
+pub mod sync;
 pub mod usage_activity;
 pub mod usage_reporter;
 
@@ -18,8 +19,6 @@ mod shared_record;
 mod header_map;
 #[cfg(any(target_arch = "wasm32", test))]
 mod panic_log;
-#[cfg(any(target_arch = "wasm32", test))]
-mod sync;
 
 #[cfg(test)]
 mod test_support;

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use keyward_engine::config::PluginConfig;
 use keyward_engine::metering::SpendCounter;
@@ -95,13 +95,13 @@ pub fn metrics() -> Metrics {
 }
 
 /// A filter's state from its plugin configuration; `reports_usage` as with a `sync` block.
-pub fn filter_state(config_json: &str, reports_usage: bool) -> Rc<FilterState> {
+pub fn filter_state(config_json: &str, reports_usage: bool) -> Arc<FilterState> {
     let config = PluginConfig::from_json(config_json.as_bytes()).expect("valid test configuration");
-    Rc::new(FilterState {
-        settings: Rc::new(config.settings),
-        policy: config.policy.map(Rc::new),
-        metrics: Rc::new(metrics()),
-        activity: reports_usage.then(|| Rc::new(RefCell::new(Activity::default()))),
+    Arc::new(FilterState {
+        settings: Arc::new(config.settings),
+        policy: config.policy.map(Arc::new),
+        metrics: Arc::new(metrics()),
+        activity: reports_usage.then(|| Arc::new(Mutex::new(Activity::default()))),
     })
 }
 

@@ -1,6 +1,8 @@
-//! `keyward render envoy`: a ready Envoy bootstrap with the keyward filter, the policy sync as a
-//! bootstrap singleton (same `vm_id`, so both share Envoy's shared data), the control-plane
-//! cluster and an upstream cluster. The output is JSON, which Envoy reads as YAML too.
+//! `keyward render envoy`: a ready Envoy bootstrap with the keyward filter, the control-plane
+//! cluster and an upstream cluster. The output is JSON, which Envoy reads as YAML too. Two builds
+//! of the filter: the Wasm build, with the policy sync as a bootstrap singleton (same `vm_id`, so
+//! both share Envoy's shared data), or the native build (an Envoy dynamic module), whose filter
+//! configuration syncs itself once per process.
 //!
 //! `keyward render istio`: a `WasmPlugin` (the filter, with a lease-mode policy sync, since Istio
 //! installs only HTTP filters) and a `ServiceEntry` for the control plane, as JSON documents
@@ -54,10 +56,25 @@ fn hardened_connection_manager(mut manager: Value) -> Value {
     manager
 }
 
+/// Which build of the filter Envoy runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// The proxy-wasm module, at this path as Envoy sees it.
+    Wasm(String),
+    /// The dynamic module `lib<name>.so`, which Envoy looks up in the directories of
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    Native(String),
+}
+
+/// The name under which the native build is installed (`libkeyward.so`) by default.
+pub const NATIVE_MODULE_NAME: &str = "keyward";
+const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
 pub struct EnvoyOptions {
     /// Sync in the chunked layout (large key counts, see docs/scale.md).
     pub chunked: bool,
-    pub wasm: String,
+    pub build: FilterBuild,
     pub control_plane: String,
     pub control_plane_tls: Tls,
     /// The control plane's public keys the filters trust (several while keys rotate).
@@ -194,15 +211,21 @@ fn add_credentials(sync: &mut Value, public_keys: &[PublicKey], token: Option<&s
     }
 }
 
-/// The `sync` block shared by the filter and the sync service.
+/// The `sync` block shared by the filter and the sync service. The native build has no sync
+/// service: the filter configurations of one Envoy process elect one poller among themselves
+/// (the lease, in process memory), so one poll and one usage report per Envoy.
 fn sync_block(options: &EnvoyOptions) -> Value {
+    let poller = match options.build {
+        FilterBuild::Wasm(_) => "sync_service",
+        FilterBuild::Native(_) => "lease",
+    };
     let mut sync = json!({
         "cluster": CONTROL_PLANE_CLUSTER,
         "authority": CONTROL_PLANE_AUTHORITY,
         "path": "/v1/snapshot",
         "interval_ms": options.interval_ms,
         "timeout_ms": options.timeout_ms,
-        "poller": "sync_service"
+        "poller": poller
     });
     add_credentials(
         &mut sync,
@@ -316,34 +339,51 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         }
     }
 
-    let filter = json!({
-        "name": "keyward",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
+    let (filter, bootstrap_extensions) = match &options.build {
+        FilterBuild::Wasm(wasm) => (
+            json!({
                 "name": "keyward",
-                "root_id": "keyward",
-                // Lets a pause in the request headers hold them back while a metered route's
-                // body is read (metering.hold_headers); Envoy 1.35+.
-                "allow_on_headers_stop_iteration": true,
-                "vm_config": vm_config(&options.wasm),
-                "configuration": {"@type": STRING_VALUE, "value": plugin_text}
-            }
-        }
-    });
-    let sync_service = json!({
-        "name": "envoy.bootstrap.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-            "singleton": true,
-            "config": {
-                "name": "keyward_sync",
-                "root_id": "keyward_sync",
-                "vm_config": vm_config(&options.wasm),
-                "configuration": string_value(&json!({"role": "sync_service", "sync": sync}))
-            }
-        }
-    });
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "keyward",
+                        "root_id": "keyward",
+                        // Lets a pause in the request headers hold them back while a metered
+                        // route's body is read (metering.hold_headers); Envoy 1.35+.
+                        "allow_on_headers_stop_iteration": true,
+                        "vm_config": vm_config(wasm),
+                        "configuration": {"@type": STRING_VALUE, "value": plugin_text}
+                    }
+                }
+            }),
+            vec![json!({
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": true,
+                    "config": {
+                        "name": "keyward_sync",
+                        "root_id": "keyward_sync",
+                        "vm_config": vm_config(wasm),
+                        "configuration": string_value(&json!({"role": "sync_service", "sync": sync}))
+                    }
+                }
+            })],
+        ),
+        // A dynamic module holds the headers while it reads the body without any option.
+        FilterBuild::Native(module) => (
+            json!({
+                "name": "keyward",
+                "typed_config": {
+                    "@type": DYNAMIC_MODULE_FILTER_TYPE,
+                    "dynamic_module_config": {"name": module},
+                    "filter_name": "keyward",
+                    "filter_config": {"@type": STRING_VALUE, "value": plugin_text}
+                }
+            }),
+            Vec::new(),
+        ),
+    };
     let parsed = keyward_engine::config::PluginConfig::from_json(plugin_text.as_bytes())
         .map_err(|e| Error::invalid("invalid_plugin_config", format!("--plugin-config: {e}")))?;
     let buffer_limit = parsed
@@ -353,7 +393,7 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         .saturating_add(BUFFER_HEADROOM);
     Ok(json!({
         "admin": {"address": admin.socket_address()},
-        "bootstrap_extensions": [sync_service],
+        "bootstrap_extensions": bootstrap_extensions,
         "static_resources": {
             "listeners": [{
                 "name": "keyward",
@@ -838,7 +878,7 @@ mod tests {
 
     fn options() -> EnvoyOptions {
         EnvoyOptions {
-            wasm: "/opt/keyward.wasm".into(),
+            build: FilterBuild::Wasm("/opt/keyward.wasm".into()),
             control_plane: "127.0.0.1:7070".into(),
             control_plane_tls: Tls::Plaintext,
             public_keys: vec![public_key()],
@@ -995,6 +1035,37 @@ mod tests {
         let resources = istio_resources(&istio_options()).unwrap();
         let text = serde_json::to_string(&resources).unwrap();
         assert!(!text.contains("secret_base64") && !text.contains("signing_keys"));
+    }
+
+    #[test]
+    fn the_native_build_is_a_dynamic_module_filter_that_syncs_itself() {
+        let mut native = options();
+        native.build = FilterBuild::Native(NATIVE_MODULE_NAME.into());
+        let bootstrap = envoy_bootstrap(&native).unwrap();
+        assert_eq!(
+            bootstrap["bootstrap_extensions"],
+            json!([]),
+            "no sync singleton"
+        );
+        let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let filter = &hcm["http_filters"][0];
+        assert_eq!(
+            filter["name"], "keyward",
+            "per-route switches find it by name"
+        );
+        assert_eq!(filter["typed_config"]["@type"], DYNAMIC_MODULE_FILTER_TYPE);
+        assert_eq!(
+            filter["typed_config"]["dynamic_module_config"]["name"],
+            "keyward"
+        );
+        let text = filter["typed_config"]["filter_config"]["value"]
+            .as_str()
+            .unwrap();
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        assert_eq!(config.role, Role::Filter);
+        assert_eq!(config.sync.unwrap().poller, Poller::Lease);
+        assert_eq!(hcm["normalize_path"], true, "the same hardening");
     }
 
     fn istio_options() -> IstioOptions {

@@ -89,3 +89,35 @@ def wasm_filter(wasm: Path, configuration: Union[str, dict, None], **plugin) -> 
         "name": "envoy.filters.http.wasm",
         "typed_config": {"@type": WASM_TYPE, "config": wasm_plugin(wasm, configuration, **plugin)},
     }
+
+
+# Envoy looks a dynamic module up as lib<name>.so in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE_MODULE_NAME = "keyward"
+DYNAMIC_MODULE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+
+
+def native_filter(configuration: Union[str, dict], filter_name: str = "keyward") -> dict:
+    """keyward's native build (an Envoy dynamic module) as an HTTP filter: the same plugin
+    configuration as the Wasm build. The Envoy process needs ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+    pointing at a directory with lib<NATIVE_MODULE_NAME>.so (`native_search_dir`)."""
+    value = configuration if isinstance(configuration, str) else json.dumps(configuration, separators=(",", ":"))
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {"name": NATIVE_MODULE_NAME},
+            "filter_name": filter_name,
+            "filter_config": {"@type": STRING_VALUE_TYPE, "value": value},
+        },
+    }
+
+
+def native_search_dir(workdir: Path, module: Path) -> Path:
+    """A directory holding lib<NATIVE_MODULE_NAME>.so -> module, for ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
+    directory = Path(workdir) / "dynamic-modules"
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / f"lib{NATIVE_MODULE_NAME}.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(module).resolve())
+    return directory

@@ -115,11 +115,27 @@ pub struct SyncArgs {
     chunked_sync: bool,
 }
 
+/// Which build of the filter `render envoy` configures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostBuild {
+    /// The proxy-wasm module (sandboxed, portable; any Envoy with V8).
+    Wasm,
+    /// The Envoy dynamic module (Linux; the .so must match the Envoy build).
+    Native,
+}
+
 #[derive(Args)]
 pub struct RenderEnvoyArgs {
-    /// Path of keyward.wasm as Envoy will see it.
+    /// Which build of the filter: wasm (needs --wasm) or native (an Envoy dynamic module that
+    /// Envoy finds as lib<--native-module>.so in ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+    #[arg(long, value_enum, default_value = "wasm")]
+    host: HostBuild,
+    /// Path of keyward.wasm as Envoy will see it (with --host wasm).
     #[arg(long)]
-    wasm: String,
+    wasm: Option<String>,
+    /// The dynamic module's name (with --host native): Envoy loads lib<NAME>.so.
+    #[arg(long, default_value = render::NATIVE_MODULE_NAME)]
+    native_module: String,
     /// Where `keyward serve` listens, as Envoy reaches it: HOST:PORT, or https://HOST:PORT.
     #[arg(long)]
     control_plane: String,
@@ -320,7 +336,9 @@ pub fn run(command: RenderCommand) -> Result<ExitCode, Error> {
 
 fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
     let RenderEnvoyArgs {
+        host,
         wasm,
+        native_module,
         control_plane,
         trust,
         listen,
@@ -370,8 +388,24 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
             eprintln!("{warning}");
         }
     }
+    let build = match (host, wasm) {
+        (HostBuild::Wasm, Some(wasm)) => render::FilterBuild::Wasm(wasm),
+        (HostBuild::Wasm, None) => {
+            return Err(Error::invalid(
+                "missing_wasm",
+                "--wasm PATH is needed with --host wasm (the default)",
+            ))
+        }
+        (HostBuild::Native, None) => render::FilterBuild::Native(native_module.clone()),
+        (HostBuild::Native, Some(_)) => {
+            return Err(Error::invalid(
+                "invalid_host",
+                "--wasm goes with --host wasm; the native build is found by --native-module",
+            ))
+        }
+    };
     let options = render::EnvoyOptions {
-        wasm,
+        build,
         control_plane,
         control_plane_tls: trust.control_plane_tls,
         public_keys: trust.public_keys,
@@ -394,6 +428,13 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         eprintln!(
             "note: this configuration carries the data-plane token (it reads snapshots and \
              reports usage, it cannot sign): keep it 0600 (--out writes it so)"
+        );
+    }
+    if host == HostBuild::Native {
+        eprintln!(
+            "note: start Envoy with ENVOY_DYNAMIC_MODULES_SEARCH_PATH set to the directory holding \
+             lib{native_module}.so (target/keyward.so, copied under that name); it must be built \
+             for this Envoy's version (docs/deploy-envoy.md)"
         );
     }
     Ok(())
