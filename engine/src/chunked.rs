@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::budget::PlanRecord;
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
 use crate::signed_snapshot::{SigningKey, SnapshotRejected};
-use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceRecord, ProjectRecord};
+use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceCatalog, PriceRecord, ProjectRecord};
 use crate::sync::SnapshotStamp;
 
 pub const MANIFEST_FORMAT: &str = "keyward.signed-manifest.v1";
@@ -69,6 +70,10 @@ pub struct Manifest {
     pub projects: Vec<ProjectRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prices: Vec<PriceRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_catalog: Option<PriceCatalog>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<PlanRecord>,
     /// Total number of keys over all chunks.
     pub keys: u64,
     pub chunks: Vec<ChunkRef>,
@@ -126,12 +131,13 @@ impl Manifest {
 
     /// A policy builder for this manifest's header, projects and prices.
     pub fn builder(&self) -> Result<PolicyBuilder, FieldError> {
-        PolicyBuilder::new(
+        PolicyBuilder::new_with_plans(
             self.version,
             self.issued_at,
             self.expires_at,
             self.projects.clone(),
             self.prices.clone(),
+            self.plans.clone(),
         )
     }
 }
@@ -259,6 +265,8 @@ pub fn split_snapshot(
             expires_at: snapshot.expires_at,
             projects: snapshot.projects,
             prices: snapshot.prices,
+            price_catalog: snapshot.price_catalog,
+            plans: snapshot.plans,
             keys: total,
             chunks: refs,
         },
@@ -481,6 +489,7 @@ mod tests {
             rate_limits: None,
             created_at: None,
             last_used_at: None,
+            limits: None,
         }
     }
 
@@ -496,9 +505,12 @@ mod tests {
                 spend_cap_microusd: None,
                 spent_microusd: 0,
                 spend_soft_cap_microusd: None,
+                limits: None,
             }],
             keys: (0..keys).map(record).collect(),
             prices: vec![],
+            price_catalog: None,
+            plans: vec![],
         }
     }
 
