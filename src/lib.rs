@@ -11,6 +11,7 @@ pub mod host;
 pub mod metrics;
 pub mod usage_activity;
 pub mod usage_reporter;
+pub mod window_reports;
 
 mod shared_record;
 

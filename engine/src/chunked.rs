@@ -72,7 +72,11 @@ pub struct Manifest {
     pub prices: Vec<PriceRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_catalog: Option<PriceCatalog>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::budget_json::read_plans"
+    )]
     pub plans: Vec<PlanRecord>,
     /// Total number of keys over all chunks.
     pub keys: u64,

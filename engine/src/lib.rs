@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod budget;
 pub mod budget_admission;
+mod budget_json;
 pub mod calendar;
 pub mod canonical;
 pub mod chunked;

@@ -40,7 +40,11 @@ pub struct ProjectRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend_soft_cap_microusd: Option<u64>,
     /// Budgets that reset, quotas, a plan (see `budget`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_limits"
+    )]
     pub limits: Option<LimitsRecord>,
 }
 
@@ -92,7 +96,11 @@ pub struct KeyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
     /// Budgets that reset, quotas, a plan (see `budget`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_limits"
+    )]
     pub limits: Option<LimitsRecord>,
 }
 
@@ -139,7 +147,11 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_catalog: Option<PriceCatalog>,
     /// Bundles of budgets, quotas, models and rate limits that keys and projects name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::budget_json::read_plans"
+    )]
     pub plans: Vec<PlanRecord>,
 }
 
