@@ -34,8 +34,10 @@ WASM_OPT     := $(TOOLS)/binaryen/node_modules/.bin/wasm-opt
 WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # A budget, not a target: ~370 KB before metering; the usage and request-body parsers, spend
 # counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
-# serde code for the configuration, snapshot and report types.
-WASM_MAX     := 800000
+# serde code for the configuration, snapshot and report types. Budgets that reset, quotas, plans
+# and limit headers (#15) took it from 722 KB to ~811 KB (their snapshot fields are read by a
+# hand reader, budget_json.rs, to keep serde's share down): the budget moved to 825 KB.
+WASM_MAX     := 825000
 DEMO_DIR     := $(TOOLS)/demo
 # The demo's ports (`make run DEMO_PORT=11000 ...`): Envoy listener and admin, demo upstream, keyward serve.
 DEMO_PORT               ?= 10000

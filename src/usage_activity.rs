@@ -192,7 +192,11 @@ mod tests {
         activity.record("k1", Some("p1"), &day, one, 400);
         activity.record("k1", Some("p1"), &day, one, 400);
         let entries = activity.into_entries();
-        assert_eq!(entries.len(), 3, "the windowed usage is an entry of its own");
+        assert_eq!(
+            entries.len(),
+            3,
+            "the windowed usage is an entry of its own"
+        );
         assert_eq!(entries[1].key_windows, ["2025-11-30"]);
         assert_eq!(entries[1].requests, 2);
         assert_eq!(entries[0].project.as_deref(), Some("p1"));

@@ -9,7 +9,9 @@ use crate::host::SharedData;
 use crate::test_support::{metrics, FakeHost};
 use crate::usage_activity::{flush, Activity, Usage};
 use keyward_engine::calendar::Window;
-use keyward_engine::window_counter::{window_counter_entry, CountedWindows, OwnerKind, WindowCounter};
+use keyward_engine::window_counter::{
+    window_counter_entry, CountedWindows, OwnerKind, WindowCounter,
+};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
 
@@ -163,7 +165,8 @@ fn window_counters_named_by_a_batch_are_marked_sent_and_acknowledged() {
         counter.spend.settle(0, 700);
         counter.requests.settle(0, 1);
         counter.tokens.settle(0, 15);
-        host.shared_set(&name, &counter.encode(), None).expect("set");
+        host.shared_set(&name, &counter.encode(), None)
+            .expect("set");
         names.push(name);
     }
     let mut activity = Activity::default();

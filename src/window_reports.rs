@@ -28,8 +28,16 @@ pub fn mark_windows_reported(
     totals: &mut Vec<WindowTotal>,
 ) -> Result<(), HostError> {
     let owners = [
-        (OwnerKind::Key, Some(entry.key_id.as_str()), &entry.key_windows),
-        (OwnerKind::Project, entry.project.as_deref(), &entry.project_windows),
+        (
+            OwnerKind::Key,
+            Some(entry.key_id.as_str()),
+            &entry.key_windows,
+        ),
+        (
+            OwnerKind::Project,
+            entry.project.as_deref(),
+            &entry.project_windows,
+        ),
     ];
     let tokens = entry.input_tokens.saturating_add(entry.output_tokens);
     for (owner, id, windows) in owners {

@@ -650,5 +650,5 @@ PRAGMA user_version = 1;
             row.get(0)
         })
         .unwrap();
-    assert_eq!(migrations, 4);
+    assert_eq!(migrations, 5);
 }

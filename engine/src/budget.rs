@@ -295,7 +295,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn compile(record: PlanRecord) -> Result<Plan, FieldError> {
+    pub fn compile(record: PlanRecord) -> Result<Plan, FieldError> {
         let limits = LimitTable::compile(&record.budgets, &record.quotas, true)?;
         if record
             .rate_limits
@@ -336,7 +336,7 @@ const MAX_USAGE_WINDOWS: usize = 32;
 
 impl OwnLimits {
     /// Validates an owner's `limits` (the plan reference is resolved by the caller).
-    pub(crate) fn compile(record: &LimitsRecord) -> Result<OwnLimits, FieldError> {
+    pub fn compile(record: &LimitsRecord) -> Result<OwnLimits, FieldError> {
         if let Some(offset) = record.utc_offset_minutes {
             if offset.abs() > MAX_OFFSET_MINUTES {
                 return Err(FieldError::new(

@@ -70,7 +70,11 @@ pub struct Manifest {
     pub projects: Vec<ProjectRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prices: Vec<PriceRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_price_catalog"
+    )]
     pub price_catalog: Option<PriceCatalog>,
     #[serde(
         default,

@@ -144,7 +144,11 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prices: Vec<PriceRecord>,
     /// Which price table this is: its version and date.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_price_catalog"
+    )]
     pub price_catalog: Option<PriceCatalog>,
     /// Bundles of budgets, quotas, models and rate limits that keys and projects name.
     #[serde(

@@ -38,14 +38,24 @@ pub const SQLITE: &[(&str, &str)] = &[
         "V4__snapshot_issue",
         include_str!("../../migrations/sqlite/V4__snapshot_issue.sql"),
     ),
+    (
+        "V6__budgets_plans_quotas",
+        include_str!("../../migrations/sqlite/V6__budgets_plans_quotas.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, in order: their own sequence (PostgreSQL support began with the
 /// schema SQLite reached at its migration 4).
-pub const POSTGRES: &[(&str, &str)] = &[(
-    "V1__initial",
-    include_str!("../../migrations/postgres/V1__initial.sql"),
-)];
+pub const POSTGRES: &[(&str, &str)] = &[
+    (
+        "V1__initial",
+        include_str!("../../migrations/postgres/V1__initial.sql"),
+    ),
+    (
+        "V3__budgets_plans_quotas",
+        include_str!("../../migrations/postgres/V3__budgets_plans_quotas.sql"),
+    ),
+];
 
 /// What a store written before versioned migrations already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

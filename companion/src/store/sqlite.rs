@@ -286,7 +286,8 @@ PRAGMA user_version = 1;
                 "initial",
                 "soft_caps_rate_limits_prices_usage",
                 "pending_spend",
-                "snapshot_issue"
+                "snapshot_issue",
+                "budgets_plans_quotas"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);
