@@ -4,11 +4,13 @@
 
 mod api;
 mod audit;
+mod budget_api;
 mod cli;
 mod client;
 mod error;
 mod explain;
 mod keygen;
+mod price_catalog;
 mod publish;
 mod render;
 mod secrets;

@@ -433,7 +433,9 @@ mod tests {
         let raw: Box<RawValue> = serde_json::from_str(json).expect("json");
         assert!(list(&raw, plan).ok() == Some(derived));
         let raw: Box<RawValue> = serde_json::from_str(r#"[{"label": "x"}]"#).expect("json");
-        let failure = list(&raw, plan).err().expect("fails");
+        let Err(failure) = list(&raw, plan) else {
+            panic!("an id is required")
+        };
         assert_eq!((failure.path.as_str(), failure.what), ("[0].id", "missing"));
     }
 }

@@ -2,6 +2,7 @@
 //! policy sync polls (no token: it carries hashes only and is signed), and the usage endpoint the
 //! data plane reports spend to (no token: each report is signed with the snapshot signing key).
 
+mod budgets;
 mod keys;
 mod observe;
 mod openapi;
@@ -11,6 +12,7 @@ mod routes;
 mod snapshot;
 mod tls;
 mod usage;
+mod webhooks;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use crate::units::now;
 use observe::Metrics;
 pub use routes::not_found;
 use snapshot::{ChunkedSlots, Published};
+pub use webhooks::WebhookTarget;
 
 /// How often the server records revocations whose rotation grace has ended.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,6 +50,8 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain: Duration,
+    /// Post budget alerts (soft cap and cap reached) to this webhook, signed.
+    pub webhook: Option<WebhookTarget>,
 }
 
 pub struct TlsFiles {
@@ -155,6 +160,9 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             draining: AtomicBool::new(false),
         });
         tokio::spawn(sweep_rotations(Arc::clone(&state)));
+        if let Some(target) = options.webhook {
+            tokio::spawn(webhooks::deliver_alerts(Arc::clone(&state), target));
+        }
         if options.spend_publish_ms > 0 {
             tokio::spawn(publish_spend(
                 Arc::clone(&state),

@@ -45,7 +45,11 @@ fn windowed(key: &str, windows: &[&str], cost: u64) -> UsageReport {
     let mut entry = entry(key, Some("proj_a"), cost, noon());
     entry.key_windows = windows.iter().map(|w| (*w).to_owned()).collect();
     entry.project_windows = vec!["2026-11".into()];
-    UsageReport::new("envoy-1", &format!("b-{cost}-{}", windows.len()), vec![entry])
+    UsageReport::new(
+        "envoy-1",
+        &format!("b-{cost}-{}", windows.len()),
+        vec![entry],
+    )
 }
 
 #[test]
@@ -76,7 +80,12 @@ fn a_plan_change_reaches_every_key_on_it_in_one_version() {
     for key in &keys {
         let compiled = policy.key_by_id(key).unwrap();
         assert_eq!(
-            policy.plan_at(compiled.plan).unwrap().limits.get(Period::Day).requests,
+            policy
+                .plan_at(compiled.plan)
+                .unwrap()
+                .limits
+                .get(Period::Day)
+                .requests,
             Some(100)
         );
         assert_eq!(compiled.utc_offset_minutes, 60);
@@ -106,7 +115,11 @@ fn a_plan_change_reaches_every_key_on_it_in_one_version() {
     let error = store
         .set_limits("ops", 6, &BudgetOwner::Project("proj_a".into()), &bad)
         .unwrap_err();
-    assert!(error.message.contains("soft_cap_microusd"), "{}", error.message);
+    assert!(
+        error.message.contains("soft_cap_microusd"),
+        "{}",
+        error.message
+    );
     let event = store.audit_events(Some(1)).unwrap().remove(0);
     assert_eq!(event.action, "plan.set");
 }
@@ -120,7 +133,10 @@ fn reported_windows_fill_up_pending_then_published_and_reach_the_snapshot() {
         .set_limits("ops", 1, &owner, &day_budget(10_000_000, None))
         .unwrap();
     let report = windowed(&key, &["2026-11-30"], 700);
-    let ack = store.apply_usage_report(&report, noon(), false).unwrap().ack;
+    let ack = store
+        .apply_usage_report(&report, noon(), false)
+        .unwrap()
+        .ack;
     assert_eq!(
         store.snapshot(noon()).unwrap().keys[0]
             .limits
@@ -138,7 +154,10 @@ fn reported_windows_fill_up_pending_then_published_and_reach_the_snapshot() {
     assert_eq!(usage["2026-11-30"].requests, 2);
     assert_eq!(usage["2026-11-30"].tokens, 150);
     let project = snapshot.projects[0].limits.as_ref().unwrap();
-    assert_eq!(project.usage["2026-11"].microusd, 700, "the project's month");
+    assert_eq!(
+        project.usage["2026-11"].microusd, 700,
+        "the project's month"
+    );
     // A window long over is history, not snapshot content.
     let next_week = noon() + 7 * 86_400;
     assert!(store.snapshot(next_week).unwrap().keys[0]
@@ -153,7 +172,10 @@ fn reported_windows_fill_up_pending_then_published_and_reach_the_snapshot() {
     // Garbage window ids are skipped with a warning, never fatal.
     let bad = windowed(&key, &["yesterday"], 5);
     let applied = store.apply_usage_report(&bad, noon(), true).unwrap();
-    assert!(applied.warnings[0].contains("not a window id"), "{applied:?}");
+    assert!(
+        applied.warnings[0].contains("not a window id"),
+        "{applied:?}"
+    );
 }
 
 #[test]
@@ -175,9 +197,15 @@ fn adjustments_and_resets_are_audited_on_keys_and_projects() {
     let change = store
         .adjust_usage("alice", noon(), &owner, &day, delta, "refund #42")
         .unwrap();
-    assert_eq!((change.before.spent_microusd, change.after.spent_microusd), (900, 500));
+    assert_eq!(
+        (change.before.spent_microusd, change.after.spent_microusd),
+        (900, 500)
+    );
     let event = store.audit_events(Some(1)).unwrap().remove(0);
-    assert_eq!((event.actor.as_str(), event.action.as_str()), ("alice", "spend.adjust"));
+    assert_eq!(
+        (event.actor.as_str(), event.action.as_str()),
+        ("alice", "spend.adjust")
+    );
     assert_eq!(event.details["reason"], "refund #42");
     assert_eq!(event.details["window"], "2026-11-30");
     let snapshot = store.snapshot(noon()).unwrap();
@@ -216,7 +244,10 @@ fn adjustments_and_resets_are_audited_on_keys_and_projects() {
         .unwrap();
     assert_eq!(reset.before.spent_microusd, 900);
     assert_eq!((reset.after.spent_microusd, reset.after.requests), (0, 0));
-    assert_eq!(store.audit_events(Some(1)).unwrap()[0].action, "spend.reset");
+    assert_eq!(
+        store.audit_events(Some(1)).unwrap()[0].action,
+        "spend.reset"
+    );
     assert!(WindowTarget::parse("fortnight").is_err());
 }
 
@@ -265,7 +296,9 @@ fn increases_raise_only_what_is_limited_and_end_by_themselves() {
         expires_at: noon(),
         ..increase
     };
-    assert!(store.raise_limit("alice", noon(), &owner, past, "x").is_err());
+    assert!(store
+        .raise_limit("alice", noon(), &owner, past, "x")
+        .is_err());
     // Once over, it is history: not in the snapshot any more, still listed.
     let later = store.snapshot(noon() + 7200).unwrap();
     assert!(later.keys[0].limits.as_ref().unwrap().increases.is_empty());
@@ -285,8 +318,14 @@ fn alerts_come_once_per_window_and_level() {
         .unwrap();
     let alerts = store.alerts(10).unwrap();
     assert_eq!(alerts.len(), 1);
-    assert_eq!((alerts[0].level.as_str(), alerts[0].window.as_str()), ("soft_cap", "2026-11-30"));
-    assert!(alerts[0].payload["text"].as_str().unwrap().contains("soft cap"));
+    assert_eq!(
+        (alerts[0].level.as_str(), alerts[0].window.as_str()),
+        ("soft_cap", "2026-11-30")
+    );
+    assert!(alerts[0].payload["text"]
+        .as_str()
+        .unwrap()
+        .contains("soft cap"));
     // More spend past the soft cap: no second soft-cap alert; the cap adds one.
     store
         .apply_usage_report(&windowed(&key, &["2026-11-30"], 100), noon(), true)
@@ -295,7 +334,12 @@ fn alerts_come_once_per_window_and_level() {
     store
         .apply_usage_report(&windowed(&key, &["2026-11-30"], 400), noon(), true)
         .unwrap();
-    let levels: Vec<String> = store.alerts(10).unwrap().into_iter().map(|a| a.level).collect();
+    let levels: Vec<String> = store
+        .alerts(10)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.level)
+        .collect();
     assert_eq!(levels.len(), 2);
     assert!(levels.contains(&"cap".to_owned()));
     // The next day has its own alerts.
@@ -309,7 +353,9 @@ fn alerts_come_once_per_window_and_level() {
     store
         .alert_attempted(&due[0], noon() + 86_400, Some("503"))
         .unwrap();
-    store.alert_attempted(&due[1], noon() + 86_400, None).unwrap();
+    store
+        .alert_attempted(&due[1], noon() + 86_400, None)
+        .unwrap();
     let due = store.alerts_due(noon() + 86_400, 10).unwrap();
     assert_eq!(due.len(), 1, "one delivered, one backing off");
     assert_eq!(store.alerts_due(noon() + 86_402, 10).unwrap().len(), 2);
@@ -324,7 +370,10 @@ fn a_price_import_is_one_dated_version() {
         .import_prices(
             "a",
             2,
-            &[price("gpt-4o", 2_500_000, 10_000_000), price("old-model", 1, 2)],
+            &[
+                price("gpt-4o", 2_500_000, 10_000_000),
+                price("old-model", 1, 2),
+            ],
             "litellm",
             "2026-11-01",
             true,
@@ -339,7 +388,14 @@ fn a_price_import_is_one_dated_version() {
     assert_eq!(catalog.as_of.as_deref(), Some("2026-11-01"));
     assert_eq!(catalog.version, 2, "the manual price was version 1");
     let replaced = store
-        .import_prices("a", 3, &[price("gpt-4o", 1, 1)], "litellm", "2026-11-02", true)
+        .import_prices(
+            "a",
+            3,
+            &[price("gpt-4o", 1, 1)],
+            "litellm",
+            "2026-11-02",
+            true,
+        )
         .unwrap();
     assert_eq!((replaced.changed, replaced.removed), (1, 1));
     assert!(store

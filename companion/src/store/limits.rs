@@ -246,11 +246,17 @@ pub(super) fn running_increases(
 }
 
 /// The owner's lifetime cap and soft cap.
-pub(super) fn lifetime_caps(sql: &mut dyn Sql, owner: &BudgetOwner) -> Result<(Option<u64>, Option<u64>), Error> {
+pub(super) fn lifetime_caps(
+    sql: &mut dyn Sql,
+    owner: &BudgetOwner,
+) -> Result<(Option<u64>, Option<u64>), Error> {
     match owner {
         BudgetOwner::Key(id) => {
             let row = find_key(sql, id)?.ok_or_else(|| owner_not_found(owner))?;
-            Ok((row.view.spend_cap_microusd, row.view.spend_soft_cap_microusd))
+            Ok((
+                row.view.spend_cap_microusd,
+                row.view.spend_soft_cap_microusd,
+            ))
         }
         BudgetOwner::Project(id) => {
             let project = find_project(sql, id)?.ok_or_else(|| owner_not_found(owner))?;
@@ -438,7 +444,9 @@ impl Store {
             if users > 0 {
                 return Err(Error::conflict(
                     "plan_in_use",
-                    format!("The plan {id:?} is named by {users} keys or projects; move them first."),
+                    format!(
+                        "The plan {id:?} is named by {users} keys or projects; move them first."
+                    ),
                 ));
             }
             change

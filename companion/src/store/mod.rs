@@ -34,12 +34,12 @@ use std::path::Path;
 
 pub use alerts::AlertView;
 pub use limits::{BudgetOwner, Increase, IncreaseView, LimitsSettings};
-pub use prices::PriceImport;
-pub use windows::{UsageChange, UsageDelta, WindowTarget, WindowUsageView};
 pub use model::{
     AuditEvent, KeySettings, KeyUpdate, KeyView, NewKey, Owner, PriceView, ProjectUpdate,
     ProjectView, StatusChange, UsageBatchView,
 };
+pub use prices::PriceImport;
+pub use windows::{UsageChange, UsageDelta, WindowTarget, WindowUsageView};
 
 use crate::error::Error;
 use postgresql::PostgresBackend;

@@ -9,13 +9,13 @@ use serde_json::json;
 use super::change::current_version;
 use super::keys::{find_key, key_of, key_status_str, rpm_of, tpm_of, KEY_COLUMNS};
 use super::limits::{all_plans, all_stored_limits, running_increases, BudgetOwner, LimitsSettings};
-use super::prices::price_catalog;
-use super::windows::snapshot_usage;
 use super::model::PriceView;
+use super::prices::price_catalog;
 use super::prices::{all_prices, find_price, write_price};
 use super::projects::{all_projects, find_project, project_status_str};
 use super::sql::{args, Sql, Value};
 use super::validate::validate_text;
+use super::windows::snapshot_usage;
 use super::Store;
 use crate::error::Error;
 
@@ -156,6 +156,12 @@ impl Store {
             )
         })?;
         self.change(actor, now, |change| {
+            for plan in &snapshot.plans {
+                change.sql.execute(
+                    "INSERT INTO plans (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    args![&plan.id, Value::json(plan)?, Value::uint(now)?],
+                )?;
+            }
             for project in &snapshot.projects {
                 if find_project(change.sql, &project.id)?.is_some() {
                     return Err(Error::conflict(
@@ -225,6 +231,37 @@ impl Store {
                         tpm_of(key.rate_limits.as_ref())?
                     ],
                 )?;
+            }
+            // Own limits travel; window figures and increases are the data plane's history.
+            let owners = snapshot
+                .projects
+                .iter()
+                .map(|p| (BudgetOwner::Project(p.id.clone()), &p.limits))
+                .chain(
+                    snapshot
+                        .keys
+                        .iter()
+                        .map(|k| (BudgetOwner::Key(k.id.clone()), &k.limits)),
+                );
+            for (owner, limits) in owners {
+                let Some(limits) = limits else { continue };
+                let own = LimitsSettings {
+                    plan: limits.plan.clone(),
+                    utc_offset_minutes: limits.utc_offset_minutes,
+                    budgets: limits.budgets.clone(),
+                    quotas: limits.quotas.clone(),
+                };
+                if own != LimitsSettings::default() {
+                    let table = if owner.kind() == "key" {
+                        "keys"
+                    } else {
+                        "projects"
+                    };
+                    change.sql.execute(
+                        &format!("UPDATE {table} SET limits = ?2 WHERE id = ?1"),
+                        args![owner.id(), Value::json(&own)?],
+                    )?;
+                }
             }
             for price in &snapshot.prices {
                 if find_price(change.sql, &price.model)?.is_some() {

@@ -10,12 +10,12 @@ use keyward_engine::calendar::Window;
 
 use super::alerts::check_alerts;
 use super::change::{bump_version, current_version, record_event};
-use super::limits::BudgetOwner;
-use super::windows::{credit_window, windows_pending, WindowCharge};
 use super::keys::find_key;
+use super::limits::BudgetOwner;
 use super::model::{UsageApplied, UsageBatchView};
 use super::projects::find_project;
 use super::sql::{args, Dialect, Row, Sql, Value};
+use super::windows::{credit_window, windows_pending, WindowCharge};
 use super::Store;
 use crate::error::Error;
 
@@ -130,9 +130,12 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
             tokens,
         };
         let key_owner = BudgetOwner::Key(key.view.id.clone());
-        tally
-            .windows
-            .extend(entry.key_windows.iter().map(|window| charge(&key_owner, window)));
+        tally.windows.extend(
+            entry
+                .key_windows
+                .iter()
+                .map(|window| charge(&key_owner, window)),
+        );
         let Some(project_id) = &entry.project else {
             continue;
         };
@@ -199,7 +202,12 @@ fn credit_windows(
         .keys
         .keys()
         .map(|id| BudgetOwner::Key(id.clone()))
-        .chain(tally.projects.keys().map(|id| BudgetOwner::Project(id.clone())));
+        .chain(
+            tally
+                .projects
+                .keys()
+                .map(|id| BudgetOwner::Project(id.clone())),
+        );
     for owner in owners {
         touched.push((owner, None));
     }

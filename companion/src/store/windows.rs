@@ -178,7 +178,9 @@ pub(super) fn snapshot_usage(
          FROM window_usage WHERE ends_at > ?1 \
          AND (spent_microusd > 0 OR requests > 0 OR tokens > 0) \
          ORDER BY owner_kind, owner_id, window_id",
-        args![Value::saturating(issued_at.saturating_sub(CLOCK_SLACK_SECONDS))],
+        args![Value::saturating(
+            issued_at.saturating_sub(CLOCK_SLACK_SECONDS)
+        )],
     )?;
     let mut usage: HashMap<BudgetOwner, BTreeMap<String, WindowUsage>> = HashMap::new();
     for row in rows {
@@ -231,16 +233,17 @@ pub(super) fn window_figures(
 }
 
 /// The lifetime figure of an owner (published plus pending), as a window view.
-pub(super) fn total_figures(sql: &mut dyn Sql, owner: &BudgetOwner) -> Result<WindowUsageView, Error> {
+pub(super) fn total_figures(
+    sql: &mut dyn Sql,
+    owner: &BudgetOwner,
+) -> Result<WindowUsageView, Error> {
     let table = match owner {
         BudgetOwner::Key(_) => "keys",
         BudgetOwner::Project(_) => "projects",
     };
     let spent = sql
         .query_opt(
-            &format!(
-                "SELECT spent_microusd + pending_spend_microusd FROM {table} WHERE id = ?1"
-            ),
+            &format!("SELECT spent_microusd + pending_spend_microusd FROM {table} WHERE id = ?1"),
             args![owner.id()],
         )?
         .map(|row| row.columns().uint())
@@ -302,11 +305,19 @@ impl Store {
                 "name an amount to adjust by (--by USD, --requests or --tokens)",
             ));
         }
-        self.change_usage(actor, now, owner, target, reason, "spend.adjust", |figures| {
-            figures.spent_microusd = shifted(figures.spent_microusd, delta.microusd);
-            figures.requests = shifted(figures.requests, delta.requests);
-            figures.tokens = shifted(figures.tokens, delta.tokens);
-        })
+        self.change_usage(
+            actor,
+            now,
+            owner,
+            target,
+            reason,
+            "spend.adjust",
+            |figures| {
+                figures.spent_microusd = shifted(figures.spent_microusd, delta.microusd);
+                figures.requests = shifted(figures.requests, delta.requests);
+                figures.tokens = shifted(figures.tokens, delta.tokens);
+            },
+        )
     }
 
     /// Sets a window's (or the lifetime) figures to zero: one audited version.
@@ -319,11 +330,19 @@ impl Store {
         reason: &str,
     ) -> Result<UsageChange, Error> {
         validate_reason(reason)?;
-        self.change_usage(actor, now, owner, target, reason, "spend.reset", |figures| {
-            figures.spent_microusd = 0;
-            figures.requests = 0;
-            figures.tokens = 0;
-        })
+        self.change_usage(
+            actor,
+            now,
+            owner,
+            target,
+            reason,
+            "spend.reset",
+            |figures| {
+                figures.spent_microusd = 0;
+                figures.requests = 0;
+                figures.tokens = 0;
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
