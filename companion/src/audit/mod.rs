@@ -7,6 +7,7 @@
 //! printed here is a hash or a secret.
 
 mod decision;
+mod prices;
 mod print;
 mod report;
 mod source;
