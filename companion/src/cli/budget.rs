@@ -363,7 +363,7 @@ fn describe_budget(budget: &BudgetRecord) -> String {
         .unwrap_or_default();
     let cap = budget
         .cap_microusd
-        .map_or_else(|| "no cap".to_owned(), |cap| dollars(cap));
+        .map_or_else(|| "no cap".to_owned(), dollars);
     format!("{} {cap}{soft}", budget.period.as_str())
 }
 
