@@ -16,6 +16,8 @@ use crate::units::format_usd;
 
 /// Delivery attempts before an alert is given up on (the row stays, undelivered).
 const MAX_ATTEMPTS: u64 = 20;
+/// How long a replica's claim on an alert it is posting lasts.
+const CLAIM_SECONDS: u64 = 60;
 
 /// An alert as recorded, with its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -133,10 +135,12 @@ impl Store {
         })
     }
 
-    /// Alerts due for a delivery attempt at `now`, oldest first.
+    /// Claims the alerts due for a delivery attempt at `now`, oldest first: they are not due
+    /// again for `CLAIM_SECONDS`, so another replica polling meanwhile does not post them too.
+    /// A replica that stops mid-post leaves its claim to expire; another one then retries.
     pub fn alerts_due(&mut self, now: u64, limit: u64) -> Result<Vec<AlertView>, Error> {
-        self.read(|sql| {
-            sql.query_map(
+        self.write(|sql| {
+            let due = sql.query_map(
                 &format!(
                     "SELECT {ALERT_COLUMNS} FROM budget_alerts WHERE delivered_at IS NULL \
                      AND next_try_at <= ?1 AND attempts < ?2 ORDER BY created_at LIMIT ?3"
@@ -147,7 +151,21 @@ impl Store {
                     Value::saturating(limit)
                 ],
                 alert_of,
-            )
+            )?;
+            for alert in &due {
+                sql.execute(
+                    "UPDATE budget_alerts SET next_try_at = ?5 WHERE owner_kind = ?1 \
+                     AND owner_id = ?2 AND window_id = ?3 AND level = ?4",
+                    args![
+                        alert.owner.kind(),
+                        alert.owner.id(),
+                        &alert.window,
+                        &alert.level,
+                        Value::saturating(now.saturating_add(CLAIM_SECONDS))
+                    ],
+                )?;
+            }
+            Ok(due)
         })
     }
 

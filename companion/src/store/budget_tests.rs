@@ -357,8 +357,18 @@ fn alerts_come_once_per_window_and_level() {
         .alert_attempted(&due[1], noon() + 86_400, None)
         .unwrap();
     let due = store.alerts_due(noon() + 86_400, 10).unwrap();
-    assert_eq!(due.len(), 1, "one delivered, one backing off");
-    assert_eq!(store.alerts_due(noon() + 86_402, 10).unwrap().len(), 2);
+    assert_eq!(
+        due.len(),
+        0,
+        "the third is claimed (being posted), one delivered, one backing off"
+    );
+    let due = store.alerts_due(noon() + 86_402, 10).unwrap();
+    assert_eq!(due.len(), 1, "the failed one, retried after its pause");
+    assert_eq!(
+        store.alerts_due(noon() + 86_400 + 61, 10).unwrap().len(),
+        1,
+        "an expired claim"
+    );
 }
 
 #[test]
