@@ -16,6 +16,7 @@ use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::SnapshotStamp;
 use keyward_engine::trace::NoTrace;
 use keyward_engine::watch::Watch;
+use keyward_engine::window_counter::WindowCounter;
 
 use crate::host::{Host, HostError, LogLevel, SharedData};
 use crate::metrics::Metrics;
@@ -117,6 +118,16 @@ impl<H: SharedData> Ledger for SharedLedger<'_, H> {
     ) -> Result<(), LedgerError> {
         Ok(update(self.0, entry, |state: &mut RateState| {
             (change(state), ())
+        })?)
+    }
+
+    fn update_window(
+        &mut self,
+        entry: &str,
+        change: &mut dyn FnMut(&mut WindowCounter) -> bool,
+    ) -> Result<(), LedgerError> {
+        Ok(update(self.0, entry, |counter: &mut WindowCounter| {
+            (change(counter), ())
         })?)
     }
 }
@@ -422,7 +433,13 @@ fn report(host: &impl Host, state: &FilterState, effects: &Effects<'_>) {
         0 => host.now_unix_seconds().unwrap_or(0),
         seconds => seconds,
     };
-    activity.record(record.key_id, record.project, record.usage, now_s);
+    activity.record(
+        record.key_id,
+        record.project,
+        &record.windows,
+        record.usage,
+        now_s,
+    );
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod sync;
 pub mod usage_activity;
 pub mod usage_reporter;
+pub mod window_reports;
 
 mod shared_record;
 

@@ -30,6 +30,15 @@ impl Record for keyward_engine::rate_limit::RateState {
     }
 }
 
+impl Record for keyward_engine::window_counter::WindowCounter {
+    fn encode(&self) -> Vec<u8> {
+        keyward_engine::window_counter::WindowCounter::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        keyward_engine::window_counter::WindowCounter::decode(bytes)
+    }
+}
+
 /// Reads the record (default when missing; an unreadable record is an error, never zero).
 pub fn read<R: Record>(host: &impl SharedData, entry: &str) -> Result<R, HostError> {
     match host.shared_get(entry)? {

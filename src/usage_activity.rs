@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use keyward_engine::usage_report::UsageEntry;
+use keyward_engine::window_counter::{CountedWindows, OwnerKind};
 
 use crate::host::{LogLevel, SharedData, Telemetry};
 use crate::shared_record::{update, Record};
@@ -14,10 +15,23 @@ pub const PENDING_ENTRY: &str = "keyward/usage/pending";
 /// reporter has drained it (so the record, copied on every read, stays small).
 const MAX_PENDING_ENTRIES: usize = 20_000;
 
-/// Usage not yet handed to the reporter, keyed by (key id, project charged).
+/// Which entry usage goes into: the key, the project charged, and the windows counted (usage
+/// of different windows must reach the control plane apart, to be added to each its own).
+type EntryKey = (String, Option<String>, Vec<String>, Vec<String>);
+
+fn entry_key(entry: &UsageEntry) -> EntryKey {
+    (
+        entry.key_id.clone(),
+        entry.project.clone(),
+        entry.key_windows.clone(),
+        entry.project_windows.clone(),
+    )
+}
+
+/// Usage not yet handed to the reporter, keyed by (key id, project charged, windows).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Activity {
-    entries: HashMap<(String, Option<String>), UsageEntry>,
+    entries: HashMap<EntryKey, UsageEntry>,
     /// Unix seconds at the VM's last tick: last-use times need no clock read per request.
     clock_s: u64,
 }
@@ -39,10 +53,24 @@ impl Activity {
         self.entries.len()
     }
 
-    pub fn record(&mut self, key_id: &str, project: Option<&str>, usage: Usage, now_s: u64) {
+    pub fn record(
+        &mut self,
+        key_id: &str,
+        project: Option<&str>,
+        windows: &CountedWindows,
+        usage: Usage,
+        now_s: u64,
+    ) {
+        let key_windows = windows.ids(OwnerKind::Key);
+        let project_windows = windows.ids(OwnerKind::Project);
         let entry = self
             .entries
-            .entry((key_id.to_owned(), project.map(str::to_owned)))
+            .entry((
+                key_id.to_owned(),
+                project.map(str::to_owned),
+                key_windows.clone(),
+                project_windows.clone(),
+            ))
             .or_insert_with(|| UsageEntry {
                 key_id: key_id.to_owned(),
                 project: project.map(str::to_owned),
@@ -51,6 +79,8 @@ impl Activity {
                 input_tokens: 0,
                 output_tokens: 0,
                 last_used_at: None,
+                key_windows,
+                project_windows,
             });
         entry.cost_microusd = entry.cost_microusd.saturating_add(usage.cost_microusd);
         entry.requests = entry.requests.saturating_add(usage.requests);
@@ -63,7 +93,7 @@ impl Activity {
 
     fn merge(&mut self, other: Vec<UsageEntry>) {
         for entry in other {
-            let key = (entry.key_id.clone(), entry.project.clone());
+            let key = entry_key(&entry);
             match self.entries.get_mut(&key) {
                 Some(mine) => {
                     mine.cost_microusd = mine.cost_microusd.saturating_add(entry.cost_microusd);
@@ -81,7 +111,7 @@ impl Activity {
 
     pub fn into_entries(self) -> Vec<UsageEntry> {
         let mut entries: Vec<UsageEntry> = self.entries.into_values().collect();
-        entries.sort_by(|a, b| (&a.key_id, &a.project).cmp(&(&b.key_id, &b.project)));
+        entries.sort_by_key(entry_key);
         entries
     }
 }
@@ -150,12 +180,25 @@ mod tests {
             input_tokens: 3,
             output_tokens: 4,
         };
-        activity.record("k1", Some("p1"), one, 100);
-        activity.record("k1", Some("p1"), one, 200);
-        activity.record("k1", Some("p2"), one, 150);
-        activity.record("k1", Some("p1"), Usage::default(), 300);
+        let none = CountedWindows::default();
+        activity.record("k1", Some("p1"), &none, one, 100);
+        activity.record("k1", Some("p1"), &none, one, 200);
+        activity.record("k1", Some("p2"), &none, one, 150);
+        activity.record("k1", Some("p1"), &none, Usage::default(), 300);
+        let day = CountedWindows {
+            key: [Some(20_422), None, None],
+            project: [None; 3],
+        };
+        activity.record("k1", Some("p1"), &day, one, 400);
+        activity.record("k1", Some("p1"), &day, one, 400);
         let entries = activity.into_entries();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries.len(),
+            3,
+            "the windowed usage is an entry of its own"
+        );
+        assert_eq!(entries[1].key_windows, ["2025-11-30"]);
+        assert_eq!(entries[1].requests, 2);
         assert_eq!(entries[0].project.as_deref(), Some("p1"));
         assert_eq!(entries[0].cost_microusd, 20);
         assert_eq!(entries[0].requests, 2);

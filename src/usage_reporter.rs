@@ -14,6 +14,7 @@ use crate::host::{header_text, HostError, LogLevel, SetOutcome, SyncHost};
 use crate::metrics::Metrics;
 use crate::shared_record::{read, update, Record};
 use crate::usage_activity::{PendingUsage, PENDING_ENTRY};
+use crate::window_reports::{acknowledge_windows, mark_windows_reported, WindowTotal};
 
 pub const INFLIGHT_ENTRY: &str = "keyward/usage/inflight";
 pub const SEQUENCE_ENTRY: &str = "keyward/usage/sequence";
@@ -26,6 +27,9 @@ pub struct InflightBatch {
     pub body: String,
     pub key_totals: Vec<(String, u64)>,
     pub project_totals: Vec<(String, u64)>,
+    /// The budget and quota window counters the batch names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window_totals: Vec<WindowTotal>,
 }
 
 impl Record for Option<InflightBatch> {
@@ -166,7 +170,9 @@ impl UsageReporter {
         let batch_id = format!("{}-{}", sequence.0, sequence.1);
         let mut key_totals: Vec<(String, u64)> = Vec::new();
         let mut project_totals: Vec<(String, u64)> = Vec::new();
+        let mut window_totals = Vec::new();
         for entry in &entries {
+            mark_windows_reported(host, entry, &mut window_totals)?;
             let total = update(
                 host,
                 &key_counter_entry(&entry.key_id),
@@ -189,6 +195,7 @@ impl UsageReporter {
             body,
             key_totals,
             project_totals,
+            window_totals,
         };
         update(host, INFLIGHT_ENTRY, |slot: &mut Option<InflightBatch>| {
             *slot = Some(batch.clone());
@@ -296,6 +303,7 @@ impl UsageReporter {
                 },
             )?;
         }
+        acknowledge_windows(host, &batch.window_totals, ack.version)?;
         // Only this batch is cleared; a CAS miss means another holder already did it.
         let _ = host.shared_set(INFLIGHT_ENTRY, b"", Some(cas))? == SetOutcome::Written;
         if ack.duplicate {

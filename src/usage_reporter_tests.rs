@@ -7,6 +7,10 @@ use super::*;
 use crate::host::SharedData;
 use crate::test_support::{metrics, FakeHost};
 use crate::usage_activity::{flush, Activity, Usage};
+use keyward_engine::calendar::Window;
+use keyward_engine::window_counter::{
+    window_counter_entry, CountedWindows, OwnerKind, WindowCounter,
+};
 
 const TOKEN: &str = "kwdp_test_token_0123456789";
 
@@ -35,6 +39,7 @@ fn spend(host: &FakeHost, cost: u64) {
     activity.record(
         "k1",
         Some("p1"),
+        &CountedWindows::default(),
         Usage {
             cost_microusd: cost,
             requests: 1,
@@ -131,4 +136,73 @@ fn nothing_is_sent_without_usage() {
     let mut reporter = reporter();
     reporter.on_tick(&host, &metrics).expect("tick");
     assert!(host.posts().is_empty());
+}
+
+#[test]
+fn window_counters_named_by_a_batch_are_marked_sent_and_acknowledged() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut reporter = reporter();
+    let day = Window::parse("2026-11-30").expect("day");
+    let month = Window::parse("2026-11").expect("month");
+    // The request was counted on the key's day and the project's month.
+    let mut names = Vec::new();
+    for (owner, id, window) in [
+        (OwnerKind::Key, "k1", day),
+        (OwnerKind::Project, "p1", month),
+    ] {
+        let name = window_counter_entry(owner, id, window);
+        let mut counter = WindowCounter::default();
+        counter.roll_to(window.index);
+        counter.spend.settle(0, 700);
+        counter.requests.settle(0, 1);
+        counter.tokens.settle(0, 15);
+        host.shared_set(&name, &counter.encode(), None)
+            .expect("set");
+        names.push(name);
+    }
+    let mut activity = Activity::default();
+    let counted = CountedWindows {
+        key: [Some(day.index), None, None],
+        project: [None, None, Some(month.index)],
+    };
+    let usage = Usage {
+        cost_microusd: 700,
+        requests: 1,
+        input_tokens: 10,
+        output_tokens: 5,
+    };
+    activity.record("k1", Some("p1"), &counted, usage, 1_800_000_000);
+    flush(&host, &mut activity);
+    reporter.on_tick(&host, &metrics).expect("tick");
+    let (_, body) = host.posts()[0].clone();
+    let report: keyward_engine::usage_report::UsageReport =
+        serde_json::from_slice(&body).expect("json");
+    assert_eq!(report.entries[0].key_windows, ["2026-11-30"]);
+    assert_eq!(report.entries[0].project_windows, ["2026-11"]);
+    let read = |name: &str| {
+        let (bytes, _) = host.shared_get(name).expect("get").expect("present");
+        WindowCounter::decode(&bytes).expect("counter")
+    };
+    assert_eq!(read(&names[0]).spend.reported, 700);
+    assert_eq!(read(&names[1]).tokens.reported, 15);
+    host.answer(
+        "200",
+        &[],
+        &format!(r#"{{"batch_id":"{}","version":12}}"#, report.batch_id),
+    );
+    reporter.on_response(&host, &metrics, 1, 0);
+    for name in &names {
+        let counter = read(name);
+        assert_eq!(
+            (
+                counter.spend.committed(12),
+                counter.requests.committed(12),
+                counter.tokens.committed(12)
+            ),
+            (0, 0, 0),
+            "version 12 includes the window's usage"
+        );
+        assert_eq!(counter.requests.committed(11), 1);
+    }
 }

@@ -4,12 +4,14 @@
 
 mod api;
 mod audit;
+mod budget_api;
 mod cli;
 mod client;
 mod error;
 mod explain;
 mod keygen;
 mod presets;
+mod price_catalog;
 mod publish;
 mod render;
 mod secrets;

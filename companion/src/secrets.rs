@@ -202,6 +202,48 @@ pub fn generate_signing_key(id: &str) -> Result<(String, PublicKey), Error> {
     Ok((pem.trim_end().to_owned(), public))
 }
 
+/// The budget webhook secret: at least this many random bytes (HMAC-SHA256 with less is weak).
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 32;
+
+/// A new webhook secret: 32 bytes from the OS random generator, base64.
+pub fn generate_webhook_secret() -> Result<String, Error> {
+    use base64::Engine as _;
+    let mut secret = [0u8; MIN_WEBHOOK_SECRET_BYTES];
+    OsRng
+        .try_fill_bytes(&mut secret)
+        .map_err(|error| Error::internal(format!("the OS random generator failed: {error}")))?;
+    let text = base64::engine::general_purpose::STANDARD.encode(secret);
+    secret.fill(0);
+    Ok(text)
+}
+
+/// Loads the webhook secret (`keyward secret webhook-secret`): base64 of at least 32 bytes.
+pub fn load_webhook_secret(path: &Path) -> Result<Vec<u8>, Error> {
+    use base64::Engine as _;
+    let text = read_secret_file(path, "webhook secret")?;
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|_| {
+            Error::invalid(
+                "invalid_webhook_secret",
+                format!(
+                    "{} is not base64 (make one with `keyward secret webhook-secret --out FILE`)",
+                    path.display()
+                ),
+            )
+        })?;
+    if secret.len() < MIN_WEBHOOK_SECRET_BYTES {
+        return Err(Error::invalid(
+            "invalid_webhook_secret",
+            format!(
+                "{}: the webhook secret must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(secret)
+}
+
 /// A new admin token: a recognizable prefix and 43 base62 characters (~256 bits).
 pub fn generate_admin_token() -> String {
     format!("{ADMIN_TOKEN_PREFIX}{}", random_base62(43))

@@ -189,6 +189,8 @@ pub fn build(
         projects: loaded.snapshot.projects.clone(),
         keys: vec![synthetic.record],
         prices: loaded.snapshot.prices.clone(),
+        price_catalog: None,
+        plans: loaded.snapshot.plans.clone(),
     };
     let policy = Policy::compile(copy).ok()?;
     let target = route;

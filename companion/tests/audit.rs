@@ -473,3 +473,58 @@ fn unused_keys_are_measured_from_the_snapshot_issue_time() {
     );
     assert!(text.lines().last().unwrap().starts_with("decision: allow"));
 }
+
+#[test]
+fn metered_routes_with_unpriced_models_are_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    fs::write(
+        &config,
+        r#"{"routes": [{"name": "chat", "match": {"path_prefix": "/v1/chat/"}, "meter": true},
+                       {"name": "plain", "match": {"path_prefix": "/v1/models"}}],
+            "unmatched_paths": "deny", "metering": {"unpriced_model": "allow"}}"#,
+    )
+    .unwrap();
+    let snapshot = dir.path().join("snapshot.json");
+    fs::write(
+        &snapshot,
+        r#"{"version": 1, "issued_at": 1795000000,
+            "projects": [{"id": "p", "org": "o", "status": "active"}],
+            "plans": [{"id": "free", "models": ["gpt-5.4-nano", "gemini-flash-lite*"]}],
+            "keys": [{"id": "k1", "secret_sha256": "f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114",
+                      "project": "p", "status": "active", "models": ["gpt-4o-mini", "o3"],
+                      "limits": {"plan": "free"}}],
+            "prices": [{"model": "gpt-4o*", "input_microusd_per_mtok": 1, "output_microusd_per_mtok": 1}]}"#,
+    )
+    .unwrap();
+    let args = strings(&[
+        "audit",
+        "--snapshot",
+        &snapshot.to_string_lossy(),
+        "--config",
+        &config.to_string_lossy(),
+        "--now",
+        NOW,
+        "--json",
+    ]);
+    let output = keyward(&args);
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let found: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["code"] == "metered_model_unpriced")
+        .collect();
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["subject"], "route:chat");
+    assert_eq!(
+        found[0]["severity"], "high",
+        "unpriced_model: allow lets them through"
+    );
+    let message = found[0]["message"].as_str().unwrap();
+    assert!(message.contains("gpt-5.4-nano, o3"), "{message}");
+    assert!(
+        !message.contains("gpt-4o-mini"),
+        "priced by the gpt-4o* prefix"
+    );
+}

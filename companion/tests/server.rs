@@ -592,6 +592,8 @@ fn usage_entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64
         input_tokens: 1200,
         output_tokens: 300,
         last_used_at: Some(last_used_at),
+        key_windows: vec![],
+        project_windows: vec![],
     }
 }
 

@@ -1,22 +1,24 @@
-//! Rows 10 (model from the body), 10c (unpriced models), 11 (spend caps against live counters,
-//! with a reservation) and 12 (rate limits) of the decision table: the checks that need the body
-//! or the ledger. Whatever admission took from the ledger it gives back when a later step
-//! refuses or fails, so a refusal never leaves budget held.
+//! Rows 10 (model from the body), 10c (unpriced models), 11 and 11b (spend budgets and quotas
+//! against live counters, with a reservation; `budget_admission`) and 12 (rate limits) of the
+//! decision table: the checks that need the body or the ledger. Whatever admission took from the
+//! ledger it gives back when a later step refuses or fails, so a refusal never leaves budget
+//! held.
 
+use crate::budget_admission::{admit_budgets, BudgetContext};
 use crate::denial::{Denial, DenyCode};
 use crate::ledger::{Ledger, LedgerError};
+use crate::limit_headers::{render, LimitState, Unit};
 use crate::metering::{
-    estimate, key_counter_entry, project_counter_entry, soft_cap_warning, Admission, Budget,
-    Estimate, SpendCounter, UnpricedModel,
+    estimate, key_counter_entry, project_counter_entry, soft_cap_warning, Estimate, SpendCounter,
+    UnpricedModel,
 };
 use crate::pricing::Price;
-use crate::rate_limit::{
-    format_reset, rate_entry, retry_after_seconds, RateDecision, RateReport, RateState,
-};
+use crate::rate_limit::{rate_entry, retry_after_seconds, RateDecision, RateReport, RateState};
 use crate::request_body::RequestBodyFacts;
 use crate::route::Route;
 use crate::snapshot::{Key, Policy, Project};
 use crate::trace::Trace;
+use crate::window_admission::{end_windows, Ask, Ending, Owner, WindowHolds};
 
 /// What a body-reading route learned from the body; `None` for requests without one.
 #[derive(Debug, Clone, Default)]
@@ -25,15 +27,17 @@ pub struct BodyRead {
     pub bytes: usize,
 }
 
-/// A refusal after the header checks, with the headers that go with it (rate limits).
+/// A refusal after the header checks, with the headers that go with it (rate limits, quotas).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub denial: Denial,
     pub headers: Vec<(String, String)>,
+    /// When the request would fit again (a refilled bucket, a new window): `retry-after`.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Refusal {
-    fn new(code: DenyCode, spend_cap_status: u16, detail: Option<&str>) -> Refusal {
+    pub(crate) fn new(code: DenyCode, spend_cap_status: u16, detail: Option<&str>) -> Refusal {
         let mut denial = Denial::new(code, spend_cap_status);
         if let Some(detail) = detail {
             denial = denial.with_detail(detail);
@@ -41,6 +45,7 @@ impl Refusal {
         Refusal {
             denial,
             headers: Vec::new(),
+            retry_after_ms: None,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct Holds {
     /// One request (and these tokens) taken from the key's rate buckets.
     pub rate_taken: bool,
     pub tokens_taken: u64,
+    /// The budget and quota windows the request was counted in.
+    pub windows: WindowHolds,
 }
 
 /// The metering of one admitted request.
@@ -88,7 +95,7 @@ pub struct Parties<'p> {
 /// How admission ended.
 #[derive(Debug)]
 pub enum Admit {
-    Admitted(Admitted),
+    Admitted(Box<Admitted>),
     Refused(Refusal),
     /// A ledger operation failed; everything taken was given back (or, if that failed too,
     /// `leaked` says so).
@@ -118,7 +125,7 @@ pub fn admit(
 ) -> Admit {
     let mut holds = Holds::default();
     match admit_steps(context, parties, body, ledger, trace, &mut holds) {
-        Ok(Ok(admitted)) => Admit::Admitted(admitted),
+        Ok(Ok(admitted)) => Admit::Admitted(Box::new(admitted)),
         Ok(Err(refusal)) => match give_back(ledger, parties, &holds) {
             Ok(()) => Admit::Refused(refusal),
             Err(error) => Admit::Failed {
@@ -135,7 +142,11 @@ pub fn admit(
 
 /// In enforce mode the first refusal ends admission. In shadow mode it is kept (the first one)
 /// and admission goes on without taking anything, so the request can be metered.
-fn refused(shadow: bool, kept: &mut Option<Refusal>, refusal: Refusal) -> Option<Refusal> {
+pub(crate) fn refused(
+    shadow: bool,
+    kept: &mut Option<Refusal>,
+    refusal: Refusal,
+) -> Option<Refusal> {
     if shadow {
         kept.get_or_insert(refusal);
         None
@@ -158,14 +169,22 @@ fn admit_steps(
     let shadow = context.shadow;
     let mut shadowed = None;
     let body_model = body.and_then(|body| body.facts.model.as_deref());
+    let policy = context.policy;
+    // One clock read for budget windows, increases and rate limits, only when something is
+    // counted at all.
+    let now_ms = if key.counted || project.is_some_and(|project| project.counted) {
+        ledger.now_ms()?
+    } else {
+        0
+    };
 
     // 10. The model named in the body, on routes that read it there.
     if route.model_from_body() {
-        if key.models.is_none() {
+        if !policy.restricts_models(key, project) {
             trace.skip("10", "model allowed (body)", || {
                 "the key has no model allow-list".to_owned()
             });
-        } else if body_model.is_some_and(|model| key.allows_model(model)) {
+        } else if body_model.is_some_and(|model| policy.allows_model(key, project, model)) {
             trace.pass("10", "model allowed (body)", || {
                 format!("{} is allowed", body_model.unwrap_or_default())
             });
@@ -189,8 +208,9 @@ fn admit_steps(
     // 10c. A metered model needs a price where a cap must be enforced.
     let metering = if route.meter {
         let price = body_model.and_then(|model| context.policy.prices().price_for(model));
-        let hard_capped = key.spend_cap_microusd.is_some()
-            || project.is_some_and(|p| p.spend_cap_microusd.is_some());
+        let now_s = now_ms / 1000;
+        let hard_capped = Owner::key(policy, key).has_cap(now_s)
+            || project.is_some_and(|p| Owner::project(policy, p).has_cap(now_s));
         let facts = body.map(|body| &body.facts);
         let estimate = estimate(
             context.metering,
@@ -235,84 +255,55 @@ fn admit_steps(
     };
     let metered = metering.is_some();
     let reservation = metering.map_or(0, |m| m.estimate.reservation_microusd);
+    let estimated_tokens = metering.map_or(0, |m| m.estimate.tokens());
     // Shadow mode holds nothing: the request is let through whatever the counters say.
-    let held = if shadow { 0 } else { reservation };
+    let ask = Ask {
+        reservation,
+        held: if shadow { 0 } else { reservation },
+        tokens: estimated_tokens,
+        held_tokens: if shadow { 0 } else { estimated_tokens },
+        count_always: shadow,
+    };
 
-    // 11. Spend caps with live counters: key first, then project. Only budgets with a cap or
-    // soft cap are counted per request; the usage report carries every budget's spend anyway.
-    let version = context.policy.version;
-    let key_budget = Budget {
-        cap_microusd: key.spend_cap_microusd,
-        soft_cap_microusd: key.spend_soft_cap_microusd,
-        snapshot_spent_microusd: key.spent_microusd,
+    // 11 and 11b. Spend budgets (lifetime and per window) and quotas with live counters: key
+    // first, then project. Only budgets with a cap or soft cap are counted per request; the
+    // usage report carries every budget's spend anyway.
+    let owners = [
+        Some(Owner::key(context.policy, key)),
+        project.map(|project| Owner::project(context.policy, project)),
+    ];
+    let spent_totals = [key.spent_microusd, project.map_or(0, |p| p.spent_microusd)];
+    let budgets = BudgetContext {
+        policy_version: context.policy.version,
+        now_ms,
+        ask,
+        metered,
+        shadow,
+        spend_cap_status: status,
+        limit_headers: route.limit_headers,
     };
-    let key_entry = key_counter_entry(&key.id);
-    let key_admission =
-        check_and_reserve(ledger, &key_entry, key_budget, version, reservation, held)?;
-    // A metered request charges every counted budget when it ends; it holds the reservation
-    // from now on where one was taken.
-    holds.key = metered && key_admission.is_some();
-    holds.reservation = held;
-    if key_admission == Some(Admission::OverCap) {
-        trace.fail(
-            "11",
-            "spend cap (key)",
-            DenyCode::SpendCapExceeded.as_str(),
-            || cap_detail(key_budget, reservation),
-        );
-        let refusal = Refusal::new(DenyCode::SpendCapExceeded, status, Some("key cap"));
-        if let Some(refusal) = refused(shadow, &mut shadowed, refusal) {
-            // Nothing was reserved on an over-cap counter.
-            holds.key = false;
-            return Ok(Err(refusal));
-        }
-    } else {
-        trace_budget(trace, "spend cap (key)", key_budget, reservation);
-    }
-    let mut project_admission = None;
-    if let Some(project) = project {
-        let budget = Budget {
-            cap_microusd: project.spend_cap_microusd,
-            soft_cap_microusd: project.spend_soft_cap_microusd,
-            snapshot_spent_microusd: project.spent_microusd,
-        };
-        let entry = project_counter_entry(&project.id);
-        project_admission = check_and_reserve(ledger, &entry, budget, version, reservation, held)?;
-        holds.project = metered && project_admission.is_some();
-        if project_admission == Some(Admission::OverCap) {
-            trace.fail(
-                "11",
-                "spend cap (project)",
-                DenyCode::SpendCapExceeded.as_str(),
-                || cap_detail(budget, reservation),
-            );
-            let refusal = Refusal::new(DenyCode::SpendCapExceeded, status, Some("project cap"));
-            if let Some(refusal) = refused(shadow, &mut shadowed, refusal) {
-                holds.project = false;
-                return Ok(Err(refusal));
-            }
-        } else {
-            trace_budget(trace, "spend cap (project)", budget, reservation);
-        }
-    }
-    let past = |admission: Option<Admission>| {
-        admission
-            == Some(Admission::Admit {
-                past_soft_cap: true,
-            })
+    let found = admit_budgets(
+        &budgets,
+        owners,
+        spent_totals,
+        ledger,
+        trace,
+        holds,
+        &mut shadowed,
+    )?;
+    let mut found = match found {
+        Ok(found) => found,
+        Err(refusal) => return Ok(Err(with_retry_after(refusal))),
     };
-    let warning = soft_cap_warning(past(key_admission), past(project_admission));
+    let warning = soft_cap_warning(found.key_past_soft_cap, found.project_past_soft_cap);
 
     // 12. Rate limits. Shadow mode takes from the buckets as enforce mode would, so that what
     // it reports is what enforcement would have done.
-    let mut response_headers = Vec::new();
     match key.rate_limits {
         Some(limits) => {
-            let now_ms = ledger.now_ms()?;
-            let wanted_tokens = metering.map_or(0, |m| m.estimate.tokens());
             let mut decision = None;
             ledger.update_rate(&rate_entry(&key.id), &mut |state: &mut RateState| {
-                decision = Some(state.admit(&limits, now_ms, wanted_tokens));
+                decision = Some(state.admit(&limits, now_ms, estimated_tokens));
                 true
             })?;
             match decision {
@@ -320,10 +311,8 @@ fn admit_steps(
                     holds.rate_taken = true;
                     holds.tokens_taken = limits
                         .tokens_per_minute
-                        .map_or(0, |limit| wanted_tokens.min(limit));
-                    if !shadow {
-                        response_headers = rate_headers(&report);
-                    }
+                        .map_or(0, |limit| estimated_tokens.min(limit));
+                    found.limits.splice(0..0, minute_states(&report));
                     trace.pass("12", "rate limit", || rate_detail(&report));
                 }
                 Some(RateDecision::Limited {
@@ -334,13 +323,12 @@ fn admit_steps(
                         format!("{}; retry after {retry_after_ms} ms", rate_detail(&report))
                     });
                     let mut refusal = Refusal::new(DenyCode::RateLimited, status, None);
-                    refusal.headers = rate_headers(&report);
-                    refusal.headers.push((
-                        "retry-after".to_owned(),
-                        retry_after_seconds(retry_after_ms).to_string(),
-                    ));
+                    found.limits.splice(0..0, minute_states(&report));
+                    refusal.headers =
+                        render(route.limit_headers, &found.limits, None, false, now_ms);
+                    refusal.retry_after_ms = Some(retry_after_ms);
                     if let Some(refusal) = refused(shadow, &mut shadowed, refusal) {
-                        return Ok(Err(refusal));
+                        return Ok(Err(with_retry_after(refusal)));
                     }
                 }
                 None => return Err(LedgerError::Corrupt),
@@ -350,6 +338,17 @@ fn admit_steps(
             "the key has no rate limit".to_owned()
         }),
     }
+    let mut response_headers = if shadow {
+        Vec::new()
+    } else {
+        render(
+            route.limit_headers,
+            &found.limits,
+            found.budget,
+            route.budget_headers,
+            now_ms,
+        )
+    };
     if let (Some(warning), false) = (warning, shadow) {
         response_headers.push((context.metering.soft_cap_header.clone(), warning.to_owned()));
     }
@@ -363,40 +362,52 @@ fn admit_steps(
     }))
 }
 
-/// Checks a budget against its live counter and holds `held` on it when admitted (the
-/// reservation, or 0 in shadow mode). `None` for a budget without a cap or soft cap: nothing
-/// checked, no counter touched.
-fn check_and_reserve(
-    ledger: &mut dyn Ledger,
-    entry: &str,
-    budget: Budget,
-    policy_version: u64,
-    reservation: u64,
-    held: u64,
-) -> Result<Option<Admission>, LedgerError> {
-    if !budget.is_limited() {
-        return Ok(None);
+/// A refusal's `retry-after` (whole seconds), after its other headers.
+fn with_retry_after(mut refusal: Refusal) -> Refusal {
+    if let Some(ms) = refusal.retry_after_ms {
+        refusal.headers.push((
+            "retry-after".to_owned(),
+            retry_after_seconds(ms).to_string(),
+        ));
     }
-    let mut admission = None;
-    ledger.update_spend(entry, &mut |counter: &mut SpendCounter| {
-        let decided = budget.admit(counter, policy_version, reservation);
-        admission = Some(decided);
-        let write = held > 0 && matches!(decided, Admission::Admit { .. });
-        if write {
-            counter.reserve(held);
-        }
-        write
-    })?;
-    admission.ok_or(LedgerError::Corrupt).map(Some)
+    refusal
 }
 
-/// Gives back everything `holds` took: the reservations and the rate-bucket take.
+/// The per-minute buckets as header states.
+fn minute_states(report: &RateReport) -> Vec<LimitState> {
+    [
+        ("requests-minute", Unit::Requests, report.requests),
+        ("tokens-minute", Unit::Tokens, report.tokens),
+    ]
+    .into_iter()
+    .filter_map(|(policy, unit, status)| {
+        status.map(|status| LimitState {
+            policy,
+            unit,
+            limit: status.limit,
+            remaining: status.remaining,
+            reset_ms: status.reset_ms,
+            window_seconds: 60,
+        })
+    })
+    .collect()
+}
+
+/// Gives back everything `holds` took: the reservations, the windows' counts and the
+/// rate-bucket take.
 pub fn give_back(
     ledger: &mut dyn Ledger,
     parties: Parties<'_>,
     holds: &Holds,
 ) -> Result<(), LedgerError> {
-    settle_holds(ledger, parties, holds, 0)?;
+    settle_lifetime(ledger, parties, holds, 0)?;
+    end_windows(
+        ledger,
+        &parties.key.id,
+        parties.project.map(|project| project.id.as_str()),
+        &holds.windows,
+        Ending::GiveBack,
+    )?;
     if let (true, Some(limits)) = (holds.rate_taken, parties.key.rate_limits) {
         let tokens = holds.tokens_taken;
         ledger.update_rate(
@@ -410,8 +421,26 @@ pub fn give_back(
     Ok(())
 }
 
-/// Ends a request on its spend counters: the reservation released, `cost` charged.
+/// Ends a request on its spend counters and windows: the reservations released, `cost` and
+/// `used_tokens` charged.
 pub fn settle_holds(
+    ledger: &mut dyn Ledger,
+    parties: Parties<'_>,
+    holds: &Holds,
+    cost: u64,
+    used_tokens: u64,
+) -> Result<(), LedgerError> {
+    settle_lifetime(ledger, parties, holds, cost)?;
+    end_windows(
+        ledger,
+        &parties.key.id,
+        parties.project.map(|project| project.id.as_str()),
+        &holds.windows,
+        Ending::Settle { cost, used_tokens },
+    )
+}
+
+fn settle_lifetime(
     ledger: &mut dyn Ledger,
     parties: Parties<'_>,
     holds: &Holds,
@@ -451,33 +480,12 @@ fn settle_spend(
     })
 }
 
-fn trace_budget(trace: &mut impl Trace, check: &'static str, budget: Budget, reservation: u64) {
-    if budget.is_limited() {
-        trace.pass("11", check, || cap_detail(budget, reservation));
-    } else {
-        trace.skip("11", check, || "no cap or soft cap".to_owned());
-    }
-}
-
 /// Micro-USD as dollars with cents (rounded down to the cent, like a statement).
 pub fn usd(microusd: u64) -> String {
     format!(
         "{}.{:02}",
         microusd / 1_000_000,
         (microusd % 1_000_000) / 10_000
-    )
-}
-
-fn cap_detail(budget: Budget, reservation: u64) -> String {
-    let cap = budget.cap_microusd.map_or("no cap".to_owned(), usd);
-    let soft = budget
-        .soft_cap_microusd
-        .map(|soft| format!("; soft cap {} USD", usd(soft)))
-        .unwrap_or_default();
-    format!(
-        "spent {} of {cap} USD{soft}; this request reserves {} USD",
-        usd(budget.snapshot_spent_microusd),
-        usd(reservation)
     )
 }
 
@@ -493,26 +501,4 @@ fn rate_detail(report: &RateReport) -> String {
     .flatten()
     .collect::<Vec<_>>()
     .join(", ")
-}
-
-/// OpenAI's `x-ratelimit-*` headers for a bucket report.
-pub fn rate_headers(report: &RateReport) -> Vec<(String, String)> {
-    let mut headers = Vec::new();
-    for (kind, status) in [("requests", report.requests), ("tokens", report.tokens)] {
-        if let Some(status) = status {
-            headers.push((
-                format!("x-ratelimit-limit-{kind}"),
-                status.limit.to_string(),
-            ));
-            headers.push((
-                format!("x-ratelimit-remaining-{kind}"),
-                status.remaining.to_string(),
-            ));
-            headers.push((
-                format!("x-ratelimit-reset-{kind}"),
-                format_reset(status.reset_ms),
-            ));
-        }
-    }
-    headers
 }

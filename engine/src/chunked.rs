@@ -18,13 +18,14 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::budget::PlanRecord;
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
 use crate::signature::{PublicKey, SigningKey};
 use crate::signed_snapshot::{
     check_expiry, sign_document, verified_payload, DocumentKind, PayloadField, SnapshotRejected,
 };
-use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceRecord, ProjectRecord};
+use crate::snapshot::{KeyRecord, Policy, PolicyBuilder, PriceCatalog, PriceRecord, ProjectRecord};
 use crate::sync::SnapshotStamp;
 
 pub const MANIFEST_FORMAT: &str = "keyward.signed-manifest.v2";
@@ -81,6 +82,18 @@ pub struct Manifest {
     pub projects: Vec<ProjectRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prices: Vec<PriceRecord>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_price_catalog"
+    )]
+    pub price_catalog: Option<PriceCatalog>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::budget_json::read_plans"
+    )]
+    pub plans: Vec<PlanRecord>,
     /// Total number of keys over all chunks.
     pub keys: u64,
     pub chunks: Vec<ChunkRef>,
@@ -138,12 +151,13 @@ impl Manifest {
 
     /// A policy builder for this manifest's header, projects and prices.
     pub fn builder(&self) -> Result<PolicyBuilder, FieldError> {
-        PolicyBuilder::new(
+        PolicyBuilder::new_with_plans(
             self.version,
             self.issued_at,
             self.expires_at,
             self.projects.clone(),
             self.prices.clone(),
+            self.plans.clone(),
         )
     }
 }
@@ -238,6 +252,8 @@ pub fn split_snapshot(
             expires_at: snapshot.expires_at,
             projects: snapshot.projects,
             prices: snapshot.prices,
+            price_catalog: snapshot.price_catalog,
+            plans: snapshot.plans,
             keys: total,
             chunks: refs,
         },
@@ -466,6 +482,7 @@ mod tests {
             rate_limits: None,
             created_at: None,
             last_used_at: None,
+            limits: None,
         }
     }
 
@@ -481,9 +498,12 @@ mod tests {
                 spend_cap_microusd: None,
                 spent_microusd: 0,
                 spend_soft_cap_microusd: None,
+                limits: None,
             }],
             keys: (0..keys).map(record).collect(),
             prices: vec![],
+            price_catalog: None,
+            plans: vec![],
         }
     }
 

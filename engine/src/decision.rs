@@ -409,10 +409,11 @@ fn decide_checks<'p>(
             format!("the key has {}", route.scopes.join(","))
         }
     });
-    if route.model.is_some() && !route.model_from_body() && key.models.is_some() {
-        // A key with an allow-list must say which model it wants; an unnamed model is refused.
+    if route.model.is_some() && !route.model_from_body() && policy.restricts_models(key, project) {
+        // A key with an allow-list (its own, its plan's or its project's plan's) must say which
+        // model it wants; an unnamed model is refused.
         let requested = route.requested_model(request);
-        if !requested.is_some_and(|model| key.allows_model(model)) {
+        if !requested.is_some_and(|model| policy.allows_model(key, project, model)) {
             return Err(reject.at(
                 trace,
                 "10",

@@ -26,6 +26,8 @@ pub enum DenyCode {
     ModelNotAllowed,
     SpendCapExceeded,
     RateLimited,
+    /// A request or token quota of the day, week or month is used up.
+    QuotaExceeded,
     /// The body had to be read (model, metering) and was larger than allowed.
     RequestTooLarge,
     /// The body had to be read and is not a JSON object.
@@ -35,7 +37,7 @@ pub enum DenyCode {
 }
 
 impl DenyCode {
-    pub const ALL: [DenyCode; 21] = [
+    pub const ALL: [DenyCode; 22] = [
         DenyCode::InvalidRequest,
         DenyCode::RouteNotFound,
         DenyCode::PolicyUnavailable,
@@ -54,6 +56,7 @@ impl DenyCode {
         DenyCode::ModelNotAllowed,
         DenyCode::SpendCapExceeded,
         DenyCode::RateLimited,
+        DenyCode::QuotaExceeded,
         DenyCode::RequestTooLarge,
         DenyCode::InvalidRequestBody,
         DenyCode::InternalError,
@@ -79,6 +82,7 @@ impl DenyCode {
             DenyCode::ModelNotAllowed => "model_not_allowed",
             DenyCode::SpendCapExceeded => "spend_cap_exceeded",
             DenyCode::RateLimited => "rate_limited",
+            DenyCode::QuotaExceeded => "quota_exceeded",
             DenyCode::RequestTooLarge => "request_too_large",
             DenyCode::InvalidRequestBody => "invalid_request_body",
             DenyCode::InternalError => "internal_error",
@@ -95,7 +99,7 @@ impl DenyCode {
             | DenyCode::KeyRevoked
             | DenyCode::KeyExpired => 401,
             DenyCode::SpendCapExceeded => spend_cap_status,
-            DenyCode::RateLimited => 429,
+            DenyCode::RateLimited | DenyCode::QuotaExceeded => 429,
             DenyCode::RequestTooLarge => 413,
             DenyCode::InvalidRequestBody | DenyCode::InvalidRequest => 400,
             DenyCode::RouteNotFound => 404,
@@ -133,6 +137,9 @@ impl DenyCode {
             DenyCode::SpendCapExceeded => "The spend cap for this key or project has been reached.",
             DenyCode::RateLimited => {
                 "Rate limit reached for this API key. Retry after the time in retry-after."
+            }
+            DenyCode::QuotaExceeded => {
+                "The request or token quota of this period is used up. Retry after the time in retry-after."
             }
             DenyCode::RequestTooLarge => "The request body is larger than this gateway reads.",
             DenyCode::InvalidRequestBody => "The request body must be a JSON object.",

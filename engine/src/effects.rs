@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::denial::{Denial, DenyCode};
 use crate::route::ErrorFormat;
 use crate::settlement::Usage;
+use crate::window_counter::CountedWindows;
 
 /// One edit of the upstream request's headers (pseudo-headers included: `:path`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,8 @@ pub struct UsageRecord<'a> {
     pub key_id: &'a str,
     pub project: Option<&'a str>,
     pub usage: Usage,
+    /// The budget and quota windows the request was counted in (the report names them).
+    pub windows: CountedWindows,
 }
 
 /// Everything one step asks of the host, in the order to apply it: edits, then the reply.

@@ -252,6 +252,7 @@ impl<'a> Gate<'a> {
                 let refusal = Refusal {
                     denial,
                     headers: Vec::new(),
+                    retry_after_ms: None,
                 };
                 let effects = Effects::default();
                 if self.shadow() {
@@ -434,7 +435,7 @@ impl<'a> Gate<'a> {
         };
         match admit(&context, parties, body, ledger, trace) {
             Admit::Admitted(admitted) => {
-                self.forward(ticket, parties, admitted, effects, headers_held)
+                self.forward(ticket, parties, *admitted, effects, headers_held)
             }
             Admit::Refused(refusal) => self.refuse_late(&ticket, route, &refusal, effects),
             Admit::Failed { error, leaked } => self.ledger_failure(&ticket, error, leaked, effects),
@@ -478,6 +479,7 @@ impl<'a> Gate<'a> {
                         requests: 1,
                         ..Usage::default()
                     },
+                    windows: admitted.holds.windows.counted,
                 });
             }
             if admitted.response_headers.is_empty() {
@@ -614,15 +616,10 @@ fn done(effects: Effects<'_>) -> Step<'_> {
     }
 }
 
-/// Whether the key or its project has a cap, soft cap or rate limit (rows 11 and 12).
+/// Whether the key or its project has a cap, soft cap, budget window, quota or rate limit, own
+/// or from a plan (rows 11, 11b and 12).
 fn has_budget_or_limit(identity: &Identity<'_>) -> bool {
-    let key = identity.key;
-    key.spend_cap_microusd.is_some()
-        || key.spend_soft_cap_microusd.is_some()
-        || key.rate_limits.is_some()
-        || identity.project.is_some_and(|project| {
-            project.spend_cap_microusd.is_some() || project.spend_soft_cap_microusd.is_some()
-        })
+    identity.key.counted || identity.project.is_some_and(|project| project.counted)
 }
 
 /// One header write per identity header that is configured and has a value. Client copies are
@@ -648,3 +645,7 @@ fn add_identity<'s>(settings: &'s Settings, identity: &Identity<'s>, effects: &m
 #[cfg(test)]
 #[path = "gate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gate_budget_tests.rs"]
+mod budget_tests;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::metering::SpendCounter;
 use crate::rate_limit::RateState;
+use crate::window_counter::WindowCounter;
 
 /// A ledger operation that did not happen. Admission fails closed on any of them, and gives
 /// back what it had already taken.
@@ -47,6 +48,12 @@ pub trait Ledger {
         entry: &str,
         change: &mut dyn FnMut(&mut RateState) -> bool,
     ) -> Result<(), LedgerError>;
+    /// A budget or quota window's counter (see `window_counter`).
+    fn update_window(
+        &mut self,
+        entry: &str,
+        change: &mut dyn FnMut(&mut WindowCounter) -> bool,
+    ) -> Result<(), LedgerError>;
 }
 
 /// A ledger in plain memory: one Envoy's counters as `explain` assumes them (fresh), and the
@@ -56,6 +63,7 @@ pub trait Ledger {
 pub struct MemoryLedger {
     pub spend: HashMap<String, SpendCounter>,
     pub rates: HashMap<String, RateState>,
+    pub windows: HashMap<String, WindowCounter>,
     pub now_ms: u64,
     pub fail_on: Option<usize>,
     pub operations: usize,
@@ -70,9 +78,18 @@ impl MemoryLedger {
         }
     }
 
-    /// What every spend counter holds in reservations: zero once every request has ended.
+    /// What every spend counter holds in reservations (lifetime and window spend, and window
+    /// tokens): zero once every request has ended.
     pub fn total_reserved(&self) -> u64 {
-        self.spend.values().map(|counter| counter.reserved).sum()
+        let windows = self
+            .windows
+            .values()
+            .map(|counter| counter.spend.reserved + counter.tokens.reserved);
+        self.spend
+            .values()
+            .map(|counter| counter.reserved)
+            .chain(windows)
+            .sum()
     }
 }
 
@@ -104,6 +121,19 @@ impl Ledger for MemoryLedger {
         let mut record = self.rates.get(entry).copied().unwrap_or_default();
         if change(&mut record) {
             self.rates.insert(entry.to_owned(), record);
+        }
+        Ok(())
+    }
+
+    fn update_window(
+        &mut self,
+        entry: &str,
+        change: &mut dyn FnMut(&mut WindowCounter) -> bool,
+    ) -> Result<(), LedgerError> {
+        self.allow_operation()?;
+        let mut record = self.windows.get(entry).cloned().unwrap_or_default();
+        if change(&mut record) {
+            self.windows.insert(entry.to_owned(), record);
         }
         Ok(())
     }

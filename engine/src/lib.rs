@@ -3,6 +3,10 @@
 //! reads facts, calls [`gate::Gate`], and applies the [`effects::Effects`] it returns.
 
 pub mod admission;
+pub mod budget;
+pub mod budget_admission;
+mod budget_json;
+pub mod calendar;
 pub mod canonical;
 pub mod chunked;
 pub mod config;
@@ -19,6 +23,7 @@ pub mod gate;
 pub mod hash;
 pub mod key_format;
 pub mod ledger;
+pub mod limit_headers;
 pub mod log_line;
 pub mod metering;
 pub mod pricing;
@@ -35,3 +40,5 @@ pub mod trace;
 pub mod usage;
 pub mod usage_report;
 pub mod watch;
+pub mod window_admission;
+pub mod window_counter;

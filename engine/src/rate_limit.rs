@@ -220,7 +220,8 @@ impl RateState {
     }
 }
 
-/// OpenAI's duration style for `x-ratelimit-reset-*`: `1s`, `6m0s`, `250ms`.
+/// OpenAI's duration style for `x-ratelimit-reset-*`: `1s`, `6m0s`, `250ms`, and for day and
+/// month quotas `5h3m20s`.
 pub fn format_reset(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
@@ -228,8 +229,15 @@ pub fn format_reset(ms: u64) -> String {
     let seconds = ms.div_ceil(1000);
     if seconds < 60 {
         format!("{seconds}s")
-    } else {
+    } else if seconds < 3600 {
         format!("{}m{}s", seconds / 60, seconds % 60)
+    } else {
+        format!(
+            "{}h{}m{}s",
+            seconds / 3600,
+            (seconds % 3600) / 60,
+            seconds % 60
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::field_error::FieldError;
+use crate::limit_headers::LimitHeaders;
 use crate::request::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -81,6 +82,12 @@ pub struct RouteConfig {
     /// are touched.
     #[serde(default = "default_true")]
     pub add_stream_usage: bool,
+    /// How answers show the key's limits (per-minute buckets and quotas).
+    #[serde(default)]
+    pub limit_headers: LimitHeaders,
+    /// Also show the tightest spend budget's remaining micro-dollars and its reset.
+    #[serde(default)]
+    pub budget_headers: bool,
 }
 
 fn default_true() -> bool {
@@ -106,6 +113,8 @@ pub struct Route {
     pub error_format: ErrorFormat,
     pub meter: bool,
     pub add_stream_usage: bool,
+    pub limit_headers: LimitHeaders,
+    pub budget_headers: bool,
     case_insensitive_paths: bool,
     /// The fallback route of `unmatched_paths: deny`: every request on it is refused.
     pub denies_all: bool,
@@ -148,6 +157,8 @@ impl Route {
             error_format: defaults.error_format,
             meter: false,
             add_stream_usage: false,
+            limit_headers: LimitHeaders::Openai,
+            budget_headers: false,
             case_insensitive_paths: defaults.case_insensitive_paths,
             denies_all,
         }
@@ -268,6 +279,8 @@ impl Route {
             error_format: config.error_format.unwrap_or(defaults.error_format),
             meter: config.meter,
             add_stream_usage: config.add_stream_usage,
+            limit_headers: config.limit_headers,
+            budget_headers: config.budget_headers,
             case_insensitive_paths: defaults.case_insensitive_paths,
             denies_all: false,
         })

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{LimitsRecord, OwnLimits, Plan, PlanRecord};
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
 use crate::pricing::PriceTable;
@@ -38,6 +39,13 @@ pub struct ProjectRecord {
     /// A threshold below the cap: passing it adds a warning header, never a denial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend_soft_cap_microusd: Option<u64>,
+    /// Budgets that reset, quotas, a plan (see `budget`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_limits"
+    )]
+    pub limits: Option<LimitsRecord>,
 }
 
 fn default_environment() -> String {
@@ -87,6 +95,13 @@ pub struct KeyRecord {
     /// For audits only: the last use any data plane reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
+    /// Budgets that reset, quotas, a plan (see `budget`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_limits"
+    )]
+    pub limits: Option<LimitsRecord>,
 }
 
 /// Per-key local rate limits (per Envoy instance; DESIGN §3 step 12).
@@ -128,6 +143,31 @@ pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prices: Vec<PriceRecord>,
+    /// Which price table this is: its version and date.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::budget_json::read_price_catalog"
+    )]
+    pub price_catalog: Option<PriceCatalog>,
+    /// Bundles of budgets, quotas, models and rate limits that keys and projects name.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::budget_json::read_plans"
+    )]
+    pub plans: Vec<PlanRecord>,
+}
+
+/// The price table's identity: a version that grows with every change, and the date of the
+/// prices (the newest import's, or of the last change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceCatalog {
+    pub version: u64,
+    /// `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 /// Whom a key acts for.
@@ -188,7 +228,17 @@ pub struct Key {
     pub spent_microusd: u64,
     pub label: Option<String>,
     pub spend_soft_cap_microusd: Option<u64>,
+    /// The key's own, else its plan's.
     pub rate_limits: Option<RateLimits>,
+    /// Where the key's plan sits in [`Policy::plans`].
+    pub plan: Option<usize>,
+    /// The key's own budgets that reset, quotas and increases.
+    pub limits: Option<Box<OwnLimits>>,
+    /// Windows follow this offset: the key's own, else its project's (minutes east of UTC).
+    pub utc_offset_minutes: i32,
+    /// Whether admission counts anything for the key (caps, windows, quotas, rate limits, own
+    /// or from its plan): a key without any never touches a counter.
+    pub counted: bool,
 }
 
 impl Key {
@@ -214,6 +264,11 @@ pub struct Project {
     pub spend_cap_microusd: Option<u64>,
     pub spent_microusd: u64,
     pub spend_soft_cap_microusd: Option<u64>,
+    pub plan: Option<usize>,
+    pub limits: Option<Box<OwnLimits>>,
+    pub utc_offset_minutes: i32,
+    /// Whether admission counts anything on the project (caps, windows, quotas).
+    pub counted: bool,
 }
 
 /// A validated snapshot with its indexes: O(1) lookups, built once per snapshot version.
@@ -228,6 +283,7 @@ pub struct Policy {
     by_id: HashMap<String, usize>,
     by_hash: HashMap<Sha256Digest, usize>,
     prices: PriceTable,
+    plans: Vec<Plan>,
     /// Whether any decision on this policy depends on the clock.
     time_dependent: bool,
 }
@@ -241,12 +297,13 @@ impl Policy {
     /// Validates a snapshot and builds its indexes. Every inconsistency is an error: a policy
     /// that cannot be read exactly is not used at all.
     pub fn compile(snapshot: Snapshot) -> Result<Policy, FieldError> {
-        let mut builder = PolicyBuilder::new(
+        let mut builder = PolicyBuilder::new_with_plans(
             snapshot.version,
             snapshot.issued_at,
             snapshot.expires_at,
             snapshot.projects,
             snapshot.prices,
+            snapshot.plans,
         )?;
         builder.reserve(snapshot.keys.len());
         for record in snapshot.keys {
@@ -306,6 +363,43 @@ impl Policy {
     pub fn prices(&self) -> &PriceTable {
         &self.prices
     }
+
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    pub fn plan_at(&self, position: Option<usize>) -> Option<&Plan> {
+        self.plans.get(position?)
+    }
+
+    /// The allow-lists a model must be on: the key's own (else its plan's), and the plan's of
+    /// the project the request acts on.
+    fn model_lists<'p>(
+        &'p self,
+        key: &'p Key,
+        project: Option<&Project>,
+    ) -> [Option<&'p [ModelPattern]>; 2] {
+        let key_list = key.models.as_deref().or_else(|| {
+            self.plan_at(key.plan)
+                .and_then(|plan| plan.models.as_deref())
+        });
+        let project_list = project
+            .and_then(|project| self.plan_at(project.plan))
+            .and_then(|plan| plan.models.as_deref());
+        [key_list, project_list]
+    }
+
+    /// Whether a model allow-list applies to this key acting on this project.
+    pub fn restricts_models(&self, key: &Key, project: Option<&Project>) -> bool {
+        self.model_lists(key, project).iter().any(Option::is_some)
+    }
+
+    /// Whether `model` is on every allow-list that applies.
+    pub fn allows_model(&self, key: &Key, project: Option<&Project>, model: &str) -> bool {
+        self.model_lists(key, project).iter().all(|list| {
+            list.is_none_or(|patterns| patterns.iter().any(|pattern| pattern.matches(model)))
+        })
+    }
 }
 
 /// Builds a [`Policy`] a few keys at a time, so a large snapshot can be compiled in slices
@@ -325,6 +419,8 @@ pub struct PolicyBuilder {
     /// both kinds.
     hash_key_ids: HashSet<String>,
     prices: PriceTable,
+    plans: Vec<Plan>,
+    plan_index: HashMap<String, usize>,
     time_dependent: bool,
 }
 
@@ -337,6 +433,26 @@ impl PolicyBuilder {
         project_records: Vec<ProjectRecord>,
         price_records: Vec<PriceRecord>,
     ) -> Result<PolicyBuilder, FieldError> {
+        Self::new_with_plans(
+            version,
+            issued_at,
+            expires_at,
+            project_records,
+            price_records,
+            Vec::new(),
+        )
+    }
+
+    /// [`PolicyBuilder::new`] with the snapshot's plans (compiled first: projects and keys name
+    /// them).
+    pub fn new_with_plans(
+        version: u64,
+        issued_at: u64,
+        expires_at: Option<u64>,
+        project_records: Vec<ProjectRecord>,
+        price_records: Vec<PriceRecord>,
+        plan_records: Vec<PlanRecord>,
+    ) -> Result<PolicyBuilder, FieldError> {
         if version == 0 {
             return Err(FieldError::new("version", "must be at least 1"));
         }
@@ -345,6 +461,7 @@ impl PolicyBuilder {
                 return Err(FieldError::new("expires_at", "must be after issued_at"));
             }
         }
+        let (plans, plan_index) = compile_plans(plan_records)?;
         let mut projects = Vec::with_capacity(project_records.len());
         let mut project_index = HashMap::with_capacity(project_records.len());
         for (position, record) in project_records.into_iter().enumerate() {
@@ -360,6 +477,14 @@ impl PolicyBuilder {
             }
             check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)
                 .map_err(|error| error.within(&path))?;
+            let (plan, limits) = compile_limits(record.limits.as_ref(), &plan_index)
+                .map_err(|error| error.within(&path))?;
+            let counted = record.spend_cap_microusd.is_some()
+                || record.spend_soft_cap_microusd.is_some()
+                || limits.as_ref().is_some_and(|own| !own.limits.is_empty())
+                || plan
+                    .and_then(|position| plans.get(position))
+                    .is_some_and(|plan: &Plan| !plan.limits.is_empty());
             projects.push(Project {
                 position,
                 id: record.id,
@@ -368,6 +493,13 @@ impl PolicyBuilder {
                 spend_cap_microusd: record.spend_cap_microusd,
                 spent_microusd: record.spent_microusd,
                 spend_soft_cap_microusd: record.spend_soft_cap_microusd,
+                plan,
+                utc_offset_minutes: limits
+                    .as_ref()
+                    .and_then(|own| own.utc_offset_minutes)
+                    .unwrap_or(0),
+                limits,
+                counted,
             });
         }
         let prices = PriceTable::compile(price_records).map_err(|e| e.within("prices"))?;
@@ -382,6 +514,8 @@ impl PolicyBuilder {
             by_hash: HashMap::new(),
             hash_key_ids: HashSet::new(),
             prices,
+            plans,
+            plan_index,
             time_dependent: expires_at.is_some(),
         })
     }
@@ -401,8 +535,15 @@ impl PolicyBuilder {
     pub fn add_key(&mut self, record: KeyRecord) -> Result<(), FieldError> {
         let position = self.keys.len();
         let path = format!("keys[{position}]");
-        let key = compile_key(record, position, &self.project_index)
-            .map_err(|error| error.within(&path))?;
+        let key = compile_key(
+            record,
+            position,
+            &self.project_index,
+            &self.projects,
+            &self.plans,
+            &self.plan_index,
+        )
+        .map_err(|error| error.within(&path))?;
         let duplicate_id = || {
             FieldError::new(
                 format!("{path}.id"),
@@ -448,8 +589,52 @@ impl PolicyBuilder {
             by_id: self.by_id,
             by_hash: self.by_hash,
             prices: self.prices,
+            plans: self.plans,
         }
     }
+}
+
+/// Plans compiled and indexed by id (ids unique, in the identifier alphabet).
+fn compile_plans(
+    records: Vec<PlanRecord>,
+) -> Result<(Vec<Plan>, HashMap<String, usize>), FieldError> {
+    let mut plans = Vec::with_capacity(records.len());
+    let mut index = HashMap::with_capacity(records.len());
+    for (position, record) in records.into_iter().enumerate() {
+        let path = format!("plans[{position}]");
+        require_identifier(&record.id).map_err(|m| FieldError::new(format!("{path}.id"), m))?;
+        if index.insert(record.id.clone(), position).is_some() {
+            return Err(FieldError::new(
+                format!("{path}.id"),
+                format!("duplicate plan id {:?}", record.id),
+            ));
+        }
+        plans.push(Plan::compile(record).map_err(|error| error.within(&path))?);
+    }
+    Ok((plans, index))
+}
+
+/// An owner's `limits`: its plan's position and its own limits (`None` when it sets none).
+fn compile_limits(
+    record: Option<&LimitsRecord>,
+    plan_index: &HashMap<String, usize>,
+) -> Result<(Option<usize>, Option<Box<OwnLimits>>), FieldError> {
+    let Some(record) = record else {
+        return Ok((None, None));
+    };
+    let plan = record
+        .plan
+        .as_ref()
+        .map(|id| {
+            plan_index
+                .get(id)
+                .copied()
+                .ok_or_else(|| FieldError::new("limits.plan", format!("unknown plan {id:?}")))
+        })
+        .transpose()?;
+    let own = OwnLimits::compile(record).map_err(|error| error.within("limits"))?;
+    let keep = own != OwnLimits::default();
+    Ok((plan, keep.then(|| Box::new(own))))
 }
 
 /// Ids travel in headers and logs: keep them to a conservative, printable alphabet.
@@ -477,6 +662,9 @@ fn compile_key(
     record: KeyRecord,
     position: usize,
     project_index: &HashMap<String, usize>,
+    projects: &[Project],
+    plans: &[Plan],
+    plan_index: &HashMap<String, usize>,
 ) -> Result<Key, FieldError> {
     require_identifier(&record.id).map_err(|m| FieldError::new("id", m))?;
     let lookup = match (&record.secret_sha256, &record.key_sha256) {
@@ -525,6 +713,26 @@ fn compile_key(
         }
     }
     check_soft_cap(record.spend_soft_cap_microusd, record.spend_cap_microusd)?;
+    let (plan_position, limits) = compile_limits(record.limits.as_ref(), plan_index)?;
+    let plan = plan_position.and_then(|position| plans.get(position));
+    let rate_limits = record
+        .rate_limits
+        .filter(|limits| limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some())
+        .or_else(|| plan.and_then(|plan| plan.rate_limits));
+    let home_offset = match &scope {
+        KeyScope::Project(position) => projects.get(*position).map(|p| p.utc_offset_minutes),
+        KeyScope::Org(_) => None,
+    };
+    let utc_offset_minutes = limits
+        .as_ref()
+        .and_then(|own| own.utc_offset_minutes)
+        .or(home_offset)
+        .unwrap_or(0);
+    let counted = record.spend_cap_microusd.is_some()
+        || record.spend_soft_cap_microusd.is_some()
+        || rate_limits.is_some()
+        || limits.as_ref().is_some_and(|own| !own.limits.is_empty())
+        || plan.is_some_and(|plan| !plan.limits.is_empty());
     Ok(Key {
         position,
         id: record.id,
@@ -541,9 +749,11 @@ fn compile_key(
         spent_microusd: record.spent_microusd,
         label: record.label,
         spend_soft_cap_microusd: record.spend_soft_cap_microusd,
-        rate_limits: record.rate_limits.filter(|limits| {
-            limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some()
-        }),
+        rate_limits,
+        plan: plan_position,
+        limits,
+        utc_offset_minutes,
+        counted,
     })
 }
 
@@ -647,6 +857,54 @@ mod tests {
         assert!(!policy.is_fresh(2000, 0));
         assert!(policy.is_fresh(1100, 100));
         assert!(!policy.is_fresh(1101, 100));
+    }
+
+    #[test]
+    fn plans_are_validated_and_named_by_keys_and_projects() {
+        let base = |plans: &str, project_limits: &str, key_limits: &str| {
+            format!(
+                r#"{{"version": 1, "issued_at": 1, "plans": [{plans}],
+                   "projects": [{{"id": "p", "org": "o", "status": "active" {project_limits}}}],
+                   "keys": [{{"id": "k1", "secret_sha256": "{}", "project": "p", "status": "active" {key_limits}}}]}}"#,
+                secret_hash("s")
+            )
+        };
+        let free =
+            r#"{"id": "free", "quotas": [{"period": "day", "requests": 50}], "models": ["m1"]}"#;
+        let policy =
+            Policy::from_json(base(free, "", r#", "limits": {"plan": "free"}"#).as_bytes())
+                .expect("valid");
+        let key = policy.key_by_id("k1").expect("k1");
+        assert!(key.counted, "the plan's quota is counted");
+        assert!(policy.allows_model(key, None, "m1") && !policy.allows_model(key, None, "m2"));
+        for (json, path) in [
+            (
+                base(free, "", r#", "limits": {"plan": "gold"}"#),
+                "keys[0].limits.plan",
+            ),
+            (
+                base(free, r#", "limits": {"plan": "gold"}"#, ""),
+                "projects[0].limits.plan",
+            ),
+            (base(&format!("{free}, {free}"), "", ""), "plans[1].id"),
+            (
+                base(r#"{"id": "x", "quotas": [{"period": "day"}]}"#, "", ""),
+                "plans[0].quotas[0]",
+            ),
+            (
+                base(free, "", r#", "limits": {"utc_offset_minutes": 841}"#),
+                "keys[0].limits.utc_offset_minutes",
+            ),
+        ] {
+            let error = Policy::from_json(json.as_bytes()).expect_err("must fail");
+            assert_eq!(error.path, path, "{error}");
+        }
+        // A key without limits and a plan without any is not counted: the fast path stays.
+        let plain = Policy::from_json(
+            base(r#"{"id": "none"}"#, "", r#", "limits": {"plan": "none"}"#).as_bytes(),
+        )
+        .expect("valid");
+        assert!(!plain.key_by_id("k1").expect("k1").counted);
     }
 
     #[test]

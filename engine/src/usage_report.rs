@@ -34,6 +34,14 @@ pub struct UsageEntry {
     /// Unix seconds of the key's last allowed request in this batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
+    /// The key's budget and quota windows this usage was counted in (`2026-11-30`,
+    /// `2026-W48`, `2026-11`), on the data plane's clock at admission: the control plane adds
+    /// it to exactly these windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_windows: Vec<String>,
+    /// The same for the project charged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub project_windows: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +123,8 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 20,
                 last_used_at: Some(1_700_000_000),
+                key_windows: vec![],
+                project_windows: vec![],
             }],
         );
         serde_json::to_vec(&report).expect("serializes")

@@ -101,7 +101,13 @@ impl Watch {
             effects.count(Count::Incomplete);
         }
         let holds = self.admitted.holds;
-        let mut settled = settle_holds(ledger, parties, &holds, charge.cost_microusd);
+        let mut settled = settle_holds(
+            ledger,
+            parties,
+            &holds,
+            charge.cost_microusd,
+            charge.used_tokens(),
+        );
         if let (Ok(()), Some(limits)) = (settled, parties.key.rate_limits) {
             if limits.tokens_per_minute.is_some() && holds.rate_taken {
                 let used = charge.used_tokens();
@@ -130,6 +136,7 @@ impl Watch {
                 key_id: &parties.key.id,
                 project: parties.project.map(|project| project.id.as_str()),
                 usage: charge.usage(),
+                windows: holds.windows.counted,
             });
         }
         effects

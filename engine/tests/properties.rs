@@ -2,6 +2,8 @@
 //! wasm32-unknown-unknown under node does not have).
 #![cfg(not(target_arch = "wasm32"))]
 
+use keyward_engine::budget::{BudgetRecord, LimitsRecord, PlanRecord, QuotaRecord};
+use keyward_engine::calendar::Period;
 use keyward_engine::hash::{digests_equal, sha256};
 use keyward_engine::key_format::{parse_key, KeyFormat, ParsedKey};
 use keyward_engine::signature::SigningKey;
@@ -34,6 +36,7 @@ fn project() -> impl Strategy<Value = ProjectRecord> {
             spend_cap_microusd: cap,
             spent_microusd: spent,
             spend_soft_cap_microusd: None,
+            limits: None,
         })
 }
 
@@ -80,6 +83,23 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 cached_input_microusd_per_mtok: Some(1_250_000),
                 cache_write_microusd_per_mtok: None,
             }],
+            price_catalog: None,
+            plans: vec![PlanRecord {
+                id: "free".to_owned(),
+                label: None,
+                budgets: vec![BudgetRecord {
+                    period: Period::Month,
+                    cap_microusd: Some(5_000_000),
+                    soft_cap_microusd: None,
+                }],
+                quotas: vec![QuotaRecord {
+                    period: Period::Day,
+                    requests: Some(50),
+                    tokens: None,
+                }],
+                models: Some(vec!["gpt-4o*".to_owned()]),
+                rate_limits: None,
+            }],
             keys: keys
                 .into_iter()
                 .enumerate()
@@ -105,6 +125,10 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                         }),
                         created_at: Some(issued_at),
                         last_used_at: None,
+                        limits: (n % 3 == 0).then(|| LimitsRecord {
+                            plan: Some("free".to_owned()),
+                            ..LimitsRecord::default()
+                        }),
                     },
                 )
                 .collect(),

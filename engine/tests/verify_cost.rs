@@ -69,9 +69,12 @@ fn million_key_manifest() -> Manifest {
                 spend_cap_microusd: Some(100_000_000),
                 spent_microusd: 0,
                 spend_soft_cap_microusd: None,
+                limits: None,
             })
             .collect(),
         prices: vec![],
+        price_catalog: None,
+        plans: vec![],
         keys: chunks.iter().map(|c| c.keys).sum(),
         chunks,
     }

@@ -315,7 +315,7 @@ fn request_body_and_usage_corpora_through_a_metered_stream() {
     destroy_config(config);
     let (bytes, _) = crate::process::PROCESS
         .ledger
-        .spend_get(&key_counter_entry("corpus2"))
+        .encoded_get(&key_counter_entry("corpus2"))
         .expect("the metered requests reserved on this key");
     let counter = SpendCounter::decode(&bytes).expect("a counter");
     assert_eq!(

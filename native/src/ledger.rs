@@ -4,9 +4,9 @@
 //! only way requests change them: one record at a time, under its shard's lock, so two workers
 //! never lose each other's updates.
 //!
-//! The usage reporter (main thread) also reads and writes spend counters, through
-//! keyward-filter's `SharedData` trait with Envoy's compare-and-swap rules; `spend_get` and
-//! `spend_set` give it that view of the same records (each record carries a version for its
+//! The usage reporter (main thread) also reads and writes spend and window counters, through
+//! keyward-filter's `SharedData` trait with Envoy's compare-and-swap rules; `encoded_get` and
+//! `encoded_set` give it that view of the same records (each record carries a version for its
 //! CAS token).
 
 use dashmap::mapref::entry::Entry;
@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use keyward_engine::ledger::{Ledger, LedgerError};
 use keyward_engine::metering::SpendCounter;
 use keyward_engine::rate_limit::RateState;
+use keyward_engine::window_counter::{WindowCounter, WINDOW_COUNTER_PREFIX};
 use keyward_filter::host::{HostError, SetOutcome};
 
 /// A record and the number of times it was written (its CAS token; never 0).
@@ -30,12 +31,73 @@ impl<T> Versioned<T> {
     }
 }
 
-/// Every spend counter and rate bucket of this Envoy process, in sharded maps (`dashmap`): a
-/// worker locks only the shard of the record it changes.
+/// Every spend counter, budget window counter and rate bucket of this Envoy process, in sharded
+/// maps (`dashmap`): a worker locks only the shard of the record it changes.
 #[derive(Debug, Default)]
 pub struct ProcessLedger {
     spend: DashMap<String, Versioned<SpendCounter>>,
+    windows: DashMap<String, Versioned<WindowCounter>>,
     rates: DashMap<String, Versioned<RateState>>,
+}
+
+/// A record the usage reporter sees as shared-data bytes.
+trait Encoded: Sized + Default {
+    fn to_bytes(&self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
+}
+
+impl Encoded for SpendCounter {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        SpendCounter::decode(bytes)
+    }
+}
+
+impl Encoded for WindowCounter {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        WindowCounter::decode(bytes)
+    }
+}
+
+fn get_encoded<T: Encoded>(
+    map: &DashMap<String, Versioned<T>>,
+    entry: &str,
+) -> Option<(Vec<u8>, u32)> {
+    map.get(entry)
+        .map(|slot| (slot.record.to_bytes(), slot.version))
+}
+
+/// Writes an encoded record with Envoy's shared-data CAS rules: a missing record is created
+/// whatever `cas` says; an existing one only with its current token (or `None`). Bytes that do
+/// not decode are refused, never read as zero.
+fn set_encoded<T: Encoded>(
+    map: &DashMap<String, Versioned<T>>,
+    entry: &str,
+    bytes: &[u8],
+    cas: Option<u32>,
+) -> Result<SetOutcome, HostError> {
+    let record = if bytes.is_empty() {
+        T::default()
+    } else {
+        T::from_bytes(bytes).ok_or(HostError::Malformed)?
+    };
+    match map.entry(entry.to_owned()) {
+        Entry::Occupied(mut slot) => {
+            if matches!(cas, Some(token) if token != 0 && token != slot.get().version) {
+                return Ok(SetOutcome::CasMismatch);
+            }
+            slot.get_mut().store(record);
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(Versioned { record, version: 1 });
+        }
+    }
+    Ok(SetOutcome::Written)
 }
 
 /// Applies `change` to a copy of the record (the default when missing) and stores it if asked,
@@ -80,38 +142,39 @@ impl ProcessLedger {
         apply(&self.rates, entry, change);
     }
 
-    /// A spend counter as shared data would hold it: encoded, with its CAS token.
-    pub fn spend_get(&self, entry: &str) -> Option<(Vec<u8>, u32)> {
-        self.spend
-            .get(entry)
-            .map(|slot| (slot.record.encode(), slot.version))
+    pub fn update_window(&self, entry: &str, change: &mut dyn FnMut(&mut WindowCounter) -> bool) {
+        apply(&self.windows, entry, change);
     }
 
-    /// Writes an encoded spend counter with Envoy's shared-data CAS rules: a missing record is
-    /// created whatever `cas` says; an existing one only with its current token (or `None`).
-    pub fn spend_set(
+    /// Whether shared-data `entry` is one of the records kept here (spend or window counters)
+    /// rather than in the process's plain shared entries.
+    pub fn holds(entry: &str) -> bool {
+        entry.starts_with(keyward_engine::metering::KEY_COUNTER_PREFIX)
+            || entry.starts_with(keyward_engine::metering::PROJECT_COUNTER_PREFIX)
+            || entry.starts_with(WINDOW_COUNTER_PREFIX)
+    }
+
+    /// A spend or window counter as shared data would hold it: encoded, with its CAS token.
+    pub fn encoded_get(&self, entry: &str) -> Option<(Vec<u8>, u32)> {
+        if entry.starts_with(WINDOW_COUNTER_PREFIX) {
+            get_encoded(&self.windows, entry)
+        } else {
+            get_encoded(&self.spend, entry)
+        }
+    }
+
+    /// Writes an encoded spend or window counter with Envoy's shared-data CAS rules.
+    pub fn encoded_set(
         &self,
         entry: &str,
         bytes: &[u8],
         cas: Option<u32>,
     ) -> Result<SetOutcome, HostError> {
-        let record = if bytes.is_empty() {
-            SpendCounter::default()
+        if entry.starts_with(WINDOW_COUNTER_PREFIX) {
+            set_encoded(&self.windows, entry, bytes, cas)
         } else {
-            SpendCounter::decode(bytes).ok_or(HostError::Malformed)?
-        };
-        match self.spend.entry(entry.to_owned()) {
-            Entry::Occupied(mut slot) => {
-                if matches!(cas, Some(token) if token != 0 && token != slot.get().version) {
-                    return Ok(SetOutcome::CasMismatch);
-                }
-                slot.get_mut().store(record);
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(Versioned { record, version: 1 });
-            }
+            set_encoded(&self.spend, entry, bytes, cas)
         }
-        Ok(SetOutcome::Written)
     }
 
     /// What every spend counter holds in reservations (tests: zero once every request ended).
@@ -146,6 +209,15 @@ impl Ledger for LedgerHandle<'_> {
         self.0.update_rate(entry, change);
         Ok(())
     }
+
+    fn update_window(
+        &mut self,
+        entry: &str,
+        change: &mut dyn FnMut(&mut WindowCounter) -> bool,
+    ) -> Result<(), LedgerError> {
+        self.0.update_window(entry, change);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -165,7 +237,7 @@ mod tests {
         });
         ledger.update_spend("other", &mut |_| false);
         assert_eq!(ledger.total_reserved(), 5);
-        assert!(ledger.spend_get("other").is_none());
+        assert!(ledger.encoded_get("other").is_none());
     }
 
     #[test]
@@ -203,10 +275,10 @@ mod tests {
         };
         // Missing: created whatever the token (CREATE_ONLY is u32::MAX).
         assert_eq!(
-            ledger.spend_set(entry, &counter.encode(), Some(u32::MAX)),
+            ledger.encoded_set(entry, &counter.encode(), Some(u32::MAX)),
             Ok(SetOutcome::Written)
         );
-        let (bytes, token) = ledger.spend_get(entry).expect("written");
+        let (bytes, token) = ledger.encoded_get(entry).expect("written");
         assert_eq!(SpendCounter::decode(&bytes), Some(counter.clone()));
         // A request changes it: the old token no longer writes.
         ledger.update_spend(entry, &mut |counter| {
@@ -214,16 +286,16 @@ mod tests {
             true
         });
         assert_eq!(
-            ledger.spend_set(entry, &counter.encode(), Some(token)),
+            ledger.encoded_set(entry, &counter.encode(), Some(token)),
             Ok(SetOutcome::CasMismatch)
         );
-        let (_, fresh) = ledger.spend_get(entry).expect("present");
+        let (_, fresh) = ledger.encoded_get(entry).expect("present");
         assert_eq!(
-            ledger.spend_set(entry, &counter.encode(), Some(fresh)),
+            ledger.encoded_set(entry, &counter.encode(), Some(fresh)),
             Ok(SetOutcome::Written)
         );
         assert_eq!(
-            ledger.spend_set(entry, b"not a counter", None),
+            ledger.encoded_set(entry, b"not a counter", None),
             Err(HostError::Malformed),
             "never read as zero"
         );

@@ -9,11 +9,11 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use keyward_engine::metering::{KEY_COUNTER_PREFIX, PROJECT_COUNTER_PREFIX};
 use keyward_engine::request::Header;
 use keyward_filter::host::{HostError, LogLevel, SetOutcome, SharedData, SyncHost, Telemetry};
 
 use crate::host::{CalloutResponse, ConfigHandle};
+use crate::ledger::ProcessLedger;
 use crate::native_host::{counter_id, gauge_id, log, now_ms};
 use crate::process::PROCESS;
 use crate::shared_data::ProcessShared;
@@ -53,10 +53,6 @@ pub struct ConfigSyncHost<'a> {
     /// The answer being handled (`None` outside a callout reply, or for a callout that failed:
     /// then there are no headers, as for a failed Wasm call).
     pub response: Option<&'a CalloutResponse>,
-}
-
-fn is_spend_counter(key: &str) -> bool {
-    key.starts_with(KEY_COUNTER_PREFIX) || key.starts_with(PROJECT_COUNTER_PREFIX)
 }
 
 impl ConfigSyncHost<'_> {
@@ -103,8 +99,8 @@ impl Telemetry for ConfigSyncHost<'_> {
 
 impl SharedData for ConfigSyncHost<'_> {
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        if is_spend_counter(key) {
-            return Ok(PROCESS.ledger.spend_get(key));
+        if ProcessLedger::holds(key) {
+            return Ok(PROCESS.ledger.encoded_get(key));
         }
         ProcessShared(&PROCESS.shared).shared_get(key)
     }
@@ -115,8 +111,8 @@ impl SharedData for ConfigSyncHost<'_> {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<SetOutcome, HostError> {
-        if is_spend_counter(key) {
-            return PROCESS.ledger.spend_set(key, value, cas);
+        if ProcessLedger::holds(key) {
+            return PROCESS.ledger.encoded_set(key, value, cas);
         }
         ProcessShared(&PROCESS.shared).shared_set(key, value, cas)
     }

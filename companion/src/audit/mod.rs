@@ -9,6 +9,7 @@
 mod artifact;
 mod decision;
 mod envoy;
+mod prices;
 mod print;
 mod report;
 mod source;

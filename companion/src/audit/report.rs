@@ -179,6 +179,9 @@ pub fn build_report(loaded: &Loaded, unused_days: u64) -> Report {
             );
         }
     }
+    for found in super::prices::unpriced_models(loaded) {
+        finding(found.severity, found.code, &found.subject, found.message);
+    }
     let issued_at = loaded.snapshot.issued_at;
     let active = |record: &&KeyRecord| key_state(record, now) == "active";
     if unused_days > 0 {

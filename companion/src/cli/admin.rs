@@ -23,7 +23,7 @@ use crate::units::{now, parse_duration_seconds};
 
 /// The operations of the admin commands. Changes are recorded as the target's actor: `--actor`
 /// locally, the admin token's name remotely.
-pub trait Admin {
+pub trait Admin: super::budget_admin::BudgetAdmin {
     fn create_project(
         &mut self,
         id: &str,
@@ -184,7 +184,7 @@ pub struct Remote {
 /// id with a `/`), so an id never changes which endpoint is called.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     utf8_percent_encode(text, SEGMENT).to_string()
 }
 
@@ -208,6 +208,16 @@ impl Remote {
 
     fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         self.plane.call("POST", path, &self.token, NONE)
+    }
+
+    /// Any call with an optional JSON body.
+    pub(super) fn send<T: serde::de::DeserializeOwned, B: serde::Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        self.plane.call(method, path, &self.token, body)
     }
 }
 

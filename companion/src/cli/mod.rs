@@ -2,6 +2,8 @@
 //! dispatch.
 
 mod admin;
+mod budget;
+mod budget_admin;
 mod dataplane;
 mod key;
 pub mod output;
@@ -78,14 +80,24 @@ enum Command {
     /// Set, list and remove model prices (USD per 1M tokens): what the filter meters spend with.
     #[command(subcommand)]
     Price(price::PriceCommand),
-    /// Spend per project and per key, against caps and soft caps (from usage reports).
+    /// Spend per project and per key, against caps and soft caps (from usage reports); with a
+    /// subcommand: window history, audited adjustments and resets, temporary increases, alerts.
+    #[command(args_conflicts_with_subcommands = true)]
     Spend {
+        #[command(subcommand)]
+        action: Option<budget::SpendAction>,
         /// Only this project and its keys.
         #[arg(long)]
         project: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Plans: named bundles of budgets, quotas, a model allow-list and rate limits.
+    #[command(subcommand)]
+    Plan(budget::PlanCommand),
+    /// A key's or project's own budgets per day, week or month, quotas, plan and UTC offset.
+    #[command(subcommand)]
+    Limits(budget::LimitsCommand),
     /// The usage reports the data plane sent.
     #[command(subcommand)]
     Usage(spend::UsageCommand),
@@ -257,6 +269,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         | Command::Key(_)
         | Command::Price(_)
         | Command::Spend { .. }
+        | Command::Plan(_)
+        | Command::Limits(_)
         | Command::Usage(_)
         | Command::Dataplane(_) => {}
         Command::Audit(args) if !args.policy.requested() => {}
@@ -270,9 +284,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Project(command) => project::run(target()?.as_mut(), command),
         Command::Key(command) => key::run(target()?.as_mut(), command),
         Command::Price(command) => price::run(target()?.as_mut(), command),
-        Command::Spend { project, json } => {
-            spend::spend(target()?.as_mut(), project.as_deref(), json)
-        }
+        Command::Spend {
+            action: Some(action),
+            ..
+        } => budget::spend_action(target()?.as_mut(), action),
+        Command::Spend {
+            action: None,
+            project,
+            json,
+        } => spend::spend(target()?.as_mut(), project.as_deref(), json),
+        Command::Plan(command) => budget::plan(target()?.as_mut(), command),
+        Command::Limits(command) => budget::limits(target()?.as_mut(), command),
         Command::Usage(command) => spend::usage(target()?.as_mut(), command),
         Command::Dataplane(command) => dataplane::run(target()?.as_mut(), command),
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),

@@ -37,6 +37,9 @@ pub enum PriceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import a price list in LiteLLM's format (model_prices_and_context_window.json), or
+    /// keyward's default catalog (--default), as one dated version.
+    Import(super::budget::ImportArgs),
     /// Remove a model's price.
     Remove {
         #[arg(long)]
@@ -77,6 +80,7 @@ pub fn run(admin: &mut dyn Admin, command: PriceCommand) -> Result<ExitCode, Err
             (admin.set_price(&record)?, json, "set")
         }
         PriceCommand::Remove { model, json } => (admin.remove_price(&model)?, json, "removed"),
+        PriceCommand::Import(args) => return super::budget::import_prices(admin, args),
         PriceCommand::List { json } => {
             let prices = admin.prices()?;
             if json {

@@ -27,6 +27,13 @@ pub enum SecretCommand {
         #[arg(long)]
         signing_key_file: PathBuf,
     },
+    /// A new budget webhook secret (32 random bytes, base64) for `serve --webhook-secret-file`;
+    /// receivers check `x-keyward-signature` with it.
+    WebhookSecret {
+        /// The secret file (created 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// A new admin token, written as `NAME:TOKEN`.
     AdminToken {
         #[arg(long, default_value = secrets::DEFAULT_TOKEN_NAME)]
@@ -67,6 +74,10 @@ pub fn run(command: SecretCommand) -> Result<ExitCode, Error> {
         SecretCommand::PublicKey { signing_key_file } => {
             let key = secrets::load_signing_key("signing-key", &signing_key_file)?;
             println!("{}", key.public_key().to_base64());
+        }
+        SecretCommand::WebhookSecret { out } => {
+            secrets::write_secret_file(&out, &secrets::generate_webhook_secret()?)?;
+            eprintln!("wrote a new webhook secret to {}", out.display());
         }
         SecretCommand::AdminToken { name, out } => {
             if !valid_actor(&name) {

@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// After SIGTERM, how long requests in flight may finish (readiness fails meanwhile).
     #[arg(long, default_value = "20s")]
     drain: String,
+    /// Post budget alerts (a soft cap or cap reached, once per window) to this URL as
+    /// Slack-compatible JSON, signed with --webhook-secret-file.
+    #[arg(long, env = "KEYWARD_WEBHOOK_URL", requires = "webhook_secret_file")]
+    webhook_url: Option<String>,
+    /// The webhook signing secret (base64, at least 32 bytes; `keyward secret webhook-secret`
+    /// makes one), mode 0600.
+    #[arg(long, env = "KEYWARD_WEBHOOK_SECRET_FILE", requires = "webhook_url")]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 /// `--snapshot-ttl`: at least 2 s, so that a snapshot can be re-issued within its lifetime.
@@ -105,6 +113,21 @@ pub fn run(db: &StoreArg, args: ServeArgs) -> Result<ExitCode, Error> {
         },
         access_log: args.access_log,
         drain: Duration::from_secs(parse_duration_seconds(&args.drain)?),
+        webhook: match (args.webhook_url, args.webhook_secret_file) {
+            (Some(url), Some(file)) => {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    return Err(Error::invalid(
+                        "invalid_webhook_url",
+                        "--webhook-url must be an http:// or https:// URL",
+                    ));
+                }
+                Some(server::WebhookTarget {
+                    url,
+                    secret: secrets::load_webhook_secret(&file)?,
+                })
+            }
+            _ => None,
+        },
     };
     server::serve(options)?;
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 //! data-plane token, which can do nothing else). Snapshots are signed with the control plane's
 //! Ed25519 key, which never leaves this process, and expire.
 
+mod budgets;
 mod dataplane;
 mod keys;
 mod observe;
@@ -13,6 +14,7 @@ mod routes;
 mod snapshot;
 mod tls;
 mod usage;
+mod webhooks;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ use crate::units::now;
 use observe::Metrics;
 pub use routes::not_found;
 use snapshot::{ChunkedSlots, Published};
+pub use webhooks::WebhookTarget;
 
 /// How often the server records revocations whose rotation grace has ended.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +56,8 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain: Duration,
+    /// Post budget alerts (soft cap and cap reached) to this webhook, signed.
+    pub webhook: Option<WebhookTarget>,
 }
 
 pub struct TlsFiles {
@@ -175,6 +180,9 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             draining: AtomicBool::new(false),
         });
         tokio::spawn(sweep_rotations(Arc::clone(&state)));
+        if let Some(target) = options.webhook {
+            tokio::spawn(webhooks::deliver_alerts(Arc::clone(&state), target));
+        }
         if options.spend_publish_ms > 0 {
             tokio::spawn(publish_spend(
                 Arc::clone(&state),

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dataplane, keys, prices, projects, snapshot, usage};
+use super::{budgets, dataplane, keys, prices, projects, snapshot, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,19 @@ use super::{dataplane, keys, prices, projects, snapshot, usage};
         prices::get,
         prices::set,
         prices::remove,
+        budgets::import_prices,
+        budgets::plans,
+        budgets::plan,
+        budgets::set_plan,
+        budgets::remove_plan,
+        budgets::limits,
+        budgets::set_limits,
+        budgets::windows,
+        budgets::increases,
+        budgets::add_increase,
+        budgets::adjust,
+        budgets::reset,
+        budgets::alerts,
         usage::report,
         usage::batches,
         dataplane::refused,

@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 
 use super::usage::MAX_USAGE_REPORT_BYTES;
 use super::{
-    dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store, Actor, Shared,
+    budgets, dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store,
+    Actor, Shared,
 };
 use crate::error::Error;
 
@@ -74,6 +75,23 @@ pub(super) fn router(state: Shared) -> Router {
             "/v1/dataplane-tokens/{name}/revoke",
             post(dataplane::revoke),
         )
+        .route("/v1/plans", get(budgets::plans))
+        .route(
+            "/v1/plans/{id}",
+            get(budgets::plan)
+                .put(budgets::set_plan)
+                .delete(budgets::remove_plan),
+        )
+        .route("/v1/limits", get(budgets::limits).put(budgets::set_limits))
+        .route("/v1/windows", get(budgets::windows))
+        .route(
+            "/v1/increases",
+            get(budgets::increases).post(budgets::add_increase),
+        )
+        .route("/v1/spend/adjust", post(budgets::adjust))
+        .route("/v1/spend/reset", post(budgets::reset))
+        .route("/v1/alerts", get(budgets::alerts))
+        .route("/v1/prices/import", post(budgets::import_prices))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,

@@ -108,6 +108,7 @@ pub(super) fn bump_version(sql: &mut dyn Sql) -> Result<u64, Error> {
     for table in ["keys", "projects"] {
         sql.execute(&fold_pending_spend(table), &[])?;
     }
+    super::windows::fold_pending_windows(sql)?;
     let version = sql.query_int(
         "UPDATE policy_version SET version = version + 1 WHERE id = 1 RETURNING version",
         &[],

@@ -158,6 +158,7 @@ impl KeyRow {
             rate_limits: view.rate_limits,
             created_at: Some(view.created_at),
             last_used_at: view.last_seen_at,
+            limits: None,
         }
     }
 }

@@ -42,6 +42,10 @@ pub const SQLITE: &[(&str, &str)] = &[
         "V5__dataplane_tokens",
         include_str!("../../migrations/sqlite/V5__dataplane_tokens.sql"),
     ),
+    (
+        "V6__budgets_plans_quotas",
+        include_str!("../../migrations/sqlite/V6__budgets_plans_quotas.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, in order: their own sequence (PostgreSQL support began with the
@@ -54,6 +58,10 @@ pub const POSTGRES: &[(&str, &str)] = &[
     (
         "V2__dataplane_tokens",
         include_str!("../../migrations/postgres/V2__dataplane_tokens.sql"),
+    ),
+    (
+        "V3__budgets_plans_quotas",
+        include_str!("../../migrations/postgres/V3__budgets_plans_quotas.sql"),
     ),
 ];
 

@@ -6,9 +6,11 @@
 //! The entity modules (`projects`, `keys`, `prices`, `usage`, `snapshot`) are written once
 //! against the query layer (`sql`); a backend (`sqlite`) supplies transactions and migrations.
 
+mod alerts;
 mod change;
 mod dataplane;
 mod keys;
+mod limits;
 mod migrate;
 mod model;
 mod postgresql;
@@ -21,17 +23,25 @@ mod sqlite;
 mod usage;
 mod usage_check;
 mod validate;
+mod windows;
 
 #[cfg(test)]
 mod test_support;
 
 #[cfg(test)]
+mod budget_tests;
+
+#[cfg(test)]
 use std::path::Path;
 
+pub use alerts::AlertView;
+pub use limits::{BudgetOwner, Increase, IncreaseView, LimitsSettings};
 pub use model::{
     AuditEvent, KeySettings, KeyUpdate, KeyView, NewKey, Owner, PriceView, ProjectUpdate,
     ProjectView, StatusChange, UsageBatchView,
 };
+pub use prices::PriceImport;
+pub use windows::{UsageChange, UsageDelta, WindowTarget, WindowUsageView};
 
 pub use dataplane::{
     CreatedDataplaneToken, DataplaneIdentity, DataplaneTokenView, Permission, RefusedBatchView,

@@ -219,6 +219,7 @@ impl ProjectView {
             spend_cap_microusd: self.spend_cap_microusd,
             spent_microusd: self.spent_microusd,
             spend_soft_cap_microusd: self.spend_soft_cap_microusd,
+            limits: None,
         }
     }
 }

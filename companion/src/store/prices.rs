@@ -1,6 +1,6 @@
 //! Model prices (micro-USD per one million tokens): what the filter meters spend with.
 
-use keyward_engine::snapshot::PriceRecord;
+use keyward_engine::snapshot::{PriceCatalog, PriceRecord};
 use serde_json::json;
 
 use super::model::PriceView;
@@ -98,6 +98,11 @@ impl Store {
         self.change(actor, now, |change| {
             let previous = find_price(change.sql, &price.model)?;
             write_price(change.sql, price, now)?;
+            change.sql.execute(
+                "UPDATE prices SET source = 'manual', as_of = ?2 WHERE model = ?1",
+                args![&price.model, today(now)],
+            )?;
+            next_catalog(change.sql, &today(now))?;
             let mut details = price_details(price);
             if let Some(object) = details.as_object_mut() {
                 object.insert(
@@ -118,8 +123,127 @@ impl Store {
             change
                 .sql
                 .execute("DELETE FROM prices WHERE model = ?1", args![model])?;
+            next_catalog(change.sql, &today(now))?;
             change.audit("price.remove", model, price_details(&removed.record()))?;
             Ok(removed)
+        })
+    }
+}
+
+/// The price table's version and date, as every snapshot carries them (`None` before any
+/// price change recorded one).
+pub(super) fn price_catalog(sql: &mut dyn Sql) -> Result<Option<PriceCatalog>, Error> {
+    sql.query_opt("SELECT version, as_of FROM price_catalog WHERE id = 1", &[])?
+        .map(|row| {
+            let mut columns = row.columns();
+            Ok(PriceCatalog {
+                version: columns.uint()?,
+                as_of: columns.opt_text()?,
+            })
+        })
+        .transpose()
+}
+
+/// A new version of the price table, dated `as_of` (`YYYY-MM-DD`).
+fn next_catalog(sql: &mut dyn Sql, as_of: &str) -> Result<u64, Error> {
+    let version = sql.query_int(
+        "INSERT INTO price_catalog (id, version, as_of) VALUES (1, 1, ?1) \
+         ON CONFLICT (id) DO UPDATE SET version = price_catalog.version + 1, \
+         as_of = excluded.as_of RETURNING version",
+        args![as_of],
+    )?;
+    Ok(crate::units::from_sql_int(version))
+}
+
+/// Today's date in UTC, `YYYY-MM-DD`: the date of a price set by hand.
+fn today(now: u64) -> String {
+    keyward_engine::calendar::Window::containing(keyward_engine::calendar::Period::Day, now, 0)
+        .map(|day| day.id())
+        .unwrap_or_default()
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PriceImport {
+    pub added: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    /// Prices removed because the import replaced the table.
+    pub removed: u64,
+    pub catalog_version: u64,
+    pub as_of: String,
+    pub source: String,
+}
+
+impl Store {
+    /// Imports a price list (a LiteLLM price file, the default catalog) as one audited
+    /// version: each price is set (validated by the engine); with `replace`, prices the list
+    /// does not name are removed. The table's version grows and takes the list's date.
+    pub fn import_prices(
+        &mut self,
+        actor: &str,
+        now: u64,
+        prices: &[PriceRecord],
+        source: &str,
+        as_of: &str,
+        replace: bool,
+    ) -> Result<PriceImport, Error> {
+        if keyward_engine::calendar::Window::parse(as_of)
+            .is_none_or(|day| day.period != keyward_engine::calendar::Period::Day)
+        {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("as_of: {as_of:?} is not a date (YYYY-MM-DD)"),
+            ));
+        }
+        validate_text("source", Some(source), 200)?;
+        for price in prices {
+            validate_text("model", Some(&price.model), 256)?;
+        }
+        validate_with_engine(vec![], vec![], prices.to_vec())?;
+        self.change(actor, now, |change| {
+            let mut outcome = PriceImport {
+                added: 0,
+                changed: 0,
+                unchanged: 0,
+                removed: 0,
+                catalog_version: 0,
+                as_of: as_of.to_owned(),
+                source: source.to_owned(),
+            };
+            let existing = all_prices(change.sql)?;
+            for price in prices {
+                match existing.iter().find(|old| old.model == price.model) {
+                    Some(old) if old.record() == *price => outcome.unchanged += 1,
+                    Some(_) => outcome.changed += 1,
+                    None => outcome.added += 1,
+                }
+                write_price(change.sql, price, now)?;
+                change.sql.execute(
+                    "UPDATE prices SET source = ?2, as_of = ?3 WHERE model = ?1",
+                    args![&price.model, source, as_of],
+                )?;
+            }
+            if replace {
+                for old in &existing {
+                    if !prices.iter().any(|price| price.model == old.model) {
+                        change
+                            .sql
+                            .execute("DELETE FROM prices WHERE model = ?1", args![&old.model])?;
+                        outcome.removed += 1;
+                    }
+                }
+            }
+            outcome.catalog_version = next_catalog(change.sql, as_of)?;
+            change.audit(
+                "price.import",
+                source,
+                serde_json::json!({"added": outcome.added, "changed": outcome.changed,
+                                   "unchanged": outcome.unchanged, "removed": outcome.removed,
+                                   "as_of": as_of, "catalog_version": outcome.catalog_version,
+                                   "replace": replace}),
+            )?;
+            Ok(outcome)
         })
     }
 }

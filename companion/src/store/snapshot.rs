@@ -1,15 +1,21 @@
 //! The whole policy as the filter's snapshot, and the import of a plain snapshot into the store.
 
+use std::collections::{BTreeMap, HashMap};
+
+use keyward_engine::budget::{IncreaseRecord, LimitsRecord, WindowUsage};
 use keyward_engine::snapshot::{Policy, Snapshot};
 use serde_json::json;
 
 use super::change::current_version;
 use super::keys::{find_key, key_of, key_status_str, rpm_of, tpm_of, KEY_COLUMNS};
+use super::limits::{all_plans, all_stored_limits, running_increases, BudgetOwner, LimitsSettings};
 use super::model::PriceView;
+use super::prices::price_catalog;
 use super::prices::{all_prices, find_price, write_price};
 use super::projects::{all_projects, find_project, project_status_str};
 use super::sql::{args, Sql, Value};
 use super::validate::validate_text;
+use super::windows::snapshot_usage;
 use super::Store;
 use crate::error::Error;
 
@@ -34,6 +40,35 @@ fn current_issue(
         (issued_version == version && now < issued_at.saturating_add(reissue_seconds))
             .then_some(issued_at)
     }))
+}
+
+/// Every owner's limits as the snapshot carries them: its own settings, the increases running
+/// at the issue time, and the figures of its current windows.
+struct SnapshotLimits {
+    own: HashMap<BudgetOwner, LimitsSettings>,
+    increases: HashMap<BudgetOwner, Vec<IncreaseRecord>>,
+    usage: HashMap<BudgetOwner, BTreeMap<String, WindowUsage>>,
+}
+
+impl SnapshotLimits {
+    fn load(sql: &mut dyn Sql, issued_at: u64) -> Result<SnapshotLimits, Error> {
+        Ok(SnapshotLimits {
+            own: all_stored_limits(sql)?,
+            increases: running_increases(sql, issued_at)?,
+            usage: snapshot_usage(sql, issued_at)?,
+        })
+    }
+
+    fn take(&mut self, owner: &BudgetOwner) -> Option<LimitsRecord> {
+        let mut record = self
+            .own
+            .remove(owner)
+            .map(|own| own.record())
+            .unwrap_or_default();
+        record.increases = self.increases.remove(owner).unwrap_or_default();
+        record.usage = self.usage.remove(owner).unwrap_or_default();
+        (record != LimitsRecord::default()).then_some(record)
+    }
 }
 
 impl Store {
@@ -70,16 +105,23 @@ impl Store {
     pub fn snapshot(&mut self, issued_at: u64) -> Result<Snapshot, Error> {
         self.read(|sql| {
             let version = current_version(sql)?;
+            let mut limits = SnapshotLimits::load(sql, issued_at)?;
             let projects = all_projects(sql)?
                 .iter()
-                .map(|view| view.record())
+                .map(|view| {
+                    let mut record = view.record();
+                    record.limits = limits.take(&BudgetOwner::Project(view.id.clone()));
+                    record
+                })
                 .collect();
             let mut keys = Vec::new();
             sql.for_each(
                 &format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY id"),
                 &[],
                 &mut |row| {
-                    keys.push(key_of(&row)?.record(issued_at));
+                    let mut record = key_of(&row)?.record(issued_at);
+                    record.limits = limits.take(&BudgetOwner::Key(record.id.clone()));
+                    keys.push(record);
                     Ok(())
                 },
             )?;
@@ -91,6 +133,8 @@ impl Store {
                 projects,
                 keys,
                 prices,
+                price_catalog: price_catalog(sql)?,
+                plans: all_plans(sql)?,
             })
         })
     }
@@ -112,6 +156,12 @@ impl Store {
             )
         })?;
         self.change(actor, now, |change| {
+            for plan in &snapshot.plans {
+                change.sql.execute(
+                    "INSERT INTO plans (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    args![&plan.id, Value::json(plan)?, Value::uint(now)?],
+                )?;
+            }
             for project in &snapshot.projects {
                 if find_project(change.sql, &project.id)?.is_some() {
                     return Err(Error::conflict(
@@ -181,6 +231,37 @@ impl Store {
                         tpm_of(key.rate_limits.as_ref())?
                     ],
                 )?;
+            }
+            // Own limits travel; window figures and increases are the data plane's history.
+            let owners = snapshot
+                .projects
+                .iter()
+                .map(|p| (BudgetOwner::Project(p.id.clone()), &p.limits))
+                .chain(
+                    snapshot
+                        .keys
+                        .iter()
+                        .map(|k| (BudgetOwner::Key(k.id.clone()), &k.limits)),
+                );
+            for (owner, limits) in owners {
+                let Some(limits) = limits else { continue };
+                let own = LimitsSettings {
+                    plan: limits.plan.clone(),
+                    utc_offset_minutes: limits.utc_offset_minutes,
+                    budgets: limits.budgets.clone(),
+                    quotas: limits.quotas.clone(),
+                };
+                if own != LimitsSettings::default() {
+                    let table = if owner.kind() == "key" {
+                        "keys"
+                    } else {
+                        "projects"
+                    };
+                    change.sql.execute(
+                        &format!("UPDATE {table} SET limits = ?2 WHERE id = ?1"),
+                        args![owner.id(), Value::json(&own)?],
+                    )?;
+                }
             }
             for price in &snapshot.prices {
                 if find_price(change.sql, &price.model)?.is_some() {

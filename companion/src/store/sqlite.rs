@@ -341,7 +341,8 @@ PRAGMA user_version = 1;
                 "soft_caps_rate_limits_prices_usage",
                 "pending_spend",
                 "snapshot_issue",
-                "dataplane_tokens"
+                "dataplane_tokens",
+                "budgets_plans_quotas"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);

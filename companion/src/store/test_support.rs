@@ -49,6 +49,8 @@ pub(super) fn entry(
         input_tokens: 100,
         output_tokens: 50,
         last_used_at: Some(last_used_at),
+        key_windows: vec![],
+        project_windows: vec![],
     }
 }
 

@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 use keyward_engine::usage_report::{UsageAck, UsageReport};
 use serde_json::json;
 
+use keyward_engine::calendar::Window;
+
+use super::alerts::check_alerts;
 use super::change::{bump_version, current_version, record_event};
 use super::keys::find_key;
+use super::limits::BudgetOwner;
 use super::model::{UsageApplied, UsageBatchView};
 use super::projects::find_project;
 use super::sql::{args, Dialect, Row, Sql, Value};
+use super::windows::{credit_window, windows_pending, WindowCharge};
 use super::Store;
 use crate::error::Error;
 
@@ -85,6 +90,8 @@ struct Tally {
     input_tokens: u64,
     output_tokens: u64,
     warnings: Vec<String>,
+    /// The budget windows the entries name, per owner (see `windows`).
+    windows: Vec<WindowCharge>,
 }
 
 /// Sums a report's entries per key and per project, within the write lock. Entries for unknown
@@ -114,6 +121,21 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
                 last_seen_at: key.view.last_seen_at,
             })
             .add(entry.cost_microusd, entry.last_used_at);
+        let tokens = entry.input_tokens.saturating_add(entry.output_tokens);
+        let charge = |owner: &BudgetOwner, window: &String| WindowCharge {
+            owner: owner.clone(),
+            window: window.clone(),
+            cost: entry.cost_microusd,
+            requests: entry.requests,
+            tokens,
+        };
+        let key_owner = BudgetOwner::Key(key.view.id.clone());
+        tally.windows.extend(
+            entry
+                .key_windows
+                .iter()
+                .map(|window| charge(&key_owner, window)),
+        );
         let Some(project_id) = &entry.project else {
             continue;
         };
@@ -133,6 +155,13 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
                     last_seen_at: None,
                 })
                 .add(entry.cost_microusd, None);
+            let project_owner = BudgetOwner::Project(project.id.clone());
+            tally.windows.extend(
+                entry
+                    .project_windows
+                    .iter()
+                    .map(|window| charge(&project_owner, window)),
+            );
         } else {
             tally.warnings.push(format!(
                 "usage batch {}: key {} cannot charge project {} (unknown, or not the key's \
@@ -144,6 +173,48 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
         }
     }
     Ok(tally)
+}
+
+/// Adds the window charges to their windows (pending), then records the alerts the new
+/// figures earn, for each window and for the lifetime spend of every owner charged.
+fn credit_windows(
+    sql: &mut dyn Sql,
+    now: u64,
+    batch_id: &str,
+    tally: &mut Tally,
+) -> Result<(), Error> {
+    let mut touched: Vec<(BudgetOwner, Option<Window>)> = Vec::new();
+    for charge in &tally.windows {
+        if !credit_window(sql, charge)? {
+            tally.warnings.push(format!(
+                "usage batch {}: {} is not a window id, entry not counted there",
+                shown(batch_id),
+                shown(&charge.window)
+            ));
+            continue;
+        }
+        let window = Window::parse(&charge.window);
+        if !touched.contains(&(charge.owner.clone(), window)) {
+            touched.push((charge.owner.clone(), window));
+        }
+    }
+    let owners = tally
+        .keys
+        .keys()
+        .map(|id| BudgetOwner::Key(id.clone()))
+        .chain(
+            tally
+                .projects
+                .keys()
+                .map(|id| BudgetOwner::Project(id.clone())),
+        );
+    for owner in owners {
+        touched.push((owner, None));
+    }
+    for (owner, window) in touched {
+        check_alerts(sql, now, &owner, window)?;
+    }
+    Ok(())
 }
 
 /// Adds the tally to the pending spend of its keys and projects, and moves `last_seen_at`.
@@ -206,7 +277,7 @@ impl Store {
                     warnings: vec![],
                 });
             }
-            let tally = tally(sql, report)?;
+            let mut tally = tally(sql, report)?;
             let current = current_version(sql)?;
             let version = if tally.applied > 0 {
                 current.saturating_add(1)
@@ -214,6 +285,7 @@ impl Store {
                 current
             };
             add_pending_spend(sql, &tally)?;
+            credit_windows(sql, now, &report.batch_id, &mut tally)?;
             if tally.applied > 0 && publish_now {
                 bump_version(sql)?;
             }
@@ -275,7 +347,7 @@ impl Store {
                         (SELECT COUNT(*) FROM projects WHERE pending_spend_microusd > 0)",
                 &[],
             )?;
-            if waiting == 0 {
+            if waiting == 0 && !windows_pending(sql)? {
                 return Ok(None);
             }
             bump_version(sql).map(Some)

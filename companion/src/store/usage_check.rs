@@ -11,11 +11,14 @@
 //! - the cost is what the requests could have cost: at most, per request, the reservation
 //!   ceiling (what a request is charged without usage), plus the tokens reported at the highest
 //!   price in the price table; tokens per request are bounded too;
-//! - the whole batch costs at most a configured amount.
+//! - the whole batch costs at most a configured amount;
+//! - the budget windows an entry names parse, name each period at most once per owner, and none
+//!   starts in the future: charging next month in advance would burn a budget before its time.
 
 use std::collections::HashMap;
 
-use keyward_engine::usage_report::UsageReport;
+use keyward_engine::calendar::Window;
+use keyward_engine::usage_report::{UsageEntry, UsageReport};
 
 use super::keys::find_key;
 use super::projects::find_project;
@@ -81,6 +84,52 @@ fn cost_bound(
         + priced.div_ceil(1_000_000)
 }
 
+/// The farthest ahead of UTC a window's owner can be (UTC+14:00): its windows start that much
+/// earlier than the same ids at UTC.
+const MAX_OFFSET_SECONDS: u64 = 14 * 3600;
+
+/// What is wrong with the window ids of `entry` (see the module documentation).
+fn window_violations(
+    at: &str,
+    entry: &UsageEntry,
+    limits: &UsageLimits,
+    now: u64,
+    found: &mut Vec<String>,
+) {
+    let latest_start = now
+        .saturating_add(limits.clock_skew_seconds)
+        .saturating_add(MAX_OFFSET_SECONDS);
+    for (owner, ids) in [
+        ("key", &entry.key_windows),
+        ("project", &entry.project_windows),
+    ] {
+        if owner == "project" && !ids.is_empty() && entry.project.is_none() {
+            found.push(format!("{at}: project windows without a project"));
+        }
+        let mut periods = Vec::new();
+        for id in ids {
+            let shown = id.chars().take(40).collect::<String>();
+            let Some(window) = Window::parse(id) else {
+                found.push(format!("{at}: {owner} window {shown:?} is not a window id"));
+                continue;
+            };
+            if periods.contains(&window.period) {
+                found.push(format!(
+                    "{at}: two {owner} windows of one period ({shown:?})"
+                ));
+            }
+            periods.push(window.period);
+            let (start_utc, _) = window.bounds(0);
+            // A start before 1970 is in the past whatever the clock says.
+            if u64::try_from(start_utc).is_ok_and(|start| start > latest_start) {
+                found.push(format!(
+                    "{at}: {owner} window {shown:?} has not started (now {now})"
+                ));
+            }
+        }
+    }
+}
+
 /// Everything wrong with `report`, one line each (at most a few per entry); empty when it may be
 /// applied.
 pub fn violations(
@@ -124,6 +173,7 @@ pub fn violations(
                 ));
             }
         }
+        window_violations(&at, entry, limits, now, &mut found);
         let tokens = u128::from(entry.input_tokens) + u128::from(entry.output_tokens);
         if entry.requests == 0 && (entry.cost_microusd > 0 || tokens > 0) {
             found.push(format!("{at}: cost or tokens without any request"));
@@ -217,7 +267,37 @@ mod tests {
             input_tokens: 1000,
             output_tokens: 500,
             last_used_at: Some(1_000),
+            key_windows: vec![],
+            project_windows: vec![],
         }
+    }
+
+    #[test]
+    fn windows_must_parse_appear_once_per_period_and_have_started() {
+        let limits = UsageLimits::default();
+        // 2026-12-05T12:00:00Z.
+        let now = 1_796_472_000;
+        let check = |key_windows: &[&str], project_windows: &[&str], project: Option<&str>| {
+            let mut one = entry("k", project, 0, 1);
+            one.key_windows = key_windows.iter().map(|w| (*w).to_owned()).collect();
+            one.project_windows = project_windows.iter().map(|w| (*w).to_owned()).collect();
+            let mut found = Vec::new();
+            window_violations("e", &one, &limits, now, &mut found);
+            found
+        };
+        assert!(check(
+            &["2026-12-05", "2026-W49", "2026-12"],
+            &["2026-12-06"],
+            Some("p")
+        )
+        .is_empty());
+        // Last month's usage reported late is still that month's.
+        assert!(check(&["2026-11"], &[], None).is_empty());
+        assert!(check(&["2026-13"], &[], None)[0].contains("not a window id"));
+        assert!(check(&["2026-12-05", "2026-12-04"], &[], None)[0].contains("two key windows"));
+        assert!(check(&["2027-01"], &[], None)[0].contains("has not started"));
+        assert!(check(&["2026-12-07"], &[], None)[0].contains("has not started"));
+        assert!(check(&[], &["2026-12-05"], None)[0].contains("without a project"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the store accepts: every record is checked with the filter's own snapshot compiler, and
 //! free text is kept printable and bounded.
 
+use keyward_engine::budget::PlanRecord;
 use keyward_engine::snapshot::{KeyRecord, Policy, PriceRecord, ProjectRecord, Snapshot};
 
 use super::model::KeySettings;
@@ -13,6 +14,16 @@ pub(super) fn validate_with_engine(
     keys: Vec<KeyRecord>,
     prices: Vec<PriceRecord>,
 ) -> Result<(), Error> {
+    validate_with_plans(projects, keys, prices, Vec::new())
+}
+
+/// [`validate_with_engine`] with the plans the records may name.
+pub(super) fn validate_with_plans(
+    projects: Vec<ProjectRecord>,
+    keys: Vec<KeyRecord>,
+    prices: Vec<PriceRecord>,
+    plans: Vec<PlanRecord>,
+) -> Result<(), Error> {
     let snapshot = Snapshot {
         version: 1,
         issued_at: 0,
@@ -20,6 +31,8 @@ pub(super) fn validate_with_engine(
         projects,
         keys,
         prices,
+        price_catalog: None,
+        plans,
     };
     let caps = snapshot
         .keys
@@ -50,7 +63,7 @@ pub(super) fn validate_with_engine(
                 ),
             );
         }
-        let path = ["keys[0]", "projects[0]", "prices[0]"]
+        let path = ["keys[0]", "projects[0]", "prices[0]", "plans[0]"]
             .iter()
             .find_map(|prefix| error.path.strip_prefix(prefix))
             .unwrap_or(&error.path)
