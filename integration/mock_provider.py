@@ -129,9 +129,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if delay:
                 time.sleep(delay)
+        # Recorded before the terminating chunk: a client that has read the whole response
+        # then finds this request in `recorded()`, never racing the handler thread.
+        self._record(record)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-        self._record(record)
 
     @staticmethod
     def _sse(obj, event: Optional[str] = None) -> bytes:

@@ -214,7 +214,7 @@ def served(tmp_path_factory, envoy_workdir, wasm, keyward_bin):
         def render(listen_port, admin_port, upstream_port):
             return plane.cli(
                 "render", "envoy", "--wasm", str(wasm), "--control-plane", address,
-                "--signing-key-id", "ops-1", "--signing-key-file", str(plane.signing_key_file),
+                *plane.trust_args(),
                 "--listen", f"127.0.0.1:{listen_port}", "--admin", f"127.0.0.1:{admin_port}",
                 "--upstream", f"127.0.0.1:{upstream_port}", "--interval-ms", str(INTERVAL_MS),
                 "--plugin-config", str(work / "plugin.json"),
