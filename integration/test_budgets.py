@@ -357,7 +357,7 @@ def test_a_litellm_price_file_imports_as_one_dated_table(served, tmp_path):
     assert prices["o3"]["cached_input_microusd_per_mtok"] == 500_000
     assert prices["gemini-2.5-flash"]["output_microusd_per_mtok"] == 2_500_000
     assert "claude-sonnet-4-20250514" not in prices and "text-embedding-3-small" not in prices
-    envelope = json.loads(http_get(address, "/v1/snapshot"))
+    envelope = json.loads(http_get(address, "/v1/snapshot", plane.dataplane_token()))
     assert envelope["snapshot"]["price_catalog"]["as_of"] == "2026-11-01"
 
 
@@ -377,11 +377,11 @@ def test_spend_is_adjusted_and_reset_through_the_admin_api_audited(served):
     assert json.loads(plane.cli("key", "show", key_id, "--json").stdout)["spent_microusd"] == 1_250_000
 
 
-def http_get(address: str, path: str) -> bytes:
+def http_get(address: str, path: str, token: str | None = None) -> bytes:
     host, port = address.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"authorization": f"Bearer {token}"} if token else {})
         return conn.getresponse().read()
     finally:
         conn.close()
