@@ -172,13 +172,14 @@ FIGURE = re.compile(
 # command that measures it, or the test that exercised it.
 SOURCE = re.compile(
     r"bench/results/|bench/README\.md|(?:docs/)?scale\.md|native\.md#numbers|"
-    r"`make (?:bench|scale|soak|scale-native|soak-native)`|integration/test_\w+\.py|tests/\w+\.rs"
+    r"`make (?:bench|scale|soak|scale-native|soak-native)`|integration/test_\w+\.py|tests/\w+\.rs|"
+    r"measured with `[^`]+`\s+after\s+`make \w+`\s+at\s+git\s+[0-9a-f]{7}"
 )
 # A figure in a sentence with one of these is a setting or a bound the code enforces (a default,
 # a limit, a target), not a measurement.
 SETTING = re.compile(
     r"\b(?:default|defaults|at least|at most|up to|limit|bounded|target|ahead|over|grace|retried|"
-    r"histogram|expire|expires|lifetime|claims|window|windows|drain|answers within)\b",
+    r"histogram|random|expire|expires|lifetime|claims|window|windows|drain|answers within)\b",
     re.IGNORECASE,
 )
 
