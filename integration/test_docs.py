@@ -257,6 +257,35 @@ def test_the_extractor_catches_drift(tmp_path):
 
 # -- the README ------------------------------------------------------------------------------------
 
+# README's benchmark rows -> the comparison of the run `make bench` last wrote into bench/README.md
+BENCH_ROWS = {
+    "keyward accept vs no-op Wasm floor": "keyward accept vs no-op Wasm floor",
+    "no-op filter + keyward's host calls vs no-op Wasm floor": "no-op + keyward's host calls vs no-op Wasm floor",
+    "keyward accept vs no-op + keyward's host calls": "keyward accept vs no-op + keyward's host calls",
+    "keyward 1M keys vs 1k keys": "keyward 1M keys vs 1k keys",
+    "keyward metered, streamed chat vs no-op Wasm filter, same stream":
+        "keyward metered stream vs no-op Wasm stream floor",
+    "keyward accept vs native `api_key_auth`": "keyward accept vs native api_key_auth",
+    "ext_authz (Envoy + service) vs keyward accept": "ext_authz (Envoy + service) vs keyward accept",
+    "keyward 401 reply vs accept": "keyward reject (401) vs accept",
+}
+
+
+def test_readme_benchmark_ratios_are_the_benchmark_run():
+    """Each ratio in the README's benchmark table is the one `make bench` wrote into
+    bench/README.md, rounded as the README shows it: a new run that changes one fails here until
+    the README follows."""
+    bench = (REPO / "bench" / "README.md").read_text()
+    block = bench.split("<!-- bench:latest:start -->", 1)[1].split("<!-- bench:latest:end -->", 1)[0]
+    measured = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \|", block, flags=re.M))
+    readme = (REPO / "README.md").read_text().split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    shown = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) ?×", readme, flags=re.M))
+    assert set(shown) == set(BENCH_ROWS), set(shown) ^ set(BENCH_ROWS)
+    for row, ratio in shown.items():
+        decimals = len(ratio.split(".")[1])
+        assert round(float(measured[BENCH_ROWS[row]]), decimals) == float(ratio), (row, ratio, measured[BENCH_ROWS[row]])
+
+
 
 def _readme_quickstart_answers() -> list[tuple[int, str | None]]:
     text = (REPO / "README.md").read_text()
