@@ -13,7 +13,6 @@ are not run (OFFLINE); `kubectl apply -f FILE` validates FILE instead.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
@@ -24,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -98,17 +98,28 @@ class Shell:
             if line.startswith(SENTINEL):
                 return int(line.split()[1]), out.read_text(), err.read_text()
 
+    def log_of(self, count: int) -> str:
+        """What command number `count` (and what it left running) wrote on stderr so far."""
+        path = self.cwd / f".doc-test.{count}.err"
+        return path.read_text()[-3000:] if path.exists() else ""
+
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        # the group's background servers (Envoy, keyward serve) get the same signal
-        time.sleep(0.2)
+        """SIGTERM to the shell and everything it started (one process group), SIGKILL to what
+        is still there after 15 s."""
+        group = self.proc.pid
+        deadline = time.monotonic() + 15
+        sig = signal.SIGTERM
+        while True:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            sig = 0
+            if time.monotonic() > deadline:
+                os.killpg(group, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.1)
+            self.proc.poll()
 
 
 @dataclass
@@ -119,7 +130,7 @@ class DocRun:
     cwd: Path
     values: dict
     bindir: Path
-    validate: "callable"
+    validate: Callable[[Path, str], None]  # `kubectl apply -f FILE`, offline
     ran: list[tuple[str, list[str]]] = field(default_factory=list)  # (command as run, output it showed)
     not_run: list[str] = field(default_factory=list)
 
@@ -173,7 +184,8 @@ class DocRun:
         else:
             raise AssertionError(f"{where}: no readiness check for a background `{text.split()[0]}`")
         while not ready():
-            assert time.monotonic() < deadline, f"{where}: not serving after 30 s: {text}"
+            assert time.monotonic() < deadline, \
+                f"{where}: not serving after 30 s: {text}\n{self.shell.log_of(self.shell.count)}"
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -193,6 +205,17 @@ def _has_policy(listen_port: int) -> bool:
     except OSError:
         return False
     return answer.status != 503
+
+
+def run_doc(doc: Path, cwd: Path, values: dict, bindir: Path, validate) -> DocRun:
+    """Every block of `doc`, in order, in one shell in `cwd`; the shell and what it started in
+    the background are stopped after, whatever happened."""
+    run = DocRun(doc, cwd, values, bindir, validate)
+    try:
+        run.run_all()
+    finally:
+        run.stop()
+    return run
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -320,11 +343,9 @@ def test_readme_runs_as_written(tmp_path, bindir, wasm):
     demo.start()
     values.update(listen=demo.port, admin=demo.admin_port)
     (tmp_path / "work").mkdir()
-    run = DocRun(REPO / "README.md", tmp_path / "work", values, bindir, _no_validation)
     try:
-        run.run_all()
+        run = run_doc(REPO / "README.md", tmp_path / "work", values, bindir, _no_validation)
     finally:
-        run.stop()
         demo.stop()
     assert run.showed("demoRevoked", "key_revoked"), run.ran
     assert run.showed("keyward render envoy") and run.showed("keyward key revoke"), run.ran
@@ -339,11 +360,9 @@ def test_companion_quickstart_verbatim_enforces_the_key(tmp_path, bindir, wasm):
     a revoked key is refused; the doc's own curl lines and their shown answers say so."""
     values = _values(wasm)
     provider = MockProvider(values["upstream"]).start()
-    run = DocRun(REPO / "companion" / "README.md", tmp_path, values, bindir, _no_validation)
     try:
-        run.run_all()
+        run = run_doc(REPO / "companion" / "README.md", tmp_path, values, bindir, _no_validation)
     finally:
-        run.stop()
         provider.stop()
     assert run.showed('"model": "o3"', '"code":"model_not_allowed"'), run.ran
     assert run.showed("/healthz", "200"), run.ran
@@ -389,12 +408,8 @@ def test_deploy_envoy_guide_runs_as_written(tmp_path, bindir, wasm, validators):
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     (tmp_path / "work").mkdir()
-    run = DocRun(REPO / "docs" / "deploy-envoy.md", tmp_path / "work", _values(wasm, tmp_path / "ca.pem"), bindir,
+    run = run_doc(REPO / "docs" / "deploy-envoy.md", tmp_path / "work", _values(wasm, tmp_path / "ca.pem"), bindir,
                  validators)
-    try:
-        run.run_all()
-    finally:
-        run.stop()
     assert run.showed("--mode validate"), run.ran
 
 
@@ -410,11 +425,7 @@ def test_deploy_istio_guide_runs_as_written(tmp_path, bindir, wasm, validators):
     for command in (["init"], ["secret", "signing-key", "--out", "signing.key"]):
         subprocess.run([str(bindir / "keyward"), *command], cwd=tmp_path, check=True, capture_output=True,
                        env={**os.environ, "KEYWARD_DB": str(tmp_path / "keyward.db")})
-    run = DocRun(REPO / "docs" / "deploy-istio.md", tmp_path, _values(wasm), bindir, validators)
-    try:
-        run.run_all()
-    finally:
-        run.stop()
+    run = run_doc(REPO / "docs" / "deploy-istio.md", tmp_path, _values(wasm), bindir, validators)
     assert run.showed("keyward render istio"), run.ran
     assert run.showed("apply -f keyward-istio.yaml", "validated"), run.ran
     assert run.showed("apply -f deploy/kubernetes/keyward-control-plane.yaml", "validated"), run.ran
@@ -422,10 +433,6 @@ def test_deploy_istio_guide_runs_as_written(tmp_path, bindir, wasm, validators):
 
 def test_control_plane_guide_runs_as_written(tmp_path, bindir, wasm, validators):
     (tmp_path / "deploy").symlink_to(REPO / "deploy")
-    run = DocRun(REPO / "docs" / "control-plane.md", tmp_path, _values(wasm), bindir, validators)
-    try:
-        run.run_all()
-    finally:
-        run.stop()
+    run = run_doc(REPO / "docs" / "control-plane.md", tmp_path, _values(wasm), bindir, validators)
     assert run.showed("dataplane token revoke"), run.ran
     assert run.showed("apply -f deploy/kubernetes/keyward-control-plane.yaml", "validated"), run.ran
