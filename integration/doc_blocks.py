@@ -172,14 +172,15 @@ FIGURE = re.compile(
 # command that measures it, or the test that exercised it.
 SOURCE = re.compile(
     r"bench/results/|bench/README\.md|(?:docs/)?scale\.md|native\.md#numbers|"
-    r"`make (?:bench|scale|soak|scale-native|soak-native)`|integration/test_\w+\.py|tests/\w+\.rs|"
+    r"`make (?:bench|scale|soak|scale-native|soak-native|fuzz)`|integration/test_\w+\.py|tests/\w+\.rs|"
     r"measured with `[^`]+`\s+after\s+`make \w+`\s+at\s+git\s+[0-9a-f]{7}"
 )
 # A figure in a sentence with one of these is a setting or a bound the code enforces (a default,
 # a limit, a target), not a measurement.
 SETTING = re.compile(
     r"\b(?:default|defaults|at least|at most|up to|limit|bounded|target|ahead|over|grace|retried|"
-    r"histogram|random|expire|expires|lifetime|claims|window|windows|drain|answers within)\b",
+    r"histogram|random|expire|expires|lifetime|claims|window|windows|drain|answers within)\b|"
+    r"\bevery ~?\d",  # a period: "every 250 ms"
     re.IGNORECASE,
 )
 
@@ -233,6 +234,8 @@ def figures_without_source(doc: Path) -> list[Figure]:
             continue
         prose = re.sub(r"`[^`\n]*`", "``", paragraph)
         rows = [line for line in prose.split("\n") if line.lstrip().startswith("|")]
+        if rows and SETTING.search(rows[0]):
+            rows = []  # a table of settings: its header says "default", "limit"...
         text = " ".join(line.strip() for line in prose.split("\n") if not line.lstrip().startswith("|"))
         for unit in [text, *rows]:
             for sentence in re.split(r"(?<=[.;])\s+(?=[A-Z(`])|\s*\|\s*", unit):
