@@ -384,7 +384,7 @@ def test_companion_quickstart_verbatim_enforces_the_key(tmp_path, bindir, wasm):
 
 
 @pytest.fixture(scope="module")
-def validators():
+def validators(tmp_path_factory):
     """`kubectl apply -f FILE`, offline: every object in FILE against Istio's CRD validators or
     Kubernetes' schemas (the checks of test_istio.py and test_manifests.py)."""
     import test_istio
@@ -400,7 +400,7 @@ def validators():
         istio = [d for d in docs if d["apiVersion"].split("/")[0].endswith("istio.io")]
         kubernetes = [d for d in docs if d not in istio]
         if istio:
-            test_istio.check_schema(models, path.parent, istio)
+            test_istio.check_schema(models, tmp_path_factory.mktemp("istio-validate"), istio)
         if kubernetes:
             result = test_manifests.validate(kubernetes)
             assert result.returncode == 0 and result.stdout.count("ok ") == len(kubernetes), \
