@@ -136,8 +136,9 @@ def console_commands(block: Block) -> list[Command]:
     while index < len(block.lines):
         line = block.lines[index]
         if line.startswith("$ "):
+            start = index
             text, index = _joined(block.lines, index)
-            commands.append(Command(text[2:], line=block.line + index))
+            commands.append(Command(text[2:], line=block.line + 1 + start))
             continue
         if not commands:
             raise ValueError(f"{block.where}: output before the first `$ ` command: {line!r}")
