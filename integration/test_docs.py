@@ -42,11 +42,12 @@ TESTED_DOCS = [REPO / "README.md", REPO / "companion" / "README.md", REPO / "doc
                REPO / "docs" / "deploy-istio.md", REPO / "docs" / "control-plane.md"]
 # every shell block of these is marked (run or skip); the configuration reference only has
 # examples with made-up ids
-MARKED_DOCS = [*TESTED_DOCS, REPO / "docs" / "configuration.md"]
+MARKED_DOCS = [*TESTED_DOCS, REPO / "docs" / "configuration.md", REPO / "docs" / "native.md",
+               REPO / "docs" / "bad-inputs.md"]
 # every figure of these names its measurement. Not here: the measurement reports themselves
 # (bench/README.md, docs/scale.md, soak/README.md, docs/bad-inputs.md) and docs/native.md, whose
 # "Numbers" section is such a report that other pages cite.
-FIGURE_DOCS = [*MARKED_DOCS, REPO / "SECURITY.md"]
+FIGURE_DOCS = [*TESTED_DOCS, REPO / "docs" / "configuration.md", REPO / "SECURITY.md"]
 COMMAND_TIMEOUT = 60.0
 SENTINEL = "__doc_test_done__"
 
@@ -58,6 +59,7 @@ REWRITES = [
     (r"\b127\.0\.0\.1:10001\b", "127.0.0.1:{upstream}"),
     (r"/etc/envoy/keyward\.wasm", "{wasm}"),
     (r"/etc/envoy/keyward-ca\.pem", "{ca}"),
+    (r"/opt/envoy/modules", "{modules}"),  # where docs/native.md installs libkeyward.so
     (r"^cargo build --release -p keyward\b", "true"),
     # a distinct shared-memory id per Envoy on the machine (Envoy's --base-id)
     (r"^envoy ", "envoy --base-id {admin} "),
@@ -239,9 +241,9 @@ def bindir(tmp_path_factory, keyward_bin, wasm) -> Path:
     return directory
 
 
-def _values(wasm: Path, ca: Path | str = "/nonexistent") -> dict:
+def _values(wasm: Path, ca: Path | str = "/nonexistent", modules: Path | str = "/nonexistent") -> dict:
     return {"control_plane": free_port(), "listen": free_port(), "admin": free_port(), "upstream": free_port(),
-            "wasm": str(wasm), "ca": str(ca)}
+            "wasm": str(wasm), "ca": str(ca), "modules": str(modules)}
 
 
 def _no_validation(path: Path, where: str) -> None:
@@ -443,3 +445,19 @@ def test_control_plane_guide_runs_as_written(tmp_path, bindir, wasm, validators)
     run = run_doc(REPO / "docs" / "control-plane.md", tmp_path, _values(wasm), bindir, validators)
     assert run.showed("dataplane token revoke"), run.ran
     assert run.showed("apply -f deploy/kubernetes/keyward-control-plane.yaml", "validated"), run.ran
+
+
+def test_native_guide_runs_as_written(tmp_path, bindir, wasm, native_module):
+    """The native build's bootstrap, rendered and checked by Envoy with the module loaded, in the
+    directory of a control plane (its public key and a data-plane token)."""
+    from keyward_testkit.envoy_config import native_search_dir
+
+    modules = native_search_dir(tmp_path, native_module)
+    (tmp_path / "work").mkdir()
+    for command in (["init"], ["secret", "signing-key", "--out", "signing.key"],
+                    ["dataplane", "token", "create", "--name", "edge", "--out", "dataplane.token"]):
+        subprocess.run([str(bindir / "keyward"), *command], cwd=tmp_path / "work", check=True, capture_output=True,
+                       env={**os.environ, "KEYWARD_DB": str(tmp_path / "work" / "keyward.db")})
+    run = run_doc(REPO / "docs" / "native.md", tmp_path / "work", _values(wasm, modules=modules), bindir,
+                  _no_validation)
+    assert run.showed("--mode validate"), run.ran
