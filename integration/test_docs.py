@@ -43,7 +43,7 @@ TESTED_DOCS = [REPO / "README.md", REPO / "companion" / "README.md", REPO / "doc
 # every shell block of these is marked (run or skip); the configuration reference only has
 # examples with made-up ids
 MARKED_DOCS = [*TESTED_DOCS, REPO / "docs" / "configuration.md", REPO / "docs" / "native.md",
-               REPO / "docs" / "bad-inputs.md"]
+               REPO / "docs" / "bad-inputs.md", REPO / "soak" / "README.md"]
 # every figure of these names its measurement. Not here: the measurement reports themselves
 # (bench/README.md, docs/scale.md, soak/README.md, docs/bad-inputs.md) and docs/native.md, whose
 # "Numbers" section is such a report that other pages cite.
@@ -461,3 +461,11 @@ def test_native_guide_runs_as_written(tmp_path, bindir, wasm, native_module):
     run = run_doc(REPO / "docs" / "native.md", tmp_path / "work", _values(wasm, modules=modules), bindir,
                   _no_validation)
     assert run.showed("--mode validate"), run.ran
+
+
+def test_soak_readme_runs_as_written(tmp_path, bindir, wasm):
+    """The soak's help and its checkers' self-test, from a checkout (make soak itself is not run)."""
+    for part in (".tools", "soak", "pylib", "scripts", "envoy"):
+        (tmp_path / part).symlink_to(REPO / part)
+    run = run_doc(REPO / "soak" / "README.md", tmp_path, _values(wasm), bindir, _no_validation)
+    assert run.showed("--self-test"), run.ran
