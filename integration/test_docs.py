@@ -6,8 +6,9 @@ them names its source. A doc that drifts from what the binaries do fails `make t
 
 What the test changes in a command before running it, and nothing else, is REWRITES: the ports
 (the docs use the demo's defaults, which may be taken on a shared machine; every doc names each
-port it uses), the two paths under /etc/envoy that a reader has and this machine has not, and the
-release build (the test runs the build `make` made). Commands that need a cluster or a registry
+port it uses), the paths a reader's Envoy host has and this machine has not (the module and CA
+under /etc/envoy, the native module's directory under /opt), Envoy's --base-id (one per Envoy on
+a machine), and the release build (the test runs the build `make` made). Commands that need a cluster or a registry
 are not run (OFFLINE); `kubectl apply -f FILE` validates FILE instead.
 """
 
