@@ -185,6 +185,8 @@ size-check:
 # (KEYWARD_HOST=native) except those marked one_host (integration/pytest.ini). pytest exits 5
 # when it collected no tests: any non-zero status fails the build.
 integration: $(VENV_STAMP) $(ISTIO_MODELS_STAMP) $(K8S_MODELS_STAMP)
+	@# the docs' commands use curl (integration/test_docs.py runs them)
+	@command -v curl >/dev/null || apt-get install -y -q curl
 	cargo build -p keyward
 	url=$$(scripts/postgres.sh start $(PG_DIR)); \
 	export KEYWARD_WASM=$(CURDIR)/$(WASM) KEYWARD_BIN=$(CURDIR)/target/debug/keyward ISTIO_MODELS_DIR=$(ISTIO_MODELS) \

@@ -187,9 +187,9 @@ class MockProvider(RecordingHTTPServer):
     """Has the `port`/`start`/`stop` of the harness's echo upstream, so an Envoy can use it;
     `recorded()` lists what it served, `clear()` forgets it."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         # Twenty concurrent streams per test: the default backlog of 5 drops connections.
-        super().__init__(_Handler, backlog=128)
+        super().__init__(_Handler, port, backlog=128)
 
     def served(self) -> list[Served]:
         return self.recorded()
