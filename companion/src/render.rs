@@ -15,6 +15,7 @@ use keyward_engine::signature::PublicKey;
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::last_good;
 use crate::upstream_tls::Tls;
 
 pub const CONTROL_PLANE_CLUSTER: &str = "keyward_control_plane";
@@ -94,6 +95,8 @@ pub struct EnvoyOptions {
     pub disabled_on: Vec<String>,
     /// The rest of the plugin configuration (routes, mode, formats...); `sync` is set here.
     pub plugin_config: Option<Value>,
+    /// The last-known-good snapshot file, as Envoy sees it (see [`crate::last_good`]).
+    pub last_good_file: Option<String>,
 }
 
 /// A `host:port` (or `[v6]:port`) split in two.
@@ -233,6 +236,9 @@ fn sync_block(options: &EnvoyOptions) -> Value {
         options.dataplane_token.as_deref(),
     );
     with_layout(&mut sync, options.chunked);
+    if let (Some(_), Some(fields)) = (&options.last_good_file, sync.as_object_mut()) {
+        fields.insert("last_good".into(), last_good::sync_source());
+    }
     sync
 }
 
@@ -263,6 +269,13 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     let admin = ip_address("admin", &options.admin)?;
     let control_plane = HostPort::parse("control-plane", split_scheme(&options.control_plane).0)?;
     let upstream = HostPort::parse("upstream", split_scheme(&options.upstream).0)?;
+    if options.chunked && options.last_good_file.is_some() {
+        return Err(Error::invalid(
+            "invalid_last_good",
+            "--last-good-file works with the envelope layout only, not --chunked-sync: a \
+             manifest and its chunks are not one file",
+        ));
+    }
     let sync = sync_block(options);
 
     let mut route = json!({"cluster": UPSTREAM_CLUSTER, "timeout": "300s"});
@@ -339,7 +352,7 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         }
     }
 
-    let (filter, bootstrap_extensions) = match &options.build {
+    let (filter, mut bootstrap_extensions) = match &options.build {
         FilterBuild::Wasm(wasm) => (
             json!({
                 "name": "keyward",
@@ -391,48 +404,62 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         .metering
         .max_request_body_bytes
         .saturating_add(BUFFER_HEADROOM);
+    let mut listeners = vec![json!({
+        "name": "keyward",
+        "address": listen.socket_address(),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hardened_connection_manager(json!({
+                    "@type": CONNECTION_MANAGER_TYPE,
+                    "stat_prefix": "keyward",
+                    "route_config": {
+                        "name": "keyward",
+                        "virtual_hosts": [{
+                            "name": "upstream",
+                            "domains": ["*"],
+                            "routes": envoy_routes
+                        }]
+                    },
+                    "http_filters": [
+                        filter,
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            }
+                        }
+                    ]
+                }))
+            }]
+        }],
+        // Room for a body keyward reads whole, so that keyward, not Envoy's buffer
+        // limit, answers one that is too large (with its JSON error).
+        "per_connection_buffer_limit_bytes": buffer_limit
+    })];
+    let mut clusters = vec![
+        cluster(
+            CONTROL_PLANE_CLUSTER,
+            &control_plane,
+            &options.control_plane_tls,
+        ),
+        upstream_cluster,
+    ];
+    if let Some(file) = &options.last_good_file {
+        if !file.starts_with('/') {
+            return Err(Error::invalid(
+                "invalid_last_good",
+                format!("--last-good-file {file:?}: give an absolute path, as Envoy sees it"),
+            ));
+        }
+        bootstrap_extensions.push(last_good::bootstrap_extension());
+        listeners.push(last_good::listener(file, CONNECTION_MANAGER_TYPE));
+        clusters.push(last_good::cluster());
+    }
     Ok(json!({
         "admin": {"address": admin.socket_address()},
         "bootstrap_extensions": bootstrap_extensions,
-        "static_resources": {
-            "listeners": [{
-                "name": "keyward",
-                "address": listen.socket_address(),
-                "filter_chains": [{
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hardened_connection_manager(json!({
-                            "@type": CONNECTION_MANAGER_TYPE,
-                            "stat_prefix": "keyward",
-                            "route_config": {
-                                "name": "keyward",
-                                "virtual_hosts": [{
-                                    "name": "upstream",
-                                    "domains": ["*"],
-                                    "routes": envoy_routes
-                                }]
-                            },
-                            "http_filters": [
-                                filter,
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                    }
-                                }
-                            ]
-                        }))
-                    }]
-                }],
-                // Room for a body keyward reads whole, so that keyward, not Envoy's buffer
-                // limit, answers one that is too large (with its JSON error).
-                "per_connection_buffer_limit_bytes": buffer_limit
-            }],
-            "clusters": [
-                cluster(CONTROL_PLANE_CLUSTER, &control_plane, &options.control_plane_tls),
-                upstream_cluster
-            ]
-        }
+        "static_resources": {"listeners": listeners, "clusters": clusters}
     }))
 }
 
@@ -895,6 +922,7 @@ mod tests {
             routes: vec![],
             disabled_on: vec![],
             plugin_config: None,
+            last_good_file: None,
         }
     }
 

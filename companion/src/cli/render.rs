@@ -177,6 +177,12 @@ pub struct RenderEnvoyArgs {
     /// exempt, unmatched paths refused), merged under --plugin-config.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
+    /// A last-known-good snapshot file (absolute, as Envoy sees it), kept by `keyward snapshot
+    /// fetch`: an Envoy started while the control plane is down loads it (verified like any
+    /// snapshot) instead of refusing every request. Envoy refuses to start when the file is
+    /// missing; an empty file means "none yet". Envelope layout only.
+    #[arg(long, value_name = "PATH")]
+    last_good_file: Option<String>,
 }
 
 #[derive(Args)]
@@ -352,6 +358,7 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         disabled_on,
         plugin_config,
         preset,
+        last_good_file,
     } = args;
     let routes = routes
         .iter()
@@ -420,6 +427,7 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         routes,
         disabled_on,
         plugin_config,
+        last_good_file,
     };
     let mut text = serde_json::to_string_pretty(&render::envoy_bootstrap(&options)?)?;
     text.push('\n');

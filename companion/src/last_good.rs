@@ -1,0 +1,188 @@
+//! The last-known-good snapshot file: a signed envelope kept on the data plane's disk so that an
+//! Envoy started while the control plane is down enforces the last policy instead of refusing
+//! every request.
+//!
+//! Proxy-wasm modules cannot read files, so Envoy serves the file to its own filter: `render
+//! envoy --last-good-file` adds an internal listener (no socket: only this Envoy can reach it)
+//! whose route answers with the file's bytes (`direct_response`, read once when Envoy loads its
+//! configuration), a cluster that reaches it, and `sync.last_good` naming that cluster. The
+//! filter asks it only after a failed poll while it has published nothing, and verifies the
+//! envelope exactly like a push from the control plane. The native build uses the same path.
+//!
+//! `keyward snapshot fetch` keeps the file: it fetches the control plane's envelope, verifies it,
+//! never replaces a newer file with an older snapshot, and writes it atomically, 0600.
+
+use std::fs;
+use std::path::Path;
+
+use keyward_engine::signature::PublicKey;
+use keyward_engine::signed_snapshot::verify_snapshot;
+use keyward_engine::snapshot::Policy;
+use keyward_engine::sync::SnapshotStamp;
+use serde_json::{json, Value};
+
+use crate::client::ControlPlane;
+use crate::error::Error;
+use crate::secrets;
+
+pub const LAST_GOOD_CLUSTER: &str = "keyward_last_good";
+/// Also the name of the internal listener the cluster reaches.
+const LAST_GOOD_LISTENER: &str = "keyward_last_good";
+/// The largest file Envoy is told to serve. Envoy refuses its whole configuration at start when
+/// the file is larger, so `snapshot fetch` refuses to write one that is.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The `sync.last_good` block of the filter's configuration.
+pub fn sync_source() -> Value {
+    json!({"cluster": LAST_GOOD_CLUSTER})
+}
+
+/// The bootstrap extension that enables internal listeners.
+pub fn bootstrap_extension() -> Value {
+    json!({
+        "name": "envoy.bootstrap.internal_listener",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+        }
+    })
+}
+
+/// The internal listener answering every request with the file's bytes. Envoy refuses to start
+/// when the file is missing: installations create it (empty is fine: "none yet").
+pub fn listener(file: &str, connection_manager_type: &str) -> Value {
+    json!({
+        "name": LAST_GOOD_LISTENER,
+        "internal_listener": {},
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": connection_manager_type,
+                    "stat_prefix": "keyward_last_good",
+                    "route_config": {
+                        "name": "keyward_last_good",
+                        "max_direct_response_body_size_bytes": MAX_FILE_BYTES,
+                        "virtual_hosts": [{
+                            "name": "last_good",
+                            "domains": ["*"],
+                            "routes": [{
+                                "match": {"prefix": "/"},
+                                "direct_response": {"status": 200, "body": {"filename": file}},
+                                "response_headers_to_add": [{
+                                    "header": {"key": "content-type", "value": "application/json"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+                                }]
+                            }]
+                        }]
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        }
+                    }]
+                }
+            }]
+        }]
+    })
+}
+
+/// The cluster that reaches the internal listener.
+pub fn cluster() -> Value {
+    json!({
+        "name": LAST_GOOD_CLUSTER,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": LAST_GOOD_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "envoy_internal_address": {"server_listener_name": LAST_GOOD_LISTENER}
+            }}}]}]
+        }
+    })
+}
+
+fn stamp(policy: &Policy) -> SnapshotStamp {
+    SnapshotStamp {
+        version: policy.version,
+        issued_at: policy.issued_at,
+    }
+}
+
+/// What [`fetch`] did.
+pub struct Fetched {
+    pub policy: Policy,
+    /// False when the file already held this very snapshot.
+    pub written: bool,
+}
+
+/// Fetches the control plane's signed envelope with the data-plane `token`, verifies it with
+/// `keys` at `now` (Unix seconds), and writes it to `out` unless `out` holds a newer valid
+/// snapshot already (a control plane restored from an old backup must not roll the file back).
+pub fn fetch(
+    control_plane: &ControlPlane,
+    token: Option<&str>,
+    keys: &[PublicKey],
+    out: &Path,
+    now: u64,
+) -> Result<Fetched, Error> {
+    let bytes = control_plane.get_bytes("/v1/snapshot", token)?;
+    let policy = verify_snapshot(&bytes, keys, now).map_err(|rejected| {
+        Error::invalid(
+            "invalid_snapshot",
+            format!(
+                "the control plane's snapshot does not verify ({}): {rejected}; {} is left as it was",
+                rejected.reason(),
+                out.display()
+            ),
+        )
+    })?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::invalid(
+            "snapshot_too_large",
+            format!(
+                "the snapshot is {} bytes; Envoy serves at most {MAX_FILE_BYTES} from the \
+                 last-known-good file (use the chunked layout's own resilience instead)",
+                bytes.len()
+            ),
+        ));
+    }
+    // What the file holds now counts only if it still verifies: a tampered, foreign or expired
+    // file is replaced.
+    let current = fs::read(out)
+        .ok()
+        .and_then(|existing| verify_snapshot(&existing, keys, now).ok());
+    if let Some(current) = current {
+        if stamp(&current) == stamp(&policy) {
+            return Ok(Fetched {
+                policy,
+                written: false,
+            });
+        }
+        if !stamp(&policy).replaces(Some(stamp(&current))) {
+            return Err(Error::invalid(
+                "older_snapshot",
+                format!(
+                    "the control plane served version {} (issued at {}), older than the \
+                     version {} (issued at {}) in {}; the file is kept. A control plane restored \
+                     from an older backup? Remove the file to accept the older policy",
+                    policy.version,
+                    policy.issued_at,
+                    current.version,
+                    current.issued_at,
+                    out.display()
+                ),
+            ));
+        }
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::invalid(
+            "invalid_snapshot",
+            "the snapshot is not UTF-8 text".to_owned(),
+        )
+    })?;
+    secrets::write_private_file_atomically(out, &text)?;
+    Ok(Fetched {
+        policy,
+        written: true,
+    })
+}
