@@ -3,11 +3,16 @@
 //! every request.
 //!
 //! Proxy-wasm modules cannot read files, so Envoy serves the file to its own filter: `render
-//! envoy --last-good-file` adds an internal listener (no socket: only this Envoy can reach it)
-//! whose route answers with the file's bytes (`direct_response`, read once when Envoy loads its
-//! configuration), a cluster that reaches it, and `sync.last_good` naming that cluster. The
-//! filter asks it only after a failed poll while it has published nothing, and verifies the
-//! envelope exactly like a push from the control plane. The native build uses the same path.
+//! envoy --last-good-file` adds a loopback listener whose route answers with the file's bytes
+//! (`direct_response`, read once when Envoy loads its configuration) only to a request bearing
+//! the data-plane token (the same one the control plane asks for its snapshots), a cluster that
+//! reaches it, and `sync.last_good` naming that cluster. The filter asks it only after a failed
+//! poll while it has published nothing, and verifies the envelope exactly like a push from the
+//! control plane. The native build uses the same path.
+//!
+//! Why not an internal listener (no socket at all): the poller runs on Envoy's main thread, and
+//! Envoy's internal listeners are reachable from worker threads only (checked here: every call
+//! from the sync singleton failed to connect).
 //!
 //! `keyward snapshot fetch` keeps the file: it fetches the control plane's envelope, verifies it,
 //! never replaces a newer file with an older snapshot, and writes it atomically, 0600.
@@ -26,7 +31,6 @@ use crate::error::Error;
 use crate::secrets;
 
 pub const LAST_GOOD_CLUSTER: &str = "keyward_last_good";
-/// Also the name of the internal listener the cluster reaches.
 const LAST_GOOD_LISTENER: &str = "keyward_last_good";
 /// The largest file Envoy is told to serve. Envoy refuses its whole configuration at start when
 /// the file is larger, so `snapshot fetch` refuses to write one that is.
@@ -37,22 +41,33 @@ pub fn sync_source() -> Value {
     json!({"cluster": LAST_GOOD_CLUSTER})
 }
 
-/// The bootstrap extension that enables internal listeners.
-pub fn bootstrap_extension() -> Value {
-    json!({
-        "name": "envoy.bootstrap.internal_listener",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
-        }
-    })
-}
-
-/// The internal listener answering every request with the file's bytes. Envoy refuses to start
+/// The loopback listener at `address` answering with the file's bytes a request that bears
+/// `token` (any request when there is none), and 404 to anything else. Envoy refuses to start
 /// when the file is missing: installations create it (empty is fine: "none yet").
-pub fn listener(file: &str, connection_manager_type: &str) -> Value {
+pub fn listener(
+    file: &str,
+    address: Value,
+    token: Option<&str>,
+    connection_manager_type: &str,
+) -> Value {
+    let mut served = json!({
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"filename": file}},
+        "response_headers_to_add": [{
+            "header": {"key": "content-type", "value": "application/json"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+        }]
+    });
+    if let Some(token) = token {
+        served["match"]["headers"] = json!([{
+            "name": "authorization",
+            "string_match": {"exact": format!("Bearer {token}")}
+        }]);
+    }
+    let refused = json!({"match": {"prefix": "/"}, "direct_response": {"status": 404}});
     json!({
         "name": LAST_GOOD_LISTENER,
-        "internal_listener": {},
+        "address": address,
         "filter_chains": [{
             "filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
@@ -65,14 +80,7 @@ pub fn listener(file: &str, connection_manager_type: &str) -> Value {
                         "virtual_hosts": [{
                             "name": "last_good",
                             "domains": ["*"],
-                            "routes": [{
-                                "match": {"prefix": "/"},
-                                "direct_response": {"status": 200, "body": {"filename": file}},
-                                "response_headers_to_add": [{
-                                    "header": {"key": "content-type", "value": "application/json"},
-                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
-                                }]
-                            }]
+                            "routes": [served, refused]
                         }]
                     },
                     "http_filters": [{
@@ -87,16 +95,15 @@ pub fn listener(file: &str, connection_manager_type: &str) -> Value {
     })
 }
 
-/// The cluster that reaches the internal listener.
-pub fn cluster() -> Value {
+/// The cluster that reaches the listener at `address`.
+pub fn cluster(address: Value) -> Value {
     json!({
         "name": LAST_GOOD_CLUSTER,
+        "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": LAST_GOOD_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "envoy_internal_address": {"server_listener_name": LAST_GOOD_LISTENER}
-            }}}]}]
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]
         }
     })
 }

@@ -97,6 +97,8 @@ pub struct EnvoyOptions {
     pub plugin_config: Option<Value>,
     /// The last-known-good snapshot file, as Envoy sees it (see [`crate::last_good`]).
     pub last_good_file: Option<String>,
+    /// The loopback address Envoy serves that file to itself on.
+    pub last_good_listen: String,
 }
 
 /// A `host:port` (or `[v6]:port`) split in two.
@@ -352,7 +354,7 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         }
     }
 
-    let (filter, mut bootstrap_extensions) = match &options.build {
+    let (filter, bootstrap_extensions) = match &options.build {
         FilterBuild::Wasm(wasm) => (
             json!({
                 "name": "keyward",
@@ -452,9 +454,24 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
                 format!("--last-good-file {file:?}: give an absolute path, as Envoy sees it"),
             ));
         }
-        bootstrap_extensions.push(last_good::bootstrap_extension());
-        listeners.push(last_good::listener(file, CONNECTION_MANAGER_TYPE));
-        clusters.push(last_good::cluster());
+        let address = ip_address("last-good-listen", &options.last_good_listen)?;
+        let loopback = address
+            .host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(Error::invalid(
+                "invalid_address",
+                "--last-good-listen: must be a loopback address (the file is for this Envoy only)",
+            ));
+        }
+        listeners.push(last_good::listener(
+            file,
+            address.socket_address(),
+            options.dataplane_token.as_deref(),
+            CONNECTION_MANAGER_TYPE,
+        ));
+        clusters.push(last_good::cluster(address.socket_address()));
     }
     Ok(json!({
         "admin": {"address": admin.socket_address()},
@@ -923,6 +940,7 @@ mod tests {
             disabled_on: vec![],
             plugin_config: None,
             last_good_file: None,
+            last_good_listen: "127.0.0.1:9902".into(),
         }
     }
 

@@ -291,12 +291,21 @@ impl SnapshotPoller {
         if self.last_good != LastGood::Untried || Published::read(host)?.stamp.is_some() {
             return Ok(());
         }
-        let headers = [
+        // Envoy serves the file only to a request bearing the data-plane token.
+        let authorization = self
+            .settings
+            .token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
+        let mut headers = vec![
             (":method", "GET"),
             (":path", source.path.as_str()),
             (":authority", source.authority.as_str()),
             ("accept", "application/json"),
         ];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
         match host.dispatch_get(&source.cluster, &headers, self.settings.timeout_ms) {
             Ok(token) => self.in_flight = Some((token, CallKind::LastGood)),
             Err(error) => {

@@ -264,8 +264,11 @@ fn a_start_without_the_control_plane_publishes_the_last_good_file_once() {
     assert_eq!(last_good_calls(&host), 1);
     let last = host.calls.borrow().last().cloned().expect("a call");
     assert_eq!(last.header(":path"), Some("/last-good.json"));
-    // The file's request carries no data-plane token: it never leaves Envoy, and needs none.
-    assert_eq!(last.header("authorization"), None);
+    // Envoy serves the file only to the data-plane token.
+    assert_eq!(
+        last.header("authorization"),
+        Some(&format!("Bearer {TOKEN}")[..])
+    );
     answer_last(&mut poller, &host, &metrics, "200", &envelope(3, 100));
     assert_eq!(stamp(&host).as_deref(), Some("3:100"));
     assert_eq!(host.sync_count(&metrics, SyncOutcome::Published), 1);

@@ -183,6 +183,10 @@ pub struct RenderEnvoyArgs {
     /// missing; an empty file means "none yet". Envelope layout only.
     #[arg(long, value_name = "PATH")]
     last_good_file: Option<String>,
+    /// The loopback address Envoy serves the last-known-good file to its own filter on (only
+    /// to requests bearing the data-plane token).
+    #[arg(long, default_value = "127.0.0.1:9902")]
+    last_good_listen: String,
 }
 
 #[derive(Args)]
@@ -359,6 +363,7 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         plugin_config,
         preset,
         last_good_file,
+        last_good_listen,
     } = args;
     let routes = routes
         .iter()
@@ -428,6 +433,7 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         disabled_on,
         plugin_config,
         last_good_file,
+        last_good_listen,
     };
     let mut text = serde_json::to_string_pretty(&render::envoy_bootstrap(&options)?)?;
     text.push('\n');
