@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,16 +44,24 @@ def wait_for(env: harness.Envoy, key: str, expected: tuple[int, str | None], lim
     pytest.fail(f"after {limit_s}s still {seen}, wanted {expected}\n{env.log_tail(40)}")
 
 
-def render(cp: ControlPlane, control_plane: str, last_good: Path):
+def render(cp: ControlPlane, control_plane: str, last_good: Path, last_good_port: int = 0):
     """Envoy for the build under test, its control plane at `control_plane` (maybe down)."""
+    port = last_good_port or free_port()
+
     def rendered(listen: int, admin: int, upstream: int) -> str:
         return cp.cli(
             "render", "envoy", *harness.render_build_args(), "--control-plane", control_plane,
             *cp.trust_args(), "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",
             "--upstream", f"127.0.0.1:{upstream}", "--interval-ms", str(INTERVAL_MS),
-            "--last-good-file", str(last_good), "--last-good-listen", f"127.0.0.1:{free_port()}",
+            "--last-good-file", str(last_good), "--last-good-listen", f"127.0.0.1:{port}",
         ).stdout
     return rendered
+
+
+def get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return resp.read()
 
 
 def fetch(cp: ControlPlane, out: Path) -> str:
@@ -89,8 +99,17 @@ def test_an_envoy_restarted_while_the_control_plane_is_down_serves_from_the_file
     address = cp.address
     port = int(address.rsplit(":", 1)[1])
     cp.stop()  # the outage starts; Envoy (re)starts during it
-    env = harness.Envoy("cold-start", envoy_workdir, render=render(cp, address, last_good)).start()
+    file_port = free_port()
+    env = harness.Envoy("cold-start", envoy_workdir, render=render(cp, address, last_good, file_port)).start()
     try:
+        # Envoy serves the file (key hashes) to the data-plane token only.
+        served = f"http://127.0.0.1:{file_port}/last-good.json"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(served, timeout=5)
+        assert refused.value.code == 404
+        with pytest.raises(urllib.error.HTTPError):
+            get(served, "kwdp_not_the_token")
+        assert get(served, cp.dataplane_token()) == last_good.read_bytes()
         wait_for(env, alice["key"], (200, None))
         assert answer(env, bob["key"]) == (401, "key_revoked")
         unknown = alice["key"][:-4] + ("aaaa" if not alice["key"].endswith("aaaa") else "bbbb")
