@@ -1002,6 +1002,61 @@ mod tests {
     }
 
     #[test]
+    fn a_last_good_file_is_served_on_loopback_to_the_token_only() {
+        let mut with_file = options();
+        with_file.last_good_file = Some("/var/lib/keyward/last-good.json".into());
+        let bootstrap = envoy_bootstrap(&with_file).unwrap();
+        let listener = &bootstrap["static_resources"]["listeners"][1];
+        assert_eq!(
+            listener["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+        let routes = &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes[0]["match"]["headers"][0]["string_match"]["exact"],
+            "Bearer kwdp_render_test"
+        );
+        assert_eq!(
+            routes[0]["direct_response"]["body"]["filename"],
+            "/var/lib/keyward/last-good.json"
+        );
+        assert_eq!(routes[1]["direct_response"]["status"], 404);
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap();
+        assert!(clusters.iter().any(|c| c["name"] == "keyward_last_good"));
+        let text = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        let sync = config.sync.expect("sync");
+        assert_eq!(sync.last_good.unwrap().cluster, "keyward_last_good");
+        // Without the option, nothing of it is rendered.
+        let plain = envoy_bootstrap(&options()).unwrap();
+        assert_eq!(
+            plain["static_resources"]["listeners"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let mut relative = options();
+        relative.last_good_file = Some("last-good.json".into());
+        let mut public = options();
+        public.last_good_file = Some("/f.json".into());
+        public.last_good_listen = "0.0.0.0:9902".into();
+        let mut chunked = options();
+        chunked.last_good_file = Some("/f.json".into());
+        chunked.chunked = true;
+        for refused in [relative, public, chunked] {
+            assert!(envoy_bootstrap(&refused).is_err());
+        }
+    }
+
+    #[test]
     fn host_ports_parse() {
         assert_eq!(
             HostPort::parse("x", "[::1]:80").unwrap(),
