@@ -50,20 +50,24 @@ pub fn listener(
     token: Option<&str>,
     connection_manager_type: &str,
 ) -> Value {
-    let mut served = json!({
-        "match": {"prefix": "/"},
+    let mut route_match = json!({"prefix": "/"});
+    if let (Some(token), Some(fields)) = (token, route_match.as_object_mut()) {
+        fields.insert(
+            "headers".into(),
+            json!([{
+                "name": "authorization",
+                "string_match": {"exact": format!("Bearer {token}")}
+            }]),
+        );
+    }
+    let served = json!({
+        "match": route_match,
         "direct_response": {"status": 200, "body": {"filename": file}},
         "response_headers_to_add": [{
             "header": {"key": "content-type", "value": "application/json"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
         }]
     });
-    if let Some(token) = token {
-        served["match"]["headers"] = json!([{
-            "name": "authorization",
-            "string_match": {"exact": format!("Bearer {token}")}
-        }]);
-    }
     let refused = json!({"match": {"prefix": "/"}, "direct_response": {"status": 404}});
     json!({
         "name": LAST_GOOD_LISTENER,
