@@ -197,3 +197,102 @@ pub fn fetch(
         written: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use keyward_engine::signature::SigningKey;
+    use keyward_engine::signed_snapshot::sign_snapshot;
+
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed("ops-1", &[7; 32]).unwrap()
+    }
+
+    fn envelope(version: u64, issued_at: u64) -> String {
+        let snapshot = format!(
+            r#"{{"version": {version}, "issued_at": {issued_at}, "expires_at": {}, "projects": [], "keys": []}}"#,
+            issued_at + 1000
+        );
+        sign_snapshot(&snapshot, &key()).unwrap()
+    }
+
+    /// A control plane that answers one request with `body`, recording the request.
+    fn serve_once(body: String) -> (ControlPlane, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).unwrap();
+                if read == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..read]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let plane = ControlPlane::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        (plane, thread)
+    }
+
+    fn fetch_served(body: String, out: &Path) -> Result<Fetched, Error> {
+        let (plane, server) = serve_once(body);
+        let fetched = fetch(&plane, Some("kwdp_t"), &[key().public_key()], out, 500);
+        let request = server.join().unwrap();
+        assert!(
+            request.contains("authorization: Bearer kwdp_t"),
+            "{request}"
+        );
+        assert!(request.starts_with("GET /v1/snapshot "), "{request}");
+        fetched
+    }
+
+    #[test]
+    fn fetch_verifies_never_rolls_back_and_writes_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last-good.json");
+        let first = fetch_served(envelope(2, 100), &out).unwrap();
+        assert!(first.written);
+        assert_eq!(fs::read_to_string(&out).unwrap(), envelope(2, 100));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(!fetch_served(envelope(2, 100), &out).unwrap().written);
+        // Older: refused, the file kept.
+        let older = fetch_served(envelope(1, 400), &out).err().unwrap();
+        assert_eq!(older.code, "older_snapshot");
+        assert_eq!(fs::read_to_string(&out).unwrap(), envelope(2, 100));
+        // A tampered answer: refused, the file kept.
+        let tampered = envelope(3, 100).replace("\"version\": 3", "\"version\": 4");
+        assert_ne!(tampered, envelope(3, 100));
+        let refused = fetch_served(tampered, &out).err().unwrap();
+        assert_eq!(refused.code, "invalid_snapshot");
+        assert_eq!(fs::read_to_string(&out).unwrap(), envelope(2, 100));
+        // Re-issued later, same version: replaces.
+        assert!(fetch_served(envelope(2, 200), &out).unwrap().written);
+        // A file that no longer verifies (tampered on disk) is replaced by any good snapshot.
+        fs::write(
+            &out,
+            envelope(9, 100).replace("\"version\": 9", "\"version\": 8"),
+        )
+        .unwrap();
+        assert!(fetch_served(envelope(3, 100), &out).unwrap().written);
+        assert_eq!(fs::read_to_string(&out).unwrap(), envelope(3, 100));
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
