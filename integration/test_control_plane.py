@@ -183,7 +183,7 @@ def test_render_envoy_refuses_a_build_it_cannot_render(tmp_path, keyward_bin, ar
     plane.create_secrets()
     done = subprocess.run(
         [str(keyward_bin), "render", "envoy", *args, "--control-plane", "127.0.0.1:7070",
-         "--signing-key-id", "ops-1", "--signing-key-file", str(plane.signing_key_file)],
+         *plane.trust_args()],
         env=plane.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert done.returncode != 0, done.stdout[:500]
