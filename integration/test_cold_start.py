@@ -22,26 +22,11 @@ from pathlib import Path
 import pytest
 
 import harness
+from checks import answer, wait_for_answer as wait_for
 from keyward_testkit.control_plane import ControlPlane
 from keyward_testkit.net import free_port
 
 INTERVAL_MS = 300
-
-
-def answer(env: harness.Envoy, key: str) -> tuple[int, str | None]:
-    resp = env.request("GET", "/v1/models", [("authorization", f"Bearer {key}")])
-    return resp.status, resp.header("x-keyward-error")
-
-
-def wait_for(env: harness.Envoy, key: str, expected: tuple[int, str | None], limit_s: float = 10.0) -> None:
-    deadline = time.monotonic() + limit_s
-    seen = None
-    while time.monotonic() < deadline:
-        seen = {answer(env, key) for _ in range(4)}
-        if seen == {expected}:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"after {limit_s}s still {seen}, wanted {expected}\n{env.log_tail(40)}")
 
 
 def render(cp: ControlPlane, control_plane: str, last_good: Path, last_good_port: int = 0):

@@ -291,34 +291,9 @@ impl SnapshotPoller {
         if self.last_good != LastGood::Untried || Published::read(host)?.stamp.is_some() {
             return Ok(());
         }
-        // Envoy serves the file only to a request bearing the data-plane token.
-        let authorization = self
-            .settings
-            .token
-            .as_ref()
-            .map(|token| format!("Bearer {token}"));
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", source.path.as_str()),
-            (":authority", source.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        if let Some(authorization) = &authorization {
-            headers.push(("authorization", authorization.as_str()));
-        }
-        match host.dispatch_get(&source.cluster, &headers, self.settings.timeout_ms) {
-            Ok(token) => self.in_flight = Some((token, CallKind::LastGood)),
-            Err(error) => {
-                count_sync(host, metrics, SyncOutcome::Unreachable);
-                host.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "keyward sync: cannot call the last-known-good cluster {:?} ({error})",
-                        source.cluster
-                    ),
-                );
-            }
-        }
+        // Envoy serves the file only to a request bearing the data-plane token, which
+        // `dispatch` sends.
+        self.dispatch(host, metrics, &source.path, None, CallKind::LastGood);
         Ok(())
     }
 
@@ -339,10 +314,14 @@ impl SnapshotPoller {
             .token
             .as_ref()
             .map(|token| format!("Bearer {token}"));
+        let (cluster, authority) = match (kind, &self.settings.last_good) {
+            (CallKind::LastGood, Some(source)) => (&source.cluster, &source.authority),
+            _ => (&self.settings.cluster, &self.settings.authority),
+        };
         let mut headers = vec![
             (":method", "GET"),
             (":path", path),
-            (":authority", self.settings.authority.as_str()),
+            (":authority", authority.as_str()),
             ("accept", accept),
         ];
         if let Some(authorization) = &authorization {
@@ -351,16 +330,13 @@ impl SnapshotPoller {
         if let Some(etag) = etag {
             headers.push(("if-none-match", etag));
         }
-        match host.dispatch_get(&self.settings.cluster, &headers, self.settings.timeout_ms) {
+        match host.dispatch_get(cluster, &headers, self.settings.timeout_ms) {
             Ok(token) => self.in_flight = Some((token, kind)),
             Err(error) => {
                 count_sync(host, metrics, SyncOutcome::Unreachable);
                 host.log(
                     LogLevel::Warn,
-                    &format!(
-                        "keyward sync: cannot call cluster {:?} ({error})",
-                        self.settings.cluster
-                    ),
+                    &format!("keyward sync: cannot call cluster {cluster:?} ({error})"),
                 );
             }
         }

@@ -238,7 +238,7 @@ fn last_good_calls(host: &FakeHost) -> usize {
     host.calls
         .borrow()
         .iter()
-        .filter(|call| call.header(":authority") == Some(LAST_GOOD_AUTHORITY))
+        .filter(|call| call.cluster == "last_good")
         .count()
 }
 
@@ -263,6 +263,8 @@ fn a_start_without_the_control_plane_publishes_the_last_good_file_once() {
     poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
     assert_eq!(last_good_calls(&host), 1);
     let last = host.calls.borrow().last().cloned().expect("a call");
+    assert_eq!(last.cluster, "last_good");
+    assert_eq!(last.header(":authority"), Some(LAST_GOOD_AUTHORITY));
     assert_eq!(last.header(":path"), Some("/last-good.json"));
     // Envoy serves the file only to the data-plane token.
     assert_eq!(
