@@ -441,11 +441,26 @@ impl SnapshotPoller {
         host: &impl SyncHost,
         body_size: usize,
     ) -> Result<Option<SyncOutcome>, HostError> {
-        let Answer::Fresh(_) = Self::answer(host)? else {
-            // Not served (yet): Envoy may still be starting its listeners; try again after
-            // the next failed poll.
-            return Ok(None);
-        };
+        let headers = host.call_response_headers()?;
+        match header_text(&headers, ":status") {
+            Some("200") => {}
+            // Envoy's own answer: its listener is not up yet; try again after the next failed
+            // poll.
+            Some("503") if !is_json(&headers) => return Ok(None),
+            status => {
+                // A 404 is the listener refusing the token: no later call would differ.
+                self.last_good = LastGood::Settled;
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "keyward sync: the last-known-good listener answered {}, not the file \
+                         (is the data-plane token the one it was rendered with?)",
+                        status.unwrap_or("nothing")
+                    ),
+                );
+                return Ok(None);
+            }
+        }
         self.last_good = LastGood::Settled;
         let body = host.call_response_body(body_size)?;
         if body.iter().all(u8::is_ascii_whitespace) {

@@ -350,6 +350,22 @@ fn a_tampered_expired_or_empty_file_leaves_the_filter_failing_closed() {
 }
 
 #[test]
+fn a_listener_refusing_the_token_is_said_once() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    answer_last(&mut poller, &host, &metrics, "404", "");
+    assert!(host
+        .log_lines()
+        .iter()
+        .any(|line| line.contains("last-known-good listener answered 404")));
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    assert_eq!(last_good_calls(&host), 1);
+    assert_eq!(stamp(&host), None);
+}
+
+#[test]
 fn a_file_not_served_yet_is_asked_again_after_the_next_failed_poll() {
     let host = FakeHost::default();
     let metrics = metrics();
