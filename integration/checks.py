@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
+
+import pytest
 
 from harness import Envoy, Response
 from keys import Key
@@ -125,3 +128,22 @@ def _org_of(project: Optional[str]) -> Optional[str]:
     from world import PROJECT_ORG
 
     return PROJECT_ORG.get(project) if project else None
+
+
+def answer(env: Envoy, key: str, path: str = "/v1/models") -> tuple[int, Optional[str]]:
+    """Status and `x-keyward-error` of a GET with `key` as the bearer credential."""
+    resp = env.request("GET", path, [("authorization", f"Bearer {key}")])
+    return resp.status, resp.header("x-keyward-error")
+
+
+def wait_for_answer(env: Envoy, key: str, expected: tuple[int, Optional[str]], limit_s: float = 10.0) -> None:
+    """Until four answers in a row are `expected` (every worker has the policy); fails the test
+    with the log after limit_s."""
+    deadline = time.monotonic() + limit_s
+    seen = None
+    while time.monotonic() < deadline:
+        seen = {answer(env, key) for _ in range(4)}
+        if seen == {expected}:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"after {limit_s}s still {seen}, wanted {expected}\n{env.log_tail(40)}")

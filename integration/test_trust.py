@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import harness
+from checks import answer, wait_for_answer as wait_for
 from keyward_testkit.control_plane import ControlPlane
 from keyward_testkit.signing import private_key, sign_envelope, symmetric_envelope
 from snapshot_server import SnapshotServer
@@ -45,22 +46,6 @@ KEY_HEADER = "x-keyward-key-id"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def answer(env: harness.Envoy, key: str, path: str = "/v1/models") -> tuple[int, str | None]:
-    resp = env.request("GET", path, [("authorization", f"Bearer {key}")])
-    return resp.status, resp.header("x-keyward-error")
-
-
-def wait_for(env: harness.Envoy, key: str, expected: tuple[int, str | None], limit_s: float = 10.0) -> None:
-    deadline = time.monotonic() + limit_s
-    seen = None
-    while time.monotonic() < deadline:
-        seen = {answer(env, key) for _ in range(4)}
-        if seen == {expected}:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"after {limit_s}s still {seen}, wanted {expected}\n{env.log_tail(40)}")
 
 
 def mode(path: Path) -> str:

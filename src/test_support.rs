@@ -43,6 +43,8 @@ pub fn public_key_base64() -> String {
 /// A call to the control plane as dispatched; its token is its position in `calls`, from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// The Envoy cluster it was sent to.
+    pub cluster: String,
     pub headers: Vec<(String, String)>,
     /// `Some` for a POST.
     pub body: Option<Vec<u8>>,
@@ -309,20 +311,20 @@ impl Telemetry for FakeHost {
 impl SyncHost for FakeHost {
     fn dispatch_get(
         &self,
-        _cluster: &str,
+        cluster: &str,
         headers: &[(&str, &str)],
         _timeout_ms: u64,
     ) -> Result<u32, HostError> {
-        self.dispatch(headers, None)
+        self.dispatch(cluster, headers, None)
     }
     fn dispatch_post(
         &self,
-        _cluster: &str,
+        cluster: &str,
         headers: &[(&str, &str)],
         body: &[u8],
         _timeout_ms: u64,
     ) -> Result<u32, HostError> {
-        self.dispatch(headers, Some(body.to_vec()))
+        self.dispatch(cluster, headers, Some(body.to_vec()))
     }
     fn call_response_headers(&self) -> Result<Vec<Header>, HostError> {
         Ok(self
@@ -343,13 +345,19 @@ impl SyncHost for FakeHost {
 }
 
 impl FakeHost {
-    fn dispatch(&self, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<u32, HostError> {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<u32, HostError> {
         if self.cluster_missing {
             // What Envoy returns for an unknown cluster (BadArgument).
             return Err(HostError::Status(2));
         }
         let mut calls = self.calls.borrow_mut();
         calls.push(Call {
+            cluster: cluster.to_owned(),
             headers: owned_pairs(headers),
             body,
         });

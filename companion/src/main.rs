@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod explain;
 mod keygen;
+mod last_good;
 mod presets;
 mod price_catalog;
 mod publish;

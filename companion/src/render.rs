@@ -15,6 +15,7 @@ use keyward_engine::signature::PublicKey;
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::last_good;
 use crate::upstream_tls::Tls;
 
 pub const CONTROL_PLANE_CLUSTER: &str = "keyward_control_plane";
@@ -94,6 +95,10 @@ pub struct EnvoyOptions {
     pub disabled_on: Vec<String>,
     /// The rest of the plugin configuration (routes, mode, formats...); `sync` is set here.
     pub plugin_config: Option<Value>,
+    /// The last-known-good snapshot file, as Envoy sees it (see [`crate::last_good`]).
+    pub last_good_file: Option<String>,
+    /// The loopback address Envoy serves that file to itself on.
+    pub last_good_listen: String,
 }
 
 /// A `host:port` (or `[v6]:port`) split in two.
@@ -233,6 +238,9 @@ fn sync_block(options: &EnvoyOptions) -> Value {
         options.dataplane_token.as_deref(),
     );
     with_layout(&mut sync, options.chunked);
+    if let (Some(_), Some(fields)) = (&options.last_good_file, sync.as_object_mut()) {
+        fields.insert("last_good".into(), last_good::sync_source());
+    }
     sync
 }
 
@@ -263,6 +271,13 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
     let admin = ip_address("admin", &options.admin)?;
     let control_plane = HostPort::parse("control-plane", split_scheme(&options.control_plane).0)?;
     let upstream = HostPort::parse("upstream", split_scheme(&options.upstream).0)?;
+    if options.chunked && options.last_good_file.is_some() {
+        return Err(Error::invalid(
+            "invalid_last_good",
+            "--last-good-file works with the envelope layout only, not --chunked-sync: a \
+             manifest and its chunks are not one file",
+        ));
+    }
     let sync = sync_block(options);
 
     let mut route = json!({"cluster": UPSTREAM_CLUSTER, "timeout": "300s"});
@@ -391,48 +406,77 @@ pub fn envoy_bootstrap(options: &EnvoyOptions) -> Result<Value, Error> {
         .metering
         .max_request_body_bytes
         .saturating_add(BUFFER_HEADROOM);
+    let mut listeners = vec![json!({
+        "name": "keyward",
+        "address": listen.socket_address(),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hardened_connection_manager(json!({
+                    "@type": CONNECTION_MANAGER_TYPE,
+                    "stat_prefix": "keyward",
+                    "route_config": {
+                        "name": "keyward",
+                        "virtual_hosts": [{
+                            "name": "upstream",
+                            "domains": ["*"],
+                            "routes": envoy_routes
+                        }]
+                    },
+                    "http_filters": [
+                        filter,
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            }
+                        }
+                    ]
+                }))
+            }]
+        }],
+        // Room for a body keyward reads whole, so that keyward, not Envoy's buffer
+        // limit, answers one that is too large (with its JSON error).
+        "per_connection_buffer_limit_bytes": buffer_limit
+    })];
+    let mut clusters = vec![
+        cluster(
+            CONTROL_PLANE_CLUSTER,
+            &control_plane,
+            &options.control_plane_tls,
+        ),
+        upstream_cluster,
+    ];
+    if let Some(file) = &options.last_good_file {
+        if !file.starts_with('/') {
+            return Err(Error::invalid(
+                "invalid_last_good",
+                format!("--last-good-file {file:?}: give an absolute path, as Envoy sees it"),
+            ));
+        }
+        let address = ip_address("last-good-listen", &options.last_good_listen)?;
+        let loopback = address
+            .host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(Error::invalid(
+                "invalid_address",
+                "--last-good-listen: must be a loopback address (the file is for this Envoy only)",
+            ));
+        }
+        listeners.push(last_good::listener(
+            file,
+            address.socket_address(),
+            options.dataplane_token.as_deref(),
+            CONNECTION_MANAGER_TYPE,
+        ));
+        clusters.push(last_good::cluster(address.socket_address()));
+    }
     Ok(json!({
         "admin": {"address": admin.socket_address()},
         "bootstrap_extensions": bootstrap_extensions,
-        "static_resources": {
-            "listeners": [{
-                "name": "keyward",
-                "address": listen.socket_address(),
-                "filter_chains": [{
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hardened_connection_manager(json!({
-                            "@type": CONNECTION_MANAGER_TYPE,
-                            "stat_prefix": "keyward",
-                            "route_config": {
-                                "name": "keyward",
-                                "virtual_hosts": [{
-                                    "name": "upstream",
-                                    "domains": ["*"],
-                                    "routes": envoy_routes
-                                }]
-                            },
-                            "http_filters": [
-                                filter,
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                    }
-                                }
-                            ]
-                        }))
-                    }]
-                }],
-                // Room for a body keyward reads whole, so that keyward, not Envoy's buffer
-                // limit, answers one that is too large (with its JSON error).
-                "per_connection_buffer_limit_bytes": buffer_limit
-            }],
-            "clusters": [
-                cluster(CONTROL_PLANE_CLUSTER, &control_plane, &options.control_plane_tls),
-                upstream_cluster
-            ]
-        }
+        "static_resources": {"listeners": listeners, "clusters": clusters}
     }))
 }
 
@@ -895,6 +939,8 @@ mod tests {
             routes: vec![],
             disabled_on: vec![],
             plugin_config: None,
+            last_good_file: None,
+            last_good_listen: "127.0.0.1:9902".into(),
         }
     }
 
@@ -953,6 +999,61 @@ mod tests {
         invalid.plugin_config =
             Some(json!({"routes": [{"name": "r", "match": {"path_prefix": "x"}}]}));
         assert!(envoy_bootstrap(&invalid).is_err());
+    }
+
+    #[test]
+    fn a_last_good_file_is_served_on_loopback_to_the_token_only() {
+        let mut with_file = options();
+        with_file.last_good_file = Some("/var/lib/keyward/last-good.json".into());
+        let bootstrap = envoy_bootstrap(&with_file).unwrap();
+        let listener = &bootstrap["static_resources"]["listeners"][1];
+        assert_eq!(
+            listener["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+        let routes = &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes[0]["match"]["headers"][0]["string_match"]["exact"],
+            "Bearer kwdp_render_test"
+        );
+        assert_eq!(
+            routes[0]["direct_response"]["body"]["filename"],
+            "/var/lib/keyward/last-good.json"
+        );
+        assert_eq!(routes[1]["direct_response"]["status"], 404);
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap();
+        assert!(clusters.iter().any(|c| c["name"] == "keyward_last_good"));
+        let text = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        let sync = config.sync.expect("sync");
+        assert_eq!(sync.last_good.unwrap().cluster, "keyward_last_good");
+        // Without the option, nothing of it is rendered.
+        let plain = envoy_bootstrap(&options()).unwrap();
+        assert_eq!(
+            plain["static_resources"]["listeners"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let mut relative = options();
+        relative.last_good_file = Some("last-good.json".into());
+        let mut public = options();
+        public.last_good_file = Some("/f.json".into());
+        public.last_good_listen = "0.0.0.0:9902".into();
+        let mut chunked = options();
+        chunked.last_good_file = Some("/f.json".into());
+        chunked.chunked = true;
+        for refused in [relative, public, chunked] {
+            assert!(envoy_bootstrap(&refused).is_err());
+        }
     }
 
     #[test]

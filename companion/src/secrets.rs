@@ -94,6 +94,31 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), Error> {
     file.write_all(contents.as_bytes()).map_err(failed)
 }
 
+/// Replaces `path` with `contents` in one step, readable by its owner only (0600): written to a
+/// temporary file beside it (named after this process, so two writers never share one), synced,
+/// then renamed over it. A reader (Envoy loading the last-known-good file, say) sees the old
+/// file or the new one, never half of one.
+pub fn write_private_file_atomically(path: &Path, contents: &str) -> Result<(), Error> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keyward".to_owned());
+    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = write_private_file(&temporary, contents).and_then(|()| {
+        let failed = |error: std::io::Error| {
+            Error::internal(format!("cannot write {}: {error}", path.display()))
+        };
+        fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .map_err(failed)?;
+        fs::rename(&temporary, path).map_err(failed)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written
+}
+
 /// Writes a new secret file readable by its owner only; never overwrites.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
     let mut options = fs::OpenOptions::new();

@@ -48,6 +48,36 @@ struct PublicKeyDoc {
     public_key_base64: String,
 }
 
+/// Where the last-known-good signed envelope is fetched from when the control plane cannot be
+/// reached before this Envoy published any policy: a cluster of Envoy's own, normally an internal
+/// listener that answers with the file `keyward snapshot fetch` keeps (see `keyward render envoy
+/// --last-good-file`). Proxy-wasm modules cannot read files; Envoy can serve one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LastGoodDoc {
+    cluster: String,
+    #[serde(default = "default_last_good_authority")]
+    authority: String,
+    #[serde(default = "default_last_good_path")]
+    path: String,
+}
+
+fn default_last_good_authority() -> String {
+    "keyward-last-good".to_owned()
+}
+fn default_last_good_path() -> String {
+    "/last-good.json".to_owned()
+}
+
+/// The source of the last-known-good snapshot. What it serves is verified exactly like a
+/// control plane's answer (signature, expiry, never older than what is published).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastGoodSource {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+}
+
 /// The longest data-plane token accepted (keyward's are 49 characters).
 const MAX_TOKEN_BYTES: usize = 512;
 
@@ -90,6 +120,9 @@ pub(crate) struct SyncDoc {
     /// The data-plane token sent to the control plane (`authorization: Bearer`).
     #[serde(default)]
     token: Option<String>,
+    /// Fallback for a start while the control plane is down.
+    #[serde(default)]
+    last_good: Option<LastGoodDoc>,
     poller: Poller,
 }
 
@@ -111,6 +144,9 @@ pub struct SyncSettings {
     /// The data-plane token: sent with every snapshot fetch and usage report. It can read
     /// snapshots and report usage, nothing else; it cannot sign.
     pub token: Option<String>,
+    /// Where a last-known-good envelope is fetched when the control plane cannot be reached and
+    /// nothing is published yet.
+    pub last_good: Option<LastGoodSource>,
     pub poller: Poller,
 }
 
@@ -186,6 +222,10 @@ impl SyncSettings {
                 ));
             }
         }
+        let last_good = doc
+            .last_good
+            .map(|last_good| compile_last_good(last_good, doc.layout))
+            .transpose()?;
         Ok(SyncSettings {
             cluster: doc.cluster,
             authority: doc.authority,
@@ -197,6 +237,7 @@ impl SyncSettings {
             timeout_ms: doc.timeout_ms,
             public_keys,
             token: doc.token,
+            last_good,
             poller: doc.poller,
         })
     }
@@ -211,6 +252,37 @@ impl SyncSettings {
     pub fn next_poll_delay_ms(&self, entropy: u64) -> u64 {
         self.interval_ms + entropy.checked_rem(self.jitter_ms + 1).unwrap_or(0)
     }
+}
+
+fn compile_last_good(doc: LastGoodDoc, layout: Layout) -> Result<LastGoodSource, FieldError> {
+    if layout == Layout::Chunked {
+        // A manifest names its chunks by hash; one file cannot answer for all of them.
+        return Err(FieldError::new(
+            "last_good",
+            "works with the envelope layout only: the chunked layout's manifest and chunks are \
+             not one file",
+        ));
+    }
+    if doc.cluster.is_empty() {
+        return Err(FieldError::new(
+            "last_good.cluster",
+            "must name an Envoy cluster",
+        ));
+    }
+    if doc.authority.is_empty() || doc.authority.contains(char::is_whitespace) {
+        return Err(FieldError::new(
+            "last_good.authority",
+            "must be a host name",
+        ));
+    }
+    if !doc.path.starts_with('/') {
+        return Err(FieldError::new("last_good.path", "must start with /"));
+    }
+    Ok(LastGoodSource {
+        cluster: doc.cluster,
+        authority: doc.authority,
+        path: doc.path,
+    })
 }
 
 /// Identifies one snapshot for ordering: a higher version wins; the same version re-issued
@@ -446,6 +518,47 @@ mod tests {
     }
 
     #[test]
+    fn a_last_good_source_is_checked_and_envelope_only() {
+        let public = crate::signature::tests::test_key("ops-1")
+            .public_key()
+            .to_base64();
+        let with = |layout: &str, last_good: &str| {
+            compile(&format!(
+                r#"{{"cluster": "cp", "poller": "sync_service", "layout": "{layout}",
+                    "last_good": {last_good},
+                    "public_keys": [{{"id": "ops-1", "public_key_base64": "{public}"}}]}}"#
+            ))
+        };
+        let settings = with("envelope", r#"{"cluster": "keyward_last_good"}"#).expect("valid");
+        assert_eq!(
+            settings.last_good,
+            Some(LastGoodSource {
+                cluster: "keyward_last_good".into(),
+                authority: "keyward-last-good".into(),
+                path: "/last-good.json".into(),
+            })
+        );
+        for (layout, last_good, path) in [
+            ("chunked", r#"{"cluster": "lg"}"#, "last_good"),
+            ("envelope", r#"{"cluster": ""}"#, "last_good.cluster"),
+            (
+                "envelope",
+                r#"{"cluster": "lg", "path": "x"}"#,
+                "last_good.path",
+            ),
+            (
+                "envelope",
+                r#"{"cluster": "lg", "authority": "a b"}"#,
+                "last_good.authority",
+            ),
+        ] {
+            let error = with(layout, last_good).expect_err("refused");
+            assert_eq!(error.path, path, "{error}");
+        }
+        assert!(with("envelope", r#"{"cluster": "lg", "filename": "/x"}"#).is_err());
+    }
+
+    #[test]
     fn poll_delay_stays_within_the_jitter() {
         let settings = SyncSettings {
             cluster: "c".into(),
@@ -458,6 +571,7 @@ mod tests {
             timeout_ms: 1000,
             public_keys: vec![],
             token: None,
+            last_good: None,
             poller: Poller::Lease,
         };
         for entropy in [0, 1, 249, 250, 251, u64::MAX] {

@@ -35,6 +35,24 @@ enum CallKind {
     Manifest,
     /// A chunk of the manifest being loaded (index into its chunk list).
     Chunk(usize),
+    /// The last-known-good envelope (`sync.last_good`), after the control plane failed.
+    LastGood,
+}
+
+/// Where a signed envelope came from: said in the logs, since either can be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    ControlPlane,
+    LastGoodFile,
+}
+
+/// Whether the last-known-good source is still worth a call. Envoy reads the file it serves
+/// once, at start, so one answer (used, refused or empty) settles it for this poller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastGood {
+    NotConfigured,
+    Untried,
+    Settled,
 }
 
 /// How the control plane answered a call.
@@ -114,11 +132,17 @@ pub struct SnapshotPoller {
     /// The policy this poller just verified and published (envelope layout), with its stamp
     /// entry: the VM's own follower takes it instead of parsing the same bytes a second time.
     fresh: Option<(Vec<u8>, Policy)>,
+    last_good: LastGood,
 }
 
 impl SnapshotPoller {
     pub fn new(settings: SyncSettings, me: String) -> Self {
+        let last_good = match settings.last_good {
+            Some(_) => LastGood::Untried,
+            None => LastGood::NotConfigured,
+        };
         Self {
+            last_good,
             settings,
             me,
             next_poll_ms: 0,
@@ -252,6 +276,27 @@ impl SnapshotPoller {
         }
     }
 
+    /// After a failed poll: while this Envoy has published no policy yet, fetch the
+    /// last-known-good envelope instead, so that a start during a control-plane outage enforces
+    /// the last policy rather than refusing everything. Once anything is published, the control
+    /// plane alone can replace it.
+    fn fall_back_to_last_good(
+        &mut self,
+        host: &impl SyncHost,
+        metrics: &Metrics,
+    ) -> Result<(), HostError> {
+        let Some(source) = self.settings.last_good.clone() else {
+            return Ok(());
+        };
+        if self.last_good != LastGood::Untried || Published::read(host)?.stamp.is_some() {
+            return Ok(());
+        }
+        // Envoy serves the file only to a request bearing the data-plane token, which
+        // `dispatch` sends.
+        self.dispatch(host, metrics, &source.path, None, CallKind::LastGood);
+        Ok(())
+    }
+
     fn dispatch(
         &mut self,
         host: &impl SyncHost,
@@ -269,10 +314,14 @@ impl SnapshotPoller {
             .token
             .as_ref()
             .map(|token| format!("Bearer {token}"));
+        let (cluster, authority) = match (kind, &self.settings.last_good) {
+            (CallKind::LastGood, Some(source)) => (&source.cluster, &source.authority),
+            _ => (&self.settings.cluster, &self.settings.authority),
+        };
         let mut headers = vec![
             (":method", "GET"),
             (":path", path),
-            (":authority", self.settings.authority.as_str()),
+            (":authority", authority.as_str()),
             ("accept", accept),
         ];
         if let Some(authorization) = &authorization {
@@ -281,16 +330,13 @@ impl SnapshotPoller {
         if let Some(etag) = etag {
             headers.push(("if-none-match", etag));
         }
-        match host.dispatch_get(&self.settings.cluster, &headers, self.settings.timeout_ms) {
+        match host.dispatch_get(cluster, &headers, self.settings.timeout_ms) {
             Ok(token) => self.in_flight = Some((token, kind)),
             Err(error) => {
                 count_sync(host, metrics, SyncOutcome::Unreachable);
                 host.log(
                     LogLevel::Warn,
-                    &format!(
-                        "keyward sync: cannot call cluster {:?} ({error})",
-                        self.settings.cluster
-                    ),
+                    &format!("keyward sync: cannot call cluster {cluster:?} ({error})"),
                 );
             }
         }
@@ -312,6 +358,7 @@ impl SnapshotPoller {
         self.in_flight = None;
         let outcome = match kind {
             CallKind::Envelope => self.handle_envelope(host, body_size).map(Some),
+            CallKind::LastGood => self.handle_last_good(host, body_size),
             CallKind::Manifest => self.handle_manifest(host, metrics, body_size),
             CallKind::Chunk(index) => self.handle_chunk(host, metrics, index, body_size),
         };
@@ -327,6 +374,15 @@ impl SnapshotPoller {
         });
         if let Some(outcome) = outcome {
             count_sync(host, metrics, outcome);
+            let failed = !matches!(outcome, SyncOutcome::Published | SyncOutcome::NotModified);
+            if failed && kind == CallKind::Envelope {
+                if let Err(error) = self.fall_back_to_last_good(host, metrics) {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("keyward sync: cannot read shared data ({error})"),
+                    );
+                }
+            }
         }
         // Chunks are fetched back to back, not one per tick; a poll that falls due meanwhile
         // goes first (a newer manifest replaces the one being loaded).
@@ -375,14 +431,76 @@ impl SnapshotPoller {
         };
         let etag = header_text(&headers, "etag").map(str::to_owned);
         let body = host.call_response_body(body_size)?;
+        self.publish_envelope(host, body, etag, Source::ControlPlane)
+    }
+
+    /// The last-known-good source answered. Its envelope goes through the same checks as one
+    /// from the control plane; a refused or empty file leaves the filter failing closed.
+    fn handle_last_good(
+        &mut self,
+        host: &impl SyncHost,
+        body_size: usize,
+    ) -> Result<Option<SyncOutcome>, HostError> {
+        let headers = host.call_response_headers()?;
+        match header_text(&headers, ":status") {
+            Some("200") => {}
+            // Envoy's own answer: its listener is not up yet; try again after the next failed
+            // poll.
+            Some("503") if !is_json(&headers) => return Ok(None),
+            status => {
+                // A 404 is the listener refusing the token: no later call would differ.
+                self.last_good = LastGood::Settled;
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "keyward sync: the last-known-good listener answered {}, not the file \
+                         (is the data-plane token the one it was rendered with?)",
+                        status.unwrap_or("nothing")
+                    ),
+                );
+                return Ok(None);
+            }
+        }
+        self.last_good = LastGood::Settled;
+        let body = host.call_response_body(body_size)?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            host.log(
+                LogLevel::Warn,
+                "keyward sync: the last-known-good file is empty; no policy until the control \
+                 plane answers",
+            );
+            return Ok(None);
+        }
+        self.publish_envelope(host, body, None, Source::LastGoodFile)
+            .map(Some)
+    }
+
+    /// Verifies `body` (signature, expiry) and publishes it unless it is older than the
+    /// published snapshot: the envelope first, then the stamp entry followers watch.
+    fn publish_envelope(
+        &mut self,
+        host: &impl SyncHost,
+        body: Vec<u8>,
+        etag: Option<String>,
+        source: Source,
+    ) -> Result<SyncOutcome, HostError> {
         let now = host.now_ms()? / 1000;
         let policy = match verify_snapshot(&body, &self.settings.public_keys, now) {
             Ok(policy) => policy,
             Err(rejected) => {
-                host.log(
-                    LogLevel::Error,
-                    &format!("keyward sync: snapshot rejected, last good policy stays: {rejected}"),
-                );
+                let message = match source {
+                    Source::ControlPlane => {
+                        format!(
+                            "keyward sync: snapshot rejected, last good policy stays: {rejected}"
+                        )
+                    }
+                    Source::LastGoodFile => format!(
+                        "keyward sync: last-known-good file rejected ({}): {rejected}; no policy \
+                         until the control plane answers",
+                        rejected.reason()
+                    ),
+                };
+                host.log(LogLevel::Error, &message);
                 return Ok(SyncOutcome::Rejected(RejectionReason::from(&rejected)));
             }
         };
@@ -416,10 +534,16 @@ impl SnapshotPoller {
         if Some(stamp) == published.stamp {
             return Ok(SyncOutcome::NotModified);
         }
+        let from = match source {
+            Source::ControlPlane => "",
+            Source::LastGoodFile => {
+                " from the last-known-good file (the control plane could not be reached)"
+            }
+        };
         host.log(
             LogLevel::Info,
             &format!(
-                "keyward sync: published policy version {} ({} keys)",
+                "keyward sync: published policy version {} ({} keys){from}",
                 policy.version,
                 policy.keys().len()
             ),

@@ -5,8 +5,8 @@ use keyward_engine::chunked::{sign_manifest, split_snapshot, SplitSnapshot};
 use keyward_engine::signed_snapshot::sign_snapshot;
 use keyward_engine::snapshot::{KeyStatus, Policy, Snapshot};
 use keyward_engine::sync::{
-    Layout, Poller, SnapshotStamp, SyncSettings, LEASE_ENTRY, MANIFEST_ENTRY, SNAPSHOT_ENTRY,
-    SNAPSHOT_STAMP_ENTRY,
+    LastGoodSource, Layout, Poller, SnapshotStamp, SyncSettings, LEASE_ENTRY, MANIFEST_ENTRY,
+    SNAPSHOT_ENTRY, SNAPSHOT_STAMP_ENTRY,
 };
 
 use super::*;
@@ -30,6 +30,7 @@ fn settings(poller: Poller) -> SyncSettings {
         timeout_ms: 1000,
         public_keys: vec![signing_key().public_key()],
         token: Some(TOKEN.into()),
+        last_good: None,
         poller,
     }
 }
@@ -217,6 +218,165 @@ fn unreachable_control_plane_is_counted_not_fatal() {
     let mut poller = SnapshotPoller::new(settings(Poller::SyncService), "a".into());
     poller.on_tick(&host, &metrics).expect("tick");
     assert_eq!(host.sync_count(&metrics, SyncOutcome::Unreachable), 1);
+}
+
+const LAST_GOOD_AUTHORITY: &str = "keyward-last-good";
+const ENVOY_UNREACHABLE: &str = "upstream connect error or disconnect/reset before headers";
+
+fn last_good_settings() -> SyncSettings {
+    SyncSettings {
+        last_good: Some(LastGoodSource {
+            cluster: "last_good".into(),
+            authority: LAST_GOOD_AUTHORITY.into(),
+            path: "/last-good.json".into(),
+        }),
+        ..settings(Poller::SyncService)
+    }
+}
+
+fn last_good_calls(host: &FakeHost) -> usize {
+    host.calls
+        .borrow()
+        .iter()
+        .filter(|call| call.cluster == "last_good")
+        .count()
+}
+
+/// Answers the call dispatched last (the fallback after a failed poll).
+fn answer_last(
+    poller: &mut SnapshotPoller,
+    host: &FakeHost,
+    metrics: &Metrics,
+    status: &str,
+    body: &str,
+) {
+    let token = host.calls.borrow().len() as u32;
+    host.answer(status, &[], body);
+    poller.on_response(host, metrics, token, body.len());
+}
+
+#[test]
+fn a_start_without_the_control_plane_publishes_the_last_good_file_once() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    assert_eq!(last_good_calls(&host), 1);
+    let last = host.calls.borrow().last().cloned().expect("a call");
+    assert_eq!(last.cluster, "last_good");
+    assert_eq!(last.header(":authority"), Some(LAST_GOOD_AUTHORITY));
+    assert_eq!(last.header(":path"), Some("/last-good.json"));
+    // Envoy serves the file only to the data-plane token.
+    assert_eq!(
+        last.header("authorization"),
+        Some(&format!("Bearer {TOKEN}")[..])
+    );
+    answer_last(&mut poller, &host, &metrics, "200", &envelope(3, 100));
+    assert_eq!(stamp(&host).as_deref(), Some("3:100"));
+    assert_eq!(host.sync_count(&metrics, SyncOutcome::Published), 1);
+    assert!(host
+        .log_lines()
+        .iter()
+        .any(|line| line.contains("version 3") && line.contains("last-known-good file")));
+    let (_, fresh) = poller
+        .take_fresh()
+        .expect("the poller's own follower gets it");
+    assert_eq!(fresh.version, 3);
+    // Still down: nothing more is asked of the file.
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    assert_eq!(last_good_calls(&host), 1);
+    // The control plane is back with a newer snapshot: it replaces the file's.
+    poll(&mut poller, &host, &metrics, "200", &envelope(4, 200));
+    assert_eq!(stamp(&host).as_deref(), Some("4:200"));
+}
+
+#[test]
+fn a_published_policy_is_never_replaced_from_the_file() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+    poll(&mut poller, &host, &metrics, "200", &envelope(5, 100));
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    poll(&mut poller, &host, &metrics, "500", "{}");
+    assert_eq!(last_good_calls(&host), 0);
+    assert_eq!(stamp(&host).as_deref(), Some("5:100"));
+}
+
+#[test]
+fn a_tampered_expired_or_empty_file_leaves_the_filter_failing_closed() {
+    let expired = sign_snapshot(
+        r#"{"version": 9, "issued_at": 1, "expires_at": 2, "projects": [], "keys": []}"#,
+        &signing_key(),
+    )
+    .expect("signed");
+    let cases = [
+        (
+            envelope(6, 100).replace("\"active\"", "\"archived\""),
+            Some(RejectionReason::BadSignature),
+            "last-known-good file rejected (bad_signature)",
+        ),
+        (
+            expired,
+            Some(RejectionReason::Expired),
+            "last-known-good file rejected (expired)",
+        ),
+        (
+            r#"{"version": 7, "issued_at": 1}"#.to_owned(),
+            Some(RejectionReason::NotAnEnvelope),
+            "last-known-good file rejected (not_an_envelope)",
+        ),
+        (String::new(), None, "the last-known-good file is empty"),
+    ];
+    for (body, reason, log) in cases {
+        let host = FakeHost::default();
+        let metrics = metrics();
+        let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+        poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+        answer_last(&mut poller, &host, &metrics, "200", &body);
+        assert_eq!(stamp(&host), None, "{log}");
+        assert_eq!(host.entry(SNAPSHOT_ENTRY), None, "{log}");
+        if let Some(reason) = reason {
+            assert_eq!(host.sync_count(&metrics, SyncOutcome::Rejected(reason)), 1);
+        }
+        assert!(
+            host.log_lines().iter().any(|line| line.contains(log)),
+            "{log}: {:?}",
+            host.log_lines()
+        );
+        // Envoy read the file once at start: it is not asked again.
+        poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+        assert_eq!(last_good_calls(&host), 1, "{log}");
+    }
+}
+
+#[test]
+fn a_listener_refusing_the_token_is_said_once() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    answer_last(&mut poller, &host, &metrics, "404", "");
+    assert!(host
+        .log_lines()
+        .iter()
+        .any(|line| line.contains("last-known-good listener answered 404")));
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    assert_eq!(last_good_calls(&host), 1);
+    assert_eq!(stamp(&host), None);
+}
+
+#[test]
+fn a_file_not_served_yet_is_asked_again_after_the_next_failed_poll() {
+    let host = FakeHost::default();
+    let metrics = metrics();
+    let mut poller = SnapshotPoller::new(last_good_settings(), "a".into());
+    poll(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    answer_last(&mut poller, &host, &metrics, "503", ENVOY_UNREACHABLE);
+    assert_eq!(stamp(&host), None);
+    poll(&mut poller, &host, &metrics, "500", "{}");
+    assert_eq!(last_good_calls(&host), 2);
+    answer_last(&mut poller, &host, &metrics, "200", &envelope(2, 100));
+    assert_eq!(stamp(&host).as_deref(), Some("2:100"));
 }
 
 #[test]

@@ -300,7 +300,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Audit(args) if args.policy.requested() => audit::run(&args.policy, args.json),
         Command::Explain(args) => explain::run(&args),
         Command::Audit(args) => audit_trail(target()?.as_mut(), args.limit, args.json),
-        Command::Snapshot(command) => snapshot::run(&db, &actor, command),
+        Command::Snapshot(command) => {
+            snapshot::run(&db, &actor, remote.ca_file.as_deref(), command)
+        }
         Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),

@@ -177,6 +177,16 @@ pub struct RenderEnvoyArgs {
     /// exempt, unmatched paths refused), merged under --plugin-config.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
+    /// A last-known-good snapshot file (absolute, as Envoy sees it), kept by `keyward snapshot
+    /// fetch`: an Envoy started while the control plane is down loads it (verified like any
+    /// snapshot) instead of refusing every request. Envoy refuses to start when the file is
+    /// missing; an empty file means "none yet". Envelope layout only.
+    #[arg(long, value_name = "PATH")]
+    last_good_file: Option<String>,
+    /// The loopback address Envoy serves the last-known-good file to its own filter on (only
+    /// to requests bearing the data-plane token).
+    #[arg(long, default_value = "127.0.0.1:9902")]
+    last_good_listen: String,
 }
 
 #[derive(Args)]
@@ -352,6 +362,8 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         disabled_on,
         plugin_config,
         preset,
+        last_good_file,
+        last_good_listen,
     } = args;
     let routes = routes
         .iter()
@@ -420,6 +432,8 @@ fn render_envoy(args: RenderEnvoyArgs) -> Result<(), Error> {
         routes,
         disabled_on,
         plugin_config,
+        last_good_file,
+        last_good_listen,
     };
     let mut text = serde_json::to_string_pretty(&render::envoy_bootstrap(&options)?)?;
     text.push('\n');

@@ -10,7 +10,9 @@ use keyward_engine::snapshot::KeyStatus;
 
 use super::shared::{load_public_keys, SigningKeyArgs};
 use super::StoreArg;
+use crate::client::ControlPlane;
 use crate::error::Error;
+use crate::last_good;
 use crate::publish;
 use crate::secrets;
 use crate::units::now;
@@ -42,6 +44,25 @@ pub enum SnapshotCommand {
         #[arg(long)]
         now: Option<u64>,
     },
+    /// Keep a last-known-good file for Envoy (`render envoy --last-good-file`): fetch the
+    /// control plane's signed snapshot, verify it, and write it atomically (0600); a file
+    /// holding a newer snapshot is never replaced by an older one. Run it from a timer or a
+    /// sidecar next to Envoy.
+    Fetch {
+        /// The control plane's base URL: http(s)://HOST:PORT (https verified against --ca-file).
+        #[arg(long)]
+        control_plane: String,
+        /// A file holding the data-plane token (`keyward dataplane token create`).
+        #[arg(long, env = "KEYWARD_SNAPSHOT_TOKEN_FILE")]
+        snapshot_token_file: Option<PathBuf>,
+        /// A public key the snapshot must verify with: ID=FILE (repeatable), as the filters
+        /// hold.
+        #[arg(long = "public-key", value_name = "ID=FILE", required = true)]
+        public_keys: Vec<String>,
+        /// The last-known-good file to keep.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// The `key_id` of a signed envelope, or `None` for anything else.
@@ -52,21 +73,56 @@ fn envelope_key_id(bytes: &[u8]) -> Option<String> {
     Some(document.get("key_id")?.as_str()?.to_owned())
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees
-/// half a snapshot.
-fn write_atomically(path: &Path, contents: &str) -> Result<(), Error> {
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot".to_owned());
-    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
-    fs::write(&temporary, contents)
-        .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|error| Error::internal(format!("cannot write {}: {error}", path.display())))
+/// `keyward snapshot fetch`.
+fn fetch(
+    control_plane: &str,
+    ca_file: Option<&Path>,
+    token_file: Option<&Path>,
+    public_keys: &[String],
+    out: &Path,
+) -> Result<ExitCode, Error> {
+    let keys = load_public_keys(public_keys)?;
+    let token = token_file
+        .map(|path| secrets::read_token_file(path, "data-plane token"))
+        .transpose()?;
+    let plane = ControlPlane::with_ca(control_plane, ca_file)?;
+    let fetched = last_good::fetch(&plane, token.as_deref(), &keys, out, now())?;
+    let policy = &fetched.policy;
+    let what = if fetched.written {
+        "wrote"
+    } else {
+        "unchanged"
+    };
+    eprintln!(
+        "{what} {} (mode 0600): version {}, issued_at {}, expires_at {}, {} keys",
+        out.display(),
+        policy.version,
+        policy.issued_at,
+        policy.expires_at.unwrap_or_default(),
+        policy.keys().len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitCode, Error> {
+pub fn run(
+    db: &StoreArg,
+    actor: &str,
+    ca_file: Option<&Path>,
+    command: SnapshotCommand,
+) -> Result<ExitCode, Error> {
     match command {
+        SnapshotCommand::Fetch {
+            control_plane,
+            snapshot_token_file,
+            public_keys,
+            out,
+        } => fetch(
+            &control_plane,
+            ca_file,
+            snapshot_token_file.as_deref(),
+            &public_keys,
+            &out,
+        ),
         SnapshotCommand::Import { file } => {
             let text = fs::read(&file).map_err(|error| {
                 Error::invalid(
@@ -108,7 +164,8 @@ pub fn run(db: &StoreArg, actor: &str, command: SnapshotCommand) -> Result<ExitC
                 |error| Error::internal(format!("the built snapshot does not verify: {error}")),
             )?;
             match out {
-                Some(path) => write_atomically(&path, &signed.envelope)?,
+                // Atomically, and 0600: a snapshot holds every key's hash.
+                Some(path) => secrets::write_private_file_atomically(&path, &signed.envelope)?,
                 None => println!("{}", signed.envelope),
             }
             eprintln!(
