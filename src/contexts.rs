@@ -5,11 +5,13 @@
 use std::sync::{Arc, Mutex};
 
 use keyward_engine::config::{PluginConfig, Role};
+use keyward_engine::provider_keys::ProviderKeys;
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
+use crate::fleet_key::fleet_key_from_environment;
 use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow, SharedLedger};
 use crate::host::{LogLevel, SharedData, Telemetry};
 use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
@@ -106,12 +108,22 @@ impl KeywardRoot {
         if config.role == Role::SyncService {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
-            self.state = Some(Arc::new(FilterState {
-                settings: Arc::new(config.settings),
-                policy: config.policy.map(Arc::new),
+            let (fleet_key, fleet_note) = fleet_key_from_environment();
+            if let Some(note) = fleet_note {
+                let level = if fleet_key.is_some() {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Error
+                };
+                host.log(level, &note);
+            }
+            self.state = Some(Arc::new(FilterState::new(
+                Arc::new(config.settings),
+                config.policy,
                 metrics,
                 activity,
-            }));
+                fleet_key,
+            )));
             self.log_policy("configured");
         }
         if let Some(sync) = &self.sync {
@@ -133,6 +145,13 @@ impl KeywardRoot {
 
     fn log_policy(&self, event: &str) {
         let Some(state) = &self.state else { return };
+        if let Some(note) = &state.provider_keys_note {
+            let level = match state.policy.as_deref().map(|policy| policy.provider_keys()) {
+                Some(ProviderKeys::Open(_)) => LogLevel::Info,
+                _ => LogLevel::Error,
+            };
+            EnvoyHost.log(level, note);
+        }
         match &state.policy {
             Some(policy) => {
                 EnvoyHost.record_metric(state.metrics.policy_version, policy.version);

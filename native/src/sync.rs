@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use keyward_engine::provider_keys::ProviderKeys;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
 use keyward_filter::handler::FilterState;
@@ -287,6 +288,20 @@ fn install(
 
 /// The policy in force, as a log line and the policy-version gauge.
 pub fn log_policy(config: ConfigHandle, state: &FilterState, event: &str) {
+    if let Some(note) = &state.provider_keys_note {
+        let opened = state
+            .policy
+            .as_deref()
+            .is_some_and(|policy| matches!(policy.provider_keys(), ProviderKeys::Open(_)));
+        log(
+            if opened {
+                LogLevel::Info
+            } else {
+                LogLevel::Error
+            },
+            note,
+        );
+    }
     match &state.policy {
         Some(policy) => {
             if let Some(id) = gauge_id(state.metrics.policy_version) {
