@@ -12,6 +12,7 @@ mod explain;
 mod keygen;
 mod presets;
 mod price_catalog;
+mod provider_secrets;
 mod publish;
 mod render;
 mod secrets;
