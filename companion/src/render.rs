@@ -249,11 +249,16 @@ fn string_value(document: &Value) -> Value {
     json!({"@type": STRING_VALUE, "value": document.to_string()})
 }
 
+/// The VM reads the fleet's private key (for provider keys) from Envoy's own environment by
+/// name: `/config_dump` shows the name, never the value (a `key_values` entry would show it).
 fn vm_config(wasm: &str) -> Value {
     json!({
         "vm_id": VM_ID,
         "runtime": WASM_RUNTIME,
-        "code": {"local": {"filename": wasm}}
+        "code": {"local": {"filename": wasm}},
+        "environment_variables": {
+            "host_env_keys": [keyward_engine::provider_keys::FLEET_PRIVATE_KEY_ENV]
+        }
     })
 }
 
