@@ -239,9 +239,10 @@ def test_no_plaintext_provider_key_anywhere(world):
 
 def test_without_the_private_key_provider_routes_fail_closed(world, envoy_workdir):
     assert FLEET_ENV not in os.environ
-    env = harness.Envoy("provider-keys-nokey", envoy_workdir, render=world["render"], upstream=MockProvider())
-    env.start()
+    upstream = MockProvider().start()
+    env = harness.Envoy("provider-keys-nokey", envoy_workdir, render=world["render"], upstream=upstream)
     try:
+        env.start()
         headers = [("authorization", f"Bearer {world['clients']['proj_a']}")]
         deadline = time.monotonic() + 10
         response = env.request("POST", "/v1/chat/completions", headers, body=b"{}")
@@ -257,3 +258,4 @@ def test_without_the_private_key_provider_routes_fail_closed(world, envoy_workdi
         assert FLEET_ENV in log
     finally:
         env.stop()
+        upstream.stop()
