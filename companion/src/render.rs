@@ -724,6 +724,15 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
     spec.insert("sha256".into(), json!(options.sha256));
     spec.insert("phase".into(), json!("AUTHN"));
     spec.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    // The fleet's private key (provider keys) comes from the istio-proxy container's own
+    // environment, by name: the WasmPlugin never holds it (docs/deploy-istio.md).
+    spec.insert(
+        "vmConfig".into(),
+        json!({"env": [{
+            "name": keyward_engine::provider_keys::FLEET_PRIVATE_KEY_ENV,
+            "valueFrom": "HOST"
+        }]}),
+    );
     spec.insert("type".into(), json!("HTTP"));
     spec.insert("pluginName".into(), json!("keyward"));
     match &options.target {
