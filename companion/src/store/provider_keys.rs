@@ -215,3 +215,154 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider_secrets::{last4, seal_into, Kek, ProviderSealing};
+    use crate::store::test_support::store_with_project;
+    use keyward_engine::provider_keys::FleetPrivateKey;
+    use keyward_engine::snapshot::Policy;
+    use std::sync::Arc;
+
+    fn kek(dir: &std::path::Path, name: &str) -> Kek {
+        let path = dir.join(name);
+        std::fs::write(&path, Kek::generate().unwrap().as_bytes()).unwrap();
+        Kek::load(&path).unwrap()
+    }
+
+    fn row(kek: &Kek, owner: KeyOwnerKind, id: &str, plaintext: &str) -> ProviderKeyRow {
+        ProviderKeyRow {
+            provider: Provider::Openai,
+            owner,
+            owner_id: id.to_owned(),
+            ciphertext: kek.encrypt(Provider::Openai, owner, id, plaintext).unwrap(),
+            last4: last4(plaintext),
+            created_at: 0,
+            rotated_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_stored_encrypted_audited_and_sealed_into_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek_a = kek(dir.path(), "a.kek");
+        let mut store = store_with_project();
+        let secret = "sk-project-secret-0001";
+        store
+            .put_provider_key(
+                "alice",
+                200,
+                PutMode::Add,
+                row(&kek_a, KeyOwnerKind::Project, "proj_a", secret),
+            )
+            .unwrap();
+        store
+            .put_provider_key(
+                "alice",
+                201,
+                PutMode::Add,
+                row(&kek_a, KeyOwnerKind::Org, "org_1", "sk-org-9999"),
+            )
+            .unwrap();
+        let again = store.put_provider_key(
+            "alice",
+            202,
+            PutMode::Add,
+            row(&kek_a, KeyOwnerKind::Org, "org_1", "x"),
+        );
+        assert_eq!(again.unwrap_err().code, "provider_key_exists");
+        let missing = store.put_provider_key(
+            "alice",
+            202,
+            PutMode::Add,
+            row(&kek_a, KeyOwnerKind::Project, "nope", "x"),
+        );
+        assert_eq!(missing.unwrap_err().code, "project_not_found");
+        let rotated = store
+            .put_provider_key(
+                "bob",
+                300,
+                PutMode::Rotate,
+                row(&kek_a, KeyOwnerKind::Project, "proj_a", "sk-rotated-7777"),
+            )
+            .unwrap();
+        assert_eq!((rotated.created_at, rotated.rotated_at), (200, Some(300)));
+        let rows = store.provider_keys().unwrap();
+        assert_eq!(rows.len(), 2);
+        for stored in &rows {
+            assert!(!stored.ciphertext.contains("sk-"), "ciphertext only");
+            let shown = serde_json::to_string(stored).unwrap();
+            assert!(
+                !shown.contains(&stored.ciphertext),
+                "list never shows the ciphertext"
+            );
+        }
+        let project_row = rows
+            .iter()
+            .find(|r| r.owner == KeyOwnerKind::Project)
+            .unwrap();
+        assert_eq!(project_row.last4, "7777");
+        assert_eq!(
+            kek_a.decrypt(project_row).unwrap().as_str(),
+            "sk-rotated-7777"
+        );
+        // Another KEK does not decrypt, and says so without the key.
+        let kek_b = kek(dir.path(), "b.kek");
+        let error = kek_b.decrypt(project_row).unwrap_err();
+        assert_eq!(error.code, "provider_key_undecryptable");
+        assert!(!error.message.contains("sk-"));
+        // A ciphertext moved to another owner does not decrypt either.
+        let moved = ProviderKeyRow {
+            owner_id: "org_1".into(),
+            owner: KeyOwnerKind::Org,
+            ..project_row.clone()
+        };
+        assert!(kek_a.decrypt(&moved).is_err());
+        let actions: Vec<String> = store
+            .audit_events(None)
+            .unwrap()
+            .into_iter()
+            .filter(|event| event.action.starts_with("provider_key."))
+            .map(|event| {
+                format!(
+                    "{} {} {}",
+                    event.action, event.target, event.details["last4"]
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "provider_key.add project/openai/proj_a \"0001\"",
+                "provider_key.add org/openai/org_1 \"9999\"",
+                "provider_key.rotate project/openai/proj_a \"7777\""
+            ]
+        );
+        // Sealed into a snapshot: no plaintext, and the filter's side opens it.
+        let (private, public) = FleetPrivateKey::derive_pair(&[4u8; 32]);
+        let mut snapshot = store.snapshot(400).unwrap();
+        let unsealed = seal_into(&mut store, &mut snapshot.clone(), None);
+        assert_eq!(
+            unsealed.unwrap_err().code,
+            "provider_sealing_not_configured"
+        );
+        let sealing = Arc::new(ProviderSealing {
+            kek: kek_a,
+            fleet_public_key: public,
+        });
+        seal_into(&mut store, &mut snapshot, Some(&sealing)).unwrap();
+        let text = serde_json::to_string(&snapshot).unwrap();
+        assert!(!text.contains("sk-rotated-7777") && !text.contains("sk-org-9999"));
+        let mut policy = Policy::from_json(text.as_bytes()).unwrap();
+        let fleet = FleetPrivateKey::from_base64(&private).unwrap();
+        assert_eq!(
+            policy.open_provider_keys(Some(&fleet)).as_deref(),
+            Some("keyward: opened 2 provider keys")
+        );
+        store
+            .remove_provider_key("alice", 500, Provider::Openai, KeyOwnerKind::Org, "org_1")
+            .unwrap();
+        assert_eq!(store.provider_keys().unwrap().len(), 1);
+    }
+}
