@@ -734,6 +734,7 @@ mod tests;
 #[path = "gate_budget_tests.rs"]
 mod budget_tests;
 
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
 #[path = "gate_provider_tests.rs"]
 mod provider_tests;

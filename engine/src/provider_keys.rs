@@ -386,7 +386,8 @@ impl ProviderKeys {
     }
 }
 
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
 mod tests {
     use super::*;
     use getrandom::rand_core::UnwrapErr;
