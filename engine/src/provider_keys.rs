@@ -256,7 +256,8 @@ impl SealedProviderKeys {
         );
         let cipher = Aes256Gcm::new_from_slice(&data_key)
             .map_err(|_| "the snapshot's data key has the wrong length")?;
-        let mut keys = HashMap::with_capacity(self.entries.len());
+        let mut keys: HashMap<(Provider, KeyOwnerKind), HashMap<String, OpenedKey>> =
+            HashMap::new();
         for entry in &self.entries {
             let aad = entry_aad(self.version, entry.provider, entry.owner, &entry.owner_id);
             let plaintext = Zeroizing::new(
@@ -275,15 +276,20 @@ impl SealedProviderKeys {
             if text.is_empty() || text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
                 return Err("a provider key is empty or holds spaces or control characters");
             }
-            keys.insert(
-                (entry.provider, entry.owner, entry.owner_id.clone()),
-                OpenedKey {
-                    raw: Zeroizing::new(text.to_owned()),
-                    bearer: Zeroizing::new(format!("Bearer {text}")),
-                },
-            );
+            keys.entry((entry.provider, entry.owner))
+                .or_default()
+                .insert(
+                    entry.owner_id.clone(),
+                    OpenedKey {
+                        raw: Zeroizing::new(text.to_owned()),
+                        bearer: Zeroizing::new(format!("Bearer {text}")),
+                    },
+                );
         }
-        Ok(ProviderKeyring { keys })
+        Ok(ProviderKeyring {
+            keys,
+            count: self.entries.len(),
+        })
     }
 }
 
@@ -297,12 +303,14 @@ struct OpenedKey {
 /// The opened provider keys of one snapshot. Never printed: its `Debug` shows only the count.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct ProviderKeyring {
-    keys: HashMap<(Provider, KeyOwnerKind, String), OpenedKey>,
+    /// By provider and owner kind, then owner id: a lookup borrows the id, allocates nothing.
+    keys: HashMap<(Provider, KeyOwnerKind), HashMap<String, OpenedKey>>,
+    count: usize,
 }
 
 impl fmt::Debug for ProviderKeyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProviderKeyring({} keys, <redacted>)", self.keys.len())
+        write!(f, "ProviderKeyring({} keys, <redacted>)", self.count)
     }
 }
 
@@ -316,13 +324,16 @@ impl ProviderKeyring {
         org: &str,
     ) -> Option<(&str, KeyOwnerKind)> {
         let find = |owner: KeyOwnerKind, id: &str| {
-            self.keys.get(&(provider, owner, id.to_owned())).map(|key| {
-                let value = match style {
-                    HeaderStyle::Bearer => key.bearer.as_str(),
-                    _ => key.raw.as_str(),
-                };
-                (value, owner)
-            })
+            self.keys
+                .get(&(provider, owner))
+                .and_then(|by_id| by_id.get(id))
+                .map(|key| {
+                    let value = match style {
+                        HeaderStyle::Bearer => key.bearer.as_str(),
+                        _ => key.raw.as_str(),
+                    };
+                    (value, owner)
+                })
         };
         project
             .and_then(|project| find(KeyOwnerKind::Project, project))
@@ -334,11 +345,11 @@ impl ProviderKeyring {
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.count == 0
     }
 }
 
