@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 
 use keyward_engine::config::{PluginConfig, Role};
-use keyward_engine::provider_keys::ProviderKeys;
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
@@ -109,12 +108,7 @@ impl KeywardRoot {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
             let (fleet_key, fleet_note) = fleet_key_from_environment();
-            if let Some(note) = fleet_note {
-                let level = if fleet_key.is_some() {
-                    LogLevel::Info
-                } else {
-                    LogLevel::Error
-                };
+            if let Some((level, note)) = fleet_note {
                 host.log(level, &note);
             }
             self.state = Some(Arc::new(FilterState::new(
@@ -145,11 +139,7 @@ impl KeywardRoot {
 
     fn log_policy(&self, event: &str) {
         let Some(state) = &self.state else { return };
-        if let Some(note) = &state.provider_keys_note {
-            let level = match state.policy.as_deref().map(|policy| policy.provider_keys()) {
-                Some(ProviderKeys::Open(_)) => LogLevel::Info,
-                _ => LogLevel::Error,
-            };
+        if let Some((level, note)) = state.provider_keys_log() {
             EnvoyHost.log(level, note);
         }
         match &state.policy {

@@ -8,9 +8,18 @@ use std::sync::Arc;
 
 use keyward_engine::provider_keys::{FleetPrivateKey, FLEET_PRIVATE_KEY_ENV};
 
-/// The key from the environment, and a line for the log saying what happened (never the key).
-pub fn fleet_key_from_environment() -> (Option<Arc<FleetPrivateKey>>, Option<String>) {
-    fleet_key_from(environment_variable(FLEET_PRIVATE_KEY_ENV).as_deref())
+use crate::host::LogLevel;
+
+/// The key from the environment, and a line for the log saying what happened (never the key):
+/// info when read, error when set but unusable.
+pub fn fleet_key_from_environment() -> (Option<Arc<FleetPrivateKey>>, Option<(LogLevel, String)>) {
+    let (key, note) = fleet_key_from(environment_variable(FLEET_PRIVATE_KEY_ENV).as_deref());
+    let level = if key.is_some() {
+        LogLevel::Info
+    } else {
+        LogLevel::Error
+    };
+    (key, note.map(|line| (level, line)))
 }
 
 /// The key from the variable's value, if any: an unreadable value is refused with its cause.

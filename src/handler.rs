@@ -11,7 +11,7 @@ use keyward_engine::effects::{Edit, Effects, Level, Reply};
 use keyward_engine::gate::{Gate, HeaderFacts, Next, Step, Ticket};
 use keyward_engine::ledger::{Ledger, LedgerError};
 use keyward_engine::metering::SpendCounter;
-use keyward_engine::provider_keys::FleetPrivateKey;
+use keyward_engine::provider_keys::{FleetPrivateKey, ProviderKeys};
 use keyward_engine::rate_limit::RateState;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::SnapshotStamp;
@@ -83,6 +83,24 @@ impl FilterState {
             Arc::clone(&self.metrics),
             self.activity.clone(),
             self.fleet_key.clone(),
+        ))
+    }
+
+    /// What opening the policy's provider keys gave, with its log level: info when opened,
+    /// error when they could not be (provider routes then refuse).
+    pub fn provider_keys_log(&self) -> Option<(LogLevel, &str)> {
+        let note = self.provider_keys_note.as_deref()?;
+        let opened = self
+            .policy
+            .as_deref()
+            .is_some_and(|policy| matches!(policy.provider_keys(), ProviderKeys::Open(_)));
+        Some((
+            if opened {
+                LogLevel::Info
+            } else {
+                LogLevel::Error
+            },
+            note,
         ))
     }
 

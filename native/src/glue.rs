@@ -10,7 +10,6 @@ use arc_swap::ArcSwap;
 use keyward_engine::config::{PluginConfig, Role};
 use keyward_filter::fleet_key::fleet_key_from_environment;
 use keyward_filter::handler::{FilterState, Flow, RequestFlow};
-use keyward_filter::host::LogLevel;
 use keyward_filter::metrics::Metrics;
 
 use crate::hooks::{self, FilterConfig, HttpFilter};
@@ -61,12 +60,7 @@ impl FilterConfig for KeywardConfig {
         let metrics = Metrics::define(|kind, name| define_metric(config, kind, name))
             .map_err(|e| format!("cannot define metrics ({e})"))?;
         let (fleet_key, fleet_note) = fleet_key_from_environment();
-        if let Some(note) = fleet_note {
-            let level = if fleet_key.is_some() {
-                LogLevel::Info
-            } else {
-                LogLevel::Error
-            };
+        if let Some((level, note)) = fleet_note {
             log(level, &note);
         }
         let activity = parsed.sync.as_ref().map(|_| Arc::clone(&PROCESS.activity));

@@ -15,7 +15,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use keyward_engine::provider_keys::ProviderKeys;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::{Poller, SnapshotStamp, SyncSettings};
 use keyward_filter::handler::FilterState;
@@ -288,19 +287,8 @@ fn install(
 
 /// The policy in force, as a log line and the policy-version gauge.
 pub fn log_policy(config: ConfigHandle, state: &FilterState, event: &str) {
-    if let Some(note) = &state.provider_keys_note {
-        let opened = state
-            .policy
-            .as_deref()
-            .is_some_and(|policy| matches!(policy.provider_keys(), ProviderKeys::Open(_)));
-        log(
-            if opened {
-                LogLevel::Info
-            } else {
-                LogLevel::Error
-            },
-            note,
-        );
+    if let Some((level, note)) = state.provider_keys_log() {
+        log(level, note);
     }
     match &state.policy {
         Some(policy) => {

@@ -116,6 +116,15 @@ impl Store {
             }
             let existing = find(change.sql, key.provider, key.owner, &key.owner_id)?;
             let what = target(key.provider, key.owner, &key.owner_id);
+            // ?1 to ?6 of both the insert and the rotation.
+            let params = [
+                Value::from(key.provider.as_str()),
+                Value::from(key.owner.as_str()),
+                Value::from(&key.owner_id),
+                Value::from(&key.ciphertext),
+                Value::from(&key.last4),
+                Value::uint(now)?,
+            ];
             let stored = match (mode, existing) {
                 (PutMode::Add, Some(_)) => {
                     return Err(Error::conflict(
@@ -132,14 +141,7 @@ impl Store {
                 (PutMode::Add, None) => {
                     change.sql.execute(
                         &format!("INSERT INTO provider_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"),
-                        &[
-                            Value::from(key.provider.as_str()),
-                            Value::from(key.owner.as_str()),
-                            Value::from(&key.owner_id),
-                            Value::from(&key.ciphertext),
-                            Value::from(&key.last4),
-                            Value::uint(now)?,
-                        ],
+                        &params,
                     )?;
                     ProviderKeyRow {
                         created_at: now,
@@ -151,14 +153,7 @@ impl Store {
                     change.sql.execute(
                         "UPDATE provider_keys SET ciphertext = ?4, last4 = ?5, rotated_at = ?6 \
                          WHERE provider = ?1 AND owner_kind = ?2 AND owner_id = ?3",
-                        &[
-                            Value::from(key.provider.as_str()),
-                            Value::from(key.owner.as_str()),
-                            Value::from(&key.owner_id),
-                            Value::from(&key.ciphertext),
-                            Value::from(&key.last4),
-                            Value::uint(now)?,
-                        ],
+                        &params,
                     )?;
                     ProviderKeyRow {
                         created_at: old.created_at,
