@@ -113,6 +113,7 @@ def world(tmp_path_factory, envoy_workdir, keyward_bin):
             del os.environ[FLEET_ENV]
         envs.append(env)
         yield {"plane": plane, "env": env, "provider": provider, "keys": keys, "clients": clients,
+               "all_keys": list(keys.values()),
                "render": render, "fleet_private": fleet_private, "work": work}
     finally:
         for env in envs:
@@ -208,12 +209,12 @@ def test_a_rotated_key_is_used_within_the_sync_interval(world):
     took = time.monotonic() - rotated_at
     assert took < 10, took
     keys[("openai", "project", "proj_a")] = new_key
-    world.setdefault("retired", []).append("rotated")
+    world["all_keys"].append(new_key)
     print(f"rotation reached the data plane in {took:.2f}s (sync interval {INTERVAL_MS} ms)")
 
 
 def test_no_plaintext_provider_key_anywhere(world):
-    plane, env, keys = world["plane"], world["env"], world["keys"]
+    plane, env = world["plane"], world["env"]
     wait_for_policy(world, "proj_a", "/v1/chat/completions")
     # An error body and a refusal, so that their text is in the scan.
     refused, _ = call(world, "proj_b", "/google/v1")
@@ -224,12 +225,16 @@ def test_no_plaintext_provider_key_anywhere(world):
         "error body": refused.raw_text(),
         "snapshot": plane.cli("snapshot", "build", "--signing-key-id", plane.signing_key_id,
                               "--signing-key-file", str(plane.signing_key_file), *plane.sealing_args()).stdout,
-        "store": Path(plane.db).read_bytes().decode("latin-1"),
+        # The SQLite file and its write-ahead log.
+        "store": "".join(Path(f"{plane.db}{suffix}").read_bytes().decode("latin-1")
+                         for suffix in ("", "-wal", "-shm") if Path(f"{plane.db}{suffix}").exists()),
         "cli output": (world["work"] / "cli.log").read_text(),
     }
     assert '"provider_keys"' in places["snapshot"], "the snapshot carries the sealed keys"
+    # The scan reads the right store: its rows (and their last 4 characters) are in it.
+    assert all(key[-4:] in places["store"] for key in world["keys"].values())
     for name, text in places.items():
-        for key in keys.values():
+        for key in world["all_keys"]:
             assert key not in text, f"a plaintext provider key in the {name}"
     # The fleet's private key is not in Envoy's configuration either: only its variable's name.
     assert world["fleet_private"] not in places["config_dump"]
