@@ -40,8 +40,10 @@ WASM_OPT_STAMP := $(TOOLS)/binaryen/.installed-$(BINARYEN_VER)
 # counters, rate limits, the usage reporter and chunked sync brought it to ~540 KB. Most of it is
 # serde code for the configuration, snapshot and report types. Budgets that reset, quotas, plans
 # and limit headers (#15) added ~90 KB (their snapshot fields are read by a hand reader,
-# budget_json.rs, to keep serde's share down); Ed25519 verification (#14) ~45 KB.
-WASM_MAX     := 880000
+# budget_json.rs, to keep serde's share down); Ed25519 verification (#14) ~45 KB. Opening
+# provider keys (#16: HPKE with X25519, AES-256-GCM) ~85 KB; opt-level "s" for those crates
+# saved nothing (measured), so the limit moved.
+WASM_MAX     := 970000
 # The native build (issue #18): an Envoy dynamic module, Linux only. Envoy loads it as
 # lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH; integration/harness.py links it there.
 NATIVE_SO    := target/keyward.so

@@ -24,6 +24,8 @@ from typing import Optional
 
 from keyward_testkit.http_servers import RecordingHTTPServer, read_body, send_json
 
+# Every header a provider reads its key from (keyward's `provider` routes set one of them).
+PROVIDER_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 CHUNK_BYTES = 23  # small and odd, so chunk boundaries fall inside JSON tokens
 
 
@@ -39,6 +41,8 @@ class Served:
     cached_tokens: int = 0
     cut: bool = False
     body: dict = field(default_factory=dict)
+    # The provider credential headers the request carried, by name (what keyward injected).
+    credentials: dict = field(default_factory=dict)
 
 
 def _usage_openai_chat(inp: int, out: int, cached: int) -> dict:
@@ -93,6 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
         record = Served(
             request_id=h.get("x-request-id", ""), path=self.path, stream=stream,
             key_id=h.get("x-keyward-key-id"), body=body,
+            credentials={name: h.get_all(name) for name in PROVIDER_CREDENTIAL_HEADERS if h.get_all(name)},
         )
         if "x-mock-status" in h:
             send_json(self, {"error": {"message": "mock failure", "type": "server_error"}}, int(h["x-mock-status"]))

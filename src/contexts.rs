@@ -10,6 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as SdkLogLevel};
 
 use crate::envoy_host::EnvoyHost;
+use crate::fleet_key::fleet_key_from_environment;
 use crate::handler::{refuse_unconfigured, FilterState, Flow, RequestFlow, SharedLedger};
 use crate::host::{LogLevel, SharedData, Telemetry};
 use crate::metrics::{Metrics, RejectionReason, SyncOutcome};
@@ -106,12 +107,17 @@ impl KeywardRoot {
         if config.role == Role::SyncService {
             host.log(LogLevel::Info, "keyward: sync service configured");
         } else {
-            self.state = Some(Arc::new(FilterState {
-                settings: Arc::new(config.settings),
-                policy: config.policy.map(Arc::new),
+            let (fleet_key, fleet_note) = fleet_key_from_environment();
+            if let Some((level, note)) = fleet_note {
+                host.log(level, &note);
+            }
+            self.state = Some(Arc::new(FilterState::new(
+                Arc::new(config.settings),
+                config.policy,
                 metrics,
                 activity,
-            }));
+                fleet_key,
+            )));
             self.log_policy("configured");
         }
         if let Some(sync) = &self.sync {
@@ -133,6 +139,9 @@ impl KeywardRoot {
 
     fn log_policy(&self, event: &str) {
         let Some(state) = &self.state else { return };
+        if let Some((level, note)) = state.provider_keys_log() {
+            EnvoyHost.log(level, note);
+        }
         match &state.policy {
             Some(policy) => {
                 EnvoyHost.record_metric(state.metrics.policy_version, policy.version);

@@ -11,6 +11,7 @@ use keyward_engine::effects::{Edit, Effects, Level, Reply};
 use keyward_engine::gate::{Gate, HeaderFacts, Next, Step, Ticket};
 use keyward_engine::ledger::{Ledger, LedgerError};
 use keyward_engine::metering::SpendCounter;
+use keyward_engine::provider_keys::{FleetPrivateKey, ProviderKeys};
 use keyward_engine::rate_limit::RateState;
 use keyward_engine::snapshot::Policy;
 use keyward_engine::sync::SnapshotStamp;
@@ -34,9 +35,38 @@ pub struct FilterState {
     pub metrics: Arc<Metrics>,
     /// Present when usage is reported to a control plane (a `sync` block is configured).
     pub activity: Option<Arc<Mutex<Activity>>>,
+    /// Opens each policy's provider keys (absent: this data plane was given none).
+    pub fleet_key: Option<Arc<FleetPrivateKey>>,
+    /// What opening the policy's provider keys gave, for the host's log (never a secret).
+    pub provider_keys_note: Option<String>,
 }
 
 impl FilterState {
+    /// A state with `policy` in force, its provider keys opened (once, here: never per request).
+    pub fn new(
+        settings: Arc<Settings>,
+        policy: Option<Policy>,
+        metrics: Arc<Metrics>,
+        activity: Option<Arc<Mutex<Activity>>>,
+        fleet_key: Option<Arc<FleetPrivateKey>>,
+    ) -> FilterState {
+        let (policy, provider_keys_note) = match policy {
+            Some(mut policy) => {
+                let note = policy.open_provider_keys(fleet_key.as_deref());
+                (Some(Arc::new(policy)), note)
+            }
+            None => (None, None),
+        };
+        FilterState {
+            settings,
+            policy,
+            metrics,
+            activity,
+            fleet_key,
+            provider_keys_note,
+        }
+    }
+
     /// This state with `policy` in force, if `policy` is newer than the one it holds (`None`
     /// otherwise: an older or equal snapshot never replaces the one in use).
     pub fn updated_to(&self, policy: Policy) -> Option<FilterState> {
@@ -47,12 +77,31 @@ impl FilterState {
         if !stamp(&policy).replaces(self.policy.as_deref().map(stamp)) {
             return None;
         }
-        Some(FilterState {
-            settings: Arc::clone(&self.settings),
-            policy: Some(Arc::new(policy)),
-            metrics: Arc::clone(&self.metrics),
-            activity: self.activity.clone(),
-        })
+        Some(FilterState::new(
+            Arc::clone(&self.settings),
+            Some(policy),
+            Arc::clone(&self.metrics),
+            self.activity.clone(),
+            self.fleet_key.clone(),
+        ))
+    }
+
+    /// What opening the policy's provider keys gave, with its log level: info when opened,
+    /// error when they could not be (provider routes then refuse).
+    pub fn provider_keys_log(&self) -> Option<(LogLevel, &str)> {
+        let note = self.provider_keys_note.as_deref()?;
+        let opened = self
+            .policy
+            .as_deref()
+            .is_some_and(|policy| matches!(policy.provider_keys(), ProviderKeys::Open(_)));
+        Some((
+            if opened {
+                LogLevel::Info
+            } else {
+                LogLevel::Error
+            },
+            note,
+        ))
     }
 
     fn gate(&self) -> Gate<'_> {

@@ -6,6 +6,7 @@
 //! contexts use are compiled for wasm32 (and the tests) only: `cargo clippy --target
 //! wasm32-unknown-unknown` is the build that sees whether they are used.
 
+pub mod fleet_key;
 pub mod handler;
 pub mod host;
 pub mod metrics;

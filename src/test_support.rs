@@ -99,12 +99,13 @@ pub fn metrics() -> Metrics {
 /// A filter's state from its plugin configuration; `reports_usage` as with a `sync` block.
 pub fn filter_state(config_json: &str, reports_usage: bool) -> Arc<FilterState> {
     let config = PluginConfig::from_json(config_json.as_bytes()).expect("valid test configuration");
-    Arc::new(FilterState {
-        settings: Arc::new(config.settings),
-        policy: config.policy.map(Arc::new),
-        metrics: Arc::new(metrics()),
-        activity: reports_usage.then(|| Arc::new(Mutex::new(Activity::default()))),
-    })
+    Arc::new(FilterState::new(
+        Arc::new(config.settings),
+        config.policy,
+        Arc::new(metrics()),
+        reports_usage.then(|| Arc::new(Mutex::new(Activity::default()))),
+        None,
+    ))
 }
 
 fn owned_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -13,6 +13,7 @@ mod keygen;
 mod last_good;
 mod presets;
 mod price_catalog;
+mod provider_secrets;
 mod publish;
 mod render;
 mod secrets;

@@ -196,6 +196,7 @@ mod tests {
             prices: parsed.prices,
             price_catalog: None,
             plans: vec![],
+            provider_keys: None,
         };
         let policy = keyward_engine::snapshot::Policy::compile(snapshot).unwrap();
         let gpt = policy.prices().price_for("gpt-4o-mini").unwrap();

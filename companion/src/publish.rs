@@ -8,6 +8,7 @@ use keyward_engine::signature::SigningKey;
 use keyward_engine::signed_snapshot::sign_snapshot;
 
 use crate::error::Error;
+use crate::provider_secrets::seal_into;
 use crate::store::Store;
 
 /// A signed envelope and what it holds.
@@ -41,6 +42,8 @@ fn expiring_snapshot(
     store.revoke_rotated_keys(now)?;
     let mut snapshot = store.snapshot(now)?;
     snapshot.expires_at = Some(now.saturating_add(ttl_seconds.max(1)));
+    let sealing = store.provider_sealing();
+    seal_into(store, &mut snapshot, sealing.as_deref())?;
     Ok(snapshot)
 }
 

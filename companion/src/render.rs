@@ -257,11 +257,16 @@ fn string_value(document: &Value) -> Value {
     json!({"@type": STRING_VALUE, "value": document.to_string()})
 }
 
+/// The VM reads the fleet's private key (for provider keys) from Envoy's own environment by
+/// name: `/config_dump` shows the name, never the value (a `key_values` entry would show it).
 fn vm_config(wasm: &str) -> Value {
     json!({
         "vm_id": VM_ID,
         "runtime": WASM_RUNTIME,
-        "code": {"local": {"filename": wasm}}
+        "code": {"local": {"filename": wasm}},
+        "environment_variables": {
+            "host_env_keys": [keyward_engine::provider_keys::FLEET_PRIVATE_KEY_ENV]
+        }
     })
 }
 
@@ -763,6 +768,15 @@ pub fn istio_resources(options: &IstioOptions) -> Result<Vec<Value>, Error> {
     spec.insert("sha256".into(), json!(options.sha256));
     spec.insert("phase".into(), json!("AUTHN"));
     spec.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    // The fleet's private key (provider keys) comes from the istio-proxy container's own
+    // environment, by name: the WasmPlugin never holds it (docs/deploy-istio.md).
+    spec.insert(
+        "vmConfig".into(),
+        json!({"env": [{
+            "name": keyward_engine::provider_keys::FLEET_PRIVATE_KEY_ENV,
+            "valueFrom": "HOST"
+        }]}),
+    );
     spec.insert("type".into(), json!("HTTP"));
     spec.insert("pluginName".into(), json!("keyward"));
     match &options.target {

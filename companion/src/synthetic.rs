@@ -191,6 +191,7 @@ pub fn build(
         prices: loaded.snapshot.prices.clone(),
         price_catalog: None,
         plans: loaded.snapshot.plans.clone(),
+        provider_keys: None,
     };
     let policy = Policy::compile(copy).ok()?;
     let target = route;

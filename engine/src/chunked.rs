@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::budget::PlanRecord;
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
+use crate::provider_keys::ProviderKeysRecord;
 use crate::signature::{PublicKey, SigningKey};
 use crate::signed_snapshot::{
     check_expiry, sign_document, verified_payload, DocumentKind, PayloadField, SnapshotRejected,
@@ -94,6 +95,9 @@ pub struct Manifest {
         deserialize_with = "crate::budget_json::read_plans"
     )]
     pub plans: Vec<PlanRecord>,
+    /// Provider keys, sealed (see `provider_keys`): they travel in the signed manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_keys: Option<ProviderKeysRecord>,
     /// Total number of keys over all chunks.
     pub keys: u64,
     pub chunks: Vec<ChunkRef>,
@@ -151,14 +155,18 @@ impl Manifest {
 
     /// A policy builder for this manifest's header, projects and prices.
     pub fn builder(&self) -> Result<PolicyBuilder, FieldError> {
-        PolicyBuilder::new_with_plans(
+        let mut builder = PolicyBuilder::new_with_plans(
             self.version,
             self.issued_at,
             self.expires_at,
             self.projects.clone(),
             self.prices.clone(),
             self.plans.clone(),
-        )
+        )?;
+        if let Some(record) = &self.provider_keys {
+            builder.set_provider_keys(record.clone())?;
+        }
+        Ok(builder)
     }
 }
 
@@ -254,6 +262,7 @@ pub fn split_snapshot(
             prices: snapshot.prices,
             price_catalog: snapshot.price_catalog,
             plans: snapshot.plans,
+            provider_keys: snapshot.provider_keys,
             keys: total,
             chunks: refs,
         },
@@ -504,6 +513,7 @@ mod tests {
             prices: vec![],
             price_catalog: None,
             plans: vec![],
+            provider_keys: None,
         }
     }
 

@@ -7,6 +7,7 @@ use crate::credential::{CredentialLookup, CredentialSource};
 use crate::field_error::{from_json, FieldError};
 use crate::key_format::KeyFormat;
 use crate::metering::{MeteringDoc, MeteringSettings};
+use crate::provider::PROVIDER_CREDENTIAL_QUERY_PARAMETERS;
 use crate::request::{Header, Request};
 use crate::route::{
     is_header_name, ErrorFormat, ModelSource, ProjectSource, Route, RouteConfig, RouteDefaults,
@@ -271,6 +272,14 @@ impl PluginConfig {
         }
         let mut credential_query_names = document.credential_query_parameters;
         credential_query_names.extend(routes.iter().filter_map(|r| r.query_parameter.clone()));
+        if routes.iter().any(|route| route.provider.is_some()) {
+            // A provider key sent in the query (Google's `?key=`) must not ride along either.
+            credential_query_names.extend(
+                PROVIDER_CREDENTIAL_QUERY_PARAMETERS
+                    .iter()
+                    .map(|name| (*name).to_owned()),
+            );
+        }
         credential_query_names.sort();
         credential_query_names.dedup();
         let removed_header_names: Vec<String> = document

@@ -34,10 +34,15 @@ pub enum DenyCode {
     InvalidRequestBody,
     /// Not a policy decision: the host failed us, so the request is refused rather than guessed.
     InternalError,
+    /// A provider route, and neither the project nor its org has a key for its provider.
+    ProviderKeyMissing,
+    /// A provider route, and this data plane cannot open the snapshot's provider keys (no fleet
+    /// private key, or the wrong one).
+    ProviderKeyUnavailable,
 }
 
 impl DenyCode {
-    pub const ALL: [DenyCode; 22] = [
+    pub const ALL: [DenyCode; 24] = [
         DenyCode::InvalidRequest,
         DenyCode::RouteNotFound,
         DenyCode::PolicyUnavailable,
@@ -60,6 +65,8 @@ impl DenyCode {
         DenyCode::RequestTooLarge,
         DenyCode::InvalidRequestBody,
         DenyCode::InternalError,
+        DenyCode::ProviderKeyMissing,
+        DenyCode::ProviderKeyUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,13 +93,15 @@ impl DenyCode {
             DenyCode::RequestTooLarge => "request_too_large",
             DenyCode::InvalidRequestBody => "invalid_request_body",
             DenyCode::InternalError => "internal_error",
+            DenyCode::ProviderKeyMissing => "provider_key_missing",
+            DenyCode::ProviderKeyUnavailable => "provider_key_unavailable",
         }
     }
 
     /// The HTTP status; `spend_cap_status` is the configured status for spend caps.
     pub fn status(self, spend_cap_status: u16) -> u16 {
         match self {
-            DenyCode::PolicyUnavailable => 503,
+            DenyCode::PolicyUnavailable | DenyCode::ProviderKeyUnavailable => 503,
             DenyCode::MissingApiKey
             | DenyCode::MalformedApiKey
             | DenyCode::InvalidApiKey
@@ -144,6 +153,12 @@ impl DenyCode {
             DenyCode::RequestTooLarge => "The request body is larger than this gateway reads.",
             DenyCode::InvalidRequestBody => "The request body must be a JSON object.",
             DenyCode::InternalError => "The gateway could not check this request. Try again.",
+            DenyCode::ProviderKeyMissing => {
+                "No provider key is configured for this project and provider."
+            }
+            DenyCode::ProviderKeyUnavailable => {
+                "The gateway cannot use its provider keys right now. Try again later."
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ use crate::denial::{Denial, DenyCode};
 use crate::effects::{Count, Edit, Effects, Level, Reply, UsageRecord};
 use crate::ledger::{Ledger, LedgerError};
 use crate::log_line::DecisionLog;
+use crate::provider::{MissingProviderKey, ProviderRoute, PROVIDER_CREDENTIAL_HEADERS};
+use crate::provider_keys::ProviderKeys;
 use crate::request::{header_name_has_prefix, same_header_name, Header, Request};
 use crate::request_body::{read_request_body, with_stream_usage, BodyError};
 use crate::route::Route;
@@ -129,7 +131,7 @@ impl<'a> Gate<'a> {
         let route = settings.route_at(route_position);
         let outcome = decide_traced(settings, route, &request, self.policy, facts.now_s, trace);
         let mut effects = Effects::default();
-        self.hygiene(&request, &mut effects);
+        self.hygiene(&request, route, &mut effects);
         let version = self.policy.map_or(0, |policy| policy.version);
         let log_base = DecisionLog {
             route: &route.name,
@@ -156,6 +158,22 @@ impl<'a> Gate<'a> {
             }
             Outcome::Allow(identity) => identity,
         };
+        if let Some(provider_route) = route.provider {
+            match self.provider_key(provider_route, &identity, trace) {
+                Ok(Some((name, value))) => {
+                    effects.edits.push(Edit::Set(name, Cow::Borrowed(value)))
+                }
+                Ok(None) => {}
+                Err(denial) => {
+                    let rejection = Rejection {
+                        denial,
+                        key: Some(identity.key),
+                        project: identity.project.map(|project| project.id.as_str()),
+                    };
+                    return self.refuse_early(&rejection, route, &request, log_base, effects);
+                }
+            }
+        }
         add_identity(settings, &identity, &mut effects);
         if settings.log_allowed {
             let line = DecisionLog {
@@ -319,14 +337,80 @@ impl<'a> Gate<'a> {
         effects
     }
 
+    /// Row 13 on a provider route: the header carrying the project's (else its org's) provider
+    /// key, borrowed from the opened keyring (nothing copied per request); `None` to forward
+    /// without one (`missing_provider_key: pass`).
+    fn provider_key(
+        &self,
+        provider_route: ProviderRoute,
+        identity: &Identity<'a>,
+        trace: &mut impl Trace,
+    ) -> Result<Option<(&'static str, &'a str)>, Denial> {
+        let ProviderRoute {
+            provider,
+            header,
+            missing,
+        } = provider_route;
+        let status = |code: DenyCode| Denial::new(code, self.settings.spend_cap_status);
+        let keyring = match self.policy.map(Policy::provider_keys) {
+            Some(ProviderKeys::Open(keyring)) => Some(keyring),
+            Some(ProviderKeys::None) | None => None,
+            Some(ProviderKeys::Sealed(_) | ProviderKeys::Unavailable(_)) => {
+                trace.fail("13", "provider key", "provider_key_unavailable", || {
+                    "the policy's provider keys cannot be opened on this data plane".to_owned()
+                });
+                return Err(status(DenyCode::ProviderKeyUnavailable));
+            }
+        };
+        let project = identity.project.map(|project| project.id.as_str());
+        let found = keyring
+            .and_then(|keyring| keyring.header_value(provider, header, project, identity.org));
+        match (found, missing) {
+            (Some((value, owner)), _) => {
+                trace.pass("13", "provider key", || {
+                    format!(
+                        "the {} key of {provider} in {}",
+                        owner.as_str(),
+                        header.describe()
+                    )
+                });
+                Ok(Some((header.header_name(), value)))
+            }
+            (None, MissingProviderKey::Pass) => {
+                trace.skip("13", "provider key", || {
+                    format!("no {provider} key; forwarded without one (missing_provider_key: pass)")
+                });
+                Ok(None)
+            }
+            (None, MissingProviderKey::Deny) => {
+                trace.fail("13", "provider key", "provider_key_missing", || {
+                    format!("neither the project nor its org has a {provider} key")
+                });
+                Err(status(DenyCode::ProviderKeyMissing))
+            }
+        }
+    }
+
     /// Client copies of keyward's own headers (every `x-keyward-*`, the identity names, and
     /// `_` spellings of every header keyward reads or writes) never reach the upstream, nor does
     /// a credential: whatever the outcome. The forwarded `:path` is the canonical one, without
     /// credential-named query parameters.
-    fn hygiene<'s>(&self, request: &Request<'s>, effects: &mut Effects<'s>) {
+    fn hygiene<'s>(&self, request: &Request<'s>, route: &Route, effects: &mut Effects<'s>) {
         let settings = self.settings;
         let mut removed: Vec<&'s str> = Vec::new();
         for name in request.header_names() {
+            // On a provider route, no provider credential of the client's rides along, in any
+            // spelling: only the one keyward sets.
+            let provider_credential = route.provider.is_some()
+                && PROVIDER_CREDENTIAL_HEADERS
+                    .iter()
+                    .any(|header| same_header_name(name, header));
+            if provider_credential {
+                if !removed.contains(&name) {
+                    removed.push(name);
+                }
+                continue;
+            }
             // Most names are plain lower case (Envoy lower-cases them): exact comparisons. A `_`
             // or an upper-case letter takes the comparisons that fold every spelling.
             let plain = !settings.guarded_names_have_underscores
@@ -649,3 +733,8 @@ mod tests;
 #[cfg(test)]
 #[path = "gate_budget_tests.rs"]
 mod budget_tests;
+
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "gate_provider_tests.rs"]
+mod provider_tests;

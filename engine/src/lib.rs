@@ -27,6 +27,8 @@ pub mod limit_headers;
 pub mod log_line;
 pub mod metering;
 pub mod pricing;
+pub mod provider;
+pub mod provider_keys;
 pub mod rate_limit;
 pub mod request;
 pub mod request_body;

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use crate::field_error::FieldError;
 use crate::limit_headers::LimitHeaders;
+use crate::provider::{HeaderStyle, MissingProviderKey, Provider, ProviderRoute};
 use crate::request::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -88,6 +89,14 @@ pub struct RouteConfig {
     /// Also show the tightest spend budget's remaining micro-dollars and its reset.
     #[serde(default)]
     pub budget_headers: bool,
+    /// Inject the project's (else its org's) key for this provider on allowed requests.
+    pub provider: Option<Provider>,
+    /// The header the provider key goes in, when not the provider's own (an OpenAI-compatible
+    /// gateway in front of another provider).
+    pub provider_header: Option<HeaderStyle>,
+    /// What happens when no key is found: `deny` (403 `provider_key_missing`) or `pass`.
+    #[serde(default)]
+    pub missing_provider_key: MissingProviderKey,
 }
 
 fn default_true() -> bool {
@@ -115,6 +124,7 @@ pub struct Route {
     pub add_stream_usage: bool,
     pub limit_headers: LimitHeaders,
     pub budget_headers: bool,
+    pub provider: Option<ProviderRoute>,
     case_insensitive_paths: bool,
     /// The fallback route of `unmatched_paths: deny`: every request on it is refused.
     pub denies_all: bool,
@@ -159,6 +169,7 @@ impl Route {
             add_stream_usage: false,
             limit_headers: LimitHeaders::Openai,
             budget_headers: false,
+            provider: None,
             case_insensitive_paths: defaults.case_insensitive_paths,
             denies_all,
         }
@@ -257,6 +268,28 @@ impl Route {
                 ));
             }
         }
+        if config.provider.is_none()
+            && (config.provider_header.is_some()
+                || config.missing_provider_key != MissingProviderKey::Deny)
+        {
+            return Err(FieldError::new(
+                "provider",
+                "provider_header and missing_provider_key need a provider",
+            ));
+        }
+        if config.exempt && config.provider.is_some() {
+            return Err(FieldError::new(
+                "provider",
+                "an exempt route has no project to take a provider key from",
+            ));
+        }
+        let provider = config.provider.map(|provider| ProviderRoute {
+            provider,
+            header: config
+                .provider_header
+                .unwrap_or_else(|| provider.default_header()),
+            missing: config.missing_provider_key,
+        });
         Ok(Route {
             name: config.name,
             route_name,
@@ -281,6 +314,7 @@ impl Route {
             add_stream_usage: config.add_stream_usage,
             limit_headers: config.limit_headers,
             budget_headers: config.budget_headers,
+            provider,
             case_insensitive_paths: defaults.case_insensitive_paths,
             denies_all: false,
         })

@@ -9,6 +9,7 @@ use crate::budget::{LimitsRecord, OwnLimits, Plan, PlanRecord};
 use crate::field_error::{from_json, FieldError};
 use crate::hash::{parse_hex_digest, Sha256Digest};
 use crate::pricing::PriceTable;
+use crate::provider_keys::{FleetPrivateKey, ProviderKeys, ProviderKeysRecord, SealedProviderKeys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,6 +158,9 @@ pub struct Snapshot {
         deserialize_with = "crate::budget_json::read_plans"
     )]
     pub plans: Vec<PlanRecord>,
+    /// Provider keys, sealed to the fleet's key (see `provider_keys`): never plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_keys: Option<ProviderKeysRecord>,
 }
 
 /// The price table's identity: a version that grows with every change, and the date of the
@@ -286,6 +290,7 @@ pub struct Policy {
     plans: Vec<Plan>,
     /// Whether any decision on this policy depends on the clock.
     time_dependent: bool,
+    provider_keys: ProviderKeys,
 }
 
 impl Policy {
@@ -309,7 +314,20 @@ impl Policy {
         for record in snapshot.keys {
             builder.add_key(record)?;
         }
+        if let Some(record) = snapshot.provider_keys {
+            builder.set_provider_keys(record)?;
+        }
         Ok(builder.finish())
+    }
+
+    /// Opens the policy's sealed provider keys with the fleet's private key (once per policy,
+    /// before it serves). Returns a line for the log when there was something to open.
+    pub fn open_provider_keys(&mut self, fleet: Option<&FleetPrivateKey>) -> Option<String> {
+        self.provider_keys.open(fleet)
+    }
+
+    pub fn provider_keys(&self) -> &ProviderKeys {
+        &self.provider_keys
     }
 
     /// Whether the snapshot may decide requests at `now`.
@@ -422,6 +440,7 @@ pub struct PolicyBuilder {
     plans: Vec<Plan>,
     plan_index: HashMap<String, usize>,
     time_dependent: bool,
+    provider_keys: ProviderKeys,
 }
 
 impl PolicyBuilder {
@@ -517,6 +536,7 @@ impl PolicyBuilder {
             plans,
             plan_index,
             time_dependent: expires_at.is_some(),
+            provider_keys: ProviderKeys::None,
         })
     }
 
@@ -576,6 +596,14 @@ impl PolicyBuilder {
         Ok(())
     }
 
+    /// The snapshot's sealed provider keys (checked for form here, opened by the host later).
+    pub fn set_provider_keys(&mut self, record: ProviderKeysRecord) -> Result<(), FieldError> {
+        let sealed = SealedProviderKeys::compile(record, self.version)
+            .map_err(|error| error.within("provider_keys"))?;
+        self.provider_keys = ProviderKeys::Sealed(sealed);
+        Ok(())
+    }
+
     /// The compiled policy.
     pub fn finish(self) -> Policy {
         Policy {
@@ -590,6 +618,7 @@ impl PolicyBuilder {
             by_hash: self.by_hash,
             prices: self.prices,
             plans: self.plans,
+            provider_keys: self.provider_keys,
         }
     }
 }

@@ -132,6 +132,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                     },
                 )
                 .collect(),
+            provider_keys: None,
         })
 }
 

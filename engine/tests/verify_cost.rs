@@ -75,6 +75,7 @@ fn million_key_manifest() -> Manifest {
         prices: vec![],
         price_catalog: None,
         plans: vec![],
+        provider_keys: None,
         keys: chunks.iter().map(|c| c.keys).sum(),
         chunks,
     }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use keyward_engine::config::{PluginConfig, Role};
+use keyward_filter::fleet_key::fleet_key_from_environment;
 use keyward_filter::handler::{FilterState, Flow, RequestFlow};
 use keyward_filter::metrics::Metrics;
 
 use crate::hooks::{self, FilterConfig, HttpFilter};
 use crate::host::{CalloutResponse, ConfigHandle, FilterHandle};
 use crate::ledger::LedgerHandle;
-use crate::native_host::{define_metric, NativeHost};
+use crate::native_host::{define_metric, log, NativeHost};
 use crate::process::PROCESS;
 use crate::sync::{log_policy, NativeSync};
 
@@ -58,13 +59,19 @@ impl FilterConfig for KeywardConfig {
         }
         let metrics = Metrics::define(|kind, name| define_metric(config, kind, name))
             .map_err(|e| format!("cannot define metrics ({e})"))?;
-        let state = FilterState {
-            settings: Arc::new(parsed.settings),
-            policy: parsed.policy.map(Arc::new),
-            metrics: Arc::new(metrics),
+        let (fleet_key, fleet_note) = fleet_key_from_environment();
+        if let Some((level, note)) = fleet_note {
+            log(level, &note);
+        }
+        let activity = parsed.sync.as_ref().map(|_| Arc::clone(&PROCESS.activity));
+        let state = FilterState::new(
+            Arc::new(parsed.settings),
+            parsed.policy,
+            Arc::new(metrics),
             // Usage is recorded for the reporter only when there is one.
-            activity: parsed.sync.as_ref().map(|_| Arc::clone(&PROCESS.activity)),
-        };
+            activity,
+            fleet_key,
+        );
         log_policy(config, &state, "configured (native)");
         let sync = match &parsed.sync {
             Some(settings) => {

@@ -287,6 +287,9 @@ fn install(
 
 /// The policy in force, as a log line and the policy-version gauge.
 pub fn log_policy(config: ConfigHandle, state: &FilterState, event: &str) {
+    if let Some((level, note)) = state.provider_keys_log() {
+        log(level, note);
+    }
     match &state.policy {
         Some(policy) => {
             if let Some(id) = gauge_id(state.metrics.policy_version) {

@@ -9,6 +9,7 @@ mod key;
 pub mod output;
 mod price;
 mod project;
+pub mod provider_key;
 mod render;
 mod secret;
 mod serve;
@@ -120,6 +121,10 @@ enum Command {
     /// Credentials of the data planes: tokens that read snapshots and report usage.
     #[command(subcommand)]
     Dataplane(dataplane::DataplaneCommand),
+    /// Customers' own model-provider keys (per project, or per org as the fallback), stored
+    /// encrypted and injected by the filter on `provider` routes. Local mode only.
+    #[command(subcommand)]
+    ProviderKey(provider_key::ProviderKeyCommand),
     /// Create the store (./keyward.db, or --db) and bring its schema up to date.
     Init,
 }
@@ -277,6 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Snapshot(_) => local_only(&remote, "snapshot")?,
         Command::Serve(_) => local_only(&remote, "serve")?,
         Command::Init => local_only(&remote, "init")?,
+        Command::ProviderKey(_) => local_only(&remote, "provider-key")?,
         Command::Audit(_) | Command::Explain(_) | Command::Render(_) | Command::Secret(_) => {}
     }
     let target = || admin(&remote, &actor, &db);
@@ -306,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),
+        Command::ProviderKey(command) => provider_key::run(&db, &actor, command),
         Command::Init => init(&db),
     }
 }

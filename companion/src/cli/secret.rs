@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::valid_actor;
 use crate::error::Error;
+use crate::provider_secrets::{generate_fleet_key, Kek};
 use crate::secrets;
 
 #[derive(Subcommand)]
@@ -31,6 +32,22 @@ pub enum SecretCommand {
     /// receivers check `x-keyward-signature` with it.
     WebhookSecret {
         /// The secret file (created 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A new key-encryption key for provider keys (32 random bytes, base64) for
+    /// `--provider-kek-file`: provider keys are stored encrypted under it, and it is never in
+    /// the store.
+    ProviderKek {
+        /// The KEK file (created 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A new fleet key pair (X25519) for provider keys: the private key (base64, 0600) goes to
+    /// every data plane in KEYWARD_FLEET_PRIVATE_KEY, the public key (OUT.pub) to
+    /// `--fleet-public-key-file`, which seals provider keys into snapshots.
+    FleetKey {
+        /// The private key file (created 0600; must not exist).
         #[arg(long)]
         out: PathBuf,
     },
@@ -78,6 +95,33 @@ pub fn run(command: SecretCommand) -> Result<ExitCode, Error> {
         SecretCommand::WebhookSecret { out } => {
             secrets::write_secret_file(&out, &secrets::generate_webhook_secret()?)?;
             eprintln!("wrote a new webhook secret to {}", out.display());
+        }
+        SecretCommand::ProviderKek { out } => {
+            secrets::write_secret_file(&out, &Kek::generate()?)?;
+            eprintln!("wrote a new provider-key KEK to {}", out.display());
+        }
+        SecretCommand::FleetKey { out } => {
+            let mut public_out = out.clone().into_os_string();
+            public_out.push(".pub");
+            let public_out = PathBuf::from(public_out);
+            if public_out.exists() {
+                return Err(Error::invalid(
+                    "cannot_write_public_key",
+                    format!("{} exists already", public_out.display()),
+                ));
+            }
+            let (private, public) = generate_fleet_key()?;
+            secrets::write_secret_file(&out, &private)?;
+            std::fs::write(&public_out, format!("{public}\n")).map_err(|error| {
+                Error::internal(format!("cannot write {}: {error}", public_out.display()))
+            })?;
+            println!("{public}");
+            eprintln!(
+                "wrote a new fleet private key to {} (0600: for the data planes' \
+                 KEYWARD_FLEET_PRIVATE_KEY only) and its public key to {}",
+                out.display(),
+                public_out.display()
+            );
         }
         SecretCommand::AdminToken { name, out } => {
             if !valid_actor(&name) {

@@ -19,6 +19,8 @@ use crate::units::{parse_duration_seconds, parse_usd};
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
+    #[command(flatten)]
+    provider_sealing: super::provider_key::ProviderSealingArgs,
     /// Allow a listen address other than loopback (put TLS and a firewall in front).
     #[arg(long)]
     allow_non_loopback: bool,
@@ -90,6 +92,7 @@ pub fn run(db: &StoreArg, args: ServeArgs) -> Result<ExitCode, Error> {
     server::resolve_listen(&args.listen, args.allow_non_loopback)?;
     let token_text = secrets::read_secret_file(&args.admin_token_file, "admin token")?;
     let options = server::ServeOptions {
+        provider_sealing: args.provider_sealing.load()?,
         db: db.location.clone(),
         listen: args.listen,
         allow_non_loopback: args.allow_non_loopback,

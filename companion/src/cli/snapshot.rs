@@ -29,6 +29,8 @@ pub enum SnapshotCommand {
         /// Write it here (atomically) instead of to standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        provider_sealing: super::provider_key::ProviderSealingArgs,
     },
     /// Import the projects and keys of a plain snapshot file (hashes only) into the store:
     /// for moving existing hashed keys in.
@@ -152,11 +154,17 @@ pub fn run(
             println!("imported {projects} projects, {keys} keys and {prices} prices");
             Ok(ExitCode::SUCCESS)
         }
-        SnapshotCommand::Build { signing, ttl, out } => {
+        SnapshotCommand::Build {
+            signing,
+            ttl,
+            out,
+            provider_sealing,
+        } => {
             let key =
                 secrets::load_signing_key(&signing.signing_key_id, &signing.signing_key_file)?;
             let ttl = super::serve::snapshot_ttl_seconds(&ttl)?;
             let mut store = db.open()?;
+            store.set_provider_sealing(provider_sealing.load()?);
             let now = now();
             let signed = publish::build_signed(&mut store, &key, now, ttl)?;
             // The filter must accept what we publish: check with its own verifier.

@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Post budget alerts (soft cap and cap reached) to this webhook, signed.
     pub webhook: Option<WebhookTarget>,
+    /// Seals the store's provider keys into snapshots (`--provider-kek-file` and
+    /// `--fleet-public-key-file`).
+    pub provider_sealing: Option<Arc<crate::provider_secrets::ProviderSealing>>,
 }
 
 pub struct TlsFiles {
@@ -151,7 +154,8 @@ pub fn resolve_listen(listen: &str, allow_non_loopback: bool) -> Result<SocketAd
 pub fn serve(options: ServeOptions) -> Result<(), Error> {
     let address = resolve_listen(&options.listen, options.allow_non_loopback)?;
     let tls = options.tls.as_ref().map(tls::server_config).transpose()?;
-    let store = Store::open_location(&options.db)?;
+    let mut store = Store::open_location(&options.db)?;
+    store.set_provider_sealing(options.provider_sealing.clone());
     let listener = std::net::TcpListener::bind(address)
         .map_err(|error| Error::internal(format!("cannot listen on {address}: {error}")))?;
     let bound = listener

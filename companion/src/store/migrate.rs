@@ -46,6 +46,10 @@ pub const SQLITE: &[(&str, &str)] = &[
         "V6__budgets_plans_quotas",
         include_str!("../../migrations/sqlite/V6__budgets_plans_quotas.sql"),
     ),
+    (
+        "V7__provider_keys",
+        include_str!("../../migrations/sqlite/V7__provider_keys.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, in order: their own sequence (PostgreSQL support began with the
@@ -62,6 +66,10 @@ pub const POSTGRES: &[(&str, &str)] = &[
     (
         "V3__budgets_plans_quotas",
         include_str!("../../migrations/postgres/V3__budgets_plans_quotas.sql"),
+    ),
+    (
+        "V4__provider_keys",
+        include_str!("../../migrations/postgres/V4__provider_keys.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@ mod model;
 mod postgresql;
 mod prices;
 mod projects;
+mod provider_keys;
 mod rotation;
 mod snapshot;
 mod sql;
@@ -33,6 +34,7 @@ mod budget_tests;
 
 #[cfg(test)]
 use std::path::Path;
+use std::sync::Arc;
 
 pub use alerts::AlertView;
 pub use limits::{BudgetOwner, Increase, IncreaseView, LimitsSettings};
@@ -41,6 +43,7 @@ pub use model::{
     ProjectView, StatusChange, UsageBatchView,
 };
 pub use prices::PriceImport;
+pub use provider_keys::{ProviderKeyRow, PutMode};
 pub use windows::{UsageChange, UsageDelta, WindowTarget, WindowUsageView};
 
 pub use dataplane::{
@@ -49,6 +52,7 @@ pub use dataplane::{
 pub use usage_check::UsageLimits;
 
 use crate::error::Error;
+use crate::provider_secrets::ProviderSealing;
 use postgresql::PostgresBackend;
 use sql::Sql;
 use sqlite::SqliteBackend;
@@ -83,6 +87,8 @@ enum Backend {
 
 pub struct Store {
     backend: Backend,
+    /// How snapshots built from this store seal its provider keys (`None`: not configured).
+    provider_sealing: Option<Arc<ProviderSealing>>,
 }
 
 impl Store {
@@ -93,7 +99,19 @@ impl Store {
             Location::Sqlite(path) => Backend::Sqlite(SqliteBackend::open(path)?),
             Location::Postgres(url) => Backend::Postgres(Box::new(PostgresBackend::open(url)?)),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            provider_sealing: None,
+        })
+    }
+
+    /// Lets snapshots built from this store carry its provider keys, sealed for the fleet.
+    pub fn set_provider_sealing(&mut self, sealing: Option<Arc<ProviderSealing>>) {
+        self.provider_sealing = sealing;
+    }
+
+    pub fn provider_sealing(&self) -> Option<Arc<ProviderSealing>> {
+        self.provider_sealing.clone()
     }
 
     /// Opens (and on first use creates) the SQLite store at `path`, migrating its schema.
@@ -111,6 +129,7 @@ impl Store {
         }
         Ok(Store {
             backend: Backend::Sqlite(SqliteBackend::in_memory()?),
+            provider_sealing: None,
         })
     }
 

@@ -135,6 +135,7 @@ impl Store {
                 prices,
                 price_catalog: price_catalog(sql)?,
                 plans: all_plans(sql)?,
+                provider_keys: None,
             })
         })
     }

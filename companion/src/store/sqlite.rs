@@ -342,7 +342,8 @@ PRAGMA user_version = 1;
                 "pending_spend",
                 "snapshot_issue",
                 "dataplane_tokens",
-                "budgets_plans_quotas"
+                "budgets_plans_quotas",
+                "provider_keys"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);

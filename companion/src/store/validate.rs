@@ -33,6 +33,7 @@ pub(super) fn validate_with_plans(
         prices,
         price_catalog: None,
         plans,
+        provider_keys: None,
     };
     let caps = snapshot
         .keys
