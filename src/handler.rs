@@ -482,13 +482,7 @@ fn report(host: &impl Host, state: &FilterState, effects: &Effects<'_>) {
         0 => host.now_unix_seconds().unwrap_or(0),
         seconds => seconds,
     };
-    activity.record(
-        record.key_id,
-        record.project,
-        &record.windows,
-        record.usage,
-        now_s,
-    );
+    activity.record(record, now_s);
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use keyward_engine::effects::UsageRecord;
+use keyward_engine::provider::ProviderKeyUse;
 use keyward_engine::usage_report::UsageEntry;
-use keyward_engine::window_counter::{CountedWindows, OwnerKind};
+use keyward_engine::window_counter::OwnerKind;
 
 use crate::host::{LogLevel, SharedData, Telemetry};
 use crate::shared_record::{update, Record};
@@ -15,9 +17,16 @@ pub const PENDING_ENTRY: &str = "keyward/usage/pending";
 /// reporter has drained it (so the record, copied on every read, stays small).
 const MAX_PENDING_ENTRIES: usize = 20_000;
 
-/// Which entry usage goes into: the key, the project charged, and the windows counted (usage
-/// of different windows must reach the control plane apart, to be added to each its own).
-type EntryKey = (String, Option<String>, Vec<String>, Vec<String>);
+/// Which entry usage goes into: the key, the project charged, the windows counted (usage of
+/// different windows must reach the control plane apart, to be added to each its own) and the
+/// provider key used (each its own last use).
+type EntryKey = (
+    String,
+    Option<String>,
+    Vec<String>,
+    Vec<String>,
+    Option<ProviderKeyUse>,
+);
 
 fn entry_key(entry: &UsageEntry) -> EntryKey {
     (
@@ -25,10 +34,12 @@ fn entry_key(entry: &UsageEntry) -> EntryKey {
         entry.project.clone(),
         entry.key_windows.clone(),
         entry.project_windows.clone(),
+        entry.provider_key,
     )
 }
 
-/// Usage not yet handed to the reporter, keyed by (key id, project charged, windows).
+/// Usage not yet handed to the reporter, keyed by (key id, project charged, windows, provider
+/// key).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Activity {
     entries: HashMap<EntryKey, UsageEntry>,
@@ -53,14 +64,9 @@ impl Activity {
         self.entries.len()
     }
 
-    pub fn record(
-        &mut self,
-        key_id: &str,
-        project: Option<&str>,
-        windows: &CountedWindows,
-        usage: Usage,
-        now_s: u64,
-    ) {
+    pub fn record(&mut self, record: &UsageRecord<'_>, now_s: u64) {
+        let (key_id, project, usage) = (record.key_id, record.project, record.usage);
+        let (windows, provider_key) = (&record.windows, record.provider_key);
         let key_windows = windows.ids(OwnerKind::Key);
         let project_windows = windows.ids(OwnerKind::Project);
         let entry = self
@@ -70,6 +76,7 @@ impl Activity {
                 project.map(str::to_owned),
                 key_windows.clone(),
                 project_windows.clone(),
+                provider_key,
             ))
             .or_insert_with(|| UsageEntry {
                 key_id: key_id.to_owned(),
@@ -81,6 +88,7 @@ impl Activity {
                 last_used_at: None,
                 key_windows,
                 project_windows,
+                provider_key,
             });
         entry.cost_microusd = entry.cost_microusd.saturating_add(usage.cost_microusd);
         entry.requests = entry.requests.saturating_add(usage.requests);
@@ -167,9 +175,28 @@ pub fn flush(host: &(impl SharedData + Telemetry), activity: &mut Activity) {
     }
 }
 
+/// A request's usage record, for tests.
+#[cfg(test)]
+pub(crate) fn used<'a>(
+    key_id: &'a str,
+    project: Option<&'a str>,
+    windows: &keyward_engine::window_counter::CountedWindows,
+    usage: Usage,
+) -> UsageRecord<'a> {
+    UsageRecord {
+        key_id,
+        project,
+        usage,
+        windows: *windows,
+        provider_key: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_engine::provider::{KeyOwnerKind, Provider};
+    use keyward_engine::window_counter::CountedWindows;
 
     #[test]
     fn records_accumulate_per_key_and_project() {
@@ -181,16 +208,16 @@ mod tests {
             output_tokens: 4,
         };
         let none = CountedWindows::default();
-        activity.record("k1", Some("p1"), &none, one, 100);
-        activity.record("k1", Some("p1"), &none, one, 200);
-        activity.record("k1", Some("p2"), &none, one, 150);
-        activity.record("k1", Some("p1"), &none, Usage::default(), 300);
+        activity.record(&used("k1", Some("p1"), &none, one), 100);
+        activity.record(&used("k1", Some("p1"), &none, one), 200);
+        activity.record(&used("k1", Some("p2"), &none, one), 150);
+        activity.record(&used("k1", Some("p1"), &none, Usage::default()), 300);
         let day = CountedWindows {
             key: [Some(20_422), None, None],
             project: [None; 3],
         };
-        activity.record("k1", Some("p1"), &day, one, 400);
-        activity.record("k1", Some("p1"), &day, one, 400);
+        activity.record(&used("k1", Some("p1"), &day, one), 400);
+        activity.record(&used("k1", Some("p1"), &day, one), 400);
         let entries = activity.into_entries();
         assert_eq!(
             entries.len(),
@@ -206,6 +233,46 @@ mod tests {
             entries[0].last_used_at,
             Some(200),
             "a zero-request record is no use"
+        );
+    }
+
+    #[test]
+    fn each_provider_key_used_is_an_entry_of_its_own() {
+        let mut activity = Activity::default();
+        let one = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        let none = CountedWindows::default();
+        let with = |owner| UsageRecord {
+            provider_key: Some(ProviderKeyUse {
+                provider: Provider::Openai,
+                owner,
+            }),
+            ..used("k1", Some("p1"), &none, one)
+        };
+        activity.record(&with(KeyOwnerKind::Project), 100);
+        activity.record(&with(KeyOwnerKind::Project), 300);
+        activity.record(&with(KeyOwnerKind::Org), 200);
+        activity.record(&used("k1", Some("p1"), &none, one), 50);
+        let entries = activity.into_entries();
+        let seen: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.provider_key.map(|used| used.owner),
+                    entry.requests,
+                    entry.last_used_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (None, 1, Some(50)),
+                (Some(KeyOwnerKind::Project), 2, Some(300)),
+                (Some(KeyOwnerKind::Org), 1, Some(200)),
+            ]
         );
     }
 }

@@ -6,7 +6,7 @@ use keyward_engine::usage_report::parse_report;
 use super::*;
 use crate::host::SharedData;
 use crate::test_support::{metrics, FakeHost};
-use crate::usage_activity::{flush, Activity, Usage};
+use crate::usage_activity::{flush, used, Activity, Usage};
 use keyward_engine::calendar::Window;
 use keyward_engine::window_counter::{
     window_counter_entry, CountedWindows, OwnerKind, WindowCounter,
@@ -36,16 +36,14 @@ fn spend(host: &FakeHost, cost: u64) {
             .expect("set");
     }
     let mut activity = Activity::default();
+    let usage = Usage {
+        cost_microusd: cost,
+        requests: 1,
+        input_tokens: 10,
+        output_tokens: 5,
+    };
     activity.record(
-        "k1",
-        Some("p1"),
-        &CountedWindows::default(),
-        Usage {
-            cost_microusd: cost,
-            requests: 1,
-            input_tokens: 10,
-            output_tokens: 5,
-        },
+        &used("k1", Some("p1"), &CountedWindows::default(), usage),
         1_800_000_000,
     );
     flush(host, &mut activity);
@@ -172,7 +170,7 @@ fn window_counters_named_by_a_batch_are_marked_sent_and_acknowledged() {
         input_tokens: 10,
         output_tokens: 5,
     };
-    activity.record("k1", Some("p1"), &counted, usage, 1_800_000_000);
+    activity.record(&used("k1", Some("p1"), &counted, usage), 1_800_000_000);
     flush(&host, &mut activity);
     reporter.on_tick(&host, &metrics).expect("tick");
     let (_, body) = host.posts()[0].clone();

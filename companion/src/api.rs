@@ -229,3 +229,46 @@ impl PriceBody {
         })
     }
 }
+
+/// `POST /v1/provider-keys`: a customer's provider key to store, for a project or an org (not
+/// both). The key is stored encrypted and never returned; the answer shows its last 4
+/// characters. The key is wiped from memory when the body is dropped.
+#[derive(Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKeyBody {
+    /// `openai`, `anthropic`, `azure`, `google`, `mistral`, `groq`, `deepseek`, `cohere`, `xai`
+    /// or `perplexity`.
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The org whose key it is: the fallback of every project of the org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// The provider key: 1 to 1024 printable characters without spaces.
+    pub key: String,
+    /// A name for people, shown by `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/provider-keys/{scope}/{provider}/{owner_id}/rotate`: the new key (and optionally a
+/// new name; left out, the name is kept). Wiped from memory when dropped.
+#[derive(Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateProviderKeyBody {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Drop for ProviderKeyBody {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl Drop for RotateProviderKeyBody {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}

@@ -130,10 +130,11 @@ impl ControlPlane {
             .header("accept", "application/json");
         let sent = match body {
             Some(body) => {
-                let json = serde_json::to_vec(body)?;
+                // Wiped once sent: a body may carry a secret (a provider key).
+                let json = zeroize::Zeroizing::new(serde_json::to_vec(body)?);
                 let request = request
                     .header("content-type", "application/json")
-                    .body(json)
+                    .body(json.as_slice())
                     .map_err(|error| Error::internal(format!("{method} {url}: {error}")))?;
                 self.agent.run(request)
             }

@@ -164,6 +164,66 @@ pub fn last4(text: &str) -> String {
     text.get(start..).unwrap_or_default().to_owned()
 }
 
+/// A provider's name, as the CLI and the admin API take it. The error lists the known names and
+/// never repeats what was given (a key pasted in the wrong place stays out of messages).
+pub fn parse_provider(text: &str) -> Result<Provider, Error> {
+    Provider::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+        Error::invalid(
+            "unknown_provider",
+            format!("the provider must be one of {}", known.join(", ")),
+        )
+    })
+}
+
+/// A provider key's scope as paths name it: `project` or `org`.
+pub fn parse_scope(text: &str) -> Result<KeyOwnerKind, Error> {
+    match text {
+        "project" => Ok(KeyOwnerKind::Project),
+        "org" => Ok(KeyOwnerKind::Org),
+        _ => Err(Error::invalid(
+            "invalid_scope",
+            "the scope of a provider key is project or org",
+        )),
+    }
+}
+
+/// The owner of a provider key: exactly one of a project and an org.
+pub fn key_owner(
+    project: Option<&str>,
+    org: Option<&str>,
+) -> Result<(KeyOwnerKind, String), Error> {
+    match (project, org) {
+        (Some(project), None) => Ok((KeyOwnerKind::Project, project.to_owned())),
+        (None, Some(org)) => Ok((KeyOwnerKind::Org, org.to_owned())),
+        _ => Err(Error::invalid(
+            "invalid_owner",
+            "give exactly one of project and org",
+        )),
+    }
+}
+
+/// A provider key as the store takes it: checked, encrypted under the KEK, its last 4 kept.
+pub fn encrypted_row(
+    kek: &Kek,
+    (provider, owner, owner_id): (Provider, KeyOwnerKind, String),
+    plaintext: &str,
+    name: Option<String>,
+) -> Result<ProviderKeyRow, Error> {
+    check_provider_key(plaintext)?;
+    Ok(ProviderKeyRow {
+        ciphertext: kek.encrypt(provider, owner, &owner_id, plaintext)?,
+        last4: last4(plaintext),
+        provider,
+        owner,
+        owner_id,
+        name,
+        created_at: 0,
+        rotated_at: None,
+        last_used_at: None,
+    })
+}
+
 /// A new fleet key pair: (private base64, public base64).
 pub fn generate_fleet_key() -> Result<(Zeroizing<String>, String), Error> {
     let ikm = random_bytes::<32>()?;

@@ -666,7 +666,7 @@ PRAGMA user_version = 1;
             row.get(0)
         })
         .unwrap();
-    assert_eq!(migrations, 7);
+    assert_eq!(migrations, 8);
 }
 
 /// Issue #19: every CLI mistake a new user made gets a message in their terms.

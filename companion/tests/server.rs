@@ -594,6 +594,7 @@ fn usage_entry(key_id: &str, project: Option<&str>, cost: u64, last_used_at: u64
         last_used_at: Some(last_used_at),
         key_windows: vec![],
         project_windows: vec![],
+        provider_key: None,
     }
 }
 

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use crate::config::Settings;
 use crate::denial::{Denial, DenyCode};
+use crate::provider::ProviderKeyUse;
 use crate::route::ErrorFormat;
 use crate::settlement::Usage;
 use crate::window_counter::CountedWindows;
@@ -118,6 +119,8 @@ pub struct UsageRecord<'a> {
     pub usage: Usage,
     /// The budget and quota windows the request was counted in (the report names them).
     pub windows: CountedWindows,
+    /// The provider key the request was forwarded with.
+    pub provider_key: Option<ProviderKeyUse>,
 }
 
 /// Everything one step asks of the host, in the order to apply it: edits, then the reply.

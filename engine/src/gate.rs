@@ -13,7 +13,9 @@ use crate::denial::{Denial, DenyCode};
 use crate::effects::{Count, Edit, Effects, Level, Reply, UsageRecord};
 use crate::ledger::{Ledger, LedgerError};
 use crate::log_line::DecisionLog;
-use crate::provider::{MissingProviderKey, ProviderRoute, PROVIDER_CREDENTIAL_HEADERS};
+use crate::provider::{
+    KeyOwnerKind, MissingProviderKey, ProviderKeyUse, ProviderRoute, PROVIDER_CREDENTIAL_HEADERS,
+};
 use crate::provider_keys::ProviderKeys;
 use crate::request::{header_name_has_prefix, same_header_name, Header, Request};
 use crate::request_body::{read_request_body, with_stream_usage, BodyError};
@@ -85,6 +87,8 @@ pub struct Ticket {
     pub request_id: String,
     /// Identity headers were set on the request and would have to go on a late shadow refusal.
     pub identity_set: bool,
+    /// The provider key set on the request (its usage names it, for the key's last use).
+    pub provider_key: Option<ProviderKeyUse>,
 }
 
 /// One request's view of the configuration and policy.
@@ -158,10 +162,15 @@ impl<'a> Gate<'a> {
             }
             Outcome::Allow(identity) => identity,
         };
+        let mut provider_key = None;
         if let Some(provider_route) = route.provider {
             match self.provider_key(provider_route, &identity, trace) {
-                Ok(Some((name, value))) => {
-                    effects.edits.push(Edit::Set(name, Cow::Borrowed(value)))
+                Ok(Some((name, value, owner))) => {
+                    effects.edits.push(Edit::Set(name, Cow::Borrowed(value)));
+                    provider_key = Some(ProviderKeyUse {
+                        provider: provider_route.provider,
+                        owner,
+                    });
                 }
                 Ok(None) => {}
                 Err(denial) => {
@@ -207,6 +216,7 @@ impl<'a> Gate<'a> {
             chat_completions: request.path_without_query().ends_with("/chat/completions"),
             request_id: request.request_id().to_owned(),
             identity_set: true,
+            provider_key,
         };
         if route.reads_body() && !facts.end_of_stream {
             let may_grow = route.meter && route.add_stream_usage && ticket.chat_completions;
@@ -345,7 +355,7 @@ impl<'a> Gate<'a> {
         provider_route: ProviderRoute,
         identity: &Identity<'a>,
         trace: &mut impl Trace,
-    ) -> Result<Option<(&'static str, &'a str)>, Denial> {
+    ) -> Result<Option<(&'static str, &'a str, KeyOwnerKind)>, Denial> {
         let ProviderRoute {
             provider,
             header,
@@ -374,7 +384,7 @@ impl<'a> Gate<'a> {
                         header.describe()
                     )
                 });
-                Ok(Some((header.header_name(), value)))
+                Ok(Some((header.header_name(), value, owner)))
             }
             (None, MissingProviderKey::Pass) => {
                 trace.skip("13", "provider key", || {
@@ -564,6 +574,7 @@ impl<'a> Gate<'a> {
                         ..Usage::default()
                     },
                     windows: admitted.holds.windows.counted,
+                    provider_key: ticket.provider_key,
                 });
             }
             if admitted.response_headers.is_empty() {

@@ -91,10 +91,18 @@ fn request(key_id: &str, path: &str, extra: &[(&str, &str)]) -> Vec<Header> {
 }
 
 fn run<'h>(config: &'h PluginConfig, list: &'h [Header]) -> Step<'h> {
+    run_reporting(config, list, false)
+}
+
+fn run_reporting<'h>(
+    config: &'h PluginConfig,
+    list: &'h [Header],
+    reports_usage: bool,
+) -> Step<'h> {
     let gate = Gate {
         settings: &config.settings,
         policy: config.policy.as_ref(),
-        reports_usage: false,
+        reports_usage,
     };
     let facts = HeaderFacts {
         headers: list,
@@ -248,4 +256,34 @@ fn provider_options_are_checked() {
         let error = PluginConfig::from_json(json.as_bytes()).expect_err("must fail");
         assert!(error.to_string().contains(message), "{error}");
     }
+}
+
+#[test]
+fn the_usage_names_the_provider_key_used_and_nothing_of_it() {
+    let config = config(true, ROUTES);
+    let used = |key_id: &str, path: &str| {
+        let list = request(key_id, path, &[]);
+        let step = run_reporting(&config, &list, true);
+        step.effects.usage.as_ref().map(|usage| usage.provider_key)
+    };
+    let openai = |owner| {
+        Some(Some(ProviderKeyUse {
+            provider: Provider::Openai,
+            owner,
+        }))
+    };
+    assert_eq!(used("good1", "/openai/v1"), openai(KeyOwnerKind::Project));
+    assert_eq!(used("good2", "/openai/v1"), openai(KeyOwnerKind::Org));
+    assert_eq!(
+        used("good2", "/anthropic/v1"),
+        Some(Some(ProviderKeyUse {
+            provider: Provider::Anthropic,
+            owner: KeyOwnerKind::Org,
+        }))
+    );
+    // Forwarded without a provider key, or not a provider route: usage without one.
+    assert_eq!(used("good1", "/gpass/v1"), Some(None));
+    assert_eq!(used("good1", "/plain/v1"), Some(None));
+    // Refused: no usage at all.
+    assert_eq!(used("good1", "/google/v1"), None);
 }

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::field_error::{from_json, FieldError};
+use crate::provider::ProviderKeyUse;
 
 pub const REPORT_FORMAT: &str = "keyward.usage-report.v1";
 /// Upper bound on entries per batch, so one report stays a small request.
@@ -42,6 +43,11 @@ pub struct UsageEntry {
     /// The same for the project charged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub project_windows: Vec<String>,
+    /// The provider key these requests were forwarded with (its scope and provider, never key
+    /// material), for its last use. Absent without one. A control plane older than this field
+    /// refuses reports that carry it: upgrade control planes before filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<ProviderKeyUse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +131,7 @@ mod tests {
                 last_used_at: Some(1_700_000_000),
                 key_windows: vec![],
                 project_windows: vec![],
+                provider_key: None,
             }],
         );
         serde_json::to_vec(&report).expect("serializes")
@@ -135,6 +142,26 @@ mod tests {
         let report = parse_report(&body()).expect("parses");
         assert_eq!(report.batch_id, "envoy-1-7");
         assert_eq!(report.entries[0].cost_microusd, 1234);
+    }
+
+    #[test]
+    fn the_provider_key_used_is_optional_and_names_no_secret() {
+        use crate::provider::{KeyOwnerKind, Provider};
+        let plain = String::from_utf8(body()).expect("utf-8");
+        assert!(!plain.contains("provider_key"), "absent when none: {plain}");
+        let mut report = parse_report(&body()).expect("parses");
+        report.entries[0].provider_key = Some(ProviderKeyUse {
+            provider: Provider::Openai,
+            owner: KeyOwnerKind::Org,
+        });
+        let text = serde_json::to_string(&report).expect("serializes");
+        assert!(
+            text.contains(r#""provider_key":{"provider":"openai","owner":"org"}"#),
+            "{text}"
+        );
+        assert_eq!(parse_report(text.as_bytes()), Ok(report));
+        let unknown = text.replace(r#""owner":"org""#, r#""owner":"team""#);
+        assert!(parse_report(unknown.as_bytes()).is_err());
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Watch {
                 project: parties.project.map(|project| project.id.as_str()),
                 usage: charge.usage(),
                 windows: holds.windows.counted,
+                provider_key: self.ticket.provider_key,
             });
         }
         effects

@@ -1,7 +1,8 @@
-//! What the `project`, `key`, `price`, `spend`, `usage` and `audit` commands do, against one of
-//! two targets: the store itself (`--db`, local mode) or a running control plane's admin API
-//! (`--server URL --token-file F`, remote mode, so operators never need the database). Both give
-//! the same views; the commands print them the same way.
+//! What the `project`, `key`, `price`, `spend`, `usage` and `audit` commands do (the budget and
+//! `provider-key` commands: in their own modules), against one of two targets: the store itself
+//! (`--db`, local mode) or a running control plane's admin API (`--server URL --token-file F`,
+//! remote mode, so operators never need the database). Both give the same views; the commands
+//! print them the same way.
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ use crate::units::{now, parse_duration_seconds};
 
 /// The operations of the admin commands. Changes are recorded as the target's actor: `--actor`
 /// locally, the admin token's name remotely.
-pub trait Admin: super::budget_admin::BudgetAdmin {
+pub trait Admin: super::budget_admin::BudgetAdmin + super::provider_key::ProviderKeyAdmin {
     fn create_project(
         &mut self,
         id: &str,

@@ -122,7 +122,7 @@ enum Command {
     #[command(subcommand)]
     Dataplane(dataplane::DataplaneCommand),
     /// Customers' own model-provider keys (per project, or per org as the fallback), stored
-    /// encrypted and injected by the filter on `provider` routes. Local mode only.
+    /// encrypted and injected by the filter on `provider` routes.
     #[command(subcommand)]
     ProviderKey(provider_key::ProviderKeyCommand),
     /// Create the store (./keyward.db, or --db) and bring its schema up to date.
@@ -277,12 +277,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         | Command::Plan(_)
         | Command::Limits(_)
         | Command::Usage(_)
-        | Command::Dataplane(_) => {}
+        | Command::Dataplane(_)
+        | Command::ProviderKey(_) => {}
         Command::Audit(args) if !args.policy.requested() => {}
         Command::Snapshot(_) => local_only(&remote, "snapshot")?,
         Command::Serve(_) => local_only(&remote, "serve")?,
         Command::Init => local_only(&remote, "init")?,
-        Command::ProviderKey(_) => local_only(&remote, "provider-key")?,
         Command::Audit(_) | Command::Explain(_) | Command::Render(_) | Command::Secret(_) => {}
     }
     let target = || admin(&remote, &actor, &db);
@@ -312,7 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve(args) => serve::run(&db, args),
         Command::Render(command) => render::run(command),
         Command::Secret(command) => secret::run(command),
-        Command::ProviderKey(command) => provider_key::run(&db, &actor, command),
+        Command::ProviderKey(command) => provider_key::run(target()?.as_mut(), command),
         Command::Init => init(&db),
     }
 }

@@ -1,9 +1,10 @@
 //! `keyward provider-key`: customers' own model-provider keys, per project or per org (the org's
 //! is the fallback), stored encrypted under the KEK and delivered to the data planes sealed.
-//! Local mode only: the KEK stays on the control plane's host.
+//! Locally (`--db`) the command encrypts with `--provider-kek-file`; remotely (`--server`) the
+//! control plane encrypts with its own KEK, and the key travels once, in the request body.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use clap::{Args, Subcommand};
 use keyward_engine::provider::{KeyOwnerKind, Provider};
 use zeroize::Zeroizing;
 
+use super::admin::{segment, Admin, Local, Remote};
 use super::output::{print_json, print_list_json, print_table};
-use super::StoreArg;
+use crate::api::{List, ProviderKeyBody, RotateProviderKeyBody};
 use crate::error::Error;
-use crate::provider_secrets::{check_provider_key, last4, Kek, ProviderSealing};
-use crate::store::{ProviderKeyRow, PutMode};
+use crate::provider_secrets::{check_provider_key, encrypted_row, key_owner, parse_provider};
+use crate::provider_secrets::{Kek, ProviderSealing};
+use crate::store::{ProviderKeyView, PutMode};
 use crate::units::{format_time, now};
 
 /// What sealing provider keys into snapshots needs (`serve`, `snapshot build`).
@@ -42,6 +45,125 @@ impl ProviderSealingArgs {
             _ => Ok(None),
         }
     }
+
+    /// A KEK without the fleet's public key: keys could be stored but not sealed.
+    pub fn kek_only(&self) -> bool {
+        self.provider_kek_file.is_some() && self.fleet_public_key_file.is_none()
+    }
+}
+
+/// The provider-key operations, on the store (local) or a control plane (remote).
+pub trait ProviderKeyAdmin {
+    /// Adds or rotates a key. Locally it is encrypted with the KEK in `kek_file`; remotely the
+    /// control plane encrypts it with its own (and `kek_file` is not used).
+    fn put_provider_key(
+        &mut self,
+        mode: PutMode,
+        owner: (Provider, KeyOwnerKind, String),
+        key: &str,
+        name: Option<String>,
+        kek_file: Option<&Path>,
+    ) -> Result<ProviderKeyView, Error>;
+    fn provider_keys(&mut self) -> Result<Vec<ProviderKeyView>, Error>;
+    fn remove_provider_key(
+        &mut self,
+        owner: (Provider, KeyOwnerKind, String),
+    ) -> Result<ProviderKeyView, Error>;
+}
+
+impl ProviderKeyAdmin for Local {
+    fn put_provider_key(
+        &mut self,
+        mode: PutMode,
+        owner: (Provider, KeyOwnerKind, String),
+        key: &str,
+        name: Option<String>,
+        kek_file: Option<&Path>,
+    ) -> Result<ProviderKeyView, Error> {
+        let kek_file = kek_file.ok_or_else(|| {
+            Error::invalid(
+                "missing_provider_kek_file",
+                "give --provider-kek-file (or KEYWARD_PROVIDER_KEK_FILE): the KEK the key is \
+                 stored under (or manage a running control plane with --server)",
+            )
+        })?;
+        let row = encrypted_row(&Kek::load(kek_file)?, owner, key, name)?;
+        let stored = self.store.put_provider_key(&self.actor, now(), mode, row)?;
+        Ok(ProviderKeyView::from(&stored))
+    }
+
+    fn provider_keys(&mut self) -> Result<Vec<ProviderKeyView>, Error> {
+        self.store.provider_key_views()
+    }
+
+    fn remove_provider_key(
+        &mut self,
+        (provider, kind, id): (Provider, KeyOwnerKind, String),
+    ) -> Result<ProviderKeyView, Error> {
+        let removed = self
+            .store
+            .remove_provider_key(&self.actor, now(), provider, kind, &id)?;
+        Ok(ProviderKeyView::from(&removed))
+    }
+}
+
+/// `/v1/provider-keys/{scope}/{provider}/{owner_id}`.
+fn key_path((provider, kind, id): &(Provider, KeyOwnerKind, String)) -> String {
+    format!(
+        "/v1/provider-keys/{}/{}/{}",
+        kind.as_str(),
+        provider.as_str(),
+        segment(id)
+    )
+}
+
+impl ProviderKeyAdmin for Remote {
+    fn put_provider_key(
+        &mut self,
+        mode: PutMode,
+        owner: (Provider, KeyOwnerKind, String),
+        key: &str,
+        name: Option<String>,
+        _kek_file: Option<&Path>,
+    ) -> Result<ProviderKeyView, Error> {
+        match mode {
+            PutMode::Add => {
+                let (provider, kind, id) = owner;
+                let (project, org) = match kind {
+                    KeyOwnerKind::Project => (Some(id), None),
+                    KeyOwnerKind::Org => (None, Some(id)),
+                };
+                let body = ProviderKeyBody {
+                    provider: provider.as_str().to_owned(),
+                    project,
+                    org,
+                    key: key.to_owned(),
+                    name,
+                };
+                self.send("POST", "/v1/provider-keys", Some(&body))
+            }
+            PutMode::Rotate => {
+                let body = RotateProviderKeyBody {
+                    key: key.to_owned(),
+                    name,
+                };
+                let path = format!("{}/rotate", key_path(&owner));
+                self.send("POST", &path, Some(&body))
+            }
+        }
+    }
+
+    fn provider_keys(&mut self) -> Result<Vec<ProviderKeyView>, Error> {
+        self.send::<List<ProviderKeyView>, ()>("GET", "/v1/provider-keys", None)
+            .map(|list| list.data)
+    }
+
+    fn remove_provider_key(
+        &mut self,
+        owner: (Provider, KeyOwnerKind, String),
+    ) -> Result<ProviderKeyView, Error> {
+        self.send::<_, ()>("DELETE", &key_path(&owner), None)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,21 +182,9 @@ pub struct OwnerArgs {
 
 impl OwnerArgs {
     fn parse(&self) -> Result<(Provider, KeyOwnerKind, String), Error> {
-        let provider = Provider::parse(&self.provider).ok_or_else(|| {
-            let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
-            Error::invalid(
-                "unknown_provider",
-                format!("--provider must be one of {}", known.join(", ")),
-            )
-        })?;
-        match (&self.project, &self.org) {
-            (Some(project), None) => Ok((provider, KeyOwnerKind::Project, project.clone())),
-            (None, Some(org)) => Ok((provider, KeyOwnerKind::Org, org.clone())),
-            _ => Err(Error::invalid(
-                "invalid_owner",
-                "give exactly one of --project and --org",
-            )),
-        }
+        let provider = parse_provider(&self.provider).map_err(|e| e.with_prefix("--provider"))?;
+        let (kind, id) = key_owner(self.project.as_deref(), self.org.as_deref())?;
+        Ok((provider, kind, id))
     }
 }
 
@@ -82,13 +192,17 @@ impl OwnerArgs {
 pub struct SecretInput {
     #[command(flatten)]
     owner: OwnerArgs,
-    /// The KEK file (`keyward secret provider-kek`).
+    /// Local mode: the KEK file (`keyward secret provider-kek`). With --server the control
+    /// plane uses its own.
     #[arg(long, env = "KEYWARD_PROVIDER_KEK_FILE", value_name = "FILE")]
-    provider_kek_file: PathBuf,
+    provider_kek_file: Option<PathBuf>,
     /// Read the provider key from this file instead of standard input (never from an argument:
     /// arguments are visible to every user of the host).
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// A name for people, shown by `list` (a rotation keeps the name unless given a new one).
+    #[arg(long)]
+    name: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -99,7 +213,7 @@ pub enum ProviderKeyCommand {
     Add(SecretInput),
     /// Replace a stored provider key; data planes use the new one from the next snapshot.
     Rotate(SecretInput),
-    /// List provider keys: provider, owner, last 4 characters, created, rotated.
+    /// List provider keys: provider, owner, name, last 4 characters, created, rotated, last used.
     List {
         #[arg(long)]
         json: bool,
@@ -130,10 +244,11 @@ fn read_key(file: Option<&PathBuf>) -> Result<Zeroizing<String>, Error> {
     Ok(trimmed)
 }
 
-fn print_rows(rows: &[ProviderKeyRow], json: bool) -> Result<(), Error> {
+fn print_rows(rows: &[ProviderKeyView], json: bool) -> Result<(), Error> {
     if json {
         return print_list_json(rows);
     }
+    let optional_time = |at: Option<u64>| at.map_or_else(|| "-".to_owned(), format_time);
     let table = rows
         .iter()
         .map(|row| {
@@ -141,44 +256,49 @@ fn print_rows(rows: &[ProviderKeyRow], json: bool) -> Result<(), Error> {
                 row.provider.as_str().to_owned(),
                 row.owner.as_str().to_owned(),
                 row.owner_id.clone(),
+                row.name.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("…{}", row.last4),
                 format_time(row.created_at),
-                row.rotated_at.map_or_else(|| "-".to_owned(), format_time),
+                optional_time(row.rotated_at),
+                optional_time(row.last_used_at),
             ]
         })
         .collect();
     print_table(
-        &["PROVIDER", "SCOPE", "OWNER", "KEY", "CREATED", "ROTATED"],
+        &[
+            "PROVIDER",
+            "SCOPE",
+            "OWNER",
+            "NAME",
+            "KEY",
+            "CREATED",
+            "ROTATED",
+            "LAST USED",
+        ],
         table,
     );
     Ok(())
 }
 
-pub fn run(db: &StoreArg, actor: &str, command: ProviderKeyCommand) -> Result<ExitCode, Error> {
-    let mut store = db.open()?;
+pub fn run(admin: &mut dyn Admin, command: ProviderKeyCommand) -> Result<ExitCode, Error> {
     match command {
-        ProviderKeyCommand::Add(input) | ProviderKeyCommand::Rotate(input)
-            if input.key_file.is_none() && atty_stdin() =>
-        {
-            let _ = input;
-            Err(Error::invalid(
-                "no_provider_key",
-                "pipe the provider key on standard input or give --key-file",
-            ))
-        }
-        ProviderKeyCommand::Add(input) => put(&mut store, actor, PutMode::Add, &input),
-        ProviderKeyCommand::Rotate(input) => put(&mut store, actor, PutMode::Rotate, &input),
+        ProviderKeyCommand::Add(input) => put(admin, PutMode::Add, &input),
+        ProviderKeyCommand::Rotate(input) => put(admin, PutMode::Rotate, &input),
         ProviderKeyCommand::List { json } => {
-            print_rows(&store.provider_keys()?, json)?;
+            print_rows(&admin.provider_keys()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         ProviderKeyCommand::Remove { owner, json } => {
-            let (provider, kind, id) = owner.parse()?;
-            let removed = store.remove_provider_key(actor, now(), provider, kind, &id)?;
+            let removed = admin.remove_provider_key(owner.parse()?)?;
             if json {
                 print_json(&removed)?;
             } else {
-                println!("removed the {provider} key of {} {id}", kind.as_str());
+                println!(
+                    "removed the {} key of {} {}",
+                    removed.provider,
+                    removed.owner.as_str(),
+                    removed.owner_id
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -190,36 +310,34 @@ fn atty_stdin() -> bool {
     std::io::stdin().is_terminal()
 }
 
-fn put(
-    store: &mut crate::store::Store,
-    actor: &str,
-    mode: PutMode,
-    input: &SecretInput,
-) -> Result<ExitCode, Error> {
-    let (provider, owner, owner_id) = input.owner.parse()?;
-    let kek = Kek::load(&input.provider_kek_file)?;
+fn put(admin: &mut dyn Admin, mode: PutMode, input: &SecretInput) -> Result<ExitCode, Error> {
+    if input.key_file.is_none() && atty_stdin() {
+        return Err(Error::invalid(
+            "no_provider_key",
+            "pipe the provider key on standard input or give --key-file",
+        ));
+    }
+    let owner = input.owner.parse()?;
     let plaintext = read_key(input.key_file.as_ref())?;
-    let row = ProviderKeyRow {
-        provider,
+    let stored = admin.put_provider_key(
+        mode,
         owner,
-        ciphertext: kek.encrypt(provider, owner, &owner_id, &plaintext)?,
-        last4: last4(&plaintext),
-        owner_id,
-        created_at: 0,
-        rotated_at: None,
-    };
-    let stored = store.put_provider_key(actor, now(), mode, row)?;
+        &plaintext,
+        input.name.clone(),
+        input.provider_kek_file.as_deref(),
+    )?;
     if input.json {
         print_json(&stored)?;
     } else {
         println!(
-            "{} the {provider} key of {} {} (…{})",
+            "{} the {} key of {} {} (…{})",
             if mode == PutMode::Add {
                 "stored"
             } else {
                 "rotated"
             },
-            owner.as_str(),
+            stored.provider,
+            stored.owner.as_str(),
             stored.owner_id,
             stored.last4
         );

@@ -93,6 +93,7 @@ pub fn run(db: &StoreArg, args: ServeArgs) -> Result<ExitCode, Error> {
     let token_text = secrets::read_secret_file(&args.admin_token_file, "admin token")?;
     let options = server::ServeOptions {
         provider_sealing: args.provider_sealing.load()?,
+        provider_kek_only: args.provider_sealing.kek_only(),
         db: db.location.clone(),
         listen: args.listen,
         allow_non_loopback: args.allow_non_loopback,

@@ -10,6 +10,7 @@ mod observe;
 mod openapi;
 mod prices;
 mod projects;
+mod provider_keys;
 mod routes;
 mod snapshot;
 mod tls;
@@ -61,6 +62,9 @@ pub struct ServeOptions {
     /// Seals the store's provider keys into snapshots (`--provider-kek-file` and
     /// `--fleet-public-key-file`).
     pub provider_sealing: Option<Arc<crate::provider_secrets::ProviderSealing>>,
+    /// `--provider-kek-file` without `--fleet-public-key-file`: provider keys cannot be stored
+    /// (they could not be sealed for the fleet).
+    pub provider_kek_only: bool,
 }
 
 pub struct TlsFiles {
@@ -83,6 +87,9 @@ pub(super) struct AppState {
     access_log: bool,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests finish.
     draining: AtomicBool,
+    /// What the provider-key endpoints encrypt with (see `ServeOptions`).
+    provider_sealing: Option<Arc<crate::provider_secrets::ProviderSealing>>,
+    provider_kek_only: bool,
 }
 
 type Shared = Arc<AppState>;
@@ -182,6 +189,8 @@ pub fn serve(options: ServeOptions) -> Result<(), Error> {
             metrics: Metrics::new(),
             access_log: options.access_log,
             draining: AtomicBool::new(false),
+            provider_sealing: options.provider_sealing,
+            provider_kek_only: options.provider_kek_only,
         });
         tokio::spawn(sweep_rotations(Arc::clone(&state)));
         if let Some(target) = options.webhook {

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{budgets, dataplane, keys, prices, projects, snapshot, usage};
+use super::{budgets, dataplane, keys, prices, projects, provider_keys, snapshot, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,10 @@ use super::{budgets, dataplane, keys, prices, projects, snapshot, usage};
         budgets::adjust,
         budgets::reset,
         budgets::alerts,
+        provider_keys::create,
+        provider_keys::list,
+        provider_keys::rotate,
+        provider_keys::remove,
         usage::report,
         usage::batches,
         dataplane::refused,

@@ -12,14 +12,14 @@ use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use super::usage::MAX_USAGE_REPORT_BYTES;
 use super::{
-    budgets, dataplane, keys, observe, openapi, prices, projects, snapshot, usage, with_store,
-    Actor, Shared,
+    budgets, dataplane, keys, observe, openapi, prices, projects, provider_keys, snapshot, usage,
+    with_store, Actor, Shared,
 };
 use crate::error::Error;
 
@@ -92,6 +92,18 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/v1/spend/reset", post(budgets::reset))
         .route("/v1/alerts", get(budgets::alerts))
         .route("/v1/prices/import", post(budgets::import_prices))
+        .route(
+            "/v1/provider-keys",
+            get(provider_keys::list).post(provider_keys::create),
+        )
+        .route(
+            "/v1/provider-keys/{scope}/{provider}/{owner_id}",
+            delete(provider_keys::remove),
+        )
+        .route(
+            "/v1/provider-keys/{scope}/{provider}/{owner_id}/rotate",
+            post(provider_keys::rotate),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::change::{apply_field, apply_spend_caps, Change, Details};
 use super::model::{CreatedKey, KeySettings, KeyUpdate, KeyView, NewKey, Owner, StatusChange};
+use super::projects::require_org;
 use super::sql::{args, Row, Sql, Value};
 use super::validate::{nothing_to_change, validate_settings, validate_with_engine};
 use super::Store;
@@ -250,20 +251,7 @@ pub(super) fn insert_key(
             (Some(project.clone()), None)
         }
         Owner::Org(org) => {
-            // Orgs exist through their projects: a key of an org nobody created is a typo.
-            let projects = change.sql.query_int(
-                "SELECT COUNT(*) FROM projects WHERE org = ?1",
-                &[Value::from(org.as_str())],
-            )?;
-            if projects == 0 {
-                return Err(Error::invalid(
-                    "unknown_org",
-                    format!(
-                        "--org {org}: no project belongs to this org; create one first \
-                         (keyward project create PROJECT --org {org})"
-                    ),
-                ));
-            }
+            require_org(change.sql, org)?;
             (None, Some(org.clone()))
         }
     };

@@ -50,6 +50,10 @@ pub const SQLITE: &[(&str, &str)] = &[
         "V7__provider_keys",
         include_str!("../../migrations/sqlite/V7__provider_keys.sql"),
     ),
+    (
+        "V8__provider_key_name_last_used",
+        include_str!("../../migrations/sqlite/V8__provider_key_name_last_used.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations, in order: their own sequence (PostgreSQL support began with the
@@ -70,6 +74,10 @@ pub const POSTGRES: &[(&str, &str)] = &[
     (
         "V4__provider_keys",
         include_str!("../../migrations/postgres/V4__provider_keys.sql"),
+    ),
+    (
+        "V5__provider_key_name_last_used",
+        include_str!("../../migrations/postgres/V5__provider_key_name_last_used.sql"),
     ),
 ];
 

@@ -43,7 +43,7 @@ pub use model::{
     ProjectView, StatusChange, UsageBatchView,
 };
 pub use prices::PriceImport;
-pub use provider_keys::{ProviderKeyRow, PutMode};
+pub use provider_keys::{ProviderKeyRow, ProviderKeyView, PutMode};
 pub use windows::{UsageChange, UsageDelta, WindowTarget, WindowUsageView};
 
 pub use dataplane::{

@@ -57,6 +57,24 @@ pub(super) fn find_project(sql: &mut dyn Sql, id: &str) -> Result<Option<Project
     .transpose()
 }
 
+/// Orgs exist through their projects: an owner naming an org without any project is a typo.
+pub(super) fn require_org(sql: &mut dyn Sql, org: &str) -> Result<(), Error> {
+    let projects = sql.query_int(
+        "SELECT COUNT(*) FROM projects WHERE org = ?1",
+        &[Value::from(org)],
+    )?;
+    if projects == 0 {
+        return Err(Error::invalid(
+            "unknown_org",
+            format!(
+                "--org {org}: no project belongs to this org; create one first \
+                 (keyward project create PROJECT --org {org})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn all_projects(sql: &mut dyn Sql) -> Result<Vec<ProjectView>, Error> {
     sql.query_map(
         &format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"),

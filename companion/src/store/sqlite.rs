@@ -343,7 +343,8 @@ PRAGMA user_version = 1;
                 "snapshot_issue",
                 "dataplane_tokens",
                 "budgets_plans_quotas",
-                "provider_keys"
+                "provider_keys",
+                "provider_key_name_last_used"
             ]
         );
         assert_eq!(user_version(&mut store), MIGRATED_USER_VERSION);

@@ -51,6 +51,7 @@ pub(super) fn entry(
         last_used_at: Some(last_used_at),
         key_windows: vec![],
         project_windows: vec![],
+        provider_key: None,
     }
 }
 

@@ -14,6 +14,9 @@ use super::keys::find_key;
 use super::limits::BudgetOwner;
 use super::model::{UsageApplied, UsageBatchView};
 use super::projects::find_project;
+use super::provider_keys::{
+    provider_key_owner, provider_key_target, record_provider_key_uses, ProviderKeyUses,
+};
 use super::sql::{args, Dialect, Row, Sql, Value};
 use super::windows::{credit_window, windows_pending, WindowCharge};
 use super::Store;
@@ -92,11 +95,13 @@ struct Tally {
     warnings: Vec<String>,
     /// The budget windows the entries name, per owner (see `windows`).
     windows: Vec<WindowCharge>,
+    /// The provider keys the entries were forwarded with, and their latest use.
+    provider_keys: ProviderKeyUses,
 }
 
 /// Sums a report's entries per key and per project, within the write lock. Entries for unknown
 /// keys are skipped; a project charge the key could not have made is skipped, the key charged.
-fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
+fn tally(sql: &mut dyn Sql, report: &UsageReport, now: u64) -> Result<Tally, Error> {
     let mut tally = Tally::default();
     for entry in &report.entries {
         let Some(key) = find_key(sql, &entry.key_id)? else {
@@ -136,6 +141,32 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport) -> Result<Tally, Error> {
                 .iter()
                 .map(|window| charge(&key_owner, window)),
         );
+        if let (Some(used), Some(at)) = (entry.provider_key, entry.last_used_at) {
+            let owner = provider_key_owner(
+                sql,
+                key.view.project.as_deref(),
+                key.view.org.as_deref(),
+                used.owner,
+                entry.project.as_deref(),
+            )?;
+            match owner {
+                Some(owner_id) => {
+                    let latest = tally
+                        .provider_keys
+                        .entry((used.provider, used.owner, owner_id))
+                        .or_insert(0);
+                    *latest = (*latest).max(at.min(now));
+                }
+                None => tally.warnings.push(format!(
+                    "usage batch {}: key {} cannot have used a {} provider key of {}; its last \
+                     use is not recorded",
+                    shown(&report.batch_id),
+                    shown(&entry.key_id),
+                    used.owner.as_str(),
+                    used.provider.as_str()
+                )),
+            }
+        }
         let Some(project_id) = &entry.project else {
             continue;
         };
@@ -277,7 +308,7 @@ impl Store {
                     warnings: vec![],
                 });
             }
-            let mut tally = tally(sql, report)?;
+            let mut tally = tally(sql, report, now)?;
             let current = current_version(sql)?;
             let version = if tally.applied > 0 {
                 current.saturating_add(1)
@@ -285,6 +316,12 @@ impl Store {
                 current
             };
             add_pending_spend(sql, &tally)?;
+            let unknown = record_provider_key_uses(sql, &tally.provider_keys)?;
+            tally.warnings.extend(
+                unknown
+                    .into_iter()
+                    .map(|what| format!("usage batch {}: {what}", shown(&report.batch_id))),
+            );
             credit_windows(sql, now, &report.batch_id, &mut tally)?;
             if tally.applied > 0 && publish_now {
                 bump_version(sql)?;
@@ -325,7 +362,10 @@ impl Store {
                 &json!({"entries": entries, "applied": tally.applied, "skipped": tally.skipped,
                         "cost_microusd": tally.cost, "requests": tally.requests,
                         "input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens,
-                        "keys": tally.keys.len(), "projects": tally.projects.len()}),
+                        "keys": tally.keys.len(), "projects": tally.projects.len(),
+                        "provider_keys": tally.provider_keys.keys()
+                            .map(|(provider, owner, id)| provider_key_target(*provider, *owner, id))
+                            .collect::<Vec<_>>()}),
                 version,
             )?;
             Ok(UsageApplied {

@@ -269,6 +269,7 @@ mod tests {
             last_used_at: Some(1_000),
             key_windows: vec![],
             project_windows: vec![],
+            provider_key: None,
         }
     }
 
