@@ -1217,3 +1217,401 @@ fn prices_caps_and_rate_limits_over_the_admin_api() {
         assert!(actions.contains(&expected), "{expected}: {actions:?}");
     }
 }
+
+/// `keyward --server BASE --token-file … ARGS` with `stdin` on standard input, from a directory
+/// without a store.
+fn remote_cli(ws: &Workspace, base: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    std::fs::create_dir_all(ws.path("elsewhere")).unwrap();
+    let mut child = ws
+        .command()
+        .env_remove("KEYWARD_DB")
+        .env_remove("KEYWARD_PROVIDER_KEK_FILE")
+        .current_dir(ws.path("elsewhere"))
+        .args(["--server", base, "--token-file"])
+        .arg(ws.path("admin.tokens"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn provider_keys_over_the_admin_api_never_show_the_key() {
+    use keyward_engine::provider::{KeyOwnerKind, Provider, ProviderKeyUse};
+    let ws = Workspace::new();
+    ws.ok(&["project", "create", "proj_a", "--org", "org_1"]);
+    let (api_key, _) = ws.create_key(&["--project", "proj_a"]);
+    let token = ws.admin_token();
+    let secret = "sk-proj-Secret0001Alpha";
+    let org_secret = "sk-org-Secret0002Beta";
+    let rotated = "sk-proj-Secret0003Gamma";
+    let remote_secret = "sk-ant-Secret0004Delta";
+    let create = json!({"provider": "openai", "project": "proj_a", "key": secret, "name": "prod"});
+    let mut answers = String::new();
+
+    // No KEK: storing and rotating answer 503; listing works.
+    {
+        let server = start(&ws, &[]);
+        let reply = server.post("/v1/provider-keys", &token, Some(create.clone()));
+        assert_eq!(reply.error(503, "api_error"), "provider_kek_not_configured");
+        answers.push_str(&String::from_utf8_lossy(&reply.body));
+        let reply = server.post(
+            "/v1/provider-keys/project/openai/proj_a/rotate",
+            &token,
+            Some(json!({"key": secret})),
+        );
+        assert_eq!(reply.error(503, "api_error"), "provider_kek_not_configured");
+        let listed = server.get("/v1/provider-keys", Some(&token), &[]);
+        assert_eq!((listed.status, listed.json()), (200, json!({"data": []})));
+    }
+    ws.ok(&[
+        "secret",
+        "provider-kek",
+        "--out",
+        ws.path("kek").to_str().unwrap(),
+    ]);
+    ws.ok(&[
+        "secret",
+        "fleet-key",
+        "--out",
+        ws.path("fleet.key").to_str().unwrap(),
+    ]);
+    let kek_file = ws.path("kek");
+    let kek = ["--provider-kek-file", kek_file.to_str().unwrap()];
+    // A KEK but no fleet key: keys could not be sealed, so none are stored.
+    {
+        let server = start(&ws, &kek);
+        let reply = server.post("/v1/provider-keys", &token, Some(create.clone()));
+        assert_eq!(
+            reply.error(503, "api_error"),
+            "provider_sealing_not_configured"
+        );
+    }
+    let mut args = kek.to_vec();
+    let public = ws.path("fleet.key.pub");
+    args.extend(["--fleet-public-key-file", public.to_str().unwrap()]);
+    let server = start(&ws, &args);
+
+    // The admin token is required.
+    let reply = server.post(
+        "/v1/provider-keys",
+        "not-the-admin-token",
+        Some(create.clone()),
+    );
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "invalid_admin_token"
+    );
+    let reply = server.get("/v1/provider-keys", None, &[]);
+    assert_eq!(
+        reply.error(401, "authentication_error"),
+        "missing_admin_token"
+    );
+    let reply = server.delete("/v1/provider-keys/project/openai/proj_a", &server.dataplane);
+    reply.error(401, "authentication_error");
+
+    // Clear 4xx answers, none of which repeats the key.
+    let invalid = [
+        (
+            json!({"provider": secret, "project": "proj_a", "key": secret}),
+            400,
+            "unknown_provider",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "org": "org_1", "key": secret}),
+            400,
+            "invalid_owner",
+        ),
+        (
+            json!({"provider": "openai", "key": secret}),
+            400,
+            "invalid_owner",
+        ),
+        (
+            json!({"provider": "openai", "project": "nope", "key": secret}),
+            404,
+            "project_not_found",
+        ),
+        (
+            json!({"provider": "openai", "org": "org_nobody", "key": secret}),
+            400,
+            "unknown_org",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "key": "two words"}),
+            400,
+            "invalid_provider_key",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "key": ""}),
+            400,
+            "invalid_provider_key",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "key": 12345}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "key": secret, "extra": secret}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"provider": "openai", "project": "proj_a", "key": secret, "name": "a\nb"}),
+            400,
+            "invalid_name",
+        ),
+    ];
+    for (body, status, code) in invalid {
+        let reply = server.post("/v1/provider-keys", &token, Some(body.clone()));
+        assert_eq!(reply.error(status, "invalid_request_error"), code, "{body}");
+        answers.push_str(&String::from_utf8_lossy(&reply.body));
+    }
+    assert!(!answers.contains("12345"), "a value is never quoted back");
+
+    // Create: 201 with the metadata and the last 4 characters only.
+    let reply = server.post("/v1/provider-keys", &token, Some(create.clone()));
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+    answers.push_str(&String::from_utf8_lossy(&reply.body));
+    let created = reply.json();
+    assert_eq!(
+        (
+            &created["provider"],
+            &created["owner"],
+            &created["owner_id"]
+        ),
+        (&json!("openai"), &json!("project"), &json!("proj_a"))
+    );
+    assert_eq!(
+        (&created["name"], &created["last4"]),
+        (&json!("prod"), &json!("lpha"))
+    );
+    assert!(created["created_at"].as_u64().is_some());
+    assert!(created["last_used_at"].is_null());
+    let again = server.post("/v1/provider-keys", &token, Some(create.clone()));
+    assert_eq!(
+        again.error(409, "invalid_request_error"),
+        "provider_key_exists"
+    );
+    let org = json!({"provider": "openai", "org": "org_1", "key": org_secret});
+    assert_eq!(
+        server.post("/v1/provider-keys", &token, Some(org)).status,
+        201
+    );
+
+    // Rotate: the new key's last 4, the name, creation time and row kept.
+    let reply = server.post(
+        "/v1/provider-keys/project/openai/proj_a/rotate",
+        &token,
+        Some(json!({"key": rotated})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    answers.push_str(&String::from_utf8_lossy(&reply.body));
+    let after = reply.json();
+    assert_eq!(
+        (&after["last4"], &after["name"]),
+        (&json!("amma"), &json!("prod"))
+    );
+    assert_eq!(after["created_at"], created["created_at"]);
+    assert!(after["rotated_at"].as_u64().is_some());
+    for (path, code) in [
+        (
+            "/v1/provider-keys/org/mistral/org_1/rotate",
+            "provider_key_not_found",
+        ),
+        (
+            "/v1/provider-keys/team/openai/proj_a/rotate",
+            "invalid_scope",
+        ),
+        (
+            "/v1/provider-keys/project/acme/proj_a/rotate",
+            "unknown_provider",
+        ),
+    ] {
+        let reply = server.post(path, &token, Some(json!({"key": rotated})));
+        let status = if code == "provider_key_not_found" {
+            404
+        } else {
+            400
+        };
+        assert_eq!(reply.error(status, "invalid_request_error"), code, "{path}");
+    }
+
+    // Traffic with the project's key, reported by the data plane: its last use.
+    let used_at = common::now() - 5;
+    let entry = UsageEntry {
+        provider_key: Some(ProviderKeyUse {
+            provider: Provider::Openai,
+            owner: KeyOwnerKind::Project,
+        }),
+        ..usage_entry(&api_key, Some("proj_a"), 10, used_at)
+    };
+    let report = UsageReport::new("envoy-1", "pk-1", vec![entry]);
+    ack(&server.usage(&body_of(&report)));
+    let listed = server.get("/v1/provider-keys", Some(&token), &[]);
+    assert_eq!(listed.status, 200);
+    answers.push_str(&String::from_utf8_lossy(&listed.body));
+    let rows = listed.json()["data"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    let project_row = rows.iter().find(|row| row["owner"] == "project").unwrap();
+    assert_eq!(project_row["last_used_at"], used_at);
+    let org_row = rows.iter().find(|row| row["owner"] == "org").unwrap();
+    assert!(org_row["last_used_at"].is_null());
+    assert!(rows.iter().all(|row| row.get("ciphertext").is_none()));
+
+    // The served snapshot carries the keys sealed, never in the clear.
+    let (_, _, envelope) = server.snapshot(&ws);
+    assert!(snapshot_json(&envelope)["provider_keys"].is_object());
+
+    // The remote CLI: the key from standard input or a file, never an argument.
+    let base = server.base.clone();
+    let cli_add = [
+        "provider-key",
+        "add",
+        "--provider",
+        "anthropic",
+        "--org",
+        "org_1",
+        "--name",
+        "remote",
+        "--json",
+    ];
+    let output = remote_cli(&ws, &base, &cli_add, &format!("{remote_secret}\n"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (&shown["last4"], &shown["name"]),
+        (&json!("elta"), &json!("remote"))
+    );
+    answers.push_str(&String::from_utf8_lossy(&output.stdout));
+    let output = remote_cli(&ws, &base, &["provider-key", "list"], "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("LAST USED") && table.contains("…elta") && table.contains("remote"),
+        "{table}"
+    );
+    answers.push_str(&table);
+    std::fs::write(ws.path("new.key"), format!("{remote_secret}X\n")).unwrap();
+    let key_file = ws.path("new.key");
+    let rotate = [
+        "provider-key",
+        "rotate",
+        "--provider",
+        "anthropic",
+        "--org",
+        "org_1",
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let output = remote_cli(&ws, &base, &rotate, "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    answers.push_str(&String::from_utf8_lossy(&output.stdout));
+    let remove = [
+        "provider-key",
+        "remove",
+        "--provider",
+        "anthropic",
+        "--org",
+        "org_1",
+    ];
+    assert!(remote_cli(&ws, &base, &remove, "").status.success());
+    let output = remote_cli(&ws, &base, &remove, "");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("provider_key_not_found"));
+
+    // Delete over HTTP.
+    let reply = server.delete("/v1/provider-keys/org/openai/org_1", &token);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["last4"], "Beta");
+    let reply = server.delete("/v1/provider-keys/org/openai/org_1", &token);
+    assert_eq!(
+        reply.error(404, "invalid_request_error"),
+        "provider_key_not_found"
+    );
+
+    // Every change audited with the admin token's name; no key anywhere.
+    let audit = server.get("/v1/audit", Some(&token), &[]).json();
+    let changes: Vec<(String, String, String)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| {
+            event["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("provider_key.")
+        })
+        .map(|event| {
+            (
+                event["actor"].as_str().unwrap().to_owned(),
+                event["action"].as_str().unwrap().to_owned(),
+                event["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("provider_key.add", "project/openai/proj_a"),
+        ("provider_key.add", "org/openai/org_1"),
+        ("provider_key.rotate", "project/openai/proj_a"),
+        ("provider_key.add", "org/anthropic/org_1"),
+        ("provider_key.rotate", "org/anthropic/org_1"),
+        ("provider_key.remove", "org/anthropic/org_1"),
+        ("provider_key.remove", "org/openai/org_1"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(action, target)| {
+            (
+                ADMIN_NAME.to_owned(),
+                (*action).to_owned(),
+                (*target).to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(changes, expected);
+    answers.push_str(&audit.to_string());
+    let secrets = [secret, org_secret, rotated, remote_secret];
+    for secret in secrets {
+        assert!(!answers.contains(secret), "an answer holds a provider key");
+        assert!(
+            !String::from_utf8_lossy(&envelope).contains(secret),
+            "the snapshot holds one"
+        );
+    }
+    drop(server);
+    common::assert_store_never_holds(&ws.db(), &secrets);
+}
