@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -56,6 +59,50 @@ class ProviderPlane(ControlPlane):
     def serve_command(self, port: int) -> list[str]:
         return [*super().serve_command(port), *self.sealing_args()]
 
+    def start(self, port: int = 0, timeout: float = 20, **popen) -> str:
+        """`keyward serve`, its stderr and (after the first line) its stdout kept in files for the
+        leak scan."""
+        self.serve_err = open(self.work / "serve.stderr", "w")
+        address = super().start(port, timeout, stderr=self.serve_err, **popen)
+        self.serve_out = self.work / "serve.stdout"
+
+        def drain(stream, path):
+            with open(path, "a") as out:
+                for line in stream:
+                    out.write(line)
+                    out.flush()
+
+        threading.Thread(target=drain, args=(self.proc.stdout, self.serve_out), daemon=True).start()
+        return address
+
+    def serve_output(self) -> str:
+        self.serve_err.flush()
+        return (self.work / "serve.stderr").read_text() + self.serve_out.read_text()
+
+    def remote(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        """`keyward --server … --token-file … ARGS`: the admin API, with no store at hand."""
+        env = {k: v for k, v in self.env.items() if k not in ("KEYWARD_DB", "KEYWARD_PROVIDER_KEK_FILE")}
+        done = subprocess.run(
+            [str(self.keyward), "--server", f"http://{self.address}", "--token-file", str(self.admin_tokens_file),
+             *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, cwd=self.work,
+        )
+        assert done.returncode == 0, f"keyward {' '.join(args)}: {done.stderr}"
+        return done
+
+    def api(self, method: str, path: str, body=None) -> tuple[int, str]:
+        """One admin API call with the admin token: (status, body text)."""
+        token = self.admin_tokens_file.read_text().strip().split(":", 1)[1]
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://{self.address}{path}", data=data, method=method,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
     def put_key(self, verb: str, provider: str, owner: str, owner_id: str, key: str) -> str:
         key_file = self.work / f"key-{secrets.token_hex(4)}"
         key_file.write_text(key + "\n")
@@ -71,7 +118,7 @@ class ProviderPlane(ControlPlane):
 def world(tmp_path_factory, envoy_workdir, keyward_bin):
     work = tmp_path_factory.mktemp("provider-keys")
     plane = ProviderPlane(keyward_bin, work, cli_log=work / "cli.log")
-    plane.create_secrets()
+    plane.create_secrets(admin_token_name="pk-admin")
     plane.cli("secret", "provider-kek", "--out", str(plane.kek_file))
     plane.cli("secret", "fleet-key", "--out", str(plane.fleet_key_file))
     for project in ("proj_a", "proj_b"):
@@ -113,7 +160,7 @@ def world(tmp_path_factory, envoy_workdir, keyward_bin):
             del os.environ[FLEET_ENV]
         envs.append(env)
         yield {"plane": plane, "env": env, "provider": provider, "keys": keys, "clients": clients,
-               "all_keys": list(keys.values()),
+               "all_keys": list(keys.values()), "api_answers": [],
                "render": render, "fleet_private": fleet_private, "work": work}
     finally:
         for env in envs:
@@ -213,6 +260,60 @@ def test_a_rotated_key_is_used_within_the_sync_interval(world):
     print(f"rotation reached the data plane in {took:.2f}s (sync interval {INTERVAL_MS} ms)")
 
 
+def test_the_admin_api_manages_keys_and_list_shows_the_last_use(world):
+    plane, keys, answers = world["plane"], world["keys"], world["api_answers"]
+    wait_for_policy(world, "proj_a", "/v1/chat/completions")
+    plane.cli("project", "create", "proj_c", "--org", "org_1")
+    created = json.loads(plane.cli("key", "create", "--project", "proj_c", "--json").stdout)
+    world["clients"]["proj_c"] = created["key"]
+    # OpenAI for proj_c through the remote CLI (the key on stdin), Mistral over HTTP.
+    openai_c = provider_secret("sk-proj-c-remote")
+    added = plane.remote("provider-key", "add", "--provider", "openai", "--project", "proj_c",
+                         "--name", "proj-c-openai", "--json", stdin=openai_c + "\n")
+    answers.append(added.stdout + added.stderr)
+    assert json.loads(added.stdout)["last4"] == openai_c[-4:]
+    mistral_c = provider_secret("mistral-proj-c")
+    status, body = plane.api("POST", "/v1/provider-keys", {"provider": "mistral", "project": "proj_c", "key": mistral_c})
+    answers.append(body)
+    assert status == 201, body
+    assert json.loads(body)["last4"] == mistral_c[-4:]
+    world["all_keys"].extend([openai_c, mistral_c])
+    keys[("openai", "project", "proj_c")] = openai_c
+    keys[("mistral", "project", "proj_c")] = mistral_c
+    # The next snapshot carries it: the mock provider receives proj_c's own key.
+    deadline = time.monotonic() + 10
+    got = {}
+    while time.monotonic() < deadline:
+        response, got = call(world, "proj_c", "/v1/chat/completions")
+        if response.status == 200 and got == {"authorization": [f"Bearer {openai_c}"]}:
+            break
+        time.sleep(0.1)
+    assert got == {"authorization": [f"Bearer {openai_c}"]}, f"{response}\n{world['env'].log_tail(30)}"
+    # The usage report names the key used: list shows its last use, remotely and locally.
+    deadline = time.monotonic() + 15
+    row = {}
+    while time.monotonic() < deadline:
+        listed = plane.remote("provider-key", "list", "--json").stdout
+        row = next(r for r in json.loads(listed)["data"] if (r["owner"], r["owner_id"], r["provider"]) ==
+                   ("project", "proj_c", "openai"))
+        if row["last_used_at"]:
+            break
+        time.sleep(0.3)
+    answers.append(listed)
+    assert row["last_used_at"] and abs(row["last_used_at"] - time.time()) < 60, row
+    assert row["name"] == "proj-c-openai"
+    unused = json.loads(plane.cli("provider-key", "list", "--json").stdout)["data"]
+    assert [r["last_used_at"] for r in unused if r["provider"] == "mistral"] == [None]
+    table = plane.remote("provider-key", "list").stdout
+    answers.append(table)
+    line = next(line for line in table.splitlines() if "proj_c" in line and "openai" in line)
+    assert "LAST USED" in table and line.rstrip().split()[-1] != "-", table
+    status, body = plane.api("GET", "/v1/audit")
+    answers.append(body)
+    events = [e for e in json.loads(body)["data"] if e["action"] == "provider_key.add" and "proj_c" in e["target"]]
+    assert {e["actor"] for e in events} == {"pk-admin"} and len(events) == 2, events
+
+
 def test_no_plaintext_provider_key_anywhere(world):
     plane, env = world["plane"], world["env"]
     wait_for_policy(world, "proj_a", "/v1/chat/completions")
@@ -229,6 +330,8 @@ def test_no_plaintext_provider_key_anywhere(world):
         "store": "".join(Path(f"{plane.db}{suffix}").read_bytes().decode("latin-1")
                          for suffix in ("", "-wal", "-shm") if Path(f"{plane.db}{suffix}").exists()),
         "cli output": (world["work"] / "cli.log").read_text(),
+        "serve output": plane.serve_output(),
+        "admin API answers": "\n".join(world["api_answers"]),
     }
     assert '"provider_keys"' in places["snapshot"], "the snapshot carries the sealed keys"
     # The scan reads the right store: its rows (and their last 4 characters) are in it.

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use keyward_engine::effects::UsageRecord;
-use keyward_engine::provider::ProviderKeyUse;
 use keyward_engine::usage_report::UsageEntry;
 use keyward_engine::window_counter::OwnerKind;
 
@@ -25,7 +24,7 @@ type EntryKey = (
     Option<String>,
     Vec<String>,
     Vec<String>,
-    Option<ProviderKeyUse>,
+    Option<String>,
 );
 
 fn entry_key(entry: &UsageEntry) -> EntryKey {
@@ -34,7 +33,7 @@ fn entry_key(entry: &UsageEntry) -> EntryKey {
         entry.project.clone(),
         entry.key_windows.clone(),
         entry.project_windows.clone(),
-        entry.provider_key,
+        entry.provider_key.clone(),
     )
 }
 
@@ -66,7 +65,8 @@ impl Activity {
 
     pub fn record(&mut self, record: &UsageRecord<'_>, now_s: u64) {
         let (key_id, project, usage) = (record.key_id, record.project, record.usage);
-        let (windows, provider_key) = (&record.windows, record.provider_key);
+        let windows = &record.windows;
+        let provider_key = record.provider_key.map(|used| used.label());
         let key_windows = windows.ids(OwnerKind::Key);
         let project_windows = windows.ids(OwnerKind::Project);
         let entry = self
@@ -76,7 +76,7 @@ impl Activity {
                 project.map(str::to_owned),
                 key_windows.clone(),
                 project_windows.clone(),
-                provider_key,
+                provider_key.clone(),
             ))
             .or_insert_with(|| UsageEntry {
                 key_id: key_id.to_owned(),
@@ -195,7 +195,7 @@ pub(crate) fn used<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_engine::provider::{KeyOwnerKind, Provider};
+    use keyward_engine::provider::{KeyOwnerKind, Provider, ProviderKeyUse};
     use keyward_engine::window_counter::CountedWindows;
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
             .iter()
             .map(|entry| {
                 (
-                    entry.provider_key.map(|used| used.owner),
+                    entry.provider_key.as_deref(),
                     entry.requests,
                     entry.last_used_at,
                 )
@@ -270,8 +270,8 @@ mod tests {
             seen,
             [
                 (None, 1, Some(50)),
-                (Some(KeyOwnerKind::Project), 2, Some(300)),
-                (Some(KeyOwnerKind::Org), 1, Some(200)),
+                (Some("org/openai"), 1, Some(200)),
+                (Some("project/openai"), 2, Some(300)),
             ]
         );
     }

@@ -1247,7 +1247,6 @@ fn remote_cli(ws: &Workspace, base: &str, args: &[&str], stdin: &str) -> std::pr
 
 #[test]
 fn provider_keys_over_the_admin_api_never_show_the_key() {
-    use keyward_engine::provider::{KeyOwnerKind, Provider, ProviderKeyUse};
     let ws = Workspace::new();
     ws.ok(&["project", "create", "proj_a", "--org", "org_1"]);
     let (api_key, _) = ws.create_key(&["--project", "proj_a"]);
@@ -1462,10 +1461,7 @@ fn provider_keys_over_the_admin_api_never_show_the_key() {
     // Traffic with the project's key, reported by the data plane: its last use.
     let used_at = common::now() - 5;
     let entry = UsageEntry {
-        provider_key: Some(ProviderKeyUse {
-            provider: Provider::Openai,
-            owner: KeyOwnerKind::Project,
-        }),
+        provider_key: Some("project/openai".to_owned()),
         ..usage_entry(&api_key, Some("proj_a"), 10, used_at)
     };
     let report = UsageReport::new("envoy-1", "pk-1", vec![entry]);

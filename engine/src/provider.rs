@@ -187,6 +187,27 @@ pub struct ProviderKeyUse {
     pub owner: KeyOwnerKind,
 }
 
+impl ProviderKeyUse {
+    /// `project/openai`: how a usage report names it (a string, so the filter carries no new
+    /// parser for it).
+    pub fn label(self) -> String {
+        format!("{}/{}", self.owner.as_str(), self.provider.as_str())
+    }
+
+    pub fn parse(text: &str) -> Option<ProviderKeyUse> {
+        let (owner, provider) = text.split_once('/')?;
+        let owner = match owner {
+            "project" => KeyOwnerKind::Project,
+            "org" => KeyOwnerKind::Org,
+            _ => return None,
+        };
+        Some(ProviderKeyUse {
+            provider: Provider::parse(provider)?,
+            owner,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,11 +43,12 @@ pub struct UsageEntry {
     /// The same for the project charged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub project_windows: Vec<String>,
-    /// The provider key these requests were forwarded with (its scope and provider, never key
-    /// material), for its last use. Absent without one. A control plane older than this field
-    /// refuses reports that carry it: upgrade control planes before filters.
+    /// The provider key these requests were forwarded with, as `<scope>/<provider>`
+    /// (`project/openai`, `org/anthropic`; [`ProviderKeyUse::label`]), never key material: for
+    /// its last use. Absent without one. A control plane older than this field refuses reports
+    /// that carry it: upgrade control planes before filters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider_key: Option<ProviderKeyUse>,
+    pub provider_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,16 @@ pub fn parse_report(body: &[u8]) -> Result<UsageReport, FieldError> {
             format!("at most {MAX_ENTRIES_PER_REPORT} per report"),
         ));
     }
+    for (position, entry) in report.entries.iter().enumerate() {
+        if let Some(text) = &entry.provider_key {
+            if ProviderKeyUse::parse(text).is_none() {
+                return Err(FieldError::new(
+                    format!("entries[{position}].provider_key"),
+                    "must be <project|org>/<provider>",
+                ));
+            }
+        }
+    }
     Ok(report)
 }
 
@@ -150,18 +161,23 @@ mod tests {
         let plain = String::from_utf8(body()).expect("utf-8");
         assert!(!plain.contains("provider_key"), "absent when none: {plain}");
         let mut report = parse_report(&body()).expect("parses");
-        report.entries[0].provider_key = Some(ProviderKeyUse {
+        let used = ProviderKeyUse {
             provider: Provider::Openai,
             owner: KeyOwnerKind::Org,
-        });
+        };
+        report.entries[0].provider_key = Some(used.label());
         let text = serde_json::to_string(&report).expect("serializes");
-        assert!(
-            text.contains(r#""provider_key":{"provider":"openai","owner":"org"}"#),
-            "{text}"
-        );
+        assert!(text.contains(r#""provider_key":"org/openai""#), "{text}");
         assert_eq!(parse_report(text.as_bytes()), Ok(report));
-        let unknown = text.replace(r#""owner":"org""#, r#""owner":"team""#);
-        assert!(parse_report(unknown.as_bytes()).is_err());
+        assert_eq!(ProviderKeyUse::parse("org/openai"), Some(used));
+        for bad in ["team/openai", "org/acme", "org", "org/openai/x"] {
+            let unknown = text.replace("org/openai", bad);
+            assert_eq!(
+                parse_report(unknown.as_bytes()).map_err(|e| e.path),
+                Err("entries[0].provider_key".into()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -541,10 +541,13 @@ mod tests {
 
     fn used(key_id: &str, project: Option<&str>, at: u64, scope: KeyOwnerKind) -> UsageEntry {
         UsageEntry {
-            provider_key: Some(ProviderKeyUse {
-                provider: Provider::Openai,
-                owner: scope,
-            }),
+            provider_key: Some(
+                ProviderKeyUse {
+                    provider: Provider::Openai,
+                    owner: scope,
+                }
+                .label(),
+            ),
             ..entry(key_id, project, 10, at)
         }
     }

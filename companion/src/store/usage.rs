@@ -7,6 +7,7 @@ use keyward_engine::usage_report::{UsageAck, UsageReport};
 use serde_json::json;
 
 use keyward_engine::calendar::Window;
+use keyward_engine::provider::ProviderKeyUse;
 
 use super::alerts::check_alerts;
 use super::change::{bump_version, current_version, record_event};
@@ -141,7 +142,11 @@ fn tally(sql: &mut dyn Sql, report: &UsageReport, now: u64) -> Result<Tally, Err
                 .iter()
                 .map(|window| charge(&key_owner, window)),
         );
-        if let (Some(used), Some(at)) = (entry.provider_key, entry.last_used_at) {
+        let used = entry
+            .provider_key
+            .as_deref()
+            .and_then(ProviderKeyUse::parse);
+        if let (Some(used), Some(at)) = (used, entry.last_used_at) {
             let owner = provider_key_owner(
                 sql,
                 key.view.project.as_deref(),
