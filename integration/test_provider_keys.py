@@ -57,7 +57,8 @@ class ProviderPlane(ControlPlane):
         return ["--provider-kek-file", str(self.kek_file), "--fleet-public-key-file", str(self.fleet_public_file)]
 
     def serve_command(self, port: int) -> list[str]:
-        return [*super().serve_command(port), *self.sealing_args()]
+        # The access log too: the leak scan reads what serve prints.
+        return [*super().serve_command(port), *self.sealing_args(), "--access-log"]
 
     def start(self, port: int = 0, timeout: float = 20, **popen) -> str:
         """`keyward serve`, its stderr and (after the first line) its stdout kept in files for the
@@ -334,6 +335,7 @@ def test_no_plaintext_provider_key_anywhere(world):
         "admin API answers": "\n".join(world["api_answers"]),
     }
     assert '"provider_keys"' in places["snapshot"], "the snapshot carries the sealed keys"
+    assert '"endpoint":"/v1/provider-keys"' in places["serve output"], "the scan reads serve's log"
     # The scan reads the right store: its rows (and their last 4 characters) are in it.
     assert all(key[-4:] in places["store"] for key in world["keys"].values())
     for name, text in places.items():
