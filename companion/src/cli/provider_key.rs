@@ -52,34 +52,35 @@ impl ProviderSealingArgs {
     }
 }
 
+/// Which provider key: its provider, scope and owner id.
+pub type KeyOwner = (Provider, KeyOwnerKind, String);
+
+/// A key to add or rotate. Locally it is encrypted with the KEK in `kek_file`; remotely the
+/// control plane encrypts it with its own (and `kek_file` is not used).
+pub struct PutKey<'a> {
+    pub mode: PutMode,
+    pub owner: KeyOwner,
+    pub key: &'a str,
+    pub name: Option<String>,
+    pub kek_file: Option<&'a Path>,
+}
+
 /// The provider-key operations, on the store (local) or a control plane (remote).
 pub trait ProviderKeyAdmin {
-    /// Adds or rotates a key. Locally it is encrypted with the KEK in `kek_file`; remotely the
-    /// control plane encrypts it with its own (and `kek_file` is not used).
-    fn put_provider_key(
-        &mut self,
-        mode: PutMode,
-        owner: (Provider, KeyOwnerKind, String),
-        key: &str,
-        name: Option<String>,
-        kek_file: Option<&Path>,
-    ) -> Result<ProviderKeyView, Error>;
+    fn put_provider_key(&mut self, put: PutKey<'_>) -> Result<ProviderKeyView, Error>;
     fn provider_keys(&mut self) -> Result<Vec<ProviderKeyView>, Error>;
-    fn remove_provider_key(
-        &mut self,
-        owner: (Provider, KeyOwnerKind, String),
-    ) -> Result<ProviderKeyView, Error>;
+    fn remove_provider_key(&mut self, owner: KeyOwner) -> Result<ProviderKeyView, Error>;
 }
 
 impl ProviderKeyAdmin for Local {
-    fn put_provider_key(
-        &mut self,
-        mode: PutMode,
-        owner: (Provider, KeyOwnerKind, String),
-        key: &str,
-        name: Option<String>,
-        kek_file: Option<&Path>,
-    ) -> Result<ProviderKeyView, Error> {
+    fn put_provider_key(&mut self, put: PutKey<'_>) -> Result<ProviderKeyView, Error> {
+        let PutKey {
+            mode,
+            owner,
+            key,
+            name,
+            kek_file,
+        } = put;
         let kek_file = kek_file.ok_or_else(|| {
             Error::invalid(
                 "missing_provider_kek_file",
@@ -96,10 +97,8 @@ impl ProviderKeyAdmin for Local {
         self.store.provider_key_views()
     }
 
-    fn remove_provider_key(
-        &mut self,
-        (provider, kind, id): (Provider, KeyOwnerKind, String),
-    ) -> Result<ProviderKeyView, Error> {
+    fn remove_provider_key(&mut self, owner: KeyOwner) -> Result<ProviderKeyView, Error> {
+        let (provider, kind, id) = owner;
         let removed = self
             .store
             .remove_provider_key(&self.actor, now(), provider, kind, &id)?;
@@ -108,7 +107,7 @@ impl ProviderKeyAdmin for Local {
 }
 
 /// `/v1/provider-keys/{scope}/{provider}/{owner_id}`.
-fn key_path((provider, kind, id): &(Provider, KeyOwnerKind, String)) -> String {
+fn key_path((provider, kind, id): &KeyOwner) -> String {
     format!(
         "/v1/provider-keys/{}/{}/{}",
         kind.as_str(),
@@ -118,17 +117,11 @@ fn key_path((provider, kind, id): &(Provider, KeyOwnerKind, String)) -> String {
 }
 
 impl ProviderKeyAdmin for Remote {
-    fn put_provider_key(
-        &mut self,
-        mode: PutMode,
-        owner: (Provider, KeyOwnerKind, String),
-        key: &str,
-        name: Option<String>,
-        _kek_file: Option<&Path>,
-    ) -> Result<ProviderKeyView, Error> {
-        match mode {
+    fn put_provider_key(&mut self, put: PutKey<'_>) -> Result<ProviderKeyView, Error> {
+        let (key, name) = (put.key, put.name);
+        match put.mode {
             PutMode::Add => {
-                let (provider, kind, id) = owner;
+                let (provider, kind, id) = put.owner;
                 let (project, org) = match kind {
                     KeyOwnerKind::Project => (Some(id), None),
                     KeyOwnerKind::Org => (None, Some(id)),
@@ -147,7 +140,7 @@ impl ProviderKeyAdmin for Remote {
                     key: key.to_owned(),
                     name,
                 };
-                let path = format!("{}/rotate", key_path(&owner));
+                let path = format!("{}/rotate", key_path(&put.owner));
                 self.send("POST", &path, Some(&body))
             }
         }
@@ -158,10 +151,7 @@ impl ProviderKeyAdmin for Remote {
             .map(|list| list.data)
     }
 
-    fn remove_provider_key(
-        &mut self,
-        owner: (Provider, KeyOwnerKind, String),
-    ) -> Result<ProviderKeyView, Error> {
+    fn remove_provider_key(&mut self, owner: KeyOwner) -> Result<ProviderKeyView, Error> {
         self.send::<_, ()>("DELETE", &key_path(&owner), None)
     }
 }
@@ -181,7 +171,7 @@ pub struct OwnerArgs {
 }
 
 impl OwnerArgs {
-    fn parse(&self) -> Result<(Provider, KeyOwnerKind, String), Error> {
+    fn parse(&self) -> Result<KeyOwner, Error> {
         let provider = parse_provider(&self.provider).map_err(|e| e.with_prefix("--provider"))?;
         let (kind, id) = key_owner(self.project.as_deref(), self.org.as_deref())?;
         Ok((provider, kind, id))
@@ -319,13 +309,13 @@ fn put(admin: &mut dyn Admin, mode: PutMode, input: &SecretInput) -> Result<Exit
     }
     let owner = input.owner.parse()?;
     let plaintext = read_key(input.key_file.as_ref())?;
-    let stored = admin.put_provider_key(
+    let stored = admin.put_provider_key(PutKey {
         mode,
         owner,
-        &plaintext,
-        input.name.clone(),
-        input.provider_kek_file.as_deref(),
-    )?;
+        key: &plaintext,
+        name: input.name.clone(),
+        kek_file: input.provider_kek_file.as_deref(),
+    })?;
     if input.json {
         print_json(&stored)?;
     } else {

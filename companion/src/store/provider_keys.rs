@@ -620,14 +620,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(last_used(&mut store, KeyOwnerKind::Org, "org_1"), Some(480));
-        let rotated = store
-            .put_provider_key(
-                "bob",
-                1_200,
-                PutMode::Rotate,
-                row(&kek, KeyOwnerKind::Org, "org_1", "sk-new-2222"),
-            )
-            .unwrap();
+        let new_key = row(&kek, KeyOwnerKind::Org, "org_1", "sk-new-2222");
+        let rotated = store.put_provider_key("bob", 1_200, PutMode::Rotate, new_key);
+        let rotated = rotated.unwrap();
         assert_eq!(rotated.last_used_at, Some(480));
         assert_eq!(last_used(&mut store, KeyOwnerKind::Org, "org_1"), Some(480));
         store
