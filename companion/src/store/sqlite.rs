@@ -455,6 +455,49 @@ PRAGMA user_version = 1;
     }
 
     #[test]
+    fn provider_keys_of_migration_7_gain_a_name_and_a_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.db");
+        // A store as keyward left it at migration 7, with a provider key.
+        let mut backend = SqliteBackend {
+            conn: Connection::open(&path).unwrap(),
+        };
+        backend
+            .write(|sql| {
+                migrate::run(sql, &SQLITE[..7], migrate::Adoption::None)?;
+                sql.execute(
+                    &format!("PRAGMA user_version = {MIGRATED_USER_VERSION}"),
+                    &[],
+                )?;
+                sql.execute(
+                    "INSERT INTO provider_keys (provider, owner_kind, owner_id, ciphertext, \
+                     last4, created_at, rotated_at) VALUES ('openai', 'org', 'org_1', 'c', \
+                     'abcd', 10, NULL)",
+                    &[],
+                )
+            })
+            .unwrap();
+        assert!(!backend
+            .columns("provider_keys")
+            .contains(&"last_used_at".to_owned()));
+        drop(backend);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(history(&mut store).len(), SQLITE.len());
+        let columns = sqlite_of(&mut store).columns("provider_keys");
+        assert!(columns.iter().any(|c| c == "name") && columns.iter().any(|c| c == "last_used_at"));
+        let views = store.provider_key_views().unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(
+            (
+                views[0].last4.as_str(),
+                &views[0].name,
+                views[0].last_used_at
+            ),
+            ("abcd", &None, None)
+        );
+    }
+
+    #[test]
     fn a_new_store_runs_every_migration_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
