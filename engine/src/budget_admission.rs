@@ -83,13 +83,9 @@ pub fn admit_budgets(
             soft_cap_microusd: total.soft_cap,
             snapshot_spent_microusd: spent_total,
         };
-        let entry = match owner.kind {
-            OwnerKind::Key => key_counter_entry(owner.id),
-            OwnerKind::Project => project_counter_entry(owner.id),
-        };
         let checked = check_and_reserve(
             ledger,
-            &entry,
+            &owner,
             budget,
             context.policy_version,
             context.ask.reservation,
@@ -336,7 +332,7 @@ fn trace_window(trace: &mut impl Trace, owner: OwnerKind, found: &WindowCheck, a
 /// Also returns the committed spend (snapshot plus this Envoy's) before this request.
 fn check_and_reserve(
     ledger: &mut dyn Ledger,
-    entry: &str,
+    owner: &Owner<'_>,
     budget: Budget,
     policy_version: u64,
     reservation: u64,
@@ -345,8 +341,13 @@ fn check_and_reserve(
     if !budget.is_limited() {
         return Ok(None);
     }
+    // Named only here: an owner without a cap costs no allocation on the request path.
+    let entry = match owner.kind {
+        OwnerKind::Key => key_counter_entry(owner.id),
+        OwnerKind::Project => project_counter_entry(owner.id),
+    };
     let mut admission = None;
-    ledger.update_spend(entry, &mut |counter: &mut SpendCounter| {
+    ledger.update_spend(&entry, &mut |counter: &mut SpendCounter| {
         let decided = budget.admit(counter, policy_version, reservation);
         let committed = budget
             .snapshot_spent_microusd

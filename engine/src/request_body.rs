@@ -118,9 +118,14 @@ fn facts_of(entries: &[(String, &RawValue)]) -> RequestBodyFacts {
 /// reading more than the strict value errs on the safe side (the reservation).
 pub fn lenient_count(raw: &RawValue) -> Option<u64> {
     let text = raw.get();
-    let text = match serde_json::from_str::<&str>(text) {
-        Ok(inner) => inner.trim(),
-        Err(_) => text,
+    // Only a string is unquoted: trying it on a number would build (and allocate) an error.
+    let text = if text.starts_with('"') {
+        match serde_json::from_str::<&str>(text) {
+            Ok(inner) => inner.trim(),
+            Err(_) => text,
+        }
+    } else {
+        text
     };
     ceil_decimal(text)
 }
@@ -129,6 +134,10 @@ pub fn lenient_count(raw: &RawValue) -> Option<u64> {
 /// saturated at `u64::MAX`; `None` for anything else. Integer arithmetic only: no float
 /// rounding, and no float parser in the module.
 fn ceil_decimal(text: &str) -> Option<u64> {
+    // The common case, a plain integer that fits: no digit copy.
+    if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
     let (mantissa, exponent) = match text.find(['e', 'E']) {
         Some(at) => (text.get(..at)?, text.get(at + 1..)?),
         None => (text, "0"),
@@ -435,6 +444,14 @@ mod tests {
             (r#"{"max_tokens":"+5"}"#, None),
             (r#"{"max_tokens":"0x10"}"#, None),
             (r#"{"max_tokens":0}"#, Some(0)),
+            // Both sides of the plain-integer fast path (19 digits always fit a u64).
+            (
+                r#"{"max_tokens":9999999999999999999}"#,
+                Some(9_999_999_999_999_999_999),
+            ),
+            (r#"{"max_tokens":18446744073709551615}"#, Some(u64::MAX)),
+            (r#"{"max_tokens":18446744073709551616}"#, Some(u64::MAX)),
+            (r#"{"max_tokens":" 0012 "}"#, Some(12)),
             (r#"{"max_tokens":99999999999999999999999}"#, Some(u64::MAX)),
             (r#"{"max_tokens":2,"max_tokens":1}"#, Some(2)),
             (r#"{"max_tokens":true}"#, None),

@@ -182,10 +182,7 @@ impl UsageReader {
             }
             if let Line::Value(field) = self.sse.line {
                 // The bulk of a stream is data values: hand them over a run at a time.
-                let end = chunk
-                    .iter()
-                    .position(|&b| b == b'\n' || b == b'\r')
-                    .unwrap_or(chunk.len());
+                let end = memchr::memchr2(b'\n', b'\r', chunk).unwrap_or(chunk.len());
                 if end > 0 {
                     let (value, rest) = chunk.split_at_checked(end).unwrap_or((chunk, &[]));
                     self.value_bytes(field, value);

@@ -145,13 +145,19 @@ impl Scanner {
         while !self.closed {
             if self.in_string && !self.escaped {
                 // Runs of plain string content are most of a body: skip them in one step.
-                let stop = bytes
-                    .iter()
-                    .position(|&b| b == b'"' || b == b'\\')
-                    .unwrap_or(bytes.len());
+                let stop = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
                 let (plain, rest) = bytes.split_at_checked(stop).unwrap_or((bytes, &[]));
                 self.string_content(plain);
                 bytes = rest;
+            }
+            if !self.in_string && self.depth > 2 && self.capture.is_none() {
+                // Below the levels read (a `choices` entry, say) and copying nothing: only
+                // strings and brackets change the state, so the rest is skipped in one step.
+                let stop = bytes
+                    .iter()
+                    .position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))
+                    .unwrap_or(bytes.len());
+                bytes = bytes.get(stop..).unwrap_or_default();
             }
             let Some((&byte, rest)) = bytes.split_first() else {
                 return;
@@ -363,7 +369,16 @@ impl Scanner {
         }
     }
 
+    /// Copies `bytes` into the capture, if one is open (called for every byte: kept inline so
+    /// the usual case, nothing to copy, costs one test).
+    #[inline]
     pub(super) fn append(&mut self, bytes: &[u8]) {
+        if self.capture.is_some() {
+            self.append_captured(bytes);
+        }
+    }
+
+    fn append_captured(&mut self, bytes: &[u8]) {
         let Some(capture) = self.capture.as_mut() else {
             return;
         };

@@ -635,3 +635,15 @@ fn deep_nesting_is_just_depth() {
     assert_eq!(reader.usage(), usage(1, 0, 0, 0));
     assert!(reader.saw_end());
 }
+
+#[test]
+fn deep_values_are_skipped_whole_whatever_their_strings_hold() {
+    // Below depth 2 the scanner only follows strings and brackets: brackets, quotes, escapes
+    // and `usage` keys inside deep strings and objects change nothing above them.
+    let body = r#"{"choices":[{"delta":{"content":"}]}\"usage\":{\"prompt_tokens\":9}[{","usage":{"input_tokens":8}},"x":[1,{"y":"]"}]}],
+      "model":"top","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+    let got = read(BodyShape::Json, body);
+    assert_eq!(got.usage, usage(3, 0, 0, 4));
+    assert_eq!(got.model.as_deref(), Some("top"));
+    assert!(got.saw_end);
+}
