@@ -14,7 +14,7 @@ use crate::budget::{
     BudgetRecord, IncreaseRecord, LimitsRecord, PlanRecord, QuotaRecord, WindowUsage,
 };
 use crate::calendar::Period;
-use crate::request_body::object_entries;
+use crate::request_body::{object_entries, Entry};
 use crate::snapshot::{PriceCatalog, RateLimits};
 
 /// A failure: the path below the value being read (`.budgets[0].period`), and what is wrong.
@@ -49,7 +49,7 @@ fn under(mut failure: Bad, field: &str, index: Option<usize>) -> Bad {
     failure
 }
 
-fn object(raw: &RawValue) -> Read<Vec<(String, &RawValue)>> {
+fn object(raw: &RawValue) -> Read<Vec<Entry<'_>>> {
     match raw.get().starts_with('{') {
         true => object_entries(raw.get()).map_or_else(|| bad("must be an object"), Ok),
         false => bad("must be an object"),
@@ -221,7 +221,7 @@ fn usage(raw: &RawValue) -> Read<BTreeMap<String, WindowUsage>> {
         }
         let [microusd, requests, tokens, ..] = read.numbers;
         windows.insert(
-            id,
+            id.into_owned(),
             WindowUsage {
                 microusd: microusd.unwrap_or(0),
                 requests: requests.unwrap_or(0),

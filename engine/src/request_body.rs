@@ -7,6 +7,7 @@
 //! duplicate keys) reaches the provider exactly as the client sent it.
 
 use core::fmt;
+use std::borrow::Cow;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -77,7 +78,7 @@ pub fn read_request_body(body: &[u8], max_bytes: usize) -> Result<RequestBodyFac
     Ok(facts_of(&entries))
 }
 
-fn facts_of(entries: &[(String, &RawValue)]) -> RequestBodyFacts {
+fn facts_of(entries: &[Entry<'_>]) -> RequestBodyFacts {
     let mut facts = RequestBodyFacts {
         model: last(entries, "model")
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
@@ -86,16 +87,16 @@ fn facts_of(entries: &[(String, &RawValue)]) -> RequestBodyFacts {
         stream_usage_requested: last(entries, "stream_options").is_some_and(includes_usage),
         ..RequestBodyFacts::default()
     };
-    let generation: Vec<(String, &RawValue)> = entries
+    let generation: Vec<Entry<'_>> = entries
         .iter()
         .filter(|(name, _)| name == GENERATION_CONFIG)
         .filter_map(|(_, raw)| object_entries(raw.get()))
         .flatten()
         .collect();
-    let largest = |pairs: &[(String, &RawValue)], keys: &[&str]| {
+    let largest = |pairs: &[Entry<'_>], keys: &[&str]| {
         pairs
             .iter()
-            .filter(|(name, _)| keys.contains(&name.as_str()))
+            .filter(|(name, _)| keys.contains(&name.as_ref()))
             .filter_map(|(_, raw)| lenient_count(raw))
             .max()
     };
@@ -205,7 +206,7 @@ fn includes_usage(stream_options: &RawValue) -> bool {
 
 /// The value of `key`; with duplicate keys the last one, as `serde_json::Value` and most
 /// providers' parsers read them.
-fn last<'a>(entries: &[(String, &'a RawValue)], key: &str) -> Option<&'a RawValue> {
+fn last<'a>(entries: &[Entry<'a>], key: &str) -> Option<&'a RawValue> {
     entries
         .iter()
         .rev()
@@ -293,15 +294,18 @@ fn span_in(whole: &str, part: &str) -> Option<(usize, usize)> {
     (end <= whole.len()).then_some((start, end))
 }
 
+/// One member of a JSON object: its name (borrowed unless it had escapes) and its unparsed value.
+pub(crate) type Entry<'a> = (Cow<'a, str>, &'a RawValue);
+
 /// The members of the JSON object `json`, in document order, duplicates kept, values unparsed;
 /// `None` when `json` is not exactly one object.
-pub(crate) fn object_entries(json: &str) -> Option<Vec<(String, &RawValue)>> {
+pub(crate) fn object_entries(json: &str) -> Option<Vec<Entry<'_>>> {
     serde_json::from_str::<Entries<'_>>(json)
         .ok()
         .map(|entries| entries.0)
 }
 
-struct Entries<'a>(Vec<(String, &'a RawValue)>);
+struct Entries<'a>(Vec<Entry<'a>>);
 
 impl<'de> Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -319,10 +323,11 @@ impl<'de> Visitor<'de> for EntriesVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
+        // Request bodies and usage objects have a handful of members: one allocation, usually.
+        let mut entries = Vec::with_capacity(8);
+        while let Some(MemberName(name)) = map.next_key::<MemberName<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            entries.push((key, value));
+            entries.push((name, value));
         }
         Ok(Entries(entries))
     }
@@ -333,6 +338,37 @@ impl<'de> Visitor<'de> for EntriesVisitor {
 /// Fractions, exponents, negatives and non-numbers are `None`.
 pub(crate) fn json_u64(raw: &RawValue) -> Option<u64> {
     json_u64_text(raw.get())
+}
+
+/// A member name, borrowed from the document (serde's `String` or `Cow` would copy every one).
+struct MemberName<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(MemberNameVisitor)
+    }
+}
+
+struct MemberNameVisitor;
+
+impl<'de> Visitor<'de> for MemberNameVisitor {
+    type Value = MemberName<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+        Ok(MemberName(Cow::Borrowed(name)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(MemberName(Cow::Owned(name.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, name: String) -> Result<Self::Value, E> {
+        Ok(MemberName(Cow::Owned(name)))
+    }
 }
 
 fn json_u64_text(text: &str) -> Option<u64> {
@@ -371,6 +407,20 @@ mod tests {
   "max_completion_tokens": 512,
   "stream": true
 }"#;
+
+    #[test]
+    fn member_names_are_read_decoded_whether_escaped_or_not() {
+        // Plain names are borrowed from the body, escaped ones decoded: both are the same member
+        // to every provider's parser, so both count.
+        let escaped = facts(r#"{"mod\u0065l":"m","max\u005ftokens":40,"\u006e":3}"#);
+        assert_eq!(escaped.model.as_deref(), Some("m"));
+        assert_eq!(escaped.max_output_tokens, Some(40));
+        assert_eq!(escaped.choices, 3);
+        assert_eq!(
+            read_request_body(br#"{"model":"a","mod\u0065l":"b"}"#, LIMIT),
+            Err(BodyError::ConflictingModel)
+        );
+    }
 
     #[test]
     fn reads_an_openai_chat_request() {

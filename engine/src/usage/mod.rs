@@ -471,7 +471,7 @@ impl UsageFields {
                 fields.invalid |= value.is_none() && raw.get() != "null";
                 value
             };
-            match key.as_str() {
+            match key.as_ref() {
                 "prompt_tokens" => {
                     fields.prompt = count();
                     fields.chat_keys = true;
