@@ -21,6 +21,36 @@ pub struct ControlPlane {
     base: String,
 }
 
+/// Whether a bearer token (and what a call carries: a provider key, a minted API key in the
+/// answer) may travel to `base`: over https, or over plain http only to this machine. Anything
+/// else would hand the token to whoever sits on the network path.
+fn carries_secrets_safely(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return base.starts_with("https://");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // userinfo@host:port; an IPv6 host sits in brackets.
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+fn insecure(base: &str) -> Error {
+    Error::invalid(
+        "insecure_control_plane_url",
+        format!(
+            "{base}: a token is sent only over https:// (plain http:// only to 127.0.0.1, ::1 or \
+             localhost); give the control plane's https URL (and --ca-file for a private CA)"
+        ),
+    )
+}
+
 fn unreachable(message: String) -> Error {
     Error::invalid("unreachable_control_plane", message)
 }
@@ -88,6 +118,9 @@ impl ControlPlane {
     /// `GET path`, with the bearer `token` when given; the body of a 200 answer, any other
     /// status is an error.
     pub fn get_bytes(&self, path: &str, token: Option<&str>) -> Result<Vec<u8>, Error> {
+        if token.is_some() && !carries_secrets_safely(&self.base) {
+            return Err(insecure(&self.base));
+        }
         let url = format!("{}{path}", self.base);
         let mut request = self.agent.get(&url).header("accept", "application/json");
         if let Some(token) = token {
@@ -122,6 +155,9 @@ impl ControlPlane {
         token: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
+        if !carries_secrets_safely(&self.base) {
+            return Err(insecure(&self.base));
+        }
         let url = format!("{}{path}", self.base);
         let request = ureq::http::Request::builder()
             .method(method)
@@ -191,5 +227,41 @@ mod tests {
             plane.get_bytes("/v1/snapshot", None).unwrap_err().code,
             "unreachable_control_plane"
         );
+    }
+
+    #[test]
+    fn tokens_go_over_https_or_to_this_machine_only() {
+        for base in [
+            "https://keyward.example",
+            "https://10.0.0.5:7070",
+            "http://127.0.0.1:7070",
+            "http://127.9.9.9",
+            "http://localhost:7070",
+            "http://LOCALHOST",
+            "http://[::1]:7070",
+            "http://user@127.0.0.1:7070/x",
+        ] {
+            assert!(carries_secrets_safely(base), "{base}");
+        }
+        for base in [
+            "http://keyward.example",
+            "http://10.0.0.5:7070",
+            "http://[2001:db8::1]:7070",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://evil.example/127.0.0.1",
+            "http://",
+        ] {
+            assert!(!carries_secrets_safely(base), "{base}");
+        }
+        // Refused before anything is sent (there is no such host), with a clear code.
+        let plane = ControlPlane::new("http://keyward.invalid:9").unwrap();
+        assert_eq!(
+            plane.get_bytes("/v1/snapshot", Some("t")).unwrap_err().code,
+            "insecure_control_plane_url"
+        );
+        let call = plane.call::<serde_json::Value>("GET", "/v1/keys", "t", None::<&()>);
+        assert_eq!(call.unwrap_err().code, "insecure_control_plane_url");
     }
 }
