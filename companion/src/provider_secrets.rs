@@ -178,14 +178,12 @@ pub fn parse_provider(text: &str) -> Result<Provider, Error> {
 
 /// A provider key's scope as paths name it: `project` or `org`.
 pub fn parse_scope(text: &str) -> Result<KeyOwnerKind, Error> {
-    match text {
-        "project" => Ok(KeyOwnerKind::Project),
-        "org" => Ok(KeyOwnerKind::Org),
-        _ => Err(Error::invalid(
+    KeyOwnerKind::parse(text).ok_or_else(|| {
+        Error::invalid(
             "invalid_scope",
             "the scope of a provider key is project or org",
-        )),
-    }
+        )
+    })
 }
 
 /// The owner of a provider key: exactly one of a project and an org.

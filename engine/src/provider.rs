@@ -176,6 +176,13 @@ impl KeyOwnerKind {
             KeyOwnerKind::Org => "org",
         }
     }
+
+    /// The inverse of [`KeyOwnerKind::as_str`].
+    pub fn parse(text: &str) -> Option<KeyOwnerKind> {
+        [KeyOwnerKind::Project, KeyOwnerKind::Org]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
 }
 
 /// A provider key used by an allowed request: reported to the control plane with the usage,
@@ -196,14 +203,9 @@ impl ProviderKeyUse {
 
     pub fn parse(text: &str) -> Option<ProviderKeyUse> {
         let (owner, provider) = text.split_once('/')?;
-        let owner = match owner {
-            "project" => KeyOwnerKind::Project,
-            "org" => KeyOwnerKind::Org,
-            _ => return None,
-        };
         Some(ProviderKeyUse {
             provider: Provider::parse(provider)?,
-            owner,
+            owner: KeyOwnerKind::parse(owner)?,
         })
     }
 }

@@ -91,11 +91,7 @@ fn row_of(row: &Row) -> Result<ProviderKeyRow, Error> {
     let bad = || Error::internal("a stored provider key names an unknown provider or owner");
     Ok(ProviderKeyRow {
         provider: Provider::parse(&provider_text).ok_or_else(bad)?,
-        owner: match owner_text.as_str() {
-            "project" => KeyOwnerKind::Project,
-            "org" => KeyOwnerKind::Org,
-            _ => return Err(bad()),
-        },
+        owner: KeyOwnerKind::parse(&owner_text).ok_or_else(bad)?,
         owner_id: columns.text()?,
         ciphertext: columns.text()?,
         last4: columns.text()?,
