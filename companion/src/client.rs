@@ -10,6 +10,7 @@ use serde::Serialize;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use crate::error::{Error, ErrorBody};
+use crate::upstream_tls::is_loopback_host;
 
 /// A whole snapshot of a million keys is a few hundred megabytes; nothing larger is read.
 const MAX_BODY_BYTES: u64 = 1 << 30;
@@ -35,10 +36,7 @@ fn carries_secrets_safely(base: &str) -> bool {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => host_port.split(':').next().unwrap_or_default(),
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
+    is_loopback_host(host)
 }
 
 fn insecure(base: &str) -> Error {

@@ -105,13 +105,19 @@ impl Tls {
     }
 }
 
+/// Whether `host` (a name or an IP address, without brackets or port) is this machine: a hop to
+/// it never crosses a network.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The stderr warnings a rendering deserves for the TLS of `what` (the control plane, the
 /// provider) at `host`.
 pub fn warnings(what: &str, host: &str, tls: &Tls) -> Option<String> {
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback_host(host);
     match tls {
         Tls::InsecureSkipVerify => Some(format!(
             "warning: TLS to {what} ({host}) is NOT verified (--*-insecure-skip-verify): whoever \
