@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::admin::Admin;
-use super::output::{print_json, print_list_json, print_table};
+use super::output::{optional_time, print_json, print_list_json, print_table};
 use crate::error::Error;
 use crate::secrets;
 use crate::store::Permission;
@@ -93,7 +93,7 @@ pub fn run(admin: &mut dyn Admin, command: DataplaneCommand) -> Result<ExitCode,
                             serde_json::to_string(&token.permissions).unwrap_or_default(),
                             format_time(token.created_at),
                             token.created_by.clone(),
-                            token.revoked_at.map_or_else(|| "-".to_owned(), format_time),
+                            optional_time(token.revoked_at),
                         ]
                     })
                     .collect();

@@ -13,7 +13,7 @@ use keyward_engine::provider::{KeyOwnerKind, Provider};
 use zeroize::Zeroizing;
 
 use super::admin::{segment, Admin, Local, Remote};
-use super::output::{print_json, print_list_json, print_table};
+use super::output::{optional_time, print_json, print_list_json, print_table};
 use crate::api::{List, ProviderKeyBody, RotateProviderKeyBody};
 use crate::error::Error;
 use crate::provider_secrets::{check_provider_key, encrypted_row, key_owner, parse_provider};
@@ -238,7 +238,6 @@ fn print_rows(rows: &[ProviderKeyView], json: bool) -> Result<(), Error> {
     if json {
         return print_list_json(rows);
     }
-    let optional_time = |at: Option<u64>| at.map_or_else(|| "-".to_owned(), format_time);
     let table = rows
         .iter()
         .map(|row| {
