@@ -470,11 +470,18 @@ def route_violations(hit, key: Optional[KeyFacts]) -> list[str]:
     return found
 
 
+def upstream_may_compress(hit) -> bool:
+    """Whether the provider was allowed a compressed answer: any `accept-encoding` it received
+    but `identity`. Absent is fine: providers compress only when asked (and an answer compressed
+    anyway is charged its reservation)."""
+    return any(value.strip().lower() != "identity" for value in hit.header_all("accept-encoding"))
+
+
 def chat_problems(hit, key: KeyFacts) -> list[str]:
     problems = []
     if hit.method != "POST":
         return problems
-    if hit.header_all("accept-encoding") != ["identity"]:
+    if upstream_may_compress(hit):
         problems.append(f"not metered (accept-encoding {hit.header_all('accept-encoding')})")
     _last, models, _limit, _n = realistic_upstream.request_limits(hit.body)
     if key.models is not None:
@@ -581,9 +588,14 @@ BODY_CASES: list[BodyCase] = [
     BodyCase("usage_string", _body(max_tokens=30), "reserve", output=30, mode="string"),
     BodyCase("usage_huge", _body(max_tokens=30), "reserve", output=30, mode="huge", note="10^20 output tokens"),
     BodyCase("compressed_answer", _body(max_tokens=30), "reserve", output=30, mode="gzip",
-             note="the provider compresses although asked for identity"),
+             note="the provider compresses unasked"),
     BodyCase("client_accepts_gzip", _body(max_tokens=30), "usage", mode="", headers=(("accept-encoding", "gzip"),),
              note="keyward asks the provider for `identity`, so the usage stays readable"),
+    BodyCase("client_accepts_identity_and_gzip", _body(max_tokens=30), "usage", mode="",
+             headers=(("accept-encoding", "identity"), ("accept-encoding", "gzip")),
+             note="a repeated header: the copy that allows gzip is what counts"),
+    BodyCase("client_without_accept_encoding", _body(max_tokens=30), "usage", mode="",
+             note="nothing to rewrite: the provider does not compress unasked, so keyward saves the header edit"),
     BodyCase("body_over_limit", _body(max_tokens=5, pad="x" * MAX_BODY), "413 request_too_large",
              note="refused on its content-length, before the body"),
     BodyCase("chunked_body_over_limit", _body(max_tokens=5, pad="x" * MAX_BODY), "413 request_too_large", chunked=True),

@@ -203,8 +203,11 @@ impl<'a> Gate<'a> {
             effects.count(Count::Allowed);
             return done(effects);
         }
-        if route.meter {
-            // Usage must be readable as it passes: no compressed answers on metered routes.
+        if route.meter && asks_for_encoding(&request) {
+            // Usage must be readable as it passes: no compressed answers on metered routes. A
+            // request without the header (or asking for identity only) is left alone: servers
+            // compress only when asked, and an answer compressed anyway is charged its
+            // reservation, so the edit (a host call) buys nothing there.
             effects
                 .edits
                 .push(Edit::Set("accept-encoding", Cow::Borrowed("identity")));
@@ -709,6 +712,15 @@ fn done(effects: Effects<'_>) -> Step<'_> {
         effects,
         next: Next::Done,
     }
+}
+
+/// Whether the request's `accept-encoding` lets the upstream compress: present, with any value
+/// but `identity` (any copy of it, so that a repeated header cannot slip a coding past).
+fn asks_for_encoding(request: &Request<'_>) -> bool {
+    request.header_values("accept-encoding").any(|value| {
+        !core::str::from_utf8(value)
+            .is_ok_and(|value| value.trim().eq_ignore_ascii_case("identity"))
+    })
 }
 
 /// Whether the key or its project has a cap, soft cap, budget window, quota or rate limit, own

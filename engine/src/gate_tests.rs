@@ -360,7 +360,7 @@ fn a_metered_request_reserves_the_largest_possible_output() {
         ),
     ] {
         let mut run = Run::new(&config);
-        let list = headers("/v1/chat/completions", &[]);
+        let list = headers("/v1/chat/completions", &[("accept-encoding", "gzip, br")]);
         let (effects, next) = run.send(&list, Some(body));
         let Next::Watch(watch) = next else {
             panic!("{body}: {effects:?}");
@@ -374,6 +374,36 @@ fn a_metered_request_reserves_the_largest_possible_output() {
         assert_eq!(
             set_value(&effects, "accept-encoding").as_deref(),
             Some("identity")
+        );
+    }
+}
+
+#[test]
+fn a_metered_route_asks_for_identity_only_where_the_client_allowed_a_coding() {
+    let config = config_of("", "", "");
+    let body = r#"{"model":"gpt-4o","max_tokens":10}"#;
+    type Case<'c> = (&'c [(&'c str, &'c str)], Option<&'c str>);
+    let cases: [Case<'_>; 6] = [
+        (&[], None),
+        (&[("accept-encoding", "identity")], None),
+        (&[("accept-encoding", " IDENTITY ")], None),
+        (&[("accept-encoding", "gzip")], Some("identity")),
+        (&[("accept-encoding", "*")], Some("identity")),
+        // A repeated header: the copy that allows gzip counts.
+        (
+            &[("accept-encoding", "identity"), ("accept-encoding", "gzip")],
+            Some("identity"),
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut run = Run::new(&config);
+        let list = headers("/v1/chat/completions", extra);
+        let (effects, next) = run.send(&list, Some(body));
+        assert!(matches!(next, Next::Watch(_)), "{extra:?}: {effects:?}");
+        assert_eq!(
+            set_value(&effects, "accept-encoding").as_deref(),
+            expected,
+            "{extra:?}"
         );
     }
 }
