@@ -71,6 +71,11 @@ pub fn render(
     now_ms: u64,
 ) -> Vec<(String, String)> {
     let mut headers = Vec::new();
+    if states.is_empty() && !(budget_headers && budget.is_some()) {
+        // The common case (no limit, no budget header): nothing to render, and the formatting
+        // code below is not even touched on the request path.
+        return headers;
+    }
     match style {
         LimitHeaders::Openai => {
             for (kind, unit) in [("requests", Unit::Requests), ("tokens", Unit::Tokens)] {
