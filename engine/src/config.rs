@@ -190,6 +190,11 @@ pub struct Settings {
     /// Removed from every request as sent: the identity header names and the credential
     /// headers (computed once; checked for every header of every request).
     pub removed_header_names: Vec<String>,
+    /// The lengths of `guarded_header_names` and `removed_header_names` as a bit set (bit `n`
+    /// for length `n`, bit 63 for 63 and longer). Every comparison `hygiene` makes keeps the
+    /// length, so a request header of a length not in the set (and without an `x-keyward-`
+    /// prefix) skips them all: most headers, on every request.
+    pub hygiene_name_lengths: u64,
     /// Body limits, reservations and reporting for metered routes (defaults when absent).
     pub metering: MeteringSettings,
     /// Whether any route matches on Envoy's route name: decided once here, read per request.
@@ -321,6 +326,8 @@ impl PluginConfig {
                     document.unmatched_paths == UnmatchedPaths::Deny,
                 ),
                 credential_query_names,
+                hygiene_name_lengths: name_lengths(&removed_header_names)
+                    | name_lengths(&guarded_header_names),
                 removed_header_names,
                 guarded_names_have_underscores: guarded_header_names
                     .iter()
@@ -370,6 +377,18 @@ impl Settings {
             max_bytes: self.max_credential_bytes,
         }
     }
+}
+
+/// The lengths of `names` as a bit set (see [`Settings::hygiene_name_lengths`]).
+pub fn name_lengths(names: &[String]) -> u64 {
+    names
+        .iter()
+        .fold(0, |set, name| set | length_bit(name.len()))
+}
+
+/// The bit of a name of `length` bytes in a [`name_lengths`] set.
+pub fn length_bit(length: usize) -> u64 {
+    1u64 << length.min(63)
 }
 
 fn guarded_header_names(
@@ -471,6 +490,18 @@ fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_lengths_cover_every_length_and_fold_the_long_ones_together() {
+        let names = ["x-a".to_owned(), "x".repeat(63), "x".repeat(200)];
+        let set = name_lengths(&names);
+        assert_eq!(set, length_bit(3) | length_bit(63));
+        // A long header is always compared, whatever its exact length.
+        assert_ne!(set & length_bit(64), 0);
+        assert_ne!(set & length_bit(500), 0);
+        assert_eq!(set & length_bit(4), 0);
+        assert_eq!(name_lengths(&[]), 0);
+    }
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use crate::admission::{admit, Admit, AdmitContext, Admitted, BodyRead, Parties, Refusal};
-use crate::config::{Mode, Settings};
+use crate::config::{length_bit, Mode, Settings};
 use crate::decision::{decide_traced, Identity, Outcome, Rejection};
 use crate::denial::{Denial, DenyCode};
 use crate::effects::{Count, Edit, Effects, Level, Reply, UsageRecord};
@@ -410,7 +410,12 @@ impl<'a> Gate<'a> {
     /// credential-named query parameters.
     fn hygiene<'s>(&self, request: &Request<'s>, route: &Route, effects: &mut Effects<'s>) {
         let settings = self.settings;
-        let mut removed: Vec<&'s str> = Vec::new();
+        // Each name once: straight into the edits (a few entries, so `contains` is cheap).
+        let remove = |name: &'s str, edits: &mut Vec<Edit<'s>>| {
+            if !edits.contains(&Edit::Remove(name)) {
+                edits.push(Edit::Remove(name));
+            }
+        };
         for name in request.header_names() {
             // On a provider route, no provider credential of the client's rides along, in any
             // spelling: only the one keyward sets.
@@ -419,9 +424,13 @@ impl<'a> Gate<'a> {
                     .iter()
                     .any(|header| same_header_name(name, header));
             if provider_credential {
-                if !removed.contains(&name) {
-                    removed.push(name);
-                }
+                remove(name, &mut effects.edits);
+                continue;
+            }
+            // A name none of the comparisons below could match (they all keep the length).
+            if settings.hygiene_name_lengths & length_bit(name.len()) == 0
+                && !header_name_has_prefix(name, KEYWARD_HEADER_PREFIX)
+            {
                 continue;
             }
             // Most names are plain lower case (Envoy lower-cases them): exact comparisons. A `_`
@@ -429,10 +438,10 @@ impl<'a> Gate<'a> {
             let plain = !settings.guarded_names_have_underscores
                 && name.bytes().all(|b| b != b'_' && !b.is_ascii_uppercase());
             if plain {
-                let remove = name.starts_with(KEYWARD_HEADER_PREFIX)
+                let removed = name.starts_with(KEYWARD_HEADER_PREFIX)
                     || settings.removed_header_names.iter().any(|own| own == name);
-                if remove && !removed.contains(&name) {
-                    removed.push(name);
+                if removed {
+                    remove(name, &mut effects.edits);
                 }
                 continue;
             }
@@ -449,11 +458,10 @@ impl<'a> Gate<'a> {
                 .credential_sources
                 .iter()
                 .any(|source| source.header_name().eq_ignore_ascii_case(name));
-            if (spoofed || credential) && !removed.contains(&name) {
-                removed.push(name);
+            if spoofed || credential {
+                remove(name, &mut effects.edits);
             }
         }
-        effects.edits.extend(removed.into_iter().map(Edit::Remove));
         if let Some(path) = request.forwarded_path(&settings.credential_query_names) {
             effects.edits.push(Edit::Set(":path", Cow::Owned(path)));
         }
