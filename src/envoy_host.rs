@@ -2,11 +2,12 @@
 //! panic kills the VM, i.e. every request of that worker); here every status becomes a
 //! `HostError` the caller handles, and host-provided maps are parsed with bounds checks.
 
+use std::cell::RefCell;
 use std::ptr::null_mut;
 
 use keyward_engine::request::Header;
 
-use crate::header_map::{parse_header_map, serialize_pairs};
+use crate::header_map::{parse_header_map_into, serialize_pairs, wipe_values};
 use crate::host::{
     Host, HostError, LogLevel, MetricKind, SetOutcome, SharedData, SyncHost, Telemetry,
 };
@@ -143,6 +144,13 @@ impl EnvoyHost {
     }
 }
 
+std::thread_local! {
+    /// A header list handed back by the request glue ([`Host::recycle_headers`]), read into
+    /// again by the next map: its names and values keep their allocations, so a request's maps
+    /// cost no allocation once it has grown to them. One VM is one thread.
+    static SPARE_HEADERS: RefCell<Vec<Header>> = const { RefCell::new(Vec::new()) };
+}
+
 fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
@@ -150,7 +158,17 @@ fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
     let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
     check(status)?;
     let bytes = unsafe { take_host_buffer(data, size) };
-    parse_header_map(&bytes).ok_or(HostError::Malformed)
+    let mut headers = SPARE_HEADERS
+        .try_with(|spare| {
+            spare
+                .try_borrow_mut()
+                .map(|mut spare| std::mem::take(&mut *spare))
+        })
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    parse_header_map_into(&bytes, &mut headers).ok_or(HostError::Malformed)?;
+    Ok(headers)
 }
 
 fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostError> {
@@ -263,6 +281,18 @@ impl SyncHost for EnvoyHost {
 impl Host for EnvoyHost {
     fn request_headers(&self) -> Result<Vec<Header>, HostError> {
         header_map(MAP_HTTP_REQUEST_HEADERS)
+    }
+
+    fn recycle_headers(&self, mut headers: Vec<Header>) {
+        wipe_values(&mut headers);
+        // Keep the larger list: it serves every map up to its size without allocating.
+        let _ = SPARE_HEADERS.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if headers.capacity() >= spare.capacity() {
+                    *spare = headers;
+                }
+            }
+        });
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {

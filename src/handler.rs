@@ -230,7 +230,9 @@ impl RequestFlow {
             end_of_stream,
         };
         let step = gate.on_headers(&facts, ledger, &mut NoTrace);
-        self.advance(host, ledger, &gate, step, None)
+        let flow = self.advance(host, ledger, &gate, step, None);
+        host.recycle_headers(headers);
+        flow
     }
 
     pub fn on_request_body(
@@ -297,7 +299,9 @@ impl RequestFlow {
                 host.replace_response_header(name, value.as_bytes())?;
             }
             if watch.reads_response_headers() {
-                watch.on_response_headers(&host.response_headers()?);
+                let headers = host.response_headers()?;
+                watch.on_response_headers(&headers);
+                host.recycle_headers(headers);
             }
             Ok(())
         })();

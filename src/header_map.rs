@@ -4,14 +4,33 @@ use keyward_engine::request::Header;
 
 /// Parses the ABI's serialized map: count, (name length, value length) pairs, then the
 /// NUL-terminated names and values. Malformed input is an error, never a panic.
+#[cfg(test)]
 pub fn parse_header_map(bytes: &[u8]) -> Option<Vec<Header>> {
+    let mut headers = Vec::new();
+    parse_header_map_into(bytes, &mut headers)?;
+    Some(headers)
+}
+
+/// [`parse_header_map`] into `headers`, reusing the `String`s and `Vec`s it already holds:
+/// read into a recycled list, a map costs no allocation once the list has grown to it (two per
+/// header otherwise, on every request). On `None`, `headers` is left empty.
+pub fn parse_header_map_into(bytes: &[u8], headers: &mut Vec<Header>) -> Option<()> {
+    let parsed = fill(bytes, headers);
+    if parsed.is_none() {
+        headers.clear();
+    }
+    parsed
+}
+
+fn fill(bytes: &[u8], headers: &mut Vec<Header>) -> Option<()> {
     let read_u32 = |at: usize| -> Option<usize> {
         let slice = bytes.get(at..at.checked_add(4)?)?;
         let array: [u8; 4] = slice.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(array)).ok()
     };
     if bytes.is_empty() {
-        return Some(Vec::new());
+        headers.clear();
+        return Some(());
     }
     let count = read_u32(0)?;
     // Each pair needs at least 10 bytes; a larger count is corrupt.
@@ -20,8 +39,7 @@ pub fn parse_header_map(bytes: &[u8]) -> Option<Vec<Header>> {
     }
     let mut sizes_at = 4;
     let mut data_at = 4usize.checked_add(count.checked_mul(8)?)?;
-    let mut headers = Vec::with_capacity(count);
-    for _ in 0..count {
+    for index in 0..count {
         let name_len = read_u32(sizes_at)?;
         let value_len = read_u32(sizes_at + 4)?;
         sizes_at += 8;
@@ -35,10 +53,30 @@ pub fn parse_header_map(bytes: &[u8]) -> Option<Vec<Header>> {
             return None;
         }
         data_at = value_end.checked_add(1)?;
-        let name = String::from_utf8(name.to_ascii_lowercase()).ok()?;
-        headers.push((name, value.to_vec()));
+        let name = core::str::from_utf8(name).ok()?;
+        match headers.get_mut(index) {
+            Some((own_name, own_value)) => {
+                own_name.clear();
+                own_name.push_str(name);
+                own_value.clear();
+                own_value.extend_from_slice(value);
+            }
+            None => headers.push((name.to_owned(), value.to_vec())),
+        }
+        if let Some((own_name, _)) = headers.get_mut(index) {
+            own_name.make_ascii_lowercase();
+        }
     }
-    Some(headers)
+    headers.truncate(count);
+    Some(())
+}
+
+/// Overwrites every value with zeros before a list is kept for reuse: a recycled list must not
+/// hold the last request's credential longer than a freed one would.
+pub fn wipe_values(headers: &mut [Header]) {
+    for (_, value) in headers {
+        value.fill(0);
+    }
 }
 
 pub fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -74,6 +112,37 @@ mod tests {
                 ("empty".to_owned(), Vec::new()),
             ]
         );
+    }
+
+    #[test]
+    fn a_recycled_list_reads_the_next_map_whole_and_nothing_of_the_last() {
+        let first = serialize_pairs(&[
+            (":path", "/first"),
+            ("authorization", "Bearer secret-1"),
+            ("X-A", "1"),
+        ]);
+        let second = serialize_pairs(&[(":path", "/s"), ("B", "22")]);
+        let mut list = Vec::new();
+        parse_header_map_into(&first, &mut list).expect("valid map");
+        wipe_values(&mut list);
+        assert!(list.iter().all(|(_, value)| value.iter().all(|&b| b == 0)));
+        parse_header_map_into(&second, &mut list).expect("valid map");
+        assert_eq!(list, parse_header_map(&second).expect("valid map"));
+        assert_eq!(
+            list,
+            vec![
+                (":path".to_owned(), b"/s".to_vec()),
+                ("b".to_owned(), b"22".to_vec())
+            ]
+        );
+        // A longer map after a shorter one grows the list; a corrupt one leaves it empty.
+        parse_header_map_into(&first, &mut list).expect("valid map");
+        assert_eq!(list, parse_header_map(&first).expect("valid map"));
+        assert_eq!(
+            parse_header_map_into(&first[..first.len() - 1], &mut list),
+            None
+        );
+        assert!(list.is_empty());
     }
 
     #[test]

@@ -135,6 +135,11 @@ pub trait Host: Telemetry {
     /// Replaces the whole buffered request body of `old_size` bytes.
     fn replace_request_body(&self, old_size: usize, body: &[u8]) -> Result<(), HostError>;
     fn response_headers(&self) -> Result<Vec<Header>, HostError>;
+    /// Hands a header list back once the glue is done with it, for the host to read the next
+    /// map into (its values are wiped first). Dropping it instead is always correct.
+    fn recycle_headers(&self, headers: Vec<Header>) {
+        drop(headers);
+    }
     fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError>;
     /// The response body chunk Envoy is passing through (`size` bytes).
     fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
