@@ -157,7 +157,7 @@ fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
     // SAFETY: out-pointers are valid; the buffer comes from our allocator.
     let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
     check(status)?;
-    let bytes = unsafe { take_host_buffer(data, size) };
+    let mut bytes = unsafe { take_host_buffer(data, size) };
     let mut headers = SPARE_HEADERS
         .try_with(|spare| {
             spare
@@ -167,7 +167,10 @@ fn header_map(map_type: u32) -> Result<Vec<Header>, HostError> {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    parse_header_map_into(&bytes, &mut headers).ok_or(HostError::Malformed)?;
+    let parsed = parse_header_map_into(&bytes, &mut headers);
+    // The serialized map held the caller's credential too: zeroed before it is freed.
+    bytes.fill(0);
+    parsed.ok_or(HostError::Malformed)?;
     Ok(headers)
 }
 
