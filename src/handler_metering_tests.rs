@@ -154,6 +154,40 @@ fn a_metered_request_reserves_then_settles_to_the_reported_usage() {
 }
 
 #[test]
+fn the_glue_hands_back_each_header_list_it_read_once_it_is_done_with_it() {
+    let state = state("");
+    let host = chat_host(BODY);
+    let flow = send(&host, &state);
+    let request_headers = host.recycled.borrow().clone();
+    assert_eq!(
+        request_headers.len(),
+        1,
+        "the request's list, after on_request_headers"
+    );
+    assert_eq!(
+        request_headers[0].first().map(|(name, _)| name.as_str()),
+        Some(":method")
+    );
+    respond(
+        &host,
+        flow,
+        "application/json",
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        true,
+    );
+    let recycled = host.recycled.borrow();
+    assert_eq!(
+        recycled.len(),
+        2,
+        "and the response's, after on_response_headers"
+    );
+    assert_eq!(
+        recycled[1].first().map(|(name, _)| name.as_str()),
+        Some(":status")
+    );
+}
+
+#[test]
 fn the_cap_counts_what_other_requests_hold_and_spent() {
     let state = state("");
     // Spent $0.99 in this Envoy already: a request reserving $0.01 more fits, a second not.

@@ -84,6 +84,8 @@ pub struct FakeHost {
     pub routes: RefCell<HashMap<String, Answer>>,
     /// Dispatching a call fails, as for a cluster Envoy does not know.
     pub cluster_missing: bool,
+    /// The header lists the glue handed back (`Host::recycle_headers`), in order.
+    pub recycled: RefCell<Vec<Vec<Header>>>,
 }
 
 /// Metrics with distinct ids from 1, as a host would define them.
@@ -259,6 +261,10 @@ impl Host for FakeHost {
     }
     fn response_headers(&self) -> Result<Vec<Header>, HostError> {
         Ok(self.response_headers.borrow().clone())
+    }
+
+    fn recycle_headers(&self, headers: Vec<Header>) {
+        self.recycled.borrow_mut().push(headers);
     }
     fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
         let mut headers = self.response_headers.borrow_mut();
