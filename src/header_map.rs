@@ -54,18 +54,15 @@ fn fill(bytes: &[u8], headers: &mut Vec<Header>) -> Option<()> {
         }
         data_at = value_end.checked_add(1)?;
         let name = core::str::from_utf8(name).ok()?;
-        match headers.get_mut(index) {
-            Some((own_name, own_value)) => {
-                own_name.clear();
-                own_name.push_str(name);
-                own_value.clear();
-                own_value.extend_from_slice(value);
-            }
-            None => headers.push((name.to_owned(), value.to_vec())),
+        if index == headers.len() {
+            headers.push(Header::default());
         }
-        if let Some((own_name, _)) = headers.get_mut(index) {
-            own_name.make_ascii_lowercase();
-        }
+        let (own_name, own_value) = headers.get_mut(index)?;
+        own_name.clear();
+        own_name.push_str(name);
+        own_name.make_ascii_lowercase();
+        own_value.clear();
+        own_value.extend_from_slice(value);
     }
     headers.truncate(count);
     Some(())

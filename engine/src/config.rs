@@ -491,6 +491,9 @@ fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<()
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     #[test]
     fn name_lengths_cover_every_length_and_fold_the_long_ones_together() {
         let names = ["x-a".to_owned(), "x".repeat(63), "x".repeat(200)];
@@ -502,8 +505,6 @@ mod tests {
         assert_eq!(set & length_bit(4), 0);
         assert_eq!(name_lengths(&[]), 0);
     }
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn empty_configuration_gets_safe_defaults() {

@@ -432,10 +432,10 @@ impl<'a> Gate<'a> {
                 remove(name, &mut effects.edits);
                 continue;
             }
+            // `x-keyward-*` in any spelling (for a plain name, as sent).
+            let keyward_prefixed = header_name_has_prefix(name, KEYWARD_HEADER_PREFIX);
             // A name none of the comparisons below could match (they all keep the length).
-            if settings.hygiene_name_lengths & length_bit(name.len()) == 0
-                && !header_name_has_prefix(name, KEYWARD_HEADER_PREFIX)
-            {
+            if !keyward_prefixed && settings.hygiene_name_lengths & length_bit(name.len()) == 0 {
                 continue;
             }
             // Most names are plain lower case (Envoy lower-cases them): exact comparisons. A `_`
@@ -443,14 +443,14 @@ impl<'a> Gate<'a> {
             let plain = !settings.guarded_names_have_underscores
                 && name.bytes().all(|b| b != b'_' && !b.is_ascii_uppercase());
             if plain {
-                let removed = name.starts_with(KEYWARD_HEADER_PREFIX)
-                    || settings.removed_header_names.iter().any(|own| own == name);
+                let removed =
+                    keyward_prefixed || settings.removed_header_names.iter().any(|own| own == name);
                 if removed {
                     remove(name, &mut effects.edits);
                 }
                 continue;
             }
-            let spoofed = header_name_has_prefix(name, KEYWARD_HEADER_PREFIX)
+            let spoofed = keyward_prefixed
                 || settings
                     .guarded_header_names
                     .iter()
