@@ -54,6 +54,13 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -320,6 +327,19 @@ impl Host for EnvoyHost {
         // SAFETY: both slices are valid for the call.
         check(unsafe {
             proxy_replace_header_map_value(
+                MAP_HTTP_REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        })
+    }
+
+    fn add_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: both slices are valid for the call.
+        check(unsafe {
+            proxy_add_header_map_value(
                 MAP_HTTP_REQUEST_HEADERS,
                 name.as_ptr(),
                 name.len(),

@@ -455,6 +455,7 @@ fn apply_edits(host: &impl Host, edits: &[Edit<'_>]) -> Result<(), HostError> {
         match edit {
             Edit::Remove(name) => host.remove_request_header(name)?,
             Edit::Set(name, value) => host.replace_request_header(name, value.as_bytes())?,
+            Edit::Add(name, value) => host.add_request_header(name, value.as_bytes())?,
         }
     }
     Ok(())

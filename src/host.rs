@@ -122,6 +122,8 @@ pub trait Host: Telemetry {
     /// A property such as `["xds", "route_name"]`; `Ok(None)` when the host has none.
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError>;
     fn replace_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Appends a header the request does not carry (the engine's `Edit::Add`).
+    fn add_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError>;
     fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
     fn send_local_reply(
         &self,

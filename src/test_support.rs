@@ -231,6 +231,13 @@ impl Host for FakeHost {
         headers.push((name.to_owned(), value.to_vec()));
         Ok(())
     }
+    /// Appends, as Envoy does: a header added twice, or over a client copy, shows as two.
+    fn add_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.headers
+            .borrow_mut()
+            .push((name.to_owned(), value.to_vec()));
+        Ok(())
+    }
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
         self.headers.borrow_mut().retain(|(n, _)| n != name);
         Ok(())

@@ -14,7 +14,12 @@ use crate::window_counter::CountedWindows;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {
     Remove(&'a str),
+    /// Every copy of the header is replaced by this one value.
     Set(&'a str, Cow<'a, str>),
+    /// A header the request is known not to carry (hygiene removed every client copy first), so
+    /// appending equals replacing. A host may append: in Envoy that skips a walk over the whole
+    /// header map that replacing does, per header.
+    Add(&'a str, Cow<'a, str>),
 }
 
 /// A local answer: the request never reaches the upstream.

@@ -123,6 +123,7 @@ fn verdict_of(settings: &Settings, applied: &[Effects<'_>]) -> Verdict {
                 upstream.retain(|(existing, _)| existing != name);
                 upstream.push(((*name).to_owned(), value.to_string()));
             }
+            Edit::Add(name, value) => upstream.push(((*name).to_owned(), value.to_string())),
         }
     }
     let identity: Vec<&str> = settings.identity_headers.all().collect();

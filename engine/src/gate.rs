@@ -743,7 +743,8 @@ fn has_budget_or_limit(identity: &Identity<'_>) -> bool {
 }
 
 /// One header write per identity header that is configured and has a value. Client copies are
-/// already removed (`hygiene`), so a skipped header is absent upstream, never forged.
+/// already removed (`hygiene` runs first and guards every identity name in every spelling), so
+/// each write is an append, and a skipped header is absent upstream, never forged.
 fn add_identity<'s>(settings: &'s Settings, identity: &Identity<'s>, effects: &mut Effects<'s>) {
     let names = &settings.identity_headers;
     let project = identity.project.map(|project| project.id.as_str());
@@ -756,7 +757,7 @@ fn add_identity<'s>(settings: &'s Settings, identity: &Identity<'s>, effects: &m
     for (name, value) in headers {
         if let (Some(name), Some(value)) = (name, value) {
             if !value.is_empty() {
-                effects.edits.push(Edit::Set(name, Cow::Borrowed(value)));
+                effects.edits.push(Edit::Add(name, Cow::Borrowed(value)));
             }
         }
     }

@@ -115,7 +115,7 @@ fn run_reporting<'h>(
 
 fn set_value<'e>(step: &'e Step<'_>, name: &str) -> Option<&'e str> {
     step.effects.edits.iter().rev().find_map(|edit| match edit {
-        Edit::Set(set, value) if *set == name => Some(value.as_ref()),
+        Edit::Set(set, value) | Edit::Add(set, value) if *set == name => Some(value.as_ref()),
         _ => None,
     })
 }

@@ -141,7 +141,9 @@ fn set_value(effects: &[Effects<'_>], name: &str) -> Option<String> {
         .into_iter()
         .rev()
         .find_map(|edit| match edit {
-            Edit::Set(set, value) if *set == name => Some(value.to_string()),
+            Edit::Set(set, value) | Edit::Add(set, value) if *set == name => {
+                Some(value.to_string())
+            }
             _ => None,
         })
 }
@@ -317,6 +319,85 @@ fn spoofed_headers_go_in_every_spelling_and_identity_comes_from_keyward() {
         set_value(&effects, "x-keyward-project").as_deref(),
         Some("proj_a")
     );
+}
+
+/// The request's headers after the edits, as Envoy applies them: names compared in lower case,
+/// `Set` replaces every copy, `Add` appends. Fails on an `Add` whose name is still there.
+fn envoy_replay(list: &[Header], effects: &[Effects<'_>]) -> Vec<(String, String)> {
+    let mut upstream: Vec<(String, String)> = list
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value).into_owned();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    for edit in edits(effects) {
+        match edit {
+            Edit::Remove(name) => upstream.retain(|(n, _)| *n != name.to_ascii_lowercase()),
+            Edit::Set(name, value) => {
+                upstream.retain(|(n, _)| *n != name.to_ascii_lowercase());
+                upstream.push((name.to_ascii_lowercase(), value.to_string()));
+            }
+            Edit::Add(name, value) => {
+                let name = name.to_ascii_lowercase();
+                assert!(
+                    upstream.iter().all(|(n, _)| *n != name),
+                    "{name} appended over a copy: {upstream:?}"
+                );
+                upstream.push((name, value.to_string()));
+            }
+        }
+    }
+    upstream
+}
+
+#[test]
+fn identity_headers_are_appended_only_where_no_copy_is_left() {
+    let spoofs: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("x-keyward-key-id", "spoof"), ("x-keyward-key-id", "root")],
+        &[("X-Keyward-Project", "proj_b"), ("x-keyward-org", "org_2")],
+        &[
+            ("x_keyward_key_id", "spoof"),
+            ("x-keyward-environment", "test"),
+        ],
+        &[
+            ("x-auth-id", "spoof"),
+            ("X-AUTH-ID", "root"),
+            ("x_auth_id", "r"),
+        ],
+    ];
+    let custom = r#""identity_headers": {"key_id": "x-auth-id", "project": "x-keyward-project",
+                    "org": "x-keyward-org", "environment": "x-keyward-environment"},"#;
+    for top in ["", custom, r#""mode": "shadow","#] {
+        let config = config_of(top, "", "");
+        let key_header = config.settings.identity_headers.key_id.clone();
+        for spoof in spoofs {
+            for (path, body) in [("/other", None), ("/v1/chat/completions", Some(BODY))] {
+                let mut run = Run::new(&config);
+                let list = headers(path, spoof);
+                let (effects, _) = run.send(&list, body);
+                let upstream = envoy_replay(&list, &effects);
+                let values = |name: &str| -> Vec<&str> {
+                    upstream
+                        .iter()
+                        .filter(|(n, _)| n == name)
+                        .map(|(_, v)| v.as_str())
+                        .collect()
+                };
+                let case = format!("{top} {spoof:?} {path}");
+                assert_eq!(values(&key_header), ["good1"], "{case}");
+                assert_eq!(values("x-keyward-project"), ["proj_a"], "{case}");
+                assert_eq!(values("x-keyward-org"), ["org_1"], "{case}");
+                assert!(
+                    !upstream
+                        .iter()
+                        .any(|(n, _)| n.replace('_', "-") == key_header && n != &key_header),
+                    "{case}: {upstream:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -144,6 +144,12 @@ impl Host for NativeHost<'_> {
         checked(self.filter.set_request_header(name, value))
     }
 
+    /// The dynamic-module ABI has only "set every value"; for a header the request does not
+    /// carry that is the same edit.
+    fn add_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.replace_request_header(name, value)
+    }
+
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
         self.edited.set(true);
         checked(self.filter.remove_request_header(name))
