@@ -171,7 +171,8 @@ impl<'a> Gate<'a> {
         if let Some(provider_route) = route.provider {
             match self.provider_key(provider_route, &identity, trace) {
                 Ok(Some((name, value, owner))) => {
-                    effects.edits.push(Edit::Set(name, Cow::Borrowed(value)));
+                    // Hygiene removed every client copy of every provider credential header.
+                    effects.edits.push(Edit::Add(name, Cow::Borrowed(value)));
                     provider_key = Some(ProviderKeyUse {
                         provider: provider_route.provider,
                         owner,

@@ -155,6 +155,20 @@ fn the_project_key_replaces_every_client_provider_credential() {
     let step = run(&config, &list);
     assert!(step.goes_upstream(), "{:?}", step.effects.reply);
     assert_eq!(set_value(&step, "authorization"), Some("Bearer sk-proj-a"));
+    // As Envoy applies the edits (the key is appended): the one credential left is keyward's.
+    let upstream = super::tests::envoy_replay(&list, &step.effects.edits);
+    let credentials: Vec<_> = upstream
+        .iter()
+        .filter(|(name, _)| {
+            PROVIDER_CREDENTIAL_HEADERS
+                .iter()
+                .any(|header| same_header_name(name, header))
+        })
+        .collect();
+    assert_eq!(
+        credentials,
+        [&("authorization".to_owned(), "Bearer sk-proj-a".to_owned())]
+    );
     for name in [
         "authorization",
         "api-key",
@@ -191,6 +205,9 @@ fn the_org_key_is_the_fallback_in_the_providers_header_style() {
     let step = run(&config, &list);
     assert!(removed(&step, "x-api-key"));
     assert_eq!(set_value(&step, "x-api-key"), Some("sk-ant-org-1"));
+    let upstream = super::tests::envoy_replay(&list, &step.effects.edits);
+    let api_keys: Vec<_> = upstream.iter().filter(|(n, _)| n == "x-api-key").collect();
+    assert_eq!(api_keys.len(), 1, "{upstream:?}");
 }
 
 #[test]

@@ -323,7 +323,10 @@ fn spoofed_headers_go_in_every_spelling_and_identity_comes_from_keyward() {
 
 /// The request's headers after the edits, as Envoy applies them: names compared in lower case,
 /// `Set` replaces every copy, `Add` appends. Fails on an `Add` whose name is still there.
-fn envoy_replay(list: &[Header], effects: &[Effects<'_>]) -> Vec<(String, String)> {
+pub(super) fn envoy_replay<'e>(
+    list: &[Header],
+    edits: impl IntoIterator<Item = &'e Edit<'e>>,
+) -> Vec<(String, String)> {
     let mut upstream: Vec<(String, String)> = list
         .iter()
         .map(|(name, value)| {
@@ -331,7 +334,7 @@ fn envoy_replay(list: &[Header], effects: &[Effects<'_>]) -> Vec<(String, String
             (name.to_ascii_lowercase(), value)
         })
         .collect();
-    for edit in edits(effects) {
+    for edit in edits {
         match edit {
             Edit::Remove(name) => upstream.retain(|(n, _)| *n != name.to_ascii_lowercase()),
             Edit::Set(name, value) => {
@@ -377,7 +380,7 @@ fn identity_headers_are_appended_only_where_no_copy_is_left() {
                 let mut run = Run::new(&config);
                 let list = headers(path, spoof);
                 let (effects, _) = run.send(&list, body);
-                let upstream = envoy_replay(&list, &effects);
+                let upstream = envoy_replay(&list, edits(&effects));
                 let values = |name: &str| -> Vec<&str> {
                     upstream
                         .iter()
