@@ -18,18 +18,23 @@ BENCH_NOOP_WASM  := $(BENCH_TARGET_DIR)/wasm32-unknown-unknown/release/keyward_b
 BENCH_PYTHON     := $(VENV)/bin/python
 BENCH_ARGS       ?=
 
-.PHONY: bench bench-tools bench-callgrind
+.PHONY: bench bench-tools bench-callgrind valgrind
 
 ## bench: run the benchmark; results in bench/results/latest.{json,md}
-bench: $(VENV_STAMP) wasm native bench-tools
+bench: $(VENV_STAMP) wasm native bench-tools valgrind
 	$(BENCH_PYTHON) bench/run_bench.py --wasm $(CURDIR)/$(WASM) --native-module $(CURDIR)/$(NATIVE_SO) \
 		--noop-wasm $(BENCH_NOOP_WASM) --tools $(BENCH_TARGET_DIR)/release $(BENCH_ARGS)
 
 ## bench-callgrind: instructions, cache misses and mispredictions per request under valgrind
 ## (deterministic, unlike CPU time); CALLGRIND_ARGS="--workdir DIR --wasm this=... --wasm base=..."
 ## where DIR is a `make bench BENCH_ARGS="--workdir DIR ..."` work directory. Needs valgrind.
-bench-callgrind: $(VENV_STAMP) bench-tools
+bench-callgrind: $(VENV_STAMP) bench-tools valgrind
 	$(BENCH_PYTHON) bench/callgrind_envoy.py $(CALLGRIND_ARGS)
+
+# valgrind counts the --ab-wasm builds at the end of `make bench` (and runs bench-callgrind).
+valgrind:
+	@command -v valgrind >/dev/null || apt-get install -y -q valgrind || \
+		{ apt-get update -q && apt-get install -y -q valgrind; }
 
 ## bench-tools: build the no-op filter (plain and with keyward's host calls), the load generator + upstream and the ext_authz service
 bench-tools:

@@ -15,6 +15,8 @@ Usage (after `make bench`, whose work directory holds the Envoy configurations):
 
     bench/callgrind_envoy.py --workdir /tmp/xw --wasm this=target/keyward.wasm --wasm base=/tmp/base.wasm
 
+`make bench` with `--ab-wasm` runs the same count for its A/B builds at the end of its run.
+
 Needs valgrind (Debian's `valgrind` package) and `bench-upstream` (`make bench-tools`).
 """
 
@@ -25,6 +27,7 @@ import http.client
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,38 +157,82 @@ def summary(per_object: dict[str, dict[str, int]], requests: int) -> dict[str, d
     return {"all": figures(whole), "jit": figures(per_object.get("???", {}))}
 
 
+def count_builds(envoy: str, upstream: str, workdir: Path, builds: list[tuple[str, Path]], traffics: list[str],
+                 passes: int = 2, say=print) -> dict:
+    """Counts every build on every traffic, `passes` times in alternating build order (A B, B A, ...),
+    each pass a fresh Envoy with `WINDOWS` windows. Per traffic and build: the median over every
+    window, and the smallest and largest window."""
+    result: dict = {"passes": passes, "windows_per_pass": WINDOWS, "requests_per_window": PER_WINDOW, "traffic": {}}
+    for traffic in traffics:
+        config = workdir / TRAFFIC[traffic]
+        if not config.exists():
+            raise SystemExit(f"{config} is missing: run make bench with --workdir {workdir} first")
+        windows: dict[str, list[dict]] = {label: [] for label, _ in builds}
+        for n in range(passes):
+            for label, wasm in (builds if n % 2 == 0 else list(reversed(builds))):
+                with tempfile.TemporaryDirectory(prefix="keyward-callgrind-") as tmp:
+                    for window, dump in enumerate(profile(envoy, upstream, config, wasm, Path(tmp), traffic)):
+                        s = summary(costs_by_object(dump), PER_WINDOW)
+                        windows[label].append(s)
+                        say(f"{traffic:8} {label:10} pass {n} window {window}: cycles {s['all']['cycles'] / 1e3:.1f}k "
+                            f"Ir {s['all']['Ir'] / 1e3:.1f}k (JIT {s['jit']['Ir'] / 1e3:.1f}k) "
+                            f"I1 misses {s['all']['I1mr']:.0f} (JIT {s['jit']['I1mr']:.0f}) "
+                            f"mispredicts {s['all']['Bm']:.0f} (JIT {s['jit']['Bm']:.0f})")
+        result["traffic"][traffic] = {
+            label: {
+                "cycles": statistics.median(w["all"]["cycles"] for w in ws),
+                "cycles_min": min(w["all"]["cycles"] for w in ws),
+                "cycles_max": max(w["all"]["cycles"] for w in ws),
+                "Ir": statistics.median(w["all"]["Ir"] for w in ws),
+                "jit_Ir": statistics.median(w["jit"]["Ir"] for w in ws),
+                "I1mr": statistics.median(w["all"]["I1mr"] for w in ws),
+                "jit_I1mr": statistics.median(w["jit"]["I1mr"] for w in ws),
+                "Bm": statistics.median(w["all"]["Bm"] for w in ws),
+            }
+            for label, ws in windows.items()
+        }
+    return result
+
+
+def markdown(counted: dict, reference: str | None = None) -> list[str]:
+    """The counted table; with `reference`, each build's cycles and Ir as a ratio to that build's."""
+    lines = [
+        "| traffic | build | cycles (model) | window range | Ir | JIT Ir | I1 misses | JIT I1 misses | mispredicts "
+        "| cycles × ref | Ir × ref |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for traffic, builds in counted["traffic"].items():
+        ref = builds.get(reference) if reference else None
+        for label, b in builds.items():
+            ratio = (f"{b['cycles'] / ref['cycles']:.3f} | {b['Ir'] / ref['Ir']:.3f}" if ref else "– | –")
+            lines.append(
+                f"| {traffic} | {label} | {b['cycles'] / 1e3:.1f}k | {b['cycles_min'] / 1e3:.1f}–"
+                f"{b['cycles_max'] / 1e3:.1f}k | {b['Ir'] / 1e3:.1f}k | {b['jit_Ir'] / 1e3:.1f}k | {b['I1mr']:.0f} "
+                f"| {b['jit_I1mr']:.0f} | {b['Bm']:.0f} | {ratio} |"
+            )
+    return lines
+
+
+def require_valgrind() -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, type=Path, help="a `make bench` work directory (its Envoy configs)")
     ap.add_argument("--wasm", action="append", required=True, metavar="LABEL=PATH")
     ap.add_argument("--traffic", action="append", choices=sorted(TRAFFIC), help="default: both")
     ap.add_argument("--upstream", default=str(REPO / "bench/target/release/bench-upstream"))
+    ap.add_argument("--passes", type=int, default=2, help="fresh Envoy processes per build, in alternating order")
+    ap.add_argument("--reference", help="the label the other builds are compared with (default: the last one)")
     args = ap.parse_args()
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    envoy = find_envoy()
+    require_valgrind()
     builds = [(label, Path(path).resolve()) for label, path in (w.split("=", 1) for w in args.wasm)]
-    rows = []
-    for traffic in args.traffic or sorted(TRAFFIC):
-        config = args.workdir / TRAFFIC[traffic]
-        if not config.exists():
-            raise SystemExit(f"{config} is missing: run make bench with --workdir {args.workdir} first")
-        for label, wasm in builds:
-            with tempfile.TemporaryDirectory(prefix="keyward-callgrind-") as tmp:
-                for window, dump in enumerate(profile(envoy, args.upstream, config, wasm, Path(tmp), traffic)):
-                    s = summary(costs_by_object(dump), PER_WINDOW)
-                    rows.append((traffic, label, window, s))
-                    print(f"{traffic:8} {label:10} window {window}: cycles {s['all']['cycles'] / 1e3:.1f}k "
-                          f"Ir {s['all']['Ir'] / 1e3:.1f}k (JIT {s['jit']['Ir'] / 1e3:.1f}k) "
-                          f"I1 misses {s['all']['I1mr']:.0f} (JIT {s['jit']['I1mr']:.0f}) "
-                          f"mispredicts {s['all']['Bm']:.0f} (JIT {s['jit']['Bm']:.0f})", flush=True)
-    print("\n| traffic | build | cycles (model) | Ir | JIT Ir | I1 misses | JIT I1 misses | mispredicts |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for traffic, label, window, s in rows:
-        if window == 0:
-            a, j = s["all"], s["jit"]
-            print(f"| {traffic} | {label} | {a['cycles'] / 1e3:.1f}k | {a['Ir'] / 1e3:.1f}k | {j['Ir'] / 1e3:.1f}k "
-                  f"| {a['I1mr']:.0f} | {j['I1mr']:.0f} | {a['Bm']:.0f} |")
+    counted = count_builds(find_envoy(), args.upstream, args.workdir, builds, args.traffic or sorted(TRAFFIC),
+                           args.passes, say=lambda line: print(line, flush=True))
+    print()
+    print("\n".join(markdown(counted, args.reference or builds[-1][0])))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from keyward_testkit.envoy_config import (  # noqa: E402
 from keyward_testkit.net import LOOPBACK, first_line, free_port  # noqa: E402
 from keyward_testkit.process import die_with_parent, terminate  # noqa: E402
 
+import callgrind_envoy  # noqa: E402  (bench/, beside this file)
+
 BASE_ID_FIRST = 7300  # distinct per Envoy; far from the ephemeral ports the tests use as base ids
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -686,6 +688,17 @@ def markdown(result: dict) -> str:
             f"| {name} | {e['config_mb']:.1f} | {fmt(e['load_s'], '.1f')} | {fmt(e['rss_start_mb'])} "
             f"| {fmt(e['rss_end_mb'])} | {fmt(e['rss_peak_mb'])} |"
         )
+    counted = result.get("counted")
+    if counted:
+        lines += [
+            "",
+            f"Counted under valgrind (callgrind with cache and branch simulation, V8's JIT code included; per "
+            f"request, {counted['passes']} Envoy processes per build × {counted['windows_per_pass']} windows of "
+            f"{counted['requests_per_window']} requests, medians; cycles = Ir + 10 × (L1 misses + mispredictions) "
+            f"+ 100 × LL misses, a model; × ref against build {counted['reference']}):",
+            "",
+            *callgrind_envoy.markdown(counted, counted["reference"]),
+        ]
     notes = result.get("notes") or []
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
@@ -735,6 +748,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ab-wasm", action="append", default=[], metavar="LABEL=PATH",
                     help="another keyward build, accept path with 1k keys, as variant keyward_1k_LABEL in "
                          "the same interleaved run (repeatable; for A/B comparisons of builds)")
+    ap.add_argument("--no-count", dest="count", action="store_false",
+                    help="with --ab-wasm: skip counting the builds under valgrind after the timed rounds")
+    ap.add_argument("--count-passes", type=int, default=2,
+                    help="with --ab-wasm: fresh Envoy processes per build and traffic for the count")
     ap.add_argument("--tools", type=Path, default=DEFAULT_TOOLS, help="dir with loadgen, bench-upstream, extauthz")
     ap.add_argument("--workdir", type=Path, default=BENCH / ".work")
     ap.add_argument("--out", type=Path, default=BENCH / "results")
@@ -798,6 +815,8 @@ def run(args) -> int:
         copy = work / f"keyward_filter_{label}.wasm"
         copy.write_bytes(Path(path).read_bytes())
         ab_builds.append((label, copy))
+    if ab_builds and args.count:
+        callgrind_envoy.require_valgrind()  # before minutes of timed rounds, not after
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     large = [int(x) for x in args.large_keys.split(",") if x.strip()]
@@ -1058,6 +1077,18 @@ def run(args) -> int:
             f"end (warm-up and probe included): "
             + (", ".join(f"{k} {n}" for k, n in sorted(short.items())) or "unavailable")
         )
+    counted = None
+    if ab_builds and args.count:
+        # CPU time swings between Envoy processes by more than a small A/B difference on a shared
+        # machine; instruction, miss and misprediction counts under callgrind repeat. Same Envoy
+        # configurations as the timed rows, every build in alternating order.
+        done = {v.key for v in variants if not v.error}
+        traffics = [t for t, key in (("accept", "keyward_1k"), ("metered", "keyward_metered_stream")) if key in done]
+        log(f"counting {', '.join(traffics) or 'nothing'} under valgrind: this build and {len(ab_builds)} A/B build(s)")
+        counted = callgrind_envoy.count_builds(envoy_bin, str(args.tools / "bench-upstream"), work,
+                                               [("this", wasm_copy), *ab_builds], traffics, args.count_passes,
+                                               say=lambda line: log("  " + line))
+        counted["reference"] = ab_builds[0][0]
     summary = summarize(variants, large)
     startup = []
     for e in [e for group in envoys.values() for e in group] + ([control] if control else []):
@@ -1096,6 +1127,7 @@ def run(args) -> int:
         "startup": startup,
         "notes": notes,
         "runs": {v.key: v.runs for v in variants},
+        "counted": counted,
     }
     result["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     md = markdown(result)
