@@ -7,7 +7,7 @@ use crate::credential::{CredentialLookup, CredentialSource};
 use crate::field_error::{from_json, FieldError};
 use crate::key_format::KeyFormat;
 use crate::metering::{MeteringDoc, MeteringSettings};
-use crate::provider::PROVIDER_CREDENTIAL_QUERY_PARAMETERS;
+use crate::provider::{PROVIDER_CREDENTIAL_HEADERS, PROVIDER_CREDENTIAL_QUERY_PARAMETERS};
 use crate::request::{Header, Request};
 use crate::route::{
     is_header_name, ErrorFormat, ModelSource, ProjectSource, Route, RouteConfig, RouteDefaults,
@@ -464,14 +464,11 @@ fn validate_headers(identity: &IdentityHeaders, error_header: &str) -> Result<()
         if !is_header_name(name) {
             return Err(FieldError::new(*path, "must be a lower-case header name"));
         }
-        let reserved = [
-            "authorization",
-            "x-api-key",
-            "host",
-            "cookie",
-            "content-type",
-        ];
-        if reserved.contains(name) {
+        // keyward appends identity headers after removing client copies (`Edit::Add`), and on
+        // provider routes it appends the provider key: a name shared with a credential header
+        // would arrive twice.
+        let reserved = ["host", "cookie", "content-type"];
+        if reserved.contains(name) || PROVIDER_CREDENTIAL_HEADERS.contains(name) {
             return Err(FieldError::new(
                 *path,
                 "must not be a standard or credential header",
@@ -544,6 +541,14 @@ mod tests {
             (
                 r#"{"identity_headers": {"org": "X-Org"}}"#,
                 "identity_headers.org",
+            ),
+            (
+                r#"{"identity_headers": {"environment": "x-goog-api-key"}}"#,
+                "identity_headers.environment",
+            ),
+            (
+                r#"{"identity_headers": {"key_id": "api-key"}}"#,
+                "identity_headers.key_id",
             ),
             (
                 r#"{"routes": [{"name": "a"}, {"name": "b", "match": {"path_prefix": "x"}}]}"#,
