@@ -110,6 +110,29 @@ fn check(status: u32) -> Result<(), HostError> {
     }
 }
 
+/// The ABI's header writes (`proxy_replace_header_map_value`, `proxy_add_header_map_value`):
+/// one signature, map type then name and value.
+type HeaderWrite = unsafe extern "C" fn(u32, *const u8, usize, *const u8, usize) -> u32;
+
+#[inline(always)]
+fn write_header(
+    write: HeaderWrite,
+    map_type: u32,
+    name: &str,
+    value: &[u8],
+) -> Result<(), HostError> {
+    // SAFETY: `write` is one of the ABI's header writes; both slices are valid for the call.
+    check(unsafe {
+        write(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
 /// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`
 /// (a `Vec<u8>` of exactly `size` capacity).
 ///
@@ -324,29 +347,21 @@ impl Host for EnvoyHost {
     }
 
     fn replace_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        // SAFETY: both slices are valid for the call.
-        check(unsafe {
-            proxy_replace_header_map_value(
-                MAP_HTTP_REQUEST_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
+        write_header(
+            proxy_replace_header_map_value,
+            MAP_HTTP_REQUEST_HEADERS,
+            name,
+            value,
+        )
     }
 
     fn add_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        // SAFETY: both slices are valid for the call.
-        check(unsafe {
-            proxy_add_header_map_value(
-                MAP_HTTP_REQUEST_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
+        write_header(
+            proxy_add_header_map_value,
+            MAP_HTTP_REQUEST_HEADERS,
+            name,
+            value,
+        )
     }
 
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
@@ -408,16 +423,12 @@ impl Host for EnvoyHost {
     }
 
     fn replace_response_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        // SAFETY: both slices are valid for the call.
-        check(unsafe {
-            proxy_replace_header_map_value(
-                MAP_HTTP_RESPONSE_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
+        write_header(
+            proxy_replace_header_map_value,
+            MAP_HTTP_RESPONSE_HEADERS,
+            name,
+            value,
+        )
     }
 
     fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
